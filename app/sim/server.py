@@ -1,0 +1,315 @@
+"""HTTP routes of the simulator: the Vast.ai subset plus the ``/_sim/`` control routes."""
+
+import hmac
+import json
+import logging
+import threading
+import time
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+from .state import ApiError, World, invalid_args, invalid_json
+
+log = logging.getLogger(__name__)
+
+USER = {
+    "id": 1, "username": "simulator", "email": "sim@example.com", "fullname": "Vast Simulator",
+    "credit": 1000.0, "balance": 1000.0, "can_pay": True, "has_billing": True,
+    "host_agreement_accepted": False, "is_host": False, "ssh_key": None,
+}
+
+
+def _json_body():
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}  # the CLI sends "{}" but other clients may send nothing
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise invalid_json() from None
+
+
+def _object_body():
+    body = _json_body()
+    if not isinstance(body, dict):
+        raise invalid_json()
+    return body
+
+
+def _json_arg(name):
+    """A query parameter holding JSON (the CLI json.dumps every non-string value)."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise invalid_args(f"{name} is not valid JSON") from None
+
+
+def _int(value, what):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise invalid_args(f"Invalid {what} {value!r}") from None
+
+
+def _state(body):
+    state = body.get("state")
+    if state not in ("running", "stopped"):
+        raise invalid_args("state must be 'running' or 'stopped'")
+    return state
+
+
+def create_app(time_scale=1.0, seed=0, api_key=None) -> Flask:
+    """The simulator as a Flask app; ``api_key`` None accepts any non-empty key."""
+    app = Flask(__name__)
+    app.json.sort_keys = False
+    app.json.mimetype = "application/json"  # exactly: the vastai CLI rejects a charset suffix
+    world = World(seed=seed, time_scale=time_scale)
+    app.extensions["sim_world"] = world
+    # endpoint -> (route template as counted in /_sim/stats, needs auth)
+    vast_routes = {}
+
+    def vast(template, method, auth=True):
+        """Register a Vast route; accepts the path with and without its trailing slash."""
+        def register(view):
+            rule = template.replace("{id}", "<id>").rstrip("/") + "/"
+            endpoint = f"{method} {template}"
+            app.add_url_rule(rule, endpoint, view, methods=[method], strict_slashes=False)
+            vast_routes[endpoint] = auth
+            return view
+        return register
+
+    def sim(rule, method="POST"):
+        def register(view):
+            app.add_url_rule(rule, f"sim {method} {rule}", view, methods=[method], strict_slashes=False)
+            return view
+        return register
+
+    @app.before_request
+    def gate():
+        auth = vast_routes.get(request.endpoint)
+        if auth is None:
+            return None  # control routes and unknown paths: no faults, no counting
+        verdict, latency = world.admit(request.endpoint)
+        if latency:
+            time.sleep(latency)
+        if verdict is not None:
+            kind, threshold = verdict
+            if kind == "threshold":
+                return Response(f"API requests too frequent endpoint threshold={threshold}", 429,
+                                mimetype="text/plain")
+            if kind == "rate_limited":
+                return Response("API requests too frequent", 429, mimetype="text/plain",
+                                headers={"Retry-After": "1"})
+            return jsonify(success=False, error="service_unavailable",
+                           msg="Service temporarily unavailable (injected fault)"), 503
+        if auth and not _authorized():
+            return jsonify(success=False, error="auth_error", msg="Invalid user key"), 401
+        return None
+
+    def _authorized():
+        header = request.headers.get("Authorization", "")
+        key = header[len("Bearer "):].strip() if header.startswith("Bearer ") else request.args.get("api_key", "")
+        if not key:
+            return False
+        return api_key is None or hmac.compare_digest(key.encode(), api_key.encode())
+
+    @app.errorhandler(ApiError)
+    def api_error(e):
+        return jsonify(e.body), e.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(e):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.code, "bad_request")
+        return jsonify(success=False, error=code, msg=e.description), e.code
+
+    @app.errorhandler(Exception)
+    def unexpected(e):
+        log.exception("simulator bug")
+        return jsonify(success=False, error="server_error", msg="Internal server error"), 500
+
+    # ---- account ---------------------------------------------------------------------------
+
+    @vast("/api/v0/gpu_names/unique/", "GET", auth=False)
+    def gpu_names():
+        return jsonify(world.gpu_names())
+
+    @vast("/api/v0/users/current", "GET")
+    def current_user():
+        return jsonify(USER)
+
+    # ---- offers ----------------------------------------------------------------------------
+
+    @vast("/api/v0/bundles/", "POST")
+    def search_bundles():
+        return jsonify(offers=world.search_offers(_json_body()))
+
+    @vast("/api/v0/bundles/", "GET")
+    def search_bundles_get():
+        return jsonify(offers=world.search_offers(_json_arg("q") or {}))
+
+    @vast("/api/v0/search/asks/", "PUT")
+    def search_asks():
+        return jsonify(offers=world.search_offers(_object_body().get("q") or {}))
+
+    @vast("/api/v0/asks/{id}/", "PUT")
+    def create_instance(id):
+        return jsonify(world.create_instance(_int(id, "offer id"), _json_body()))
+
+    # ---- instances -------------------------------------------------------------------------
+
+    @vast("/api/v1/instances/", "GET")
+    def list_instances():
+        return jsonify(world.list_instances(
+            _json_arg("select_filters"), _json_arg("order_by"), request.args.get("limit"),
+            _json_arg("select_cols"), request.args.get("after_token") or None))
+
+    @vast("/api/v0/instances/filters/", "GET")
+    def instance_filters():
+        return jsonify(world.instance_filters())
+
+    @vast("/api/v0/instances/", "GET")
+    def legacy_list_instances():
+        return jsonify(success=False, error="deprecated_endpoint",
+                       msg="/api/v0/instances/ is deprecated. Use /api/v1/instances/ instead."), 410
+
+    @vast("/api/v0/instances/", "PUT")
+    def bulk_set_state():
+        body = _object_body()
+        ids = body.get("ids")
+        if not isinstance(ids, list) or not ids:
+            raise invalid_args("ids must be a non-empty list of instance ids")
+        return jsonify(world.set_states([_int(i, "instance id") for i in ids], _state(body)))
+
+    @vast("/api/v0/instances/", "DELETE")
+    def bulk_destroy():
+        ids = _object_body().get("instance_ids")
+        if not isinstance(ids, list) or not ids:
+            raise invalid_args("instance_ids must be a non-empty list of instance ids")
+        for inst_id in ids:
+            world.destroy_instance(_int(inst_id, "instance id"))
+        return jsonify(success=True)
+
+    @vast("/api/v0/instances/{id}/", "GET")
+    def show_instance(id):
+        return jsonify(instances=world.get_instance(_int(id, "instance id")))
+
+    @vast("/api/v0/instances/{id}/", "PUT")
+    def update_instance(id):
+        inst_id = _int(id, "instance id")
+        body = _object_body()
+        if "state" in body:
+            return jsonify(world.set_state(inst_id, _state(body)))
+        if "label" in body:
+            label = body["label"]
+            if label is not None and not isinstance(label, str):
+                raise invalid_args("label must be a string")
+            if label is not None and len(label) > 256:
+                raise ApiError(400, "label_too_long", "Label must be at most 256 characters")
+            return jsonify(world.set_label(inst_id, label))
+        raise invalid_args("Nothing to update: give 'state' or 'label'")
+
+    @vast("/api/v0/instances/{id}/", "DELETE")
+    def destroy_instance(id):
+        return jsonify(world.destroy_instance(_int(id, "instance id")))
+
+    # ---- volumes ---------------------------------------------------------------------------
+
+    @vast("/api/v0/volumes/search/", "POST")
+    def search_volumes():
+        return jsonify(offers=world.search_offers(_json_body(), volumes=True))
+
+    @vast("/api/v0/volumes/", "PUT")
+    def create_volume():
+        return jsonify(world.create_volume(_json_body()))
+
+    @vast("/api/v0/volumes", "GET")
+    def list_volumes():
+        return jsonify(world.list_volumes())
+
+    @vast("/api/v0/volumes/", "DELETE")
+    def delete_volume():
+        # the CLI sends ?id=, the docs put it in the body
+        raw = request.args.get("id")
+        if raw is None:
+            raw = _object_body().get("id")
+        try:
+            vid = int(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            vid = raw
+        return jsonify(world.delete_volume(vid))
+
+    # ---- control routes (not part of the Vast API) -----------------------------------------
+
+    @sim("/_sim/instances/<id>/fail")
+    def fail_instance(id):
+        return jsonify(world.fail_instance(_int(id, "instance id")))
+
+    @sim("/_sim/hosts/<machine_id>/fail")
+    def fail_host(machine_id):
+        return jsonify(world.fail_host(_int(machine_id, "machine id")))
+
+    @sim("/_sim/hosts/<machine_id>/rent_out")
+    def rent_out_host(machine_id):
+        return jsonify(world.rent_out_host(_int(machine_id, "machine id")))
+
+    @sim("/_sim/hosts/<machine_id>/restore")
+    def restore_host(machine_id):
+        return jsonify(world.restore_host(_int(machine_id, "machine id")))
+
+    @sim("/_sim/faults")
+    def set_faults():
+        return jsonify(world.set_faults(_object_body()))
+
+    @sim("/_sim/rate_limits")
+    def set_rate_limits():
+        return jsonify(world.set_route_intervals(_object_body()))
+
+    @sim("/_sim/ledger", "GET")
+    def ledger():
+        return jsonify(world.ledger())
+
+    @sim("/_sim/stats", "GET")
+    def stats():
+        return jsonify(world.stats())
+
+    @sim("/_sim/config", "GET")
+    def config():
+        return jsonify(world.config())
+
+    @sim("/_sim/reset")
+    def reset():
+        world.reset()
+        return jsonify(success=True)
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, code="-", size="-"):
+        pass  # a busy client would flood the terminal
+
+
+def _make_server(host, port, time_scale, seed, api_key):
+    app = create_app(time_scale=time_scale, seed=seed, api_key=api_key)
+    return make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
+
+
+def serve(host="127.0.0.1", port=8090, time_scale=1.0, seed=0, api_key=None):
+    """Run the simulator until interrupted."""
+    server = _make_server(host, port, time_scale, seed, api_key)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+def start_in_thread(port=0, time_scale=1.0, seed=0, api_key=None):
+    """Start the simulator in a daemon thread; returns (server, base_url). Stop with server.shutdown()."""
+    server = _make_server("127.0.0.1", port, time_scale, seed, api_key)
+    threading.Thread(target=server.serve_forever, name="vast-sim", daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}"
