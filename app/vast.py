@@ -204,12 +204,16 @@ class VastClient:
         )
 
     def start_instance(self, instance_id: int) -> None:
-        self._call("manage_instance", "PUT", f"/api/v0/instances/{int(instance_id)}/",
-                   json_body={"state": "running"})
+        self._manage(instance_id, {"state": "running"})
 
     def stop_instance(self, instance_id: int) -> None:
-        self._call("manage_instance", "PUT", f"/api/v0/instances/{int(instance_id)}/",
-                   json_body={"state": "stopped"})
+        self._manage(instance_id, {"state": "stopped"})
+
+    def label_instance(self, instance_id: int, label: str) -> None:
+        self._manage(instance_id, {"label": label})
+
+    def _manage(self, instance_id: int, change: dict) -> None:
+        self._call("manage_instance", "PUT", f"/api/v0/instances/{int(instance_id)}/", json_body=change)
 
     def destroy_instance(self, instance_id: int) -> None:
         """Destroy; an instance that is already gone counts as destroyed."""

@@ -165,11 +165,15 @@ def test_list_instances_repeated_token_is_unavailable(rsps, client):
         client.list_instances()
 
 
-@pytest.mark.parametrize("method, state", [("start_instance", "running"), ("stop_instance", "stopped")])
-def test_start_stop(rsps, client, method, state):
+@pytest.mark.parametrize("call, body", [
+    (lambda c: c.start_instance(77), {"state": "running"}),
+    (lambda c: c.stop_instance(77), {"state": "stopped"}),
+    (lambda c: c.label_instance(77, "warmpool-t-1-primary"), {"label": "warmpool-t-1-primary"}),
+])
+def test_manage_instance(rsps, client, call, body):
     rsps.put(f"{BASE}/api/v0/instances/77/", json={"success": True})
-    assert getattr(client, method)(77) is None
-    assert body_of(rsps.calls[0]) == {"state": state}
+    assert call(client) is None
+    assert body_of(rsps.calls[0]) == body
 
 
 def test_stop_missing_instance_is_not_found(rsps, client):
