@@ -1,0 +1,141 @@
+"""What every step shares: this process's store and provider client, and the operation it runs in.
+
+An operation (provision, failover, cleanup...) is a chain of steps, each one
+provider call. The context dict travels down the chain: the machine, the
+operation record's id, the lock token and fencing epoch, and the phase timings.
+"""
+
+import logging
+import random
+import time
+
+from celery import Task
+from celery.exceptions import Ignore
+
+from app import vast as provider
+from app.runtime import settings, store, vast
+from app.store import DEGRADED, FencedOut, Held, split_pool_id
+
+log = logging.getLogger(__name__)
+
+
+class Operation:
+    """One operation on one machine, as seen from inside a step."""
+
+    def __init__(self, ctx: dict):
+        self.ctx = ctx
+        self.pid = ctx["pid"]
+        self.tenant, self.machine_id = split_pool_id(self.pid)
+        self.held = Held(ctx["token"], ctx["epoch"])
+        self.store = store()
+        self.settings = settings()
+        self.pool = self.store.get_pool(self.pid)
+
+    @classmethod
+    def begin(cls, pid: str, operation: str, held: Held, op_id: str | None = None, **extra) -> dict:
+        """The context of a new operation that holds ``held``."""
+        return {"pid": pid, "operation": operation, "op_id": op_id, "token": held.token,
+                "epoch": held.epoch, "started": time.time(), "phases": {}, **extra}
+
+    def step(self, name: str) -> None:
+        """Enter a step: renew the lock (or stop here if it was lost) and show the step."""
+        self.store.extend(self.pid, self.held, self.settings.lock_ttl)
+        if self.ctx.get("op_id"):
+            self.store.update_op(self.ctx["op_id"], state="STARTED", step=name)
+
+    def save(self, **fields) -> None:
+        self.pool.update(fields)
+        self.store.save_pool(self.pool, self.held)
+
+    def event(self, kind: str, message: str, **data) -> None:
+        self.store.event(self.pid, kind, message, **data)
+
+    def phase(self, name: str, since: float) -> float:
+        """Record how long a phase took, in seconds; return now."""
+        now = time.time()
+        self.ctx["phases"][name] = round(now - since, 3)
+        return now
+
+    def complete(self, result: dict) -> None:
+        """Give the task record its result; the lock stays held for the steps still to come."""
+        if self.ctx.get("op_id"):
+            self.store.update_op(self.ctx["op_id"], state="SUCCESS", step="done", result=result)
+
+    def finish(self, result: dict) -> None:
+        """End the operation: the task record gets its result and the lock is released."""
+        self.complete(result)
+        self.store.release(self.pid, self.held, self.settings.lock_ttl)
+
+    def fail(self, message: str, **fields) -> None:
+        """End the operation as failed; the pool is degraded and the healer will retry it."""
+        attempts = self.pool.get("heal_attempts", 0)
+        self.save(state=DEGRADED, error_message=message, next_heal_at=time.time() + _heal_backoff(attempts),
+                  heal_attempts=attempts + 1, **fields)
+        self.event("degraded", message, operation=self.ctx["operation"])
+        if self.ctx.get("op_id"):
+            self.store.update_op(self.ctx["op_id"], state="FAILURE", step="failed", error=message)
+        self.store.release(self.pid, self.held, self.settings.lock_ttl)
+
+
+def _heal_backoff(attempts: int) -> float:
+    return min(600.0, 5.0 * 2 ** attempts) * random.uniform(0.8, 1.2)
+
+
+class OperationFailed(Exception):
+    """A step cannot go on; the operation ends (compensating first) with this message."""
+
+
+class Step(Task):
+    """A provider step of an operation.
+
+    Provider outages are retried with backoff (and Celery's retry keeps the rest
+    of the chain); a step that lost its lock stops the chain and writes nothing.
+    """
+
+    abstract = True
+    max_retries = 8
+    acks_late = True
+
+    def __call__(self, ctx: dict, *args, **kwargs):
+        try:
+            op = Operation(ctx)
+            if op.pool is None:
+                raise Ignore()  # the pool was removed under us; nothing to do
+            return self.run(op, *args, **kwargs)
+        except FencedOut:
+            log.warning("%s: lock of %s lost to a newer holder; stopping", self.name, ctx["pid"])
+            raise Ignore()
+        except (provider.ProviderUnavailable, provider.RateLimited) as exc:
+            # counted in the context, as polls are retries too
+            errors = ctx.get("provider_errors", 0)
+            if errors >= self.max_retries:
+                return self.give_up(Operation(ctx), f"provider unavailable: {exc}")
+            ctx["provider_errors"] = errors + 1
+            countdown = min(30.0, 0.5 * 2 ** errors) * random.uniform(0.5, 1.0)
+            raise self.retry(args=(ctx, *args), kwargs=kwargs, countdown=countdown, max_retries=None)
+        except (OperationFailed, provider.RequestRejected) as exc:
+            return self.give_up(Operation(ctx), str(exc))
+
+    def give_up(self, op: Operation, message: str):
+        """Compensate and end the operation; each operation says how (see compensate)."""
+        op.step("compensate")
+        compensate = COMPENSATIONS.get(op.ctx["operation"])
+        try:
+            if compensate:
+                compensate(op)
+        except provider.VastError as exc:
+            # what stays behind carries our labels: the reconciler finds it
+            op.event("compensation_incomplete", f"could not undo everything: {exc}")
+        op.fail(message)
+        raise Ignore()
+
+    def wait(self, op: Operation, deadline_key: str, timeout: float):
+        """Poll again after the poll interval, until ``timeout`` seconds from the first poll."""
+        deadline = op.ctx.setdefault(deadline_key, time.time() + timeout)
+        if time.time() > deadline:
+            return False
+        raise self.retry(args=(op.ctx,), countdown=op.settings.poll_interval, max_retries=None)
+
+
+# filled by the operation modules: operation name -> function(op) that undoes a failed attempt
+COMPENSATIONS: dict = {}

@@ -1,0 +1,145 @@
+"""Provisioning: find a host, create the volume, the running primary and the stopped standby.
+
+``provision_chain`` is the Celery chain; every step first looks at the pool
+record, then at the provider (by label) for what a crashed attempt made, and
+adopts it instead of creating a second one (design rule 4).
+"""
+
+import time
+
+from celery import chain, shared_task
+
+from app.hosts import group_hosts, offers_query, user_gpu_name
+from app.store import ACTIVE, PROVISIONING, label
+from app.runtime import vast
+from tasks.base import COMPENSATIONS, Operation, OperationFailed, Step
+
+MOUNT_PATH = "/workspace"
+# instance states that never turn into running by themselves
+FAILED_STATUSES = {"exited", "offline", "unknown", "stopped"}
+
+
+def is_running(instance: dict | None) -> bool:
+    return bool(instance and instance.get("actual_status") == "running"
+                and instance.get("ssh_host") and instance.get("ssh_port"))
+
+
+def adopt(op: Operation, role: str) -> int | None:
+    """An instance for ``role`` that an earlier, interrupted attempt created, if there is one."""
+    known = {op.pool["primary_gpu_id"], op.pool["standby_gpu_id"]}
+    rows = vast().list_instances({"label": {"eq": label(op.tenant, op.machine_id, role)}}).instances
+    return next((row["id"] for row in rows if row["id"] not in known), None)
+
+
+def create_instance(op: Operation, role: str, target_state: str) -> int:
+    """Rent one GPU of the pool's host for ``role``, on the pool's volume."""
+    pool = op.pool
+    offers = vast().search_offers({**offers_query(pool["gpu_name"], verified=False,
+                                                  machine_id=pool["host_machine_id"], num_gpus=1), "limit": 1})
+    if not offers:
+        raise OperationFailed(f"host {pool['host_machine_id']} has no free GPU for the {role}")
+    return vast().create_instance(
+        offers[0]["id"], image=pool["image"], disk=pool["disk_size"], target_state=target_state,
+        label=label(op.tenant, op.machine_id, role),
+        volume_info={"create_new": False, "volume_id": pool["volume_id"], "mount_path": MOUNT_PATH})
+
+
+def provision_chain(search: bool = False):
+    """The steps of a provision; call ``.delay(ctx)`` on it. Steps with nothing to do pass through."""
+    steps = [find_host.s()] if search else []
+    return chain(*steps, create_volume.s(), create_primary.s(), await_primary.s(), create_standby.s())
+
+
+@shared_task(bind=True, base=Step, name="warmpool.provision.find_host")
+def find_host(self, op: Operation):
+    """Pick the best host: verified, 2+ free GPUs, cheapest, most reliable."""
+    op.step("searching")
+    pool = op.pool
+    hosts = group_hosts(vast().search_offers(offers_query(pool["gpu_name"], pool["max_price"])))
+    if not hosts:
+        raise OperationFailed("no verified host with 2 free GPUs matches")
+    best = hosts[0]
+    op.save(host_machine_id=best["machine_id"], gpu_name=best["gpu_name"], state=PROVISIONING)
+    op.event("host_found", f"host {best['machine_id']} picked", host_machine_id=best["machine_id"])
+    return op.ctx
+
+
+@shared_task(bind=True, base=Step, name="warmpool.provision.create_volume")
+def create_volume(self, op: Operation):
+    op.step("create_volume")
+    pool = op.pool
+    if pool["volume_id"] is None:
+        name = label(op.tenant, op.machine_id, "volume")
+        volume_id = next((v["id"] for v in vast().show_volumes() if v.get("label") == name), None)
+        if volume_id is None:
+            offers = vast().search_volume_offers(
+                {"machine_id": {"eq": pool["host_machine_id"]}, "order": [["storage_cost", "asc"]], "limit": 1})
+            if not offers:
+                raise OperationFailed(f"host {pool['host_machine_id']} offers no volume")
+            volume_id = vast().create_volume(offers[0]["id"], pool["volume_size"], name)
+        op.save(volume_id=volume_id)
+        op.event("volume_created", f"volume {volume_id} on host {pool['host_machine_id']}", volume_id=volume_id)
+    return op.ctx
+
+
+@shared_task(bind=True, base=Step, name="warmpool.provision.create_primary")
+def create_primary(self, op: Operation):
+    op.step("create_primary")
+    if op.pool["primary_gpu_id"] is None:
+        instance_id = adopt(op, "primary") or create_instance(op, "primary", "running")
+        op.save(primary_gpu_id=instance_id)
+        op.event("primary_created", f"primary {instance_id} created", primary_gpu_id=instance_id)
+    return op.ctx
+
+
+@shared_task(bind=True, base=Step, name="warmpool.provision.await_primary")
+def await_primary(self, op: Operation):
+    op.step("await_primary")
+    primary = op.pool["primary_gpu_id"]
+    instance = vast().show_instance(primary)
+    if is_running(instance):
+        op.save(primary_ssh_host=instance["ssh_host"], primary_ssh_port=instance["ssh_port"])
+        return op.ctx
+    if instance is None or instance.get("actual_status") in FAILED_STATUSES:
+        status = instance and instance.get("actual_status")
+        raise OperationFailed(f"primary {primary} is {status or 'gone'} instead of running")
+    if not self.wait(op, "primary_deadline", op.settings.instance_ready_timeout):
+        raise OperationFailed(f"primary {primary} not running after {op.settings.instance_ready_timeout:.0f} s")
+
+
+@shared_task(bind=True, base=Step, name="warmpool.provision.create_standby")
+def create_standby(self, op: Operation):
+    """Create the stopped standby; the last step of provisioning and of a failover."""
+    op.step("create_standby")
+    started = time.time()
+    standby = op.pool["standby_gpu_id"]
+    if standby is None:
+        standby = adopt(op, "standby") or create_instance(op, "standby", "stopped")
+        op.event("standby_created", f"standby {standby} created stopped", standby_gpu_id=standby)
+    fields = {}
+    if op.ctx["operation"] == "failover":
+        op.phase("replace_standby", started)
+        fields["last_failover"] = {**op.pool["last_failover"], "phases": op.ctx["phases"]}
+    op.save(standby_gpu_id=standby, standby_state="stopped", state=ACTIVE, error_message=None,
+            fallback=None, heal_attempts=0, next_heal_at=0.0, **fields)
+    pool = op.pool
+    op.finish({"success": True, "message": "Warm pool provisioned successfully", "status": {
+        k: pool[k] for k in ("machine_id", "state", "host_machine_id", "volume_id", "primary_gpu_id",
+                             "standby_gpu_id")}})
+    return op.ctx
+
+
+def undo_provision(op: Operation) -> None:
+    """A provision that failed before its primary ran leaves nothing behind; after, it keeps both."""
+    pool = op.pool
+    if pool["primary_ssh_host"]:
+        return
+    for role in ("primary", "standby"):
+        for row in vast().list_instances({"label": {"eq": label(op.tenant, op.machine_id, role)}}).instances:
+            vast().destroy_instance(row["id"])
+    if pool["volume_id"] is not None:
+        vast().delete_volume(pool["volume_id"])
+    op.save(primary_gpu_id=None, standby_gpu_id=None, volume_id=None, standby_state="none")
+
+
+COMPENSATIONS["provision"] = undo_provision
