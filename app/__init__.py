@@ -1,0 +1,36 @@
+"""warmpool: a warm pool of GPUs on Vast.ai, with automatic failover.
+
+The web app is thin: it validates, authorizes, reads state from Redis or
+enqueues work for the Celery workers in ``tasks/``, and answers.
+"""
+
+from flask import Flask
+
+from app.api import api
+
+
+def create_app(config: dict | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.from_mapping(
+        API_TITLE="warmpool",
+        API_VERSION="1.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api/v1",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        API_SPEC_OPTIONS={
+            "info": {"description": "GPU warm pool: a running primary and a stopped standby on one "
+                                    "Vast.ai host, sharing a volume; failover in 30-60 s."},
+            "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
+        },
+    )
+    app.config.from_mapping(config or {})
+
+    from app.api import probes, tasks, warmpool
+
+    api.init_app(app)
+    api.register_blueprint(warmpool.blp)
+    api.register_blueprint(tasks.blp)
+    app.register_blueprint(probes.bp)
+    return app

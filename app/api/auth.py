@@ -1,0 +1,19 @@
+"""Bearer keys per tenant: from WARMPOOL_API_KEYS, or created with ``warmpool create-key`` (stored hashed)."""
+
+from flask import g, request
+from flask_smorest import abort
+
+from app.runtime import settings, store
+
+
+def authenticate() -> None:
+    """Find the tenant of the request's Bearer key, or answer 401."""
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    key = key.strip()
+    tenant = None
+    if scheme.lower() == "bearer" and key:
+        tenant = settings().api_keys.get(key) or store().tenant_for_key(key)
+    if not tenant:
+        abort(401, message="Missing or invalid API key: send Authorization: Bearer <key>",
+              headers={"WWW-Authenticate": "Bearer"})
+    g.tenant = tenant

@@ -1,0 +1,151 @@
+"""Request and response schemas; field names are the seed document's."""
+
+from marshmallow import Schema, fields, validate
+
+MAX_ID = 2**53 - 1  # ids stay exact in every JSON client
+GPU_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_ .-]{0,63}$", error="Not a GPU name, e.g. RTX_4090.")
+IMAGE = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_./:@-]{0,1023}$", error="Not a Docker image reference.")
+
+
+class Integer(fields.Integer):
+    """An integer in [low, high]; JSON true/false, 1.5 or "1" is not one."""
+
+    def __init__(self, low: int, high: int, **kwargs):
+        super().__init__(strict=True, validate=validate.Range(low, high), **kwargs)
+
+    def _validated(self, value):
+        if isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return super()._validated(value)
+
+
+class Id(Integer):
+    def __init__(self, **kwargs):
+        super().__init__(1, MAX_ID, **kwargs)
+
+
+class Price(fields.Float):
+    def __init__(self, **kwargs):
+        super().__init__(allow_nan=False, validate=validate.Range(0, 1000), **kwargs)
+
+
+class PoolSpecSchema(Schema):
+    """What a pool is made of; every field has the seed's default."""
+    gpu_name = fields.String(load_default=None, allow_none=True, validate=GPU_NAME,
+                             metadata={"example": "RTX_4090"})
+    image = fields.String(load_default=None, validate=IMAGE,
+                          metadata={"example": "pytorch/pytorch:2.1.0-cuda12.1-cudnn8-runtime"})
+    disk_size = Integer(8, 4096, load_default=50, metadata={"description": "GB"})
+    volume_size = Integer(1, 65536, load_default=100, metadata={"description": "GB"})
+
+
+class ProvisionSchema(PoolSpecSchema):
+    machine_id = Id(required=True, metadata={"description": "the machine (instance) to protect"})
+    host_machine_id = Id(required=True, metadata={"description": "the Vast.ai host"})
+
+
+class EnableSchema(PoolSpecSchema):
+    max_price = Price(load_default=None, allow_none=True, metadata={"description": "$/h per GPU"})
+
+
+class WaitSchema(Schema):
+    wait = fields.Float(load_default=0, allow_nan=False, validate=validate.Range(0, 120),
+                        metadata={"description": "seconds to wait for the operation to end (at most 120)"})
+
+
+class HostsQuerySchema(Schema):
+    gpu_name = fields.String(load_default=None, validate=GPU_NAME)
+    min_gpus = Integer(1, 64, load_default=2)
+    max_price = Price(load_default=None)
+    verified = fields.Boolean(load_default=True)
+
+
+class StatusSchema(Schema):
+    machine_id = fields.Integer()
+    state = fields.String(metadata={"enum": ["disabled", "searching", "provisioning", "active", "failover",
+                                             "degraded"]})
+    host_machine_id = fields.Integer(allow_none=True)
+    volume_id = fields.Integer(allow_none=True)
+    primary_gpu_id = fields.Integer(allow_none=True)
+    standby_gpu_id = fields.Integer(allow_none=True)
+    standby_state = fields.String(metadata={"enum": ["none", "stopped", "starting", "running"]})
+    primary_ssh_host = fields.String(allow_none=True)
+    primary_ssh_port = fields.Integer(allow_none=True)
+    last_health_check = fields.String(allow_none=True)
+    failover_count = fields.Integer()
+    last_failover_at = fields.String(allow_none=True)
+    error_message = fields.String(allow_none=True)
+    # beyond the seed
+    fallback = fields.String(allow_none=True)
+    gpu_name = fields.String(allow_none=True)
+    last_failover = fields.Dict(allow_none=True, metadata={"description": "recovery time and per-phase seconds"})
+    updated_at = fields.String()
+
+
+class PoolListSchema(Schema):
+    pools = fields.List(fields.Nested(StatusSchema))
+    count = fields.Integer()
+
+
+class OfferSchema(Schema):
+    offer_id = fields.Integer()
+    machine_id = fields.Integer()
+    gpu_name = fields.String()
+    num_gpus = fields.Integer()
+    price_per_hour = fields.Float()
+    reliability = fields.Float()
+    verified = fields.Boolean()
+    geolocation = fields.String(allow_none=True)
+
+
+class HostSchema(Schema):
+    machine_id = fields.Integer()
+    total_gpus = fields.Integer()
+    available_gpus = fields.Integer()
+    gpu_name = fields.String()
+    avg_price_per_hour = fields.Float()
+    reliability = fields.Float()
+    verified = fields.Boolean()
+    geolocation = fields.String(allow_none=True)
+    can_create_warm_pool = fields.Boolean()
+    offers = fields.List(fields.Nested(OfferSchema))
+
+
+class HostListSchema(Schema):
+    hosts = fields.List(fields.Nested(HostSchema))
+    count = fields.Integer()
+
+
+class OperationSchema(Schema):
+    """An operation's answer: 202 with ``task_id``, or with ``?wait`` the seed's synchronous body."""
+    success = fields.Boolean()
+    message = fields.String()
+    task_id = fields.String()
+    status = fields.Nested(StatusSchema)
+    recovery_time_seconds = fields.Float()
+    new_primary_gpu_id = fields.Integer()
+    phases = fields.Dict()
+
+
+class ToggleSchema(Schema):
+    status = fields.String(metadata={"enum": ["enabled", "disabled"]})
+    message = fields.String()
+    fallback = fields.String()
+    task_id = fields.String()
+
+
+class EventListSchema(Schema):
+    machine_id = fields.Integer()
+    events = fields.List(fields.Dict())
+
+
+class TaskSchema(Schema):
+    task_id = fields.String()
+    state = fields.String(metadata={"enum": ["PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE"]})
+    operation = fields.String()
+    machine_id = fields.Integer()
+    step = fields.String()
+    result = fields.Dict(allow_none=True)
+    error = fields.String(allow_none=True)
+    created_at = fields.String()
+    updated_at = fields.String()
