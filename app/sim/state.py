@@ -111,10 +111,10 @@ class Instance:
 
 
 class World:
-    def __init__(self, seed=0, time_scale=1.0, clock=time.time):
+    def __init__(self, seed=0, time_scale=1.0):
         self.seed = seed
         self.time_scale = float(time_scale)
-        self.clock = clock
+        self.clock = time.time
         self.lock = threading.Lock()
         self.reset()
 

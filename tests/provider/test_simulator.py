@@ -600,3 +600,29 @@ def test_content_type_is_exactly_application_json(sim):
                          ("GET", "/api/v0/instances/1/"), ("GET", "/api/v0/volumes"), ("GET", "/_sim/ledger")):
         r = sim.call(method, path, json={} if method == "POST" else None)
         assert r.headers["Content-Type"] == "application/json", path
+
+
+def test_twenty_thousand_instances_stay_fast():
+    app = create_app(time_scale=TIME_SCALE)
+    world = app.extensions["sim_world"]
+    offers = world.search_offers({"num_gpus": {"eq": 1}})
+    for n in range(20_000):
+        world.create_instance(offers[n % len(offers)]["id"],
+                              {"image": "x", "label": f"pool-{n % 40}", "target_state": "stopped"})
+    client = app.test_client()
+    slowest = 0.0
+    token = None
+    for _ in range(3):
+        started = time.monotonic()
+        page = client.get("/api/v1/instances/", headers=KEY, query_string={
+            "select_filters": '{"label": {"in": ["pool-1", "pool-2"]}}',
+            "order_by": '[{"col": "label", "dir": "desc"}]', **({"after_token": token} if token else {})}).get_json()
+        slowest = max(slowest, time.monotonic() - started)
+        token = page["next_token"]
+        assert page["instances_found"] == 1000 and page["total_instances"] == 20_000
+    started = time.monotonic()
+    client.post("/api/v0/bundles/", json={}, headers=KEY)
+    client.get(f"/api/v0/instances/{page['instances'][0]['id']}/", headers=KEY)
+    client.get("/_sim/ledger")
+    slowest = max(slowest, time.monotonic() - started)
+    assert slowest < 1.0
