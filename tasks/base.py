@@ -81,6 +81,9 @@ def _heal_backoff(attempts: int) -> float:
     return min(600.0, 5.0 * 2 ** attempts) * random.uniform(0.8, 1.2)
 
 
+MAX_PROVIDER_ERRORS = 8
+
+
 class OperationFailed(Exception):
     """A step cannot go on; the operation ends (compensating first) with this message."""
 
@@ -93,7 +96,7 @@ class Step(Task):
     """
 
     abstract = True
-    max_retries = 8
+    max_retries = None  # polls are retries too; deadlines and MAX_PROVIDER_ERRORS bound them
     acks_late = True
 
     def __call__(self, ctx: dict, *args, **kwargs):
@@ -108,11 +111,11 @@ class Step(Task):
         except (provider.ProviderUnavailable, provider.RateLimited) as exc:
             # counted in the context, as polls are retries too
             errors = ctx.get("provider_errors", 0)
-            if errors >= self.max_retries:
+            if errors >= MAX_PROVIDER_ERRORS:
                 return self.give_up(Operation(ctx), f"provider unavailable: {exc}")
             ctx["provider_errors"] = errors + 1
             countdown = min(30.0, 0.5 * 2 ** errors) * random.uniform(0.5, 1.0)
-            raise self.retry(args=(ctx, *args), kwargs=kwargs, countdown=countdown, max_retries=None)
+            raise self.retry(args=(ctx, *args), kwargs=kwargs, countdown=countdown)
         except (OperationFailed, provider.RequestRejected) as exc:
             return self.give_up(Operation(ctx), str(exc))
 
@@ -134,7 +137,7 @@ class Step(Task):
         deadline = op.ctx.setdefault(deadline_key, time.time() + timeout)
         if time.time() > deadline:
             return False
-        raise self.retry(args=(op.ctx,), countdown=op.settings.poll_interval, max_retries=None)
+        raise self.retry(args=(op.ctx,), countdown=op.settings.poll_interval)
 
 
 # filled by the operation modules: operation name -> function(op) that undoes a failed attempt

@@ -25,13 +25,13 @@ def start_cleanup(ctx: dict) -> None:
     chain(destroy_instances.s(), delete_volume.s()).delay(ctx)
 
 
-@shared_task(bind=True, name="warmpool.cleanup.when_unlocked", acks_late=True)
+@shared_task(bind=True, name="warmpool.cleanup.when_unlocked", acks_late=True, max_retries=None)
 def when_unlocked(self, pid: str, operation: str, op_id: str | None):
     """Wait for the machine's lock (another operation holds it), then disable or clean up."""
     s, cfg = store(), settings()
     held = s.acquire(pid, cfg.lock_ttl)
     if held is None:
-        raise self.retry(countdown=cfg.poll_interval, max_retries=None)
+        raise self.retry(countdown=cfg.poll_interval)
     if operation == "disable":
         disable_pool(s, pid, held)
         s.update_op(op_id, state="SUCCESS", step="done", result={"status": "disabled", "fallback": "cpu_standby"})

@@ -135,7 +135,7 @@ def await_standby(self, op: Operation):
         op.event("standby_given_up", f"standby {standby} not running after "
                                      f"{op.settings.standby_start_timeout:.0f} s ({instance.get('actual_status')})")
     op.save(standby_gpu_id=fresh_standby(op))
-    raise self.retry(args=(op.ctx,), countdown=op.settings.poll_interval, max_retries=None)
+    raise self.retry(args=(op.ctx,), countdown=op.settings.poll_interval)
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.promote")

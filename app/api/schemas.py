@@ -8,10 +8,10 @@ IMAGE = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_./:@-]{0,1023}$", error="Not a 
 
 
 class Integer(fields.Integer):
-    """An integer in [low, high]; JSON true/false, 1.5 or "1" is not one."""
+    """An integer in [low, high]; in JSON, true/false, 1.5 or "1" is not one (query strings are text)."""
 
-    def __init__(self, low: int, high: int, **kwargs):
-        super().__init__(strict=True, validate=validate.Range(low, high), **kwargs)
+    def __init__(self, low: int, high: int, strict: bool = True, **kwargs):
+        super().__init__(strict=strict, validate=validate.Range(low, high), **kwargs)
 
     def _validated(self, value):
         if isinstance(value, bool):
@@ -55,7 +55,7 @@ class WaitSchema(Schema):
 
 class HostsQuerySchema(Schema):
     gpu_name = fields.String(load_default=None, validate=GPU_NAME)
-    min_gpus = Integer(1, 64, load_default=2)
+    min_gpus = Integer(1, 64, strict=False, load_default=2)
     max_price = Price(load_default=None)
     verified = fields.Boolean(load_default=True)
 

