@@ -54,10 +54,15 @@ def new_pool(tenant: str, machine_id: int, **fields) -> dict:
         "failover_count": 0, "last_failover_at": None, "last_failover": None,
         "error_message": None, "fallback": None, "gpu_name": None, "max_price": None,
         "image": None, "disk_size": 50, "volume_size": 100,
-        "heal_attempts": 0, "next_heal_at": 0.0, "created_at": now_iso(), "updated_at": now_iso(),
+        "op_id": None, "retire_gpu_id": None, "heal_attempts": 0, "next_heal_at": 0.0, "created_at": now_iso(), "updated_at": now_iso(),
     }
     pool.update(fields)
     return pool
+
+
+def is_watched(pool: dict) -> bool:
+    """Whether the health sweep watches this pool's primary."""
+    return pool["enabled"] and pool["state"] in (ACTIVE, DEGRADED) and pool["primary_gpu_id"] is not None
 
 
 @dataclass
@@ -95,12 +100,19 @@ class Store:
         return Held(token=token, epoch=self.r.incr(f"wp:epoch:{pid}"))
 
     def extend(self, pid: str, held: Held, ttl: float) -> None:
-        """Renew a held lock; raise FencedOut if it was lost meanwhile."""
+        """Renew a held lock; raise FencedOut if a newer holder took it meanwhile.
+
+        A lock that merely expired (its worker was killed and the step redelivered)
+        is taken back with the same token, if no one held it since: the epoch says so.
+        """
+        lock = self.lock(pid, ttl, held.token)
         try:
-            self.lock(pid, ttl, held.token).reacquire()
-        except redis.exceptions.LockError as exc:
-            raise FencedOut(pid) from exc
+            lock.reacquire()
+        except redis.exceptions.LockError:
+            if not lock.acquire(blocking=False, token=held.token):
+                raise FencedOut(pid) from None
         if self.epoch(pid) != held.epoch:
+            self.release(pid, held, ttl)
             raise FencedOut(pid)
 
     def release(self, pid: str, held: Held, ttl: float) -> None:
@@ -133,11 +145,11 @@ class Store:
     def all_pool_ids(self) -> list[str]:
         return sorted(self.r.smembers("wp:pools"))
 
-    def active_pool_ids(self) -> list[str]:
-        return sorted(self.r.smembers("wp:active"))
+    def watched_pool_ids(self) -> list[str]:
+        return sorted(self.r.smembers("wp:watched"))
 
     def primaries(self, instance_ids: list[int]) -> dict[int, str]:
-        """Map primary instance ids of active pools to their pool ids."""
+        """Map primary instance ids of watched pools to their pool ids."""
         if not instance_ids:
             return {}
         found = self.r.hmget("wp:primaries", [str(i) for i in instance_ids])
@@ -160,12 +172,11 @@ class Store:
             pipe.sadd(f"wp:tenant:{pool['tenant']}:pools", pool["machine_id"])
             if old_primary is not None:
                 pipe.hdel("wp:primaries", str(old_primary))
-            # only active pools are health-checked
-            if pool["state"] == ACTIVE and pool["primary_gpu_id"] is not None:
-                pipe.sadd("wp:active", pid)
+            if is_watched(pool):
+                pipe.sadd("wp:watched", pid)
                 pipe.hset("wp:primaries", str(pool["primary_gpu_id"]), pid)
             else:
-                pipe.srem("wp:active", pid)
+                pipe.srem("wp:watched", pid)
 
         self.r.transaction(write, epoch_key)
 

@@ -40,8 +40,11 @@ class Operation:
     def step(self, name: str) -> None:
         """Enter a step: renew the lock (or stop here if it was lost) and show the step."""
         self.store.extend(self.pid, self.held, self.settings.lock_ttl)
-        if self.ctx.get("op_id"):
-            self.store.update_op(self.ctx["op_id"], state="STARTED", step=name)
+        op_id = self.ctx.get("op_id")
+        if op_id:
+            self.store.update_op(op_id, state="STARTED", step=name)
+            if self.pool.get("op_id") != op_id:
+                self.save(op_id=op_id)  # so an interrupted operation can be resumed under its id
 
     def save(self, **fields) -> None:
         self.pool.update(fields)

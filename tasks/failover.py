@@ -20,11 +20,12 @@ from tasks.provision import create_instance, create_standby, is_running
 STOPPED_STATUSES = {"stopped", "exited", "offline", "unknown"}
 
 
-def launch(s: Store, pid: str, held, trigger: str, detected_at: float | None = None) -> str:
-    """Start the failover of a pool whose lock ``held`` is ours; return the operation id."""
+def launch(s: Store, pid: str, held, trigger: str, detected_at: float | None = None,
+           op_id: str | None = None) -> str:
+    """Start (or, given ``op_id``, go on with) the failover of a pool whose lock ``held`` is ours."""
     tenant, machine_id = split_pool_id(pid)
     pool = s.get_pool(pid)
-    op_id = s.new_op(tenant, machine_id, "failover")
+    op_id = op_id or s.new_op(tenant, machine_id, "failover")
     ctx = Operation.begin(pid, "failover", held, op_id, trigger=trigger, old_primary=pool["primary_gpu_id"],
                           detected_at=detected_at)
     steps = [confirm_failure.s()] if trigger == "health" else []
@@ -41,8 +42,10 @@ def trigger(pid: str, seen_primary: int, detected_at: float) -> str:
     if held is None:
         return "busy"  # an operation runs on this machine; it is the one that counts
     pool = s.get_pool(pid)
+    # a degraded pool whose last repair failed waits for its backoff (the healer's turn)
     if (pool is None or not pool["enabled"] or pool["state"] not in (ACTIVE, DEGRADED)
-            or pool["primary_gpu_id"] != seen_primary):
+            or pool["primary_gpu_id"] != seen_primary
+            or (pool["state"] == DEGRADED and pool["next_heal_at"] > time.time())):
         s.release(pid, held, cfg.lock_ttl)
         return "stale"
     if not s.take_failover_slot(cfg.failovers_per_minute):
@@ -155,6 +158,7 @@ def promote(self, op: Operation):
     last = {"at": now_iso(), "trigger": ctx["trigger"], "old_primary_gpu_id": ctx["old_primary"],
             "new_primary_gpu_id": new_primary, "recovery_time_seconds": recovery, "phases": phases}
     op.save(primary_gpu_id=new_primary, standby_gpu_id=None, standby_state="none", state=PROVISIONING,
+            retire_gpu_id=ctx["old_primary"],
             failover_count=pool["failover_count"] + 1, last_failover_at=last["at"], last_failover=last,
             error_message=None)
     op.event("failover_completed", f"standby {new_primary} promoted in {recovery:.1f} s", **last)
@@ -168,9 +172,11 @@ def promote(self, op: Operation):
 def retire_old_primary(self, op: Operation):
     """Destroy the old primary, then give the new one the primary label."""
     op.step("retire_old_primary")
-    vast().destroy_instance(op.ctx["old_primary"])
-    vast().label_instance(op.pool["primary_gpu_id"], label(op.tenant, op.machine_id, "primary"))
-    op.ctx["replace_started"] = time.time()
+    op.ctx.setdefault("replace_started", time.time())
+    if op.pool["retire_gpu_id"] is not None:
+        vast().destroy_instance(op.pool["retire_gpu_id"])
+        vast().label_instance(op.pool["primary_gpu_id"], label(op.tenant, op.machine_id, "primary"))
+        op.save(retire_gpu_id=None)
     return op.ctx
 
 

@@ -7,10 +7,12 @@ is healthy, failed or unknown; only failed, ``FAILOVER_THRESHOLD`` sweeps in a
 row, triggers a failover (rule 9).
 """
 
+import contextlib
 import json
 import time
 
-from celery import shared_task
+from celery import chain, shared_task
+from redis.exceptions import LockError
 
 from app import vast as provider
 from app.hosts import offers_query
@@ -30,10 +32,23 @@ def _role_label(pid: str, role: str) -> str:
 @shared_task(name="warmpool.health.sweep")
 def sweep() -> str:
     s, cfg = store(), settings()
-    # a second beat (an operator mistake) finds the sweep taken
-    if not s.r.set("wp:sweep:lock", "1", nx=True, px=max(1, int(cfg.health_check_interval * 900))):
-        return "skipped"
     started = time.time()
+    # one sweep per interval, and never two at once: a second beat (an operator mistake) or a
+    # slow provider must not count a failure twice
+    slot = f"wp:sweep:slot:{int(started / cfg.health_check_interval)}"
+    if not s.r.set(slot, "1", nx=True, px=max(1000, int(cfg.health_check_interval * 2000))):
+        return "skipped"
+    running = s.r.lock("wp:sweep:running", timeout=120)
+    if not running.acquire(blocking=False):
+        return "skipped"
+    try:
+        return _sweep(s, cfg, started)
+    finally:
+        with contextlib.suppress(LockError):
+            running.release()
+
+
+def _sweep(s, cfg, started: float) -> str:
     try:
         listing = vast().list_instances(UNHEALTHY)
     except provider.VastError as exc:
@@ -41,7 +56,7 @@ def sweep() -> str:
         s.r.incr("wp:metrics:unknown_sweeps")
         s.r.set("wp:health:provider", json.dumps({"ok": False, "at": now_iso(), "error": type(exc).__name__}))
         return "unknown"
-    active = s.active_pool_ids()
+    active = s.watched_pool_ids()
     failed = {pid: iid for iid, pid in s.primaries([row["id"] for row in listing.instances]).items()}
     if listing.label_counts or not listing.total_instances:
         for pid in active:
@@ -53,7 +68,7 @@ def sweep() -> str:
         missing_standby = []  # this provider does not count labels: vanished ones are left to the healer
     _count_failures(failed)
     for pid in missing_standby:
-        degrade(pid, "the standby no longer exists")
+        degrade(pid, "the standby no longer exists", standby_gpu_id=None, standby_state="none")
     s.r.set("wp:label_counts", json.dumps(listing.label_counts))
     s.r.set("wp:health:provider", json.dumps({"ok": True, "at": now_iso()}))
     s.r.set("wp:sweep:last", now_iso())
@@ -90,7 +105,7 @@ def _count_failures(failed: dict) -> None:
         failover.trigger.delay(pid, primary, float(first_seen or now))
 
 
-def degrade(pid: str, reason: str) -> bool:
+def degrade(pid: str, reason: str, **fields) -> bool:
     """Mark an active pool degraded, unless an operation holds it (it decides the state then)."""
     s, cfg = store(), settings()
     held = s.acquire(pid, cfg.lock_ttl)
@@ -99,7 +114,8 @@ def degrade(pid: str, reason: str) -> bool:
     try:
         pool = s.get_pool(pid)
         if pool and pool["state"] == ACTIVE:
-            pool.update(state=DEGRADED, error_message=reason, next_heal_at=time.time() + cfg.health_check_interval)
+            pool.update(state=DEGRADED, error_message=reason, next_heal_at=time.time() + cfg.health_check_interval,
+                        **fields)
             s.save_pool(pool, held)
             s.event(pid, "degraded", reason)
     finally:
@@ -111,7 +127,7 @@ def degrade(pid: str, reason: str) -> bool:
 def check_capacity() -> int:
     """A stopped standby needs a free GPU on its host to start (rule 10): check the hosts in one search."""
     s = store()
-    pools = s.get_pools(s.active_pool_ids())
+    pools = [p for p in s.get_pools(s.watched_pool_ids()) if p["state"] == ACTIVE]
     hosts = sorted({p["host_machine_id"] for p in pools})
     if not hosts:
         return 0
@@ -145,7 +161,7 @@ def heal() -> int:
 
 @shared_task(name="warmpool.health.repair")
 def repair(pid: str) -> str:
-    """Bring one pool back to active with what it lacks."""
+    """Bring one pool back to active with what it lacks; an interrupted operation goes on under its id."""
     s, cfg = store(), settings()
     held = s.acquire(pid, cfg.lock_ttl)
     if held is None:
@@ -154,29 +170,38 @@ def repair(pid: str) -> str:
     if pool is None or not pool["enabled"] or pool["state"] == ACTIVE:
         s.release(pid, held, cfg.lock_ttl)
         return "nothing to do"
+    op = pool["op_id"] and s.get_op(pool["op_id"])
+    op_id = op["task_id"] if op and op["state"] not in ("SUCCESS", "FAILURE") else None
     try:
+        if pool["retire_gpu_id"] is not None:  # a failover stopped after its promotion
+            chain(retire_old_primary.s(), create_standby.s()).delay(
+                Operation.begin(pid, "failover", held, op_id))
+            return "finish failover"
         primary = pool["primary_gpu_id"] and vast().show_instance(pool["primary_gpu_id"])
         if pool["primary_ssh_host"] and not is_running(primary):
-            failover.launch(s, pid, held, "heal")
+            failover.launch(s, pid, held, "heal", op_id=op_id)
             return "failover"
         if pool["host_machine_id"] and pool["standby_gpu_id"] and is_running(primary):
-            if not vast().search_offers(offers_query(verified=False, machine_id=pool["host_machine_id"])):
-                raise provider.RequestRejected("host still has no free GPU")
-            pool.update(state=ACTIVE, error_message=None, heal_attempts=0)
-            s.save_pool(pool, held)
-            s.event(pid, "healed", "the host has a free GPU again")
-            s.release(pid, held, cfg.lock_ttl)
-            return "active"
+            if vast().search_offers(offers_query(verified=False, machine_id=pool["host_machine_id"])):
+                pool.update(state=ACTIVE, error_message=None, heal_attempts=0)
+                s.save_pool(pool, held)
+                s.event(pid, "healed", "the host has a free GPU again")
+                s.release(pid, held, cfg.lock_ttl)
+                return "active"
+            return _retry_later(pid, held, f"host {pool['host_machine_id']} still has no free GPU")
     except provider.VastError as exc:
-        op = Operation(Operation.begin(pid, "heal", held))
-        op.fail(f"{pool['error_message'] or 'degraded'} (heal: {exc})")
-        return "retry later"
+        return _retry_later(pid, held, f"provider unavailable ({exc})")
     search = pool["host_machine_id"] is None
     if search:
         pool.update(state=SEARCHING)
         s.save_pool(pool, held)
-    provision_chain(search).delay(Operation.begin(pid, "provision", held))
+    provision_chain(search).delay(Operation.begin(pid, "provision", held, op_id))
     return "provision"
+
+
+def _retry_later(pid: str, held, reason: str) -> str:
+    Operation(Operation.begin(pid, "heal", held)).fail(f"heal postponed: {reason}")
+    return "retry later"
 
 
 @shared_task(name="warmpool.health.reconcile")

@@ -111,15 +111,15 @@ def await_primary(self, op: Operation):
 def create_standby(self, op: Operation):
     """Create the stopped standby; the last step of provisioning and of a failover."""
     op.step("create_standby")
-    started = time.time()
     standby = op.pool["standby_gpu_id"]
     if standby is None:
         standby = adopt(op, "standby") or create_instance(op, "standby", "stopped")
         op.event("standby_created", f"standby {standby} created stopped", standby_gpu_id=standby)
     fields = {}
-    if op.ctx["operation"] == "failover":
-        op.phase("replace_standby", started)
-        fields["last_failover"] = {**op.pool["last_failover"], "phases": op.ctx["phases"]}
+    if "replace_started" in op.ctx:  # the end of a failover
+        last = op.pool["last_failover"]
+        fields["last_failover"] = {**last, "phases": {**last["phases"], "replace_standby": round(
+            time.time() - op.ctx["replace_started"], 3)}}
     op.save(standby_gpu_id=standby, standby_state="stopped", state=ACTIVE, error_message=None,
             fallback=None, heal_attempts=0, next_heal_at=0.0, **fields)
     pool = op.pool
