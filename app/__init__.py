@@ -4,6 +4,7 @@ The web app is thin: it validates, authorizes, reads state from Redis or
 enqueues work for the Celery workers in ``tasks/``, and answers.
 """
 
+import redis
 from flask import Flask
 
 from app.api import api
@@ -33,4 +34,11 @@ def create_app(config: dict | None = None) -> Flask:
     api.register_blueprint(warmpool.blp)
     api.register_blueprint(tasks.blp)
     app.register_blueprint(probes.bp)
+
+    @app.errorhandler(redis.RedisError)
+    def state_store_unavailable(exc):
+        # Redis restarting or unreachable: say so, in the API's error shape, and let the client retry
+        return {"code": 503, "status": "Service Unavailable",
+                "message": "The state store is unavailable; retry shortly"}, 503, {"Retry-After": "1"}
+
     return app

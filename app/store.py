@@ -76,6 +76,7 @@ class Store:
     def __init__(self, client: redis.Redis):
         self.r = client
         self._reserve = self.r.register_script(_RESERVE_SLOT)
+        self._bump_epoch = self.r.register_script(_BUMP_EPOCH)
 
     @classmethod
     def from_url(cls, url: str) -> "Store":
@@ -114,6 +115,15 @@ class Store:
         if self.epoch(pid) != held.epoch:
             self.release(pid, held, ttl)
             raise FencedOut(pid)
+
+    def take_over(self, pid: str, held: Held, ttl: float) -> Held:
+        """For a redelivered step: hold the lock under a new epoch, so that the first delivery,
+        if its worker was only frozen, is fenced out when it wakes."""
+        self.extend(pid, held, ttl)
+        epoch = self._bump_epoch(keys=[f"wp:epoch:{pid}"], args=[held.epoch])
+        if not epoch:
+            raise FencedOut(pid)
+        return Held(token=held.token, epoch=int(epoch))
 
     def release(self, pid: str, held: Held, ttl: float) -> None:
         try:
@@ -266,4 +276,10 @@ local interval = tonumber(ARGV[1])
 local slot = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'))
 redis.call('SET', KEYS[1], string.format('%.6f', slot + interval), 'PX', math.ceil((slot + interval - now) * 1000) + 1000)
 return string.format('%.6f', slot - now)
+"""
+
+# a new epoch only if no one took the lock since ``ARGV[1]``
+_BUMP_EPOCH = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('INCR', KEYS[1])
 """

@@ -179,14 +179,17 @@ class VastClient:
             return None
         return _get(body, "instances", (dict, type(None)))
 
-    def list_instances(self, select_filters: dict | None = None) -> InstanceListing:
-        """Every instance matching ``select_filters`` (all pages, 25 rows each)."""
+    def list_instances(self, select_filters: dict | None = None, *, attempts: int | None = None) -> InstanceListing:
+        """Every instance matching ``select_filters`` (all pages, 25 rows each).
+
+        ``attempts`` overrides the client's per call: a periodic check passes 1, its next run is the retry.
+        """
         params: dict[str, Any] = {
             "select_filters": select_filters or {},
             "order_by": [{"col": "id", "dir": "asc"}],
             "limit": 25,
         }
-        first = self._call("list_instances", "GET", "/api/v1/instances/", params=params)
+        first = self._call("list_instances", "GET", "/api/v1/instances/", params=params, attempts=attempts)
         instances = list(_get(first, "instances", list))
         seen: set[str] = set()
         page = first
@@ -195,7 +198,7 @@ class VastClient:
                 raise ProviderUnavailable("GET /api/v1/instances/: pagination token repeated")
             seen.add(token)
             page = self._call("list_instances", "GET", "/api/v1/instances/",
-                              params={**params, "after_token": token})
+                              params={**params, "after_token": token}, attempts=attempts)
             instances.extend(_get(page, "instances", list))
         return InstanceListing(
             instances=instances,
@@ -261,6 +264,7 @@ class VastClient:
         params: dict[str, Any] | None = None,
         json_body: Any = None,
         creates: bool = False,
+        attempts: int | None = None,
     ) -> dict:
         """One logical call: attempts, backoff and error mapping. Returns the JSON object."""
         where = f"{method} {path}"
@@ -268,6 +272,7 @@ class VastClient:
         data = None if json_body is None else json.dumps(json_body)
         headers = {"Content-Type": "application/json"} if data is not None else None
         deadline = time.monotonic() + self.total_timeout
+        max_attempts = attempts or self.max_attempts
         attempt = 0
         while True:
             attempt += 1
@@ -298,10 +303,10 @@ class VastClient:
                 delay = retry_after
             else:
                 delay = random.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)))
-            if attempt >= self.max_attempts or delay >= left:
+            if attempt >= max_attempts or delay >= left:
                 raise failure
             log.warning("vast %s failed (%s); attempt %d/%d, retrying in %.2fs",
-                        where, failure, attempt, self.max_attempts, delay)
+                        where, failure, attempt, max_attempts, delay)
             time.sleep(delay)
 
     def _result(self, where: str, reply: _Reply) -> dict:

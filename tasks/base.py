@@ -37,6 +37,10 @@ class Operation:
         return {"pid": pid, "operation": operation, "op_id": op_id, "token": held.token,
                 "epoch": held.epoch, "started": time.time(), "phases": {}, **extra}
 
+    def take_over(self) -> None:
+        self.held = self.store.take_over(self.pid, self.held, self.settings.lock_ttl)
+        self.ctx["epoch"] = self.held.epoch
+
     def step(self, name: str) -> None:
         """Enter a step: renew the lock (or stop here if it was lost) and show the step."""
         self.store.extend(self.pid, self.held, self.settings.lock_ttl)
@@ -107,6 +111,8 @@ class Step(Task):
             op = Operation(ctx)
             if op.pool is None:
                 raise Ignore()  # the pool was removed under us; nothing to do
+            if (self.request.delivery_info or {}).get("redelivered"):
+                op.take_over()
             return self.run(op, *args, **kwargs)
         except FencedOut:
             log.warning("%s: lock of %s lost to a newer holder; stopping", self.name, ctx["pid"])

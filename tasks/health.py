@@ -50,7 +50,7 @@ def sweep() -> str:
 
 def _sweep(s, cfg, started: float) -> str:
     try:
-        listing = vast().list_instances(UNHEALTHY)
+        listing = vast().list_instances(UNHEALTHY, attempts=1)  # the next sweep is the retry
     except provider.VastError as exc:
         # unknown, not failed: nothing is counted and nothing fails over (rule 6)
         s.r.incr("wp:metrics:unknown_sweeps")

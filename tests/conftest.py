@@ -44,7 +44,7 @@ ENV = {
     "RECONCILE_INTERVAL": "1",
     "CAPACITY_CHECK_INTERVAL": "0.5",
     "HOSTS_CACHE_SECONDS": "0",
-    "CELERY_VISIBILITY_TIMEOUT": "5",
+    "CELERY_VISIBILITY_TIMEOUT": "3",
 }
 os.environ.update(ENV)
 
@@ -103,25 +103,39 @@ def redis_server():
 
 @pytest.fixture(scope="session")
 def sim_server():
-    from app import sim
-
-    server, url = sim.start_in_thread(port=SIM_PORT, time_scale=TIME_SCALE, seed=7)
+    """The simulator in its own process, as ``warmpool sim`` runs it."""
+    process = subprocess.Popen([sys.executable, "-m", "app.cli", "sim", "--port", str(SIM_PORT),
+                                "--time-scale", str(TIME_SCALE), "--seed", "7"], cwd=ROOT, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{SIM_PORT}"
+    wait_until(lambda: _answers(url + "/_sim/stats"), message="the simulator to answer")
     yield url
-    server.shutdown()
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).ok
+    except requests.ConnectionError:
+        return False
 
 
 class Worker:
-    """A Celery worker (or beat) process started as the Procfile starts it."""
+    """A process of the stack (a Celery worker, beat, gunicorn) started as the Procfile starts it."""
 
-    def __init__(self, *args: str, log: Path):
-        self.args, self.log = args, log
+    def __init__(self, *args: str, log: Path, program: tuple = (sys.executable, "-m", "celery", "-A", "tasks"),
+                 **env: str):
+        self.command, self.log, self.env = [*program, *args], log, env
         self.process = None
 
     def start(self):
         with open(self.log, "ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks", *self.args],
-                                            cwd=ROOT, env=os.environ.copy(), stdout=out, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command, cwd=ROOT, env={**os.environ, **self.env},
+                                            stdout=out, stderr=subprocess.STDOUT)
         return self
+
+    def signal(self, signum: int):
+        self.process.send_signal(signum)
 
     def kill(self):
         self.process.kill()
@@ -153,8 +167,24 @@ class Stack:
         self.store = store()
         self.client = create_app().test_client()
         self.worker = Worker(*worker_args("w1"), log=logs / "worker.log").start()
+        self.web = None
         self.beat = Worker("beat", "-l", "INFO", "-s", str(logs / "celerybeat-schedule"), log=logs / "beat.log").start()
         wait_until(lambda: self.redis.get("wp:worker:seen"), timeout=30, message="the worker to start")
+
+    def new_worker(self, name: str, **env: str) -> Worker:
+        """Another worker process; ``env`` overrides settings for it alone."""
+        return Worker(*worker_args(name), log=self.logs / f"{name}.log", **env).start()
+
+    def http(self) -> str:
+        """The API under gunicorn, as the Procfile runs it (started on first use)."""
+        if self.web is None:
+            port = free_port()
+            self.web = Worker("--bind", f"127.0.0.1:{port}", "--worker-class", "gthread", "--workers", "2",
+                              "--threads", "16", "app:create_app()", log=self.logs / "web.log",
+                              program=(sys.executable, "-m", "gunicorn")).start()
+            self.web_url = f"http://127.0.0.1:{port}"
+            wait_until(lambda: _answers(self.web_url + "/healthz"), message="gunicorn to answer")
+        return self.web_url
 
     def api(self, method: str, path: str, tenant: str = "acme", **kwargs):
         headers = {"Authorization": f"Bearer {API_KEYS[tenant]}"}
@@ -185,8 +215,9 @@ class Stack:
                 if i["label"].startswith(label_prefix) and i["actual_status"] == "running"]
 
     def stop(self):
-        self.beat.stop()
-        self.worker.stop()
+        for process in (self.beat, self.worker, self.web):
+            if process:
+                process.stop()
 
 
 @pytest.fixture(scope="session")

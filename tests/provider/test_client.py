@@ -585,3 +585,11 @@ def test_throttle_errors_propagate(rsps):
     with pytest.raises(RuntimeError):
         make_client(throttle=refuse).show_volumes()
     assert len(rsps.calls) == 0
+
+
+def test_list_instances_attempts_override(rsps):
+    """A periodic check asks once: its next run is the retry."""
+    rsps.get(f"{BASE}/api/v1/instances/", status=503, json={"error": "unavailable"})
+    with pytest.raises(ProviderUnavailable):
+        make_client().list_instances({}, attempts=1)
+    assert len(rsps.calls) == 1
