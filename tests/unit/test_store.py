@@ -1,0 +1,361 @@
+"""The state store on fakeredis: pools and their indexes, locks and fencing, operations, events, keys, rate slots."""
+
+import threading
+import time
+
+import pytest
+
+from app import store as store_module
+from app.store import (ACTIVE, DEGRADED, DISABLED, EVENTS_KEPT, FencedOut, Held, label, new_pool, pool_id,
+                       split_pool_id)
+from tests.conftest import wait_until
+from tests.unit.fakes import snapshot
+
+PID = "acme:123"
+
+
+def save(store, pool):
+    pid = pool_id(pool["tenant"], pool["machine_id"])
+    held = store.acquire(pid, 10)
+    store.save_pool(pool, held)
+    store.release(pid, held, 10)
+
+
+# -- ids and labels ------------------------------------------------------------------------------
+
+
+def test_pool_ids_and_labels_round_trip():
+    assert pool_id("acme", 123) == PID
+    assert split_pool_id(PID) == ("acme", 123)
+    assert split_pool_id("te:nant:7") == ("te:nant", 7)  # the machine is after the last colon
+    assert label("acme", 123, "primary") == "warmpool-acme-123-primary"
+
+
+def test_new_pool_has_the_seed_fields_and_overrides():
+    pool = new_pool("acme", 1, state=ACTIVE, gpu_name="RTX_4090")
+    seed = {"machine_id", "state", "host_machine_id", "volume_id", "primary_gpu_id", "standby_gpu_id",
+            "standby_state", "primary_ssh_host", "primary_ssh_port", "failover_count", "last_failover_at",
+            "error_message"}
+    assert seed <= set(pool)
+    assert pool["state"] == ACTIVE and pool["gpu_name"] == "RTX_4090" and pool["standby_state"] == "none"
+    assert (pool["disk_size"], pool["volume_size"]) == (50, 100)
+
+
+# -- pools and indexes -------------------------------------------------------------------------------
+
+
+def test_save_and_get_pool(store):
+    pool = new_pool("acme", 123, host_machine_id=88888)
+    save(store, pool)
+    got = store.get_pool(PID)
+    assert got["host_machine_id"] == 88888 and got["tenant"] == "acme"
+    assert store.get_pool("acme:999") is None
+    assert store.all_pool_ids() == [PID]
+    assert [p["machine_id"] for p in store.tenant_pools("acme")] == [123]
+    assert store.tenant_pools("globex") == []
+
+
+def test_tenant_pools_sorted_by_machine_and_get_pools_skips_missing(store):
+    for machine in (30, 4, 200):
+        save(store, new_pool("acme", machine))
+    save(store, new_pool("globex", 5))
+    assert [p["machine_id"] for p in store.tenant_pools("acme")] == [4, 30, 200]
+    assert [p["machine_id"] for p in store.get_pools(["acme:4", "acme:77", "globex:5"])] == [4, 5]
+    assert store.get_pools([]) == []
+
+
+def test_watched_and_primaries_indexes_follow_the_state(store):
+    pool = new_pool("acme", 123, state=ACTIVE, primary_gpu_id=111)
+    save(store, pool)
+    assert store.watched_pool_ids() == [PID]
+    assert store.primaries([111, 222]) == {111: PID}
+
+    # failover promotes 222: the old primary leaves the index, the new one enters
+    pool.update(primary_gpu_id=222)
+    save(store, pool)
+    assert store.primaries([111, 222]) == {222: PID}
+
+    # a degraded pool's primary is still watched
+    pool.update(state=DEGRADED)
+    save(store, pool)
+    assert store.watched_pool_ids() == [PID] and store.primaries([222]) == {222: PID}
+
+    for state in (DISABLED, "failover", "provisioning", "searching"):
+        pool.update(state=state)
+        save(store, pool)
+        assert store.watched_pool_ids() == [], state
+        assert store.primaries([111, 222]) == {}, state
+        pool.update(state=ACTIVE)
+        save(store, pool)
+        assert store.watched_pool_ids() == [PID]
+
+    # a pool that is not enabled is not watched, whatever its state says
+    pool.update(enabled=False)
+    save(store, pool)
+    assert store.watched_pool_ids() == [] and store.primaries([222]) == {}
+    pool.update(enabled=True, primary_gpu_id=None)  # nor one without a primary
+    save(store, pool)
+    assert store.watched_pool_ids() == [] and store.primaries([222]) == {}
+    assert store.primaries([]) == {}
+
+
+# -- locks and fencing ------------------------------------------------------------------------------------
+
+
+def test_acquire_gives_increasing_epochs_and_excludes_others(store):
+    first = store.acquire(PID, 10)
+    assert isinstance(first, Held) and first.epoch == 1 and store.is_locked(PID)
+    assert store.acquire(PID, 10) is None  # held: no second holder, no new epoch
+    assert store.epoch(PID) == 1
+    store.release(PID, first, 10)
+    assert not store.is_locked(PID)
+    second = store.acquire(PID, 10)
+    assert second.epoch == 2 and second.token != first.token
+    assert store.acquire("acme:124", 10).epoch == 1  # epochs are per machine
+
+
+def test_the_lock_is_a_redis_py_lock_with_a_ttl(store):
+    held = store.acquire(PID, 10)
+    assert store.r.get(f"wp:lock:{PID}") == held.token
+    assert 0 < store.r.pttl(f"wp:lock:{PID}") <= 10_000
+    store.extend(PID, held, 30)
+    assert 10_000 < store.r.pttl(f"wp:lock:{PID}") <= 30_000
+
+
+def test_acquire_waits_for_a_release(store):
+    first = store.acquire(PID, 10)
+    threading.Timer(0.2, store.release, (PID, first, 10)).start()
+    started = time.monotonic()
+    second = store.acquire(PID, 10, wait=5)
+    assert second is not None and second.epoch == 2
+    assert time.monotonic() - started < 4
+
+
+def test_acquire_with_wait_gives_up(store):
+    store.acquire(PID, 10)
+    started = time.monotonic()
+    assert store.acquire(PID, 10, wait=0.2) is None
+    assert 0.05 < time.monotonic() - started < 3
+
+
+def test_save_pool_with_a_stale_epoch_is_fenced_out_and_writes_nothing(store):
+    old = store.acquire(PID, 0.1)
+    save_pool = new_pool("acme", 123, state=ACTIVE, primary_gpu_id=111)
+    store.save_pool(save_pool, old)
+    wait_until(lambda: not store.is_locked(PID), timeout=5, message="the lock to expire")
+    new = store.acquire(PID, 10)
+    store.save_pool(new_pool("acme", 123, state=DEGRADED, primary_gpu_id=111), new)
+    before = snapshot(store.r)
+
+    stale = new_pool("acme", 123, state=ACTIVE, primary_gpu_id=999)
+    with pytest.raises(FencedOut):
+        store.save_pool(stale, old)
+    assert snapshot(store.r) == before
+    assert store.get_pool(PID)["state"] == DEGRADED and store.primaries([999, 111]) == {111: PID}
+
+
+def test_save_pool_fenced_out_for_a_new_pool_writes_no_index(store):
+    old = store.acquire(PID, 10)
+    store.r.incr(f"wp:epoch:{PID}")  # a newer holder took the machine
+    with pytest.raises(FencedOut):
+        store.save_pool(new_pool("acme", 123, state=ACTIVE, primary_gpu_id=5), old)
+    assert store.get_pool(PID) is None
+    assert store.all_pool_ids() == [] and store.watched_pool_ids() == [] and store.tenant_pools("acme") == []
+
+
+def test_extend_after_expiry_takes_the_lock_back_when_no_one_held_it(store):
+    # a killed worker's step is redelivered: the same holder takes its expired lock back
+    held = store.acquire(PID, 0.1)
+    wait_until(lambda: not store.is_locked(PID), timeout=5, message="the lock to expire")
+    store.extend(PID, held, 10)
+    assert store.r.get(f"wp:lock:{PID}") == held.token and store.epoch(PID) == held.epoch
+    assert store.acquire(PID, 10) is None
+
+
+def test_extend_after_expiry_and_another_holder_is_fenced_out(store):
+    held = store.acquire(PID, 0.1)
+    wait_until(lambda: not store.is_locked(PID), timeout=5, message="the lock to expire")
+    other = store.acquire(PID, 10)
+    store.release(PID, other, 10)  # someone held it meanwhile, and is done
+    with pytest.raises(FencedOut):
+        store.extend(PID, held, 10)
+    assert not store.is_locked(PID)  # the stale holder does not keep the lock it grabbed
+
+
+def test_extend_after_takeover_raises_fenced_out(store):
+    held = store.acquire(PID, 0.1)
+    wait_until(lambda: not store.is_locked(PID), timeout=5, message="the lock to expire")
+    newer = store.acquire(PID, 10)
+    with pytest.raises(FencedOut):
+        store.extend(PID, held, 10)
+    store.extend(PID, newer, 10)  # the new holder still can
+    # the stale holder's release does not free the newer holder's lock
+    store.release(PID, held, 10)
+    assert store.is_locked(PID) and store.acquire(PID, 10) is None
+
+
+def test_extend_with_the_right_token_but_an_old_epoch_is_fenced_out(store):
+    held = store.acquire(PID, 10)
+    store.r.incr(f"wp:epoch:{PID}")
+    with pytest.raises(FencedOut):
+        store.extend(PID, held, 10)
+
+
+def test_take_over_fences_out_the_first_delivery(store):
+    first = store.acquire(PID, 10)
+    second = store.take_over(PID, first, 10)  # the redelivered step
+    assert second.epoch == first.epoch + 1 and second.token == first.token
+    store.save_pool(new_pool("acme", 123, state=DEGRADED), second)
+    before = snapshot(store.r)
+    with pytest.raises(FencedOut):
+        store.save_pool(new_pool("acme", 123, state=ACTIVE, primary_gpu_id=1), first)  # the frozen first one
+    assert snapshot(store.r) == before
+    with pytest.raises(FencedOut):
+        store.take_over(PID, first, 10)  # and cannot take it back either
+    store.extend(PID, second, 10)
+
+
+@pytest.mark.xfail(reason="Store.extend: a fenced-out holder whose step was taken over (take_over keeps the "
+                          "token) reacquires the shared token, sees the old epoch and releases the lock the "
+                          "new holder owns, so a third operation can take the machine mid-operation (issue 3)",
+                   strict=True)
+def test_a_fenced_out_holder_does_not_release_the_lock_of_the_one_that_took_over(store):
+    first = store.acquire(PID, 10)
+    second = store.take_over(PID, first, 10)  # the step was redelivered; the first worker was only frozen
+    with pytest.raises(FencedOut):
+        store.extend(PID, first, 10)  # the first one wakes up and enters its next step
+    assert store.is_locked(PID), "the machine's lock was released under the holder that took over"
+    assert store.acquire(PID, 10) is None, "another operation could take the machine"
+    store.extend(PID, second, 10)
+
+
+def test_release_of_an_expired_lock_is_quiet(store):
+    held = store.acquire(PID, 0.05)
+    wait_until(lambda: not store.is_locked(PID), timeout=5, message="the lock to expire")
+    store.release(PID, held, 10)
+    assert store.acquire(PID, 10).epoch == 2
+
+
+def test_failover_slots_are_capped_per_minute(store, monkeypatch):
+    clock = {"now": 6000.0}
+    fake_time = type("T", (), {"time": staticmethod(lambda: clock["now"]),
+                               "monotonic": staticmethod(time.monotonic)})
+    monkeypatch.setattr(store_module, "time", fake_time)
+    assert [store.take_failover_slot(3) for _ in range(5)] == [True, True, True, False, False]
+    clock["now"] += 60  # the next minute starts a new count
+    assert store.take_failover_slot(3)
+    assert 0 < store.r.ttl("wp:failovers:101") <= 120
+
+
+# -- operations ---------------------------------------------------------------------------------------------
+
+
+def test_new_op_is_pending_with_a_ttl(store):
+    op_id = store.new_op("acme", 123, "provision")
+    op = store.get_op(op_id)
+    assert len(op_id) == 32 and op["task_id"] == op_id
+    assert (op["tenant"], op["machine_id"], op["operation"], op["state"], op["step"]) == (
+        "acme", 123, "provision", "PENDING", "queued")
+    assert 0 < store.r.ttl(f"wp:op:{op_id}") <= store_module.OP_TTL
+    assert store.new_op("acme", 123, "provision") != op_id
+    assert store.get_op("0" * 32) is None
+
+
+@pytest.mark.parametrize("final", ["SUCCESS", "FAILURE"])
+def test_final_op_states_are_final(store, final):
+    op_id = store.new_op("acme", 123, "failover")
+    store.update_op(op_id, state="STARTED", step="stop_primary")
+    assert store.get_op(op_id)["step"] == "stop_primary"
+    store.update_op(op_id, state=final, step="done", result={"success": final == "SUCCESS"})
+    ended = store.get_op(op_id)
+    # a redelivered step does not reopen it
+    store.update_op(op_id, state="STARTED", step="stop_primary")
+    store.update_op(op_id, state="SUCCESS" if final == "FAILURE" else "FAILURE", error="late")
+    assert store.get_op(op_id) == ended and ended["state"] == final
+
+
+def test_update_of_an_unknown_op_creates_nothing(store):
+    store.update_op("f" * 32, state="SUCCESS")
+    assert store.get_op("f" * 32) is None and store.r.keys("*") == []
+
+
+def test_wait_op_returns_when_the_op_ends(store):
+    op_id = store.new_op("acme", 123, "cleanup")
+    channel = f"wp:op-done:{op_id}"
+
+    def finish():
+        wait_until(lambda: store.r.pubsub_numsub(channel)[0][1] > 0, timeout=5, interval=0.01,
+                   message="the waiter to subscribe")
+        store.update_op(op_id, state="SUCCESS", step="done", result={"success": True})
+
+    threading.Thread(target=finish, daemon=True).start()
+    started = time.monotonic()
+    op = store.wait_op(op_id, 20)
+    assert op["state"] == "SUCCESS" and op["result"] == {"success": True}
+    assert time.monotonic() - started < 10
+
+
+def test_wait_op_returns_at_once_for_an_ended_op(store):
+    op_id = store.new_op("acme", 123, "cleanup")
+    store.update_op(op_id, state="FAILURE", error="boom")
+    started = time.monotonic()
+    assert store.wait_op(op_id, 20)["error"] == "boom"
+    assert time.monotonic() - started < 1
+
+
+def test_wait_op_times_out_with_the_running_record(store):
+    op_id = store.new_op("acme", 123, "cleanup")
+    store.update_op(op_id, state="STARTED", step="destroy_instances")
+    started = time.monotonic()
+    op = store.wait_op(op_id, 0.3)
+    elapsed = time.monotonic() - started
+    assert op["state"] == "STARTED" and op["step"] == "destroy_instances"
+    assert 0.25 < elapsed < 3
+    assert store.wait_op("e" * 32, 5) is None  # unknown: no wait at all
+
+
+# -- events ----------------------------------------------------------------------------------------------------
+
+
+def test_events_newest_first_and_capped(store):
+    for i in range(EVENTS_KEPT + 30):
+        store.event(PID, "tick", f"event {i}", n=i)
+    assert store.r.llen(f"wp:events:{PID}") == EVENTS_KEPT
+    events = store.events(PID, limit=EVENTS_KEPT + 100)
+    assert len(events) == EVENTS_KEPT
+    assert events[0]["n"] == EVENTS_KEPT + 29 and events[-1]["n"] == 30
+    assert events[0]["event"] == "tick" and events[0]["message"] == f"event {EVENTS_KEPT + 29}" and events[0]["at"]
+    assert [e["n"] for e in store.events(PID, limit=3)] == [EVENTS_KEPT + 29, EVENTS_KEPT + 28, EVENTS_KEPT + 27]
+    assert store.events("acme:1") == []
+
+
+# -- API keys ------------------------------------------------------------------------------------------------------
+
+
+def test_api_keys_are_stored_hashed(store):
+    raw = "s3cret-key-Zq9"
+    store.add_api_key("acme", raw)
+    assert store.tenant_for_key(raw) == "acme"
+    assert store.tenant_for_key("s3cret-key-Zq8") is None and store.tenant_for_key("") is None
+    dump = repr(snapshot(store.r))
+    assert raw not in dump and "acme" in dump
+
+
+# -- the shared rate budget -------------------------------------------------------------------------------------------
+
+
+def test_reserve_slot_spaces_calls(store):
+    waits = [store.reserve_slot("show_instance", 0.5) for _ in range(4)]
+    assert waits[0] == pytest.approx(0, abs=0.05)
+    for i, wait in enumerate(waits):
+        # each caller waits one interval more than the previous (less the time the calls took)
+        assert wait == pytest.approx(0.5 * i, abs=0.1), waits
+    assert store.reserve_slot("list_instances", 0.5) == pytest.approx(0, abs=0.05)  # per endpoint
+    assert 0 < store.r.pttl("wp:rate:show_instance") <= 3000
+
+
+def test_reserve_slot_is_free_again_after_the_interval(store):
+    store.reserve_slot("volumes", 0.1)
+    wait_until(lambda: float(store.r.get("wp:rate:volumes") or 0) < time.time(), timeout=5, interval=0.02,
+               message="the reserved slot to pass")
+    assert store.reserve_slot("volumes", 0.1) == pytest.approx(0, abs=0.05)
