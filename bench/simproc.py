@@ -1,0 +1,101 @@
+"""The simulator in its own process, plus a bench-only seeding route.
+
+``python -m bench.simproc --port P --time-scale X --seed N``
+
+It is the product's simulator (``app.sim.create_app``) with one extra route,
+``POST /_bench/seed_pools``, that puts a running primary and a stopped standby per
+pool straight into the simulator's ``World`` (no GPU accounting, already past
+loading), so thousands of pools can be seeded in a second. A separate process keeps
+the simulator's CPU time out of the benchmark process's GIL.
+"""
+
+import argparse
+import logging
+import threading
+from collections import Counter
+
+from flask import jsonify, request
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+from app.sim import create_app
+from app.sim.state import Instance
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_request(self, *args, **kwargs):
+        pass
+
+
+def build(time_scale: float, seed: int):
+    app = create_app(time_scale=time_scale, seed=seed)
+    world = app.extensions["sim_world"]
+
+    @app.post("/_bench/seed_pools")
+    def seed_pools():
+        body = request.get_json()
+        tenant, machines = body["tenant"], body["machines"]
+        rows = []
+        with world.lock:
+            now = world.clock()
+            hosts = [h for h in world.hosts.values() if not h.failed]
+            for n, machine in enumerate(machines):
+                host = hosts[n % len(hosts)]
+                ids = []
+                for role, intended in (("primary", "running"), ("standby", "stopped")):
+                    iid = world.next_instance_id
+                    world.next_instance_id += 1
+                    world.instances[iid] = Instance(
+                        id=iid, machine_id=host.machine_id, num_gpus=1, bundle_id=host.machine_id * 100 + 1,
+                        dph_base=host.gpu_price, image="bench/image", label=f"warmpool-{tenant}-{machine}-{role}",
+                        disk=10.0, onstart=None, env={}, runtype="ssh", start_date=now, api_key="bench",
+                        intended=intended, phase="create" if intended == "running" else "create_stopped",
+                        phase_at=now - 1e6)  # long past loading: running (or stopped) already
+                    world.created_by_label[world.instances[iid].label] += 1
+                    ids.append(iid)
+                rows.append([machine, host.machine_id, ids[0], ids[1]])
+        return jsonify(rows=rows)
+
+    # responses by route and status, so a benchmark can tell 429s per route apart
+    responses, responses_lock = Counter(), threading.Lock()
+
+    @app.after_request
+    def count_response(response):
+        if request.endpoint and not request.path.startswith(("/_sim", "/_bench")):
+            with responses_lock:
+                responses[f"{request.endpoint} {response.status_code}"] += 1
+        return response
+
+    @app.get("/_bench/responses")
+    def responses_view():
+        with responses_lock:
+            return jsonify(dict(responses))
+
+    @app.get("/_bench/hosts")
+    def hosts_view():
+        with world.lock:
+            return jsonify(hosts=[{"machine_id": h.machine_id, "free_gpus": h.free_gpus, "total_gpus": h.total_gpus,
+                                   "gpu_name": h.gpu_name, "volume_free": h.volume_free}
+                                  for h in world.hosts.values()])
+
+    @app.get("/_bench/count")
+    def count():
+        with world.lock:
+            return jsonify(instances=len(world.instances))
+
+    return app
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--time-scale", type=float, default=0.02)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    server = make_server("127.0.0.1", args.port, build(args.time_scale, args.seed), threaded=True,
+                         request_handler=_Quiet)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
