@@ -16,6 +16,7 @@ from celery.app.task import Task
 from app.settings import Settings
 from app.store import ACTIVE, Store, new_pool, pool_id, split_pool_id
 
+REAL_LAUNCH = importlib.import_module("tasks.failover").launch  # before any test replaces it
 KEYS = {"acme": "acme-key", "globex": "globex-key"}  # as tests/conftest.py sets WARMPOOL_API_KEYS
 
 # the modules that call store() / vast() and must see the fakes
