@@ -1,0 +1,423 @@
+"""The HTTP API with the Flask test client: fakeredis for the store, enqueueing recorded (tests/unit/fakes.py)."""
+
+import importlib
+import time
+
+import pytest
+
+from app.settings import Settings
+from app.store import ACTIVE, DEGRADED, DISABLED, PROVISIONING, SEARCHING, pool_id
+from app.vast import ProviderUnavailable
+from tests.unit.fakes import snapshot
+
+AUTHED = [("GET", "/api/v1/warmpool/status/123"), ("GET", "/api/v1/warmpool/pools"),
+          ("GET", "/api/v1/warmpool/events/123"), ("GET", "/api/v1/warmpool/hosts"),
+          ("POST", "/api/v1/warmpool/provision"), ("POST", "/api/v1/warmpool/enable/123"),
+          ("POST", "/api/v1/warmpool/disable/123"), ("POST", "/api/v1/warmpool/failover/test/123"),
+          ("DELETE", "/api/v1/warmpool/cleanup/123"), ("GET", "/api/v1/tasks/" + "a" * 32)]
+SEED_STATUS = {"machine_id", "state", "host_machine_id", "volume_id", "primary_gpu_id", "standby_gpu_id",
+               "standby_state", "primary_ssh_host", "primary_ssh_port", "last_health_check", "failover_count",
+               "last_failover_at", "error_message"}
+warmpool_api = importlib.import_module("app.api.warmpool")
+provision_tasks = importlib.import_module("tasks.provision")
+
+
+def assert_error(rv, code):
+    assert rv.status_code == code, rv.get_data(as_text=True)
+    assert rv.is_json and rv.json["code"] == code and rv.json["status"]
+    assert "message" in rv.json or "errors" in rv.json, rv.json
+    return rv.json
+
+
+def provision(env, machine_id=123, tenant="acme", query="", **fields):
+    return env.api("POST", "/api/v1/warmpool/provision" + query, tenant=tenant,
+                   json={"machine_id": machine_id, "host_machine_id": 88888, **fields})
+
+
+# -- auth ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method, path", AUTHED)
+@pytest.mark.parametrize("key", [None, "Bearer nope", "Bearer ", "Basic acme-key", "acme-key", "Bearer acme-key2"])
+def test_401_without_or_with_a_wrong_key(env, method, path, key):
+    env.add_pool(123)
+    before = snapshot(env.r)
+    rv = env.api(method, path, tenant=None, key=key, json={"machine_id": 123, "host_machine_id": 88888})
+    body = assert_error(rv, 401)
+    assert rv.headers["WWW-Authenticate"] == "Bearer" and "API key" in body["message"]
+    assert env.enqueued == [] and snapshot(env.r) == before and env.vast.searches == []
+
+
+def test_a_key_created_by_the_cli_is_found_by_its_hash(env):
+    env.store.add_api_key("initech", "cli-made-key")
+    rv = env.api("GET", "/api/v1/warmpool/pools", tenant=None, key="Bearer cli-made-key")
+    assert rv.status_code == 200 and rv.json == {"pools": [], "count": 0}
+    assert env.api("GET", "/api/v1/warmpool/pools", tenant=None, key="bearer  cli-made-key ").status_code == 200
+
+
+def test_probes_need_no_key(env):
+    assert env.client.get("/healthz").json == {"status": "ok"}
+    assert env.client.get("/readyz").status_code == 503  # no worker seen in the fake Redis
+    env.r.set("wp:worker:seen", time.time())
+    rv = env.client.get("/readyz")
+    assert rv.status_code == 200 and rv.json["checks"] == {"redis": "ok", "worker": "ok"}
+
+
+# -- tenants -------------------------------------------------------------------------------------------------
+
+
+def test_another_tenants_machine_is_404_everywhere(env):
+    env.add_pool(123, tenant="acme")
+    env.add_pool(124, tenant="acme", state=ACTIVE)
+    env.hold_lock(124, tenant="acme")  # an operation runs on it: a queued disable/cleanup must still be 404
+    before = snapshot(env.r)
+    for method, path in [("GET", "/api/v1/warmpool/status/123"), ("GET", "/api/v1/warmpool/events/123"),
+                         ("POST", "/api/v1/warmpool/disable/123"), ("POST", "/api/v1/warmpool/failover/test/123"),
+                         ("DELETE", "/api/v1/warmpool/cleanup/123"), ("POST", "/api/v1/warmpool/disable/124"),
+                         ("DELETE", "/api/v1/warmpool/cleanup/124")]:
+        assert_error(env.api(method, path, tenant="globex"), 404)
+    assert env.api("GET", "/api/v1/warmpool/pools", tenant="globex").json == {"pools": [], "count": 0}
+    assert env.enqueued == [] and snapshot(env.r) == before
+
+
+def test_another_tenants_task_is_404(env):
+    rv = provision(env, tenant="acme")
+    task = rv.headers["Location"]
+    assert env.api("GET", task, tenant="acme").status_code == 200
+    body = assert_error(env.api("GET", task, tenant="globex"), 404)
+    assert rv.json["task_id"] in body["message"]
+
+
+def test_the_same_machine_id_is_a_different_pool_per_tenant(env):
+    assert provision(env, tenant="acme").status_code == 202
+    assert provision(env, tenant="globex").status_code == 202  # globex's own machine 123
+    assert {e[1]["pid"] for e in env.enqueued} == {"acme:123", "globex:123"}
+    assert env.api("GET", "/api/v1/warmpool/pools", tenant="acme").json["count"] == 1
+
+
+# -- status, pools, events ---------------------------------------------------------------------------------------
+
+
+def test_status_has_the_seed_fields(env):
+    env.add_pool(123, failover_count=2)
+    env.r.set("wp:sweep:last", "2024-12-20T15:30:00.000Z")
+    rv = env.api("GET", "/api/v1/warmpool/status/123")
+    assert rv.status_code == 200 and SEED_STATUS <= set(rv.json)
+    assert rv.json["state"] == ACTIVE and rv.json["failover_count"] == 2 and rv.json["primary_gpu_id"] == 1123
+    assert rv.json["last_health_check"] == "2024-12-20T15:30:00.000Z"
+    assert "tenant" not in rv.json and "heal_attempts" not in rv.json  # internals stay inside
+
+
+def test_status_404_for_an_unknown_machine(env):
+    body = assert_error(env.api("GET", "/api/v1/warmpool/status/999"), 404)
+    assert "999" in body["message"]
+
+
+def test_pools_lists_the_tenants_pools(env):
+    env.add_pool(7)
+    env.add_pool(3, state=DEGRADED)
+    env.add_pool(5, tenant="globex")
+    rv = env.api("GET", "/api/v1/warmpool/pools")
+    assert rv.json["count"] == 2 and [p["machine_id"] for p in rv.json["pools"]] == [3, 7]
+
+
+def test_events_newest_first_and_404(env):
+    env.add_pool(123)
+    for i in range(3):
+        env.store.event("acme:123", "tick", f"event {i}")
+    rv = env.api("GET", "/api/v1/warmpool/events/123")
+    assert rv.status_code == 200 and rv.json["machine_id"] == 123
+    assert [e["message"] for e in rv.json["events"]] == ["event 2", "event 1", "event 0"]
+    assert_error(env.api("GET", "/api/v1/warmpool/events/124"), 404)
+
+
+# -- hosts -------------------------------------------------------------------------------------------------------
+
+
+def offer(id, machine_id, num_gpus, dph):
+    return {"id": id, "machine_id": machine_id, "num_gpus": num_gpus, "dph_total": dph, "gpu_frac": num_gpus / 4,
+            "reliability": 0.98, "verification": "verified", "gpu_name": "RTX 4090", "geolocation": "US"}
+
+
+def test_hosts_groups_offers_as_the_seed_shows(env):
+    env.vast.offers = [offer(1, 88888, 1, 0.45), offer(2, 88888, 3, 1.35), offer(3, 77777, 1, 0.2)]
+    rv = env.api("GET", "/api/v1/warmpool/hosts?gpu_name=RTX_4090&max_price=2&verified=false")
+    assert rv.status_code == 200 and rv.json["count"] == 1
+    host = rv.json["hosts"][0]
+    assert (host["machine_id"], host["total_gpus"], host["available_gpus"], host["gpu_name"]) == (88888, 4, 3, "RTX_4090")
+    assert host["can_create_warm_pool"] and host["offers"][0]["offer_id"] == 1
+    query, = env.vast.searches
+    assert query["gpu_name"] == {"eq": "RTX 4090"} and query["dph_total"] == {"lte": 2.0} and "verified" not in query
+    rv = env.api("GET", "/api/v1/warmpool/hosts?min_gpus=1")
+    assert rv.json["count"] == 2 and env.vast.searches[1]["verified"] == {"eq": True}  # verified by default
+
+
+def test_hosts_are_cached_briefly(env, monkeypatch):
+    monkeypatch.setattr(warmpool_api, "settings", lambda: Settings(hosts_cache_seconds=15))
+    env.vast.offers = [offer(1, 88888, 2, 0.9)]
+    first = env.api("GET", "/api/v1/warmpool/hosts").json
+    assert env.api("GET", "/api/v1/warmpool/hosts").json == first and len(env.vast.searches) == 1
+    env.api("GET", "/api/v1/warmpool/hosts?gpu_name=A100")  # another query is another entry
+    assert len(env.vast.searches) == 2
+
+
+def test_hosts_503_when_the_provider_fails(env):
+    env.vast.error = ProviderUnavailable("down", 502)
+    rv = env.api("GET", "/api/v1/warmpool/hosts")
+    assert_error(rv, 503)
+    assert rv.headers["Retry-After"] and env.r.keys("wp:hosts:*") == []
+
+
+def test_hosts_422_names_the_field(env):
+    body = assert_error(env.api("GET", "/api/v1/warmpool/hosts?min_gpus=two&verified=maybe"), 422)
+    assert set(body["errors"]["query"]) == {"min_gpus", "verified"} and env.vast.searches == []
+
+
+# -- provision ------------------------------------------------------------------------------------------------------
+
+
+def test_provision_202_with_location_and_one_chain(env):
+    rv = provision(env, gpu_name="RTX_4090", disk_size=60)
+    assert rv.status_code == 202, rv.json
+    task_id = rv.json["task_id"]
+    assert rv.headers["Location"] == f"/api/v1/tasks/{task_id}"
+    assert rv.json["success"] is True and rv.json["status"]["state"] == PROVISIONING
+    (kind, ctx), = env.enqueued
+    assert kind == "provision" and ctx["search"] is False
+    assert (ctx["pid"], ctx["operation"], ctx["op_id"]) == ("acme:123", "provision", task_id)
+    assert ctx["epoch"] == env.store.epoch("acme:123") and env.store.is_locked("acme:123")
+    pool = env.store.get_pool("acme:123")
+    assert (pool["state"], pool["host_machine_id"], pool["gpu_name"], pool["disk_size"], pool["volume_size"]) == (
+        PROVISIONING, 88888, "RTX_4090", 60, 100)
+    assert pool["image"] == Settings().default_image
+    task = env.api("GET", rv.headers["Location"]).json
+    assert (task["task_id"], task["state"], task["operation"], task["machine_id"]) == (task_id, "PENDING",
+                                                                                       "provision", 123)
+
+
+def test_provision_twice_409_while_the_first_runs(env):
+    assert provision(env).status_code == 202
+    before = snapshot(env.r)
+    body = assert_error(provision(env), 409)
+    assert "in flight" in body["message"]
+    assert len(env.enqueued) == 1 and snapshot(env.r) == before
+
+
+@pytest.mark.parametrize("state", [ACTIVE, PROVISIONING, SEARCHING, "failover"])
+def test_provision_409_when_the_machine_has_a_pool(env, state):
+    pool = env.add_pool(123, state=state)
+    body = assert_error(provision(env), 409)
+    assert "already has a warm pool" in body["message"]
+    assert env.enqueued == [] and env.store.get_pool("acme:123") == pool
+    assert not env.store.is_locked("acme:123")  # the lock taken for the check is given back
+
+
+def test_provision_409_on_another_host_while_the_volume_exists(env):
+    env.add_pool(123, state=DEGRADED, host_machine_id=77777)
+    assert_error(provision(env), 409)
+    assert env.enqueued == []
+
+
+@pytest.mark.parametrize("fields", [{"state": DEGRADED}, {"state": DISABLED, "enabled": False, "volume_id": None,
+                                                          "host_machine_id": None, "primary_gpu_id": None,
+                                                          "standby_gpu_id": None}])
+def test_provision_again_after_degraded_or_cleaned_up(env, fields):
+    env.add_pool(123, failover_count=4, **fields)
+    rv = provision(env)
+    assert rv.status_code == 202, rv.json
+    pool = env.store.get_pool("acme:123")
+    assert pool["state"] == PROVISIONING and pool["enabled"] and pool["failover_count"] == 4
+    assert env.kinds() == ["provision"]
+
+
+def test_provision_wait_answers_200_with_the_result_when_it_ends(env, monkeypatch):
+    class Finishing:
+        def __init__(self, search=False):
+            pass
+
+        def delay(self, ctx):
+            env.enqueued.append(("provision", ctx))
+            env.store.update_op(ctx["op_id"], state="SUCCESS", step="done",
+                                result={"success": True, "message": "Warm pool provisioned successfully"})
+
+    monkeypatch.setattr(provision_tasks, "provision_chain", Finishing)
+    started = time.monotonic()
+    rv = provision(env, query="?wait=30")
+    assert rv.status_code == 200 and rv.json == {"success": True, "message": "Warm pool provisioned successfully"}
+    assert "Location" not in rv.headers and time.monotonic() - started < 10
+
+
+def test_provision_wait_answers_202_when_it_does_not_end_in_time(env):
+    started = time.monotonic()
+    rv = provision(env, query="?wait=0.3")
+    assert rv.status_code == 202 and rv.headers["Location"].endswith(rv.json["task_id"])
+    assert 0.25 < time.monotonic() - started < 5
+
+
+# -- enable / disable ------------------------------------------------------------------------------------------------
+
+
+def test_enable_without_a_pool_searches_a_host(env):
+    rv = env.api("POST", "/api/v1/warmpool/enable/123", json={"gpu_name": "RTX_4090", "max_price": 0.5})
+    assert rv.status_code == 200 and rv.json["status"] == "enabled" and rv.json["task_id"]
+    (kind, ctx), = env.enqueued
+    assert kind == "provision" and ctx["search"] is True and ctx["op_id"] == rv.json["task_id"]
+    pool = env.store.get_pool("acme:123")
+    assert (pool["state"], pool["gpu_name"], pool["max_price"]) == (SEARCHING, "RTX_4090", 0.5)
+
+
+def test_enable_without_a_body(env):
+    rv = env.api("POST", "/api/v1/warmpool/enable/123")
+    assert rv.status_code == 200 and rv.json["message"] == "Warm pool enabled for machine 123"
+    assert env.kinds() == ["provision"]
+
+
+def test_enable_a_disabled_pool_with_resources_goes_back_to_active(env):
+    env.add_pool(123, state=DISABLED, enabled=False, fallback="cpu_standby")
+    rv = env.api("POST", "/api/v1/warmpool/enable/123")
+    assert rv.status_code == 200 and "task_id" not in rv.json
+    pool = env.store.get_pool("acme:123")
+    assert (pool["state"], pool["enabled"], pool["fallback"]) == (ACTIVE, True, None)
+    assert env.enqueued == [] and not env.store.is_locked("acme:123")
+    assert env.store.watched_pool_ids() == ["acme:123"]
+
+
+def test_enable_a_disabled_pool_on_a_host_provisions_what_is_missing(env):
+    env.add_pool(123, state=DISABLED, enabled=False, standby_gpu_id=None)
+    rv = env.api("POST", "/api/v1/warmpool/enable/123")
+    assert rv.status_code == 200 and rv.json["task_id"]
+    assert env.enqueued[0][1]["search"] is False
+    assert env.store.get_pool("acme:123")["state"] == PROVISIONING
+
+
+def test_enable_409_while_an_operation_runs(env):
+    env.add_pool(123, state=DISABLED, enabled=False)
+    env.hold_lock(123)
+    before = snapshot(env.r)
+    assert_error(env.api("POST", "/api/v1/warmpool/enable/123"), 409)
+    assert env.enqueued == [] and snapshot(env.r) == before
+
+
+def test_disable_keeps_resources_and_reports_the_fallback(env):
+    env.add_pool(123)
+    rv = env.api("POST", "/api/v1/warmpool/disable/123")
+    assert rv.status_code == 200
+    assert rv.json == {"status": "disabled", "message": "Warm pool disabled for machine 123", "fallback": "cpu_standby"}
+    pool = env.store.get_pool("acme:123")
+    assert (pool["state"], pool["enabled"], pool["fallback"]) == (DISABLED, False, "cpu_standby")
+    assert pool["primary_gpu_id"] == 1123 and pool["volume_id"] == 12345
+    assert env.store.watched_pool_ids() == [] and env.enqueued == [] and not env.store.is_locked("acme:123")
+
+
+def test_disable_while_locked_queues_behind_the_operation(env):
+    env.add_pool(123)
+    env.hold_lock(123)
+    rv = env.api("POST", "/api/v1/warmpool/disable/123")
+    assert rv.status_code == 200 and rv.json["status"] == "disabled" and rv.json["fallback"] == "cpu_standby"
+    (kind, queued), = env.enqueued
+    assert kind == "when_unlocked" and queued == {"pid": "acme:123", "operation": "disable",
+                                                  "op_id": rv.json["task_id"]}
+    assert env.store.get_pool("acme:123")["state"] == ACTIVE  # the running operation is not disturbed
+    assert env.api("GET", f"/api/v1/tasks/{rv.json['task_id']}").json["operation"] == "disable"
+
+
+def test_disable_404_for_an_unknown_machine(env):
+    assert_error(env.api("POST", "/api/v1/warmpool/disable/5"), 404)
+    assert env.enqueued == [] and env.r.keys("*") == []
+
+
+# -- failover test -------------------------------------------------------------------------------------------------------
+
+
+def test_failover_test_202_with_location(env):
+    env.add_pool(123)
+    rv = env.api("POST", "/api/v1/warmpool/failover/test/123")
+    assert rv.status_code == 202, rv.json
+    assert rv.headers["Location"] == f"/api/v1/tasks/{rv.json['task_id']}"
+    (kind, launched), = env.enqueued
+    assert kind == "failover" and launched["pid"] == "acme:123" and launched["trigger"] == "manual"
+    assert launched["op_id"] == rv.json["task_id"] and launched["epoch"] == env.store.epoch("acme:123")
+
+
+@pytest.mark.parametrize("state", [DEGRADED, DISABLED, PROVISIONING, SEARCHING, "failover"])
+def test_failover_test_409_unless_active(env, state):
+    env.add_pool(123, state=state)
+    body = assert_error(env.api("POST", "/api/v1/warmpool/failover/test/123"), 409)
+    assert body["message"] == f"Cannot test failover in state {state}"
+    assert env.enqueued == [] and not env.store.is_locked("acme:123")
+
+
+def test_failover_test_409_while_an_operation_runs(env):
+    env.add_pool(123)
+    env.hold_lock(123)
+    assert_error(env.api("POST", "/api/v1/warmpool/failover/test/123"), 409)
+    assert env.enqueued == []
+
+
+def test_failover_test_404_for_an_unknown_machine(env):
+    assert_error(env.api("POST", "/api/v1/warmpool/failover/test/5"), 404)
+    assert env.enqueued == [] and env.r.keys("*") == []
+
+
+# -- cleanup ---------------------------------------------------------------------------------------------------------------
+
+
+def test_cleanup_202_with_location(env):
+    env.add_pool(123)
+    rv = env.api("DELETE", "/api/v1/warmpool/cleanup/123")
+    assert rv.status_code == 202, rv.json
+    assert rv.headers["Location"] == f"/api/v1/tasks/{rv.json['task_id']}"
+    (kind, ctx), = env.enqueued
+    assert kind == "cleanup" and (ctx["pid"], ctx["operation"], ctx["op_id"]) == ("acme:123", "cleanup",
+                                                                                   rv.json["task_id"])
+    assert env.store.is_locked("acme:123")
+
+
+def test_cleanup_while_locked_queues_behind_the_operation(env):
+    env.add_pool(123)
+    env.hold_lock(123)
+    rv = env.api("DELETE", "/api/v1/warmpool/cleanup/123")
+    assert rv.status_code == 202 and rv.headers["Location"].endswith(rv.json["task_id"])
+    (kind, queued), = env.enqueued
+    assert kind == "when_unlocked" and queued == {"pid": "acme:123", "operation": "cleanup",
+                                                  "op_id": rv.json["task_id"]}
+
+
+def test_cleanup_404_for_a_machine_never_seen(env):
+    assert_error(env.api("DELETE", "/api/v1/warmpool/cleanup/5"), 404)
+    assert env.enqueued == [] and env.r.keys("*") == []
+
+
+def test_cleanup_wait_answers_the_seed_body(env, monkeypatch):
+    cleanup_tasks = importlib.import_module("tasks.cleanup")
+    result = {"success": True, "message": "Warm pool for machine 123 cleaned up"}
+    monkeypatch.setattr(cleanup_tasks, "start_cleanup",
+                        lambda ctx: env.store.update_op(ctx["op_id"], state="SUCCESS", result=result))
+    env.add_pool(123)
+    rv = env.api("DELETE", "/api/v1/warmpool/cleanup/123?wait=10")
+    assert rv.status_code == 200 and rv.json == result
+
+
+# -- tasks ------------------------------------------------------------------------------------------------------------------
+
+
+def test_task_resource_shows_state_step_and_result(env):
+    op_id = env.store.new_op("acme", 123, "failover")
+    env.store.update_op(op_id, state="SUCCESS", step="done", result={"recovery_time_seconds": 35.2})
+    rv = env.api("GET", f"/api/v1/tasks/{op_id}")
+    assert rv.status_code == 200
+    assert {k: rv.json[k] for k in ("task_id", "state", "operation", "machine_id", "step", "result", "error")} == {
+        "task_id": op_id, "state": "SUCCESS", "operation": "failover", "machine_id": 123, "step": "done",
+        "result": {"recovery_time_seconds": 35.2}, "error": None}
+    assert "tenant" not in rv.json
+
+
+@pytest.mark.parametrize("task_id", ["0" * 32, "short", "x" * 33])
+def test_unknown_tasks_404(env, task_id):
+    assert env.api("GET", f"/api/v1/tasks/{task_id}").status_code == 404
+
+
+def test_every_operation_is_recorded_with_the_pool_id(env):
+    pid = pool_id("acme", 123)
+    provision(env)
+    assert env.enqueued[0][1]["pid"] == pid
