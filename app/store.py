@@ -54,7 +54,7 @@ def new_pool(tenant: str, machine_id: int, **fields) -> dict:
         "failover_count": 0, "last_failover_at": None, "last_failover": None,
         "error_message": None, "fallback": None, "gpu_name": None, "max_price": None,
         "image": None, "disk_size": 50, "volume_size": 100,
-        "op_id": None, "retire_gpu_id": None, "heal_attempts": 0, "next_heal_at": 0.0, "created_at": now_iso(), "updated_at": now_iso(),
+        "op_id": None, "seq": 0, "retire_gpu_id": None, "heal_attempts": 0, "next_heal_at": 0.0, "created_at": now_iso(), "updated_at": now_iso(),
     }
     pool.update(fields)
     return pool
@@ -77,6 +77,7 @@ class Store:
         self.r = client
         self._reserve = self.r.register_script(_RESERVE_SLOT)
         self._bump_epoch = self.r.register_script(_BUMP_EPOCH)
+        self._failover_slot = self.r.register_script(_FAILOVER_SLOT)
 
     @classmethod
     def from_url(cls, url: str) -> "Store":
@@ -165,8 +166,9 @@ class Store:
         found = self.r.hmget("wp:primaries", [str(i) for i in instance_ids])
         return {i: pid for i, pid in zip(instance_ids, found) if pid}
 
-    def save_pool(self, pool: dict, held: Held) -> None:
-        """Write a pool record if ``held`` is still the newest lock holder (fencing)."""
+    def save_pool(self, pool: dict, held: Held, expect_seq: int | None = None) -> None:
+        """Write a pool record if ``held`` is still the newest lock holder (fencing) and, given
+        ``expect_seq``, if the record is still at that step (a duplicate delivery of a step is not)."""
         pid = pool_id(pool["tenant"], pool["machine_id"])
         pool["updated_at"] = now_iso()
         key, epoch_key = f"wp:pool:{pid}", f"wp:epoch:{pid}"
@@ -174,8 +176,10 @@ class Store:
         def write(pipe: redis.client.Pipeline) -> None:
             if int(pipe.get(epoch_key) or 0) != held.epoch:
                 raise FencedOut(pid)
-            old = pipe.get(key)
-            old_primary = json.loads(old)["primary_gpu_id"] if old else None
+            old = json.loads(pipe.get(key) or "null")
+            if expect_seq is not None and (old or {}).get("seq", 0) != expect_seq:
+                raise FencedOut(pid)
+            old_primary = old["primary_gpu_id"] if old else None
             pipe.multi()
             pipe.set(key, json.dumps(pool))
             pipe.sadd("wp:pools", pid)
@@ -191,13 +195,8 @@ class Store:
         self.r.transaction(write, epoch_key)
 
     def take_failover_slot(self, per_minute: int) -> bool:
-        """Count a failover against the cap across all pools (design rule 9)."""
-        key = f"wp:failovers:{int(time.time() // 60)}"
-        with self.r.pipeline() as pipe:
-            pipe.incr(key)
-            pipe.expire(key, 120)
-            count, _ = pipe.execute()
-        return count <= per_minute
+        """Count an automatic failover against the cap across all pools, over the last 60 s (rule 9)."""
+        return bool(self._failover_slot(keys=["wp:failovers"], args=[per_minute, uuid.uuid4().hex]))
 
     # -- operations (the task resource) --------------------------------------
 
@@ -215,11 +214,17 @@ class Store:
 
     def update_op(self, op_id: str, **fields) -> None:
         op = self.get_op(op_id)
-        if op is None or op["state"] in ("SUCCESS", "FAILURE"):
-            return  # finished operations are final; a redelivered step must not reopen them
+        if op is None:
+            return
+        if op["state"] in ("SUCCESS", "FAILURE"):
+            # an ended operation keeps its outcome; only the step of its follow-up work still shows
+            # (a failover's standby replacement)
+            fields = {"step": fields["step"]} if "step" in fields else {}
+            if not fields:
+                return
         op.update(fields, updated_at=now_iso())
         self.r.set(f"wp:op:{op_id}", json.dumps(op), ex=OP_TTL)
-        if op["state"] in ("SUCCESS", "FAILURE"):
+        if fields.get("state") in ("SUCCESS", "FAILURE"):
             self.r.publish(f"wp:op-done:{op_id}", op["state"])
 
     def wait_op(self, op_id: str, timeout: float) -> dict | None:
@@ -282,4 +287,15 @@ return string.format('%.6f', slot - now)
 _BUMP_EPOCH = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('INCR', KEYS[1])
+"""
+
+# a sliding 60 s window of failover starts; a slot is taken only under the cap
+_FAILOVER_SLOT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('EXPIRE', KEYS[1], 120)
+return 1
 """

@@ -30,12 +30,19 @@ class Operation:
         self.store = store()
         self.settings = settings()
         self.pool = self.store.get_pool(self.pid)
+        self.advanced = False
+
+    @property
+    def current(self) -> bool:
+        """Whether this step is the one the pool waits for (not a duplicate delivery of a done one)."""
+        return self.pool is not None and self.pool.get("seq", 0) == self.ctx["seq"]
 
     @classmethod
     def begin(cls, pid: str, operation: str, held: Held, op_id: str | None = None, **extra) -> dict:
         """The context of a new operation that holds ``held``."""
-        return {"pid": pid, "operation": operation, "op_id": op_id, "token": held.token,
-                "epoch": held.epoch, "started": time.time(), "phases": {}, **extra}
+        pool = store().get_pool(pid) or {}
+        return {"pid": pid, "operation": operation, "op_id": op_id, "token": held.token, "epoch": held.epoch,
+                "seq": pool.get("seq", 0), "started": time.time(), "phases": {}, **extra}
 
     def take_over(self) -> None:
         self.held = self.store.take_over(self.pid, self.held, self.settings.lock_ttl)
@@ -54,6 +61,13 @@ class Operation:
         self.pool.update(fields)
         self.store.save_pool(self.pool, self.held)
 
+    def advance(self, **fields) -> None:
+        """The step's last write: its fields and the pool's step counter, at once and only once."""
+        self.pool.update(fields, seq=self.ctx["seq"] + 1)
+        self.store.save_pool(self.pool, self.held, expect_seq=self.ctx["seq"])
+        self.ctx["seq"] += 1
+        self.advanced = True
+
     def event(self, kind: str, message: str, **data) -> None:
         self.store.event(self.pid, kind, message, **data)
 
@@ -68,16 +82,17 @@ class Operation:
         if self.ctx.get("op_id"):
             self.store.update_op(self.ctx["op_id"], state="SUCCESS", step="done", result=result)
 
-    def finish(self, result: dict) -> None:
-        """End the operation: the task record gets its result and the lock is released."""
+    def finish(self, result: dict, **fields) -> None:
+        """End the operation: the pool gets its last fields, the task record its result, the lock is released."""
+        self.advance(**fields)
         self.complete(result)
         self.store.release(self.pid, self.held, self.settings.lock_ttl)
 
     def fail(self, message: str, **fields) -> None:
         """End the operation as failed; the pool is degraded and the healer will retry it."""
         attempts = self.pool.get("heal_attempts", 0)
-        self.save(state=DEGRADED, error_message=message, next_heal_at=time.time() + _heal_backoff(attempts),
-                  heal_attempts=attempts + 1, **fields)
+        self.advance(state=DEGRADED, error_message=message, next_heal_at=time.time() + _heal_backoff(attempts),
+                     heal_attempts=attempts + 1, **fields)
         self.event("degraded", message, operation=self.ctx["operation"])
         if self.ctx.get("op_id"):
             self.store.update_op(self.ctx["op_id"], state="FAILURE", step="failed", error=message)
@@ -109,11 +124,15 @@ class Step(Task):
     def __call__(self, ctx: dict, *args, **kwargs):
         try:
             op = Operation(ctx)
-            if op.pool is None:
-                raise Ignore()  # the pool was removed under us; nothing to do
-            if (self.request.delivery_info or {}).get("redelivered"):
+            if (self.request.delivery_info or {}).get("redelivered") and op.current:
                 op.take_over()
-            return self.run(op, *args, **kwargs)
+                op = Operation(ctx)  # read again: the first delivery may have moved on meanwhile
+            if not op.current:
+                raise Ignore()  # a duplicate delivery of a step that is done
+            result = self.run(op, *args, **kwargs)
+            if result is not None and not op.advanced:
+                op.advance()
+            return result
         except FencedOut:
             log.warning("%s: lock of %s lost to a newer holder; stopping", self.name, ctx["pid"])
             raise Ignore()

@@ -69,6 +69,6 @@ def delete_volume(self, op: Operation):
         # destroyed instances can hold the volume for a moment
         if not self.wait(op, "volume_deadline", 120.0):
             raise OperationFailed(f"volume still in use: {exc}") from exc
-    op.save(volume_id=None, host_machine_id=None, error_message=None)
     op.event("cleaned_up", f"volume(s) {sorted(ids)} deleted; nothing left on the provider")
-    op.finish({"success": True, "message": f"Warm pool for machine {op.machine_id} cleaned up"})
+    op.finish({"success": True, "message": f"Warm pool for machine {op.machine_id} cleaned up"},
+              volume_id=None, host_machine_id=None, error_message=None)

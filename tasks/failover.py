@@ -21,8 +21,16 @@ STOPPED_STATUSES = {"stopped", "exited", "offline", "unknown"}
 
 
 def launch(s: Store, pid: str, held, trigger: str, detected_at: float | None = None,
-           op_id: str | None = None) -> str:
-    """Start (or, given ``op_id``, go on with) the failover of a pool whose lock ``held`` is ours."""
+           op_id: str | None = None) -> str | None:
+    """Start (or, given ``op_id``, go on with) the failover of a pool whose lock ``held`` is ours.
+
+    An automatic failover beyond the cap per minute is not started (None): the lock is released.
+    """
+    cap = settings().failovers_per_minute
+    if trigger != "manual" and not s.take_failover_slot(cap):
+        s.event(pid, "failover_deferred", f"{cap} failovers started in the last minute: the cap")
+        s.release(pid, held, settings().lock_ttl)
+        return None
     tenant, machine_id = split_pool_id(pid)
     pool = s.get_pool(pid)
     op_id = op_id or s.new_op(tenant, machine_id, "failover")
@@ -48,11 +56,7 @@ def trigger(pid: str, seen_primary: int, detected_at: float) -> str:
             or (pool["state"] == DEGRADED and pool["next_heal_at"] > time.time())):
         s.release(pid, held, cfg.lock_ttl)
         return "stale"
-    if not s.take_failover_slot(cfg.failovers_per_minute):
-        s.event(pid, "failover_deferred", f"more than {cfg.failovers_per_minute} failovers this minute")
-        s.release(pid, held, cfg.lock_ttl)
-        return "capped"
-    return launch(s, pid, held, "health", detected_at)
+    return launch(s, pid, held, "health", detected_at) or "capped"
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.confirm_failure")
@@ -157,10 +161,10 @@ def promote(self, op: Operation):
     new_primary = pool["standby_gpu_id"]
     last = {"at": now_iso(), "trigger": ctx["trigger"], "old_primary_gpu_id": ctx["old_primary"],
             "new_primary_gpu_id": new_primary, "recovery_time_seconds": recovery, "phases": phases}
-    op.save(primary_gpu_id=new_primary, standby_gpu_id=None, standby_state="none", state=PROVISIONING,
-            retire_gpu_id=ctx["old_primary"],
-            failover_count=pool["failover_count"] + 1, last_failover_at=last["at"], last_failover=last,
-            error_message=None)
+    op.advance(primary_gpu_id=new_primary, standby_gpu_id=None, standby_state="none", state=PROVISIONING,
+               retire_gpu_id=ctx["old_primary"],
+               failover_count=pool["failover_count"] + 1, last_failover_at=last["at"], last_failover=last,
+               error_message=None)
     op.event("failover_completed", f"standby {new_primary} promoted in {recovery:.1f} s", **last)
     message = "Failover test completed" if ctx["trigger"] == "manual" else "Failover completed"
     op.complete({"success": True, "message": message, "recovery_time_seconds": round(recovery, 1),

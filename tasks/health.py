@@ -179,8 +179,7 @@ def repair(pid: str) -> str:
             return "finish failover"
         primary = pool["primary_gpu_id"] and vast().show_instance(pool["primary_gpu_id"])
         if pool["primary_ssh_host"] and not is_running(primary):
-            failover.launch(s, pid, held, "heal", op_id=op_id)
-            return "failover"
+            return "failover" if failover.launch(s, pid, held, "heal", op_id=op_id) else "capped"
         if pool["host_machine_id"] and pool["standby_gpu_id"] and is_running(primary):
             if vast().search_offers(offers_query(verified=False, machine_id=pool["host_machine_id"])):
                 pool.update(state=ACTIVE, error_message=None, heal_attempts=0)

@@ -115,18 +115,15 @@ def create_standby(self, op: Operation):
     if standby is None:
         standby = adopt(op, "standby") or create_instance(op, "standby", "stopped")
         op.event("standby_created", f"standby {standby} created stopped", standby_gpu_id=standby)
-    fields = {}
+    fields = {"standby_gpu_id": standby, "standby_state": "stopped", "state": ACTIVE, "error_message": None,
+              "fallback": None, "heal_attempts": 0, "next_heal_at": 0.0}
     if "replace_started" in op.ctx:  # the end of a failover
         last = op.pool["last_failover"]
         fields["last_failover"] = {**last, "phases": {**last["phases"], "replace_standby": round(
             time.time() - op.ctx["replace_started"], 3)}}
-    op.save(standby_gpu_id=standby, standby_state="stopped", state=ACTIVE, error_message=None,
-            fallback=None, heal_attempts=0, next_heal_at=0.0, **fields)
-    pool = op.pool
-    op.finish({"success": True, "message": "Warm pool provisioned successfully", "status": {
-        k: pool[k] for k in ("machine_id", "state", "host_machine_id", "volume_id", "primary_gpu_id",
-                             "standby_gpu_id")}})
-    return op.ctx
+    status = {k: {**op.pool, **fields}[k] for k in (
+        "machine_id", "state", "host_machine_id", "volume_id", "primary_gpu_id", "standby_gpu_id")}
+    op.finish({"success": True, "message": "Warm pool provisioned successfully", "status": status}, **fields)
 
 
 def undo_provision(op: Operation) -> None:

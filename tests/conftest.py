@@ -4,11 +4,14 @@ The environment is set at import, before any module reads it: every process of
 the stack (this one, the Celery worker, beat) reads the same variables.
 """
 
+import collections
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -220,6 +223,28 @@ class Stack:
                 process.stop()
 
 
+class LedgerWatch(threading.Thread):
+    """Samples the simulator's ledger all along a test: the most instances of one pool running at once."""
+
+    def __init__(self, stack):
+        super().__init__(daemon=True)
+        self.stack, self.most_running, self.done = stack, 0, threading.Event()
+
+    def run(self):
+        while not self.done.wait(0.02):
+            running = collections.Counter(i["label"].rsplit("-", 1)[0] for i in self.stack.ledger()["instances"]
+                                          if i["label"].startswith("warmpool-") and i["actual_status"] == "running")
+            self.most_running = max([self.most_running, *running.values()])
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.join()
+
+
 @pytest.fixture(scope="session")
 def stack(redis_server, sim_server, tmp_path_factory):
     s = Stack(redis_server, sim_server, tmp_path_factory.mktemp("stack"))
@@ -229,7 +254,10 @@ def stack(redis_server, sim_server, tmp_path_factory):
 
 @pytest.fixture
 def clean_stack(stack):
-    """The stack with empty state: no pools in Redis, nothing rented in the simulator."""
+    """The stack with empty state: no pools in Redis, nothing rented in the simulator, one worker."""
+    stack.worker.signal(signal.SIGCONT)  # a test may have frozen it
+    if stack.worker.process.poll() is not None:
+        stack.worker = stack.new_worker("w1")
     stack.beat.stop()
     wait_until(lambda: not any(stack.store.is_locked(pid) for pid in stack.store.all_pool_ids()),
                message="operations to end")

@@ -1,33 +1,11 @@
 """The seed's flow end to end, on real Redis, the simulator over HTTP and a real Celery worker."""
 
-import threading
-
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import LedgerWatch, wait_until
 
 MACHINE = 123
 PREFIX = f"warmpool-acme-{MACHINE}-"
-
-
-class LedgerWatch(threading.Thread):
-    """Samples the simulator's ledger all along a test: never two running instances for one pool."""
-
-    def __init__(self, stack):
-        super().__init__(daemon=True)
-        self.stack, self.most_running, self.done = stack, 0, threading.Event()
-
-    def run(self):
-        while not self.done.wait(0.02):
-            self.most_running = max(self.most_running, len(self.stack.running(PREFIX)))
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.done.set()
-        self.join()
 
 
 def pool_resources(stack):

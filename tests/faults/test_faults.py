@@ -1,0 +1,341 @@
+"""Fault injection on real processes: kill workers, restart Redis, break the provider, race the triggers.
+
+Every case asserts on the pools and on the simulator's ledger and stats: nothing
+duplicated, nothing leaked, never two running instances for one pool.
+"""
+
+import concurrent.futures
+import signal
+import time
+
+import pytest
+import requests
+
+from tests.conftest import LedgerWatch, wait_until
+
+pytestmark = pytest.mark.timeout(150)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def free_hosts(stack, count: int) -> list[int]:
+    rv = stack.api("GET", "/api/v1/warmpool/hosts?gpu_name=RTX_4090&min_gpus=3")
+    assert rv.status_code == 200, rv.json
+    return [h["machine_id"] for h in rv.json["hosts"][:count]]
+
+
+def provision(stack, machines: list[int]) -> dict[int, str]:
+    """Start a provision per machine, each on its own host; return the task ids."""
+    tasks = {}
+    for machine, host in zip(machines, free_hosts(stack, len(machines))):
+        rv = stack.api("POST", "/api/v1/warmpool/provision",
+                       json={"machine_id": machine, "host_machine_id": host, "gpu_name": "RTX_4090"})
+        assert rv.status_code == 202, rv.json
+        tasks[machine] = rv.json["task_id"]
+    return tasks
+
+
+def provisioned(stack, machines: list[int]) -> None:
+    for machine, task in provision(stack, machines).items():
+        assert stack.wait_task(task)["state"] == "SUCCESS"
+        stack.wait_state(machine, "active")
+
+
+def wait_step(stack, tasks, step: str) -> None:
+    wait_until(lambda: any((op := stack.store.get_op(t)) and op["step"] == step for t in tasks),
+               timeout=30, interval=0.01, message=f"an operation to reach {step}")
+
+
+def kill_worker(stack) -> None:
+    """kill -9 the worker, then start a new one: what it held comes back after the visibility timeout."""
+    stack.worker.kill()
+    stack.worker = stack.new_worker(f"w{time.monotonic_ns()}")
+
+
+def labels(stack, tenant="acme") -> dict[str, int]:
+    return {k: v for k, v in stack.sim("GET", "/_sim/stats")["created_by_label"].items()
+            if k.startswith(f"warmpool-{tenant}-")}
+
+
+def assert_nothing_leaked(stack) -> None:
+    """Every labelled resource on the provider is one that a pool references, and the reverse."""
+    ledger = stack.ledger()
+    referenced = {"instances": set(), "volumes": set()}
+    for pool in stack.store.get_pools(stack.store.all_pool_ids()):
+        referenced["instances"] |= {pool["primary_gpu_id"], pool["standby_gpu_id"]} - {None}
+        referenced["volumes"] |= {pool["volume_id"]} - {None}
+    live = {"instances": {i["id"] for i in ledger["instances"] if i["label"].startswith("warmpool-")},
+            "volumes": {v["id"] for v in ledger["volumes"] if v["name"].startswith("warmpool-")}}
+    assert live == referenced
+
+
+def fail_primary(stack, machine: int) -> int:
+    primary = stack.pool(machine)["primary_gpu_id"]
+    stack.sim("POST", f"/_sim/instances/{primary}/fail")
+    return primary
+
+
+# -- 1. kill -9 of the worker at each step -------------------------------------------------------
+
+
+@pytest.mark.parametrize("step", ["create_volume", "create_primary", "await_primary", "create_standby"])
+def test_worker_killed_while_provisioning(clean_stack, step):
+    stack, machines = clean_stack, [11, 12, 13]
+    stack.sim("POST", "/_sim/faults", json={"latency_ms": 150})  # steps long enough to be caught
+    with LedgerWatch(stack) as watch:
+        tasks = provision(stack, machines)
+        wait_step(stack, tasks.values(), step)
+        kill_worker(stack)
+        for task in tasks.values():
+            assert stack.wait_task(task, timeout=60)["state"] == "SUCCESS"
+    for machine in machines:
+        assert stack.wait_state(machine, "active")["standby_state"] == "stopped"
+        assert labels(stack)[f"warmpool-acme-{machine}-primary"] == 1
+        assert labels(stack)[f"warmpool-acme-{machine}-standby"] == 1
+    volumes = stack.sim("GET", "/_sim/stats")["volumes_created_by_name"]
+    assert all(volumes[f"warmpool-acme-{m}-volume"] == 1 for m in machines)
+    assert_nothing_leaked(stack)
+    assert watch.most_running == 1
+
+
+@pytest.mark.parametrize("step", ["stop_primary", "await_standby", "retire_old_primary", "create_standby"])
+def test_worker_killed_during_failover(clean_stack, step):
+    stack, machines = clean_stack, [21, 22]
+    provisioned(stack, machines)
+    standbys = {m: stack.pool(m)["standby_gpu_id"] for m in machines}
+    stack.sim("POST", "/_sim/faults", json={"latency_ms": 150})
+    with LedgerWatch(stack) as watch:
+        tasks = [stack.api("POST", f"/api/v1/warmpool/failover/test/{m}").json["task_id"] for m in machines]
+        wait_step(stack, tasks, step)
+        kill_worker(stack)
+        for task in tasks:
+            assert stack.wait_task(task, timeout=60)["state"] == "SUCCESS"
+        for machine in machines:
+            pool = stack.wait_state(machine, "active", timeout=60)
+            assert pool["failover_count"] == 1 and pool["primary_gpu_id"] == standbys[machine]
+    actions = stack.sim("GET", "/_sim/stats")["instance_actions"]
+    for machine in machines:
+        assert labels(stack)[f"warmpool-acme-{machine}-standby"] == 2  # the first and its replacement
+        assert labels(stack)[f"warmpool-acme-{machine}-primary"] == 1
+        assert actions[str(standbys[machine])]["start"] >= 1
+    assert_nothing_leaked(stack)
+    assert watch.most_running == 1
+
+
+@pytest.mark.parametrize("step", ["destroy_instances", "delete_volume"])
+def test_worker_killed_during_cleanup(clean_stack, step):
+    stack, machines = clean_stack, [31, 32]
+    provisioned(stack, machines)
+    stack.sim("POST", "/_sim/faults", json={"latency_ms": 150})
+    tasks = [stack.api("DELETE", f"/api/v1/warmpool/cleanup/{m}").json["task_id"] for m in machines]
+    wait_step(stack, tasks, step)
+    kill_worker(stack)
+    for task in tasks:
+        assert stack.wait_task(task, timeout=60)["state"] == "SUCCESS"
+    ledger = stack.ledger()
+    assert not [i for i in ledger["instances"] if i["label"].startswith("warmpool-")]
+    assert not [v for v in ledger["volumes"] if v["name"].startswith("warmpool-")]
+    assert all(stack.pool(m)["state"] == "disabled" for m in machines)
+
+
+# -- 2. Redis restarted ----------------------------------------------------------------------------
+
+
+def test_redis_restart(clean_stack):
+    stack = clean_stack
+    provisioned(stack, [41, 42])
+    stack.sim("POST", "/_sim/faults", json={"latency_ms": 150})
+    task = provision(stack, [43])[43]
+    wait_step(stack, [task], "create_primary")
+    stack.redis_server.restart()  # persistent, as docker-compose runs it
+    assert stack.wait_task(task, timeout=60)["state"] == "SUCCESS"
+    stack.sim("POST", "/_sim/faults", json={})
+    for machine in (41, 42, 43):
+        assert stack.api("GET", f"/api/v1/warmpool/status/{machine}").json["state"] == "active"
+    # the API and the workers reconnected by themselves: a failover afterwards works
+    fail_primary(stack, 41)
+    wait_until(lambda: stack.pool(41)["failover_count"] == 1 and stack.pool(41)["state"] == "active",
+               timeout=30, message="the failover after the restart")
+    assert labels(stack)["warmpool-acme-43-primary"] == 1
+    assert_nothing_leaked(stack)
+
+
+# -- 3. the provider API failing ----------------------------------------------------------------------
+
+
+def test_provider_outage_is_not_a_machine_failure(clean_stack):
+    stack = clean_stack
+    provisioned(stack, [51, 52])
+    for faults in ({"error_rate": 1.0}, {"rate_limit_rate": 1.0}):
+        stack.sim("POST", "/_sim/faults", json=faults)
+        start = int(stack.redis.get("wp:metrics:unknown_sweeps") or 0)
+        wait_until(lambda s=start: int(stack.redis.get("wp:metrics:unknown_sweeps") or 0) >= s + 20,
+                   timeout=30, message="20 sweeps during the outage")
+    stack.sim("POST", "/_sim/faults", json={"latency_ms": 5000})
+    seen = stack.redis.get("wp:sweep:last")
+    wait_until(lambda: stack.redis.get("wp:sweep:last") != seen, timeout=30, message="a slow sweep")
+    stack.sim("POST", "/_sim/faults", json={})
+    assert all(stack.pool(m)["failover_count"] == 0 and stack.pool(m)["state"] == "active" for m in (51, 52))
+    assert not stack.sim("GET", "/_sim/stats")["instance_actions"]  # nothing was stopped or started
+    # recovered: a real failure still fails over
+    fail_primary(stack, 51)
+    wait_until(lambda: stack.pool(51)["failover_count"] == 1 and stack.pool(51)["state"] == "active",
+               timeout=30, message="the failover after the outage")
+    assert stack.pool(52)["failover_count"] == 0
+
+
+def test_provisioning_under_provider_errors(clean_stack):
+    stack, machines = clean_stack, [61, 62, 63]
+    hosts = free_hosts(stack, 3)
+    stack.sim("POST", "/_sim/faults", json={"error_rate": 0.3})
+    tasks = {}
+    for machine, host in zip(machines, hosts):
+        rv = stack.api("POST", "/api/v1/warmpool/provision", json={"machine_id": machine, "host_machine_id": host})
+        tasks[machine] = rv.json["task_id"]
+    for machine, task in tasks.items():
+        stack.wait_task(task, timeout=90)
+        assert stack.wait_state(machine, "active", "degraded", timeout=30)
+    stack.sim("POST", "/_sim/faults", json={})
+    assert all(count == 1 for count in labels(stack).values())
+    assert_nothing_leaked(stack)
+
+
+# -- 4. racing triggers ----------------------------------------------------------------------------
+
+
+def test_concurrent_failover_triggers(clean_stack):
+    stack = clean_stack
+    provisioned(stack, [71])
+    standby = stack.pool(71)["standby_gpu_id"]
+    url = stack.http()
+    fail_primary(stack, 71)
+
+    def trigger(_):
+        return requests.post(f"{url}/api/v1/warmpool/failover/test/71", timeout=30,
+                             headers={"Authorization": "Bearer acme-key"}).status_code
+
+    with LedgerWatch(stack) as watch, concurrent.futures.ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(trigger, range(20)))
+        wait_until(lambda: stack.pool(71)["failover_count"] >= 1, timeout=30)
+        stack.wait_state(71, "active", timeout=30)
+    assert sorted(codes) in ([202] + [409] * 19, [409] * 20)  # the sweep may have taken the lock first
+    assert stack.pool(71)["failover_count"] == 1
+    assert stack.sim("GET", "/_sim/stats")["instance_actions"][str(standby)]["start"] == 1
+    assert watch.most_running == 1
+
+
+def test_stale_health_trigger_does_not_fail_over_the_new_primary(clean_stack):
+    from tasks import failover
+
+    stack = clean_stack
+    provisioned(stack, [72])
+    old_primary = stack.pool(72)["primary_gpu_id"]
+    task = stack.api("POST", "/api/v1/warmpool/failover/test/72").json["task_id"]
+    # a health trigger about the old primary, queued while the manual failover runs
+    failover.trigger.delay("acme:72", old_primary, time.time())
+    assert stack.wait_task(task)["state"] == "SUCCESS"
+    pool = stack.wait_state(72, "active")
+    late = failover.trigger.apply_async(args=("acme:72", old_primary, time.time()))
+    wait_until(lambda: stack.redis.llen("provision") == 0 and stack.redis.llen("failover") == 0)
+    assert stack.wait_state(72, "active")["primary_gpu_id"] == pool["primary_gpu_id"]
+    assert stack.pool(72)["failover_count"] == 1 and late.id
+
+
+# -- 5. a frozen lock holder ---------------------------------------------------------------------------
+
+
+def test_frozen_lock_holder_is_fenced_out(clean_stack):
+    stack = clean_stack
+    provisioned(stack, [81])
+    stack.sim("POST", "/_sim/faults", json={"latency_ms": 300})
+    task = stack.api("POST", "/api/v1/warmpool/failover/test/81").json["task_id"]
+    wait_step(stack, [task], "await_standby")
+    frozen = stack.worker
+    frozen.signal(signal.SIGSTOP)  # past the lock's TTL: the healer or a redelivery takes over
+    stack.worker = stack.new_worker("w-takeover")
+    try:
+        assert stack.wait_task(task, timeout=60)["state"] == "SUCCESS"
+        settled = stack.wait_state(81, "active", timeout=60)
+        epoch = stack.store.epoch("acme:81")
+    finally:
+        frozen.signal(signal.SIGCONT)
+    stack.sim("POST", "/_sim/faults", json={})
+    # the woken worker's steps are fenced: the pool stays as the new holder left it
+    wait_until(lambda: "lost to a newer holder" in frozen.log.read_text() or frozen.process.poll() is None,
+               timeout=10)
+    frozen.stop()
+    assert stack.pool(81) == settled and stack.store.epoch("acme:81") == epoch
+    assert stack.pool(81)["failover_count"] == 1
+    assert_nothing_leaked(stack)
+
+
+# -- 6. the standby cannot start ------------------------------------------------------------------------
+
+
+def test_standby_without_gpu_ends_degraded(clean_stack):
+    stack = clean_stack
+    provisioned(stack, [91])
+    pool = stack.pool(91)
+    stack.sim("POST", f"/_sim/hosts/{pool['host_machine_id']}/rent_out")
+    # the sweep marks the pool degraded before any failure: its standby could no longer start
+    degraded = stack.wait_state(91, "degraded", timeout=30)
+    assert "no free GPU" in degraded["error_message"]
+    fail_primary(stack, 91)
+    wait_until(lambda: any(e["event"] == "fresh_standby" or "no free GPU" in e["message"]
+                           for e in stack.store.events("acme:91")), timeout=30, message="the failover to give up")
+    pool = stack.wait_state(91, "degraded", timeout=30)
+    assert pool["fallback"] == "cpu_standby" and pool["failover_count"] == 0
+    events = [e["event"] for e in stack.store.events("acme:91")]
+    assert "standby_given_up" in events and "failover_started" in events
+    assert stack.running("warmpool-acme-91-") == []
+
+
+# -- 7. two beats ------------------------------------------------------------------------------------------
+
+
+def test_two_beats(clean_stack, tmp_path):
+    from tests.conftest import Worker
+
+    stack = clean_stack
+    second = Worker("beat", "-s", str(tmp_path / "schedule"), log=tmp_path / "beat2.log").start()
+    try:
+        provisioned(stack, [101, 102])
+        fail_primary(stack, 101)
+        wait_until(lambda: stack.pool(101)["failover_count"] == 1 and stack.pool(101)["state"] == "active",
+                   timeout=30)
+        seen = stack.redis.get("wp:sweep:last")
+        for _ in range(5):  # more sweeps with both beats running
+            seen = wait_until(lambda s=seen: (now := stack.redis.get("wp:sweep:last")) != s and now)
+    finally:
+        second.stop()
+    assert stack.pool(101)["failover_count"] == 1 and stack.pool(102)["failover_count"] == 0
+    assert all(count == 1 for name, count in labels(stack).items() if "primary" in name)
+    assert_nothing_leaked(stack)
+
+
+# -- 8. a whole host fails ---------------------------------------------------------------------------------
+
+
+def test_host_failure_is_capped(clean_stack):
+    stack = clean_stack
+    stack.worker.stop()
+    stack.worker = stack.new_worker("w-capped", FAILOVERS_PER_MINUTE="2")
+    rv = stack.api("GET", "/api/v1/warmpool/hosts?gpu_name=RTX_4090&min_gpus=4")
+    host = rv.json["hosts"][0]["machine_id"]
+    machines = [111, 112, 113]
+    for machine in machines:  # three pools on one host, one elsewhere
+        rv = stack.api("POST", "/api/v1/warmpool/provision", json={"machine_id": machine, "host_machine_id": host})
+        assert stack.wait_task(rv.json["task_id"])["state"] == "SUCCESS"
+    provisioned(stack, [114])
+    stack.sim("POST", f"/_sim/hosts/{host}/fail")
+    for machine in machines:
+        stack.wait_state(machine, "degraded", timeout=60)
+    wait_until(lambda: any(e["event"] == "failover_deferred" for m in machines
+                           for e in stack.store.events(f"acme:{m}")), timeout=30, message="the cap to defer one")
+    starts = sorted(e["at"] for m in machines for e in stack.store.events(f"acme:{m}")
+                    if e["event"] == "failover_started")
+    assert 1 <= len(starts) <= 2  # the cap per minute
+    other = stack.pool(114)
+    assert other["state"] == "active" and other["failover_count"] == 0
+    assert stack.running(f"warmpool-acme-{114}-")
