@@ -163,6 +163,16 @@ def test_save_pool_fenced_out_for_a_new_pool_writes_no_index(store):
     assert store.all_pool_ids() == [] and store.watched_pool_ids() == [] and store.tenant_pools("acme") == []
 
 
+def test_save_pool_with_an_expected_step_refuses_a_duplicate_delivery(store):
+    held = store.acquire(PID, 10)
+    store.save_pool(new_pool("acme", 123, seq=1), held, expect_seq=0)  # first write: no record yet
+    store.save_pool(new_pool("acme", 123, seq=2, volume_id=7), held, expect_seq=1)
+    before = snapshot(store.r)
+    with pytest.raises(FencedOut):  # a second delivery of the step that wrote seq 2
+        store.save_pool(new_pool("acme", 123, seq=2, volume_id=8), held, expect_seq=1)
+    assert snapshot(store.r) == before and store.get_pool(PID)["volume_id"] == 7
+
+
 def test_extend_after_expiry_takes_the_lock_back_when_no_one_held_it(store):
     # a killed worker's step is redelivered: the same holder takes its expired lock back
     held = store.acquire(PID, 0.1)
@@ -265,11 +275,11 @@ def test_final_op_states_are_final(store, final):
     store.update_op(op_id, state="STARTED", step="stop_primary")
     assert store.get_op(op_id)["step"] == "stop_primary"
     store.update_op(op_id, state=final, step="done", result={"success": final == "SUCCESS"})
-    ended = store.get_op(op_id)
-    # a redelivered step does not reopen it
+    outcome = {k: store.get_op(op_id)[k] for k in ("state", "result", "error")}
+    # a redelivered step does not reopen it, nor change its outcome (only follow-up steps may show)
     store.update_op(op_id, state="STARTED", step="stop_primary")
-    store.update_op(op_id, state="SUCCESS" if final == "FAILURE" else "FAILURE", error="late")
-    assert store.get_op(op_id) == ended and ended["state"] == final
+    store.update_op(op_id, state="SUCCESS" if final == "FAILURE" else "FAILURE", error="late", result={"x": 1})
+    assert {k: store.get_op(op_id)[k] for k in outcome} == outcome and outcome["state"] == final
 
 
 def test_update_of_an_unknown_op_creates_nothing(store):
