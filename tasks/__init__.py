@@ -7,9 +7,36 @@ import time
 
 from celery import Celery
 from celery.signals import heartbeat_sent, worker_ready
+from kombu.transport import redis as kombu_redis
 
 celery_app = Celery("warmpool")
 celery_app.config_from_object("celeryconfig")
+
+
+class _QoS(kombu_redis.QoS):
+    """kombu 5.7's Redis QoS, minus crashes when Redis restarts.
+
+    After a reconnect, the old channel's connection is gone: acknowledging or
+    restoring through it raises AttributeError and stops the worker
+    ("Unrecoverable error"). Skipping that is safe here: unacknowledged messages
+    stay in Redis and come back after the visibility timeout, and a step delivered
+    twice is ignored (tasks/base.py).
+    """
+
+    def _connected(self) -> bool:
+        return self.channel.connection is not None and self.channel.connection.client is not None
+
+    def restore_unacked_once(self, stderr=None):
+        return super().restore_unacked_once(stderr) if self._connected() else None
+
+    def ack(self, delivery_tag):
+        return super().ack(delivery_tag) if self._connected() else None
+
+    def reject(self, delivery_tag, requeue=False):
+        return super().reject(delivery_tag, requeue) if self._connected() else None
+
+
+kombu_redis.Channel.QoS = _QoS
 
 
 @heartbeat_sent.connect
