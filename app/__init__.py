@@ -6,6 +6,7 @@ enqueues work for the Celery workers in ``tasks/``, and answers.
 
 import redis
 from flask import Flask
+from werkzeug.exceptions import MethodNotAllowed
 
 from app.api import api
 
@@ -24,6 +25,7 @@ def create_app(config: dict | None = None) -> Flask:
             "info": {"description": "GPU warm pool: a running primary and a stopped standby on one "
                                     "Vast.ai host, sharing a volume; failover in 30-60 s."},
             "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
+            "security": [{"bearerAuth": []}],
         },
     )
     app.config.from_mapping(config or {})
@@ -34,6 +36,12 @@ def create_app(config: dict | None = None) -> Flask:
     api.register_blueprint(warmpool.blp)
     api.register_blueprint(tasks.blp)
     app.register_blueprint(probes.bp)
+
+    @app.errorhandler(MethodNotAllowed)
+    def method_not_allowed(exc):
+        allowed = ", ".join(sorted(exc.valid_methods or ()))
+        return {"code": 405, "status": "Method Not Allowed", "message": f"Allowed methods: {allowed}"}, \
+            405, {"Allow": allowed}
 
     @app.errorhandler(redis.RedisError)
     def state_store_unavailable(exc):

@@ -76,7 +76,7 @@ class Store:
     def __init__(self, client: redis.Redis):
         self.r = client
         self._reserve = self.r.register_script(_RESERVE_SLOT)
-        self._bump_epoch = self.r.register_script(_BUMP_EPOCH)
+        self._take_over = self.r.register_script(_TAKE_OVER)
         self._failover_slot = self.r.register_script(_FAILOVER_SLOT)
 
     @classmethod
@@ -113,18 +113,21 @@ class Store:
         except redis.exceptions.LockError:
             if not lock.acquire(blocking=False, token=held.token):
                 raise FencedOut(pid) from None
+            if self.epoch(pid) != held.epoch:
+                lock.release()  # it was free, but someone held it in between
+                raise FencedOut(pid) from None
         if self.epoch(pid) != held.epoch:
-            self.release(pid, held, ttl)
             raise FencedOut(pid)
 
     def take_over(self, pid: str, held: Held, ttl: float) -> Held:
-        """For a redelivered step: hold the lock under a new epoch, so that the first delivery,
-        if its worker was only frozen, is fenced out when it wakes."""
-        self.extend(pid, held, ttl)
-        epoch = self._bump_epoch(keys=[f"wp:epoch:{pid}"], args=[held.epoch])
+        """For a redelivered step: hold the lock under a new token and epoch, so that the first
+        delivery, if its worker was only frozen, is fenced out when it wakes."""
+        token = uuid.uuid4().hex
+        epoch = self._take_over(keys=[f"wp:lock:{pid}", f"wp:epoch:{pid}"],
+                                args=[held.token, token, held.epoch, int(ttl * 1000)])
         if not epoch:
             raise FencedOut(pid)
-        return Held(token=held.token, epoch=int(epoch))
+        return Held(token=token, epoch=int(epoch))
 
     def release(self, pid: str, held: Held, ttl: float) -> None:
         try:
@@ -283,10 +286,12 @@ redis.call('SET', KEYS[1], string.format('%.6f', slot + interval), 'PX', math.ce
 return string.format('%.6f', slot - now)
 """
 
-# a new epoch only if no one took the lock since ``ARGV[1]``
-_BUMP_EPOCH = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-return redis.call('INCR', KEYS[1])
+# the lock under a new token and epoch, if it is still ours (or free) and no one held it since
+_TAKE_OVER = """
+local holder = redis.call('GET', KEYS[1])
+if (holder and holder ~= ARGV[1]) or redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
+return redis.call('INCR', KEYS[2])
 """
 
 # a sliding 60 s window of failover starts; a slot is taken only under the cap

@@ -150,9 +150,6 @@ def test_provision_with_a_non_json_body(seeded):
         assert_rejected(seeded, before, call(seeded, "provision", data=data, content_type=content_type), 422, 415)
 
 
-@pytest.mark.xfail(reason="Enable ignores a body that is not sent as application/json (e.g. curl -d without "
-                          "-H Content-Type): the gpu_name/max_price are dropped silently and a host of any GPU "
-                          "and price is searched and provisioned (issue 3)", strict=True)
 @pytest.mark.parametrize("data, content_type", [
     ('{"gpu_name": "RTX_4090", "max_price": 0.5}', "application/x-www-form-urlencoded"),
     ('{"gpu_name": "RTX_4090", "max_price": 0.5}', None),
@@ -164,9 +161,6 @@ def test_enable_with_a_non_json_body_is_refused(seeded, data, content_type):
     assert_rejected(seeded, before, rv, 415, 422, 400)
 
 
-@pytest.mark.xfail(reason="JSON nested ~10^5 deep makes json.loads raise RecursionError inside webargs' "
-                          "parse_json (it only maps JSONDecodeError/UnicodeDecodeError), so the request gets a "
-                          "500 (issue 3)", strict=True)
 @pytest.mark.parametrize("route", ["provision", "enable"])
 def test_deeply_nested_json_is_a_4xx(seeded, route):
     before = snapshot(seeded.r)
@@ -174,9 +168,6 @@ def test_deeply_nested_json_is_a_4xx(seeded, route):
     assert_rejected(seeded, before, rv, 400, 413, 422)
 
 
-@pytest.mark.xfail(reason="GPU_NAME and IMAGE in app/api/schemas.py end in `$`, which also matches before a "
-                          "trailing newline, so 'RTX_4090\\n' or 'pytorch/pytorch\\n' is accepted, stored and "
-                          "sent to the provider (issue 3)", strict=True)
 @pytest.mark.parametrize("route, body", [("provision", {**PROVISION, "gpu_name": "RTX_4090\n"}),
                                          ("provision", {**PROVISION, "image": "pytorch/pytorch\n"}),
                                          ("enable", {"gpu_name": "RTX_4090\n"})])
@@ -237,9 +228,6 @@ def test_bad_task_ids(seeded, task):
     assert_rejected(seeded, before, call(seeded, "task", t=task), 404)
 
 
-@pytest.mark.xfail(reason="The machine path converter <int(max=MAX_ID)> has no min, so machine 0 (which the body "
-                          "schemas refuse, Id is 1..MAX_ID) is accepted: enable/0 creates a pool for machine 0 and "
-                          "enqueues a provision (issue 3)", strict=True)
 def test_machine_zero_is_not_a_machine(seeded):
     before = snapshot(seeded.r)
     assert_rejected(seeded, before, call(seeded, "enable", m=0), 404, 422)
@@ -262,9 +250,6 @@ def test_wrong_methods(seeded, route, method):
     assert_rejected(seeded, before, rv, 405)
 
 
-@pytest.mark.xfail(reason="405 answers carry no Allow header (RFC 9110 15.5.6: MUST): flask-smorest's HTTPException "
-                          "handler rebuilds the response from exc.data and drops werkzeug's Allow (issue 3)",
-                   strict=True)
 @pytest.mark.parametrize("route", ["provision", "status"])
 def test_405_names_the_allowed_methods(seeded, route):
     rv = seeded.api("PUT", url(route))

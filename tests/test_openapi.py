@@ -139,9 +139,6 @@ def bearer_names(spec):
     return {name for name, s in spec["components"]["securitySchemes"].items() if s.get("scheme") == "bearer"}
 
 
-@pytest.mark.xfail(reason="No operation carries a security requirement: bearerAuth is declared in "
-                          "components.securitySchemes but neither the document nor any operation has "
-                          "`security`, so clients and Swagger UI do not send the key (issue 3)", strict=True)
 def test_routes_that_ask_for_a_key_declare_bearer_security(app, spec, env):
     names = bearer_names(spec)
     for method, path in sorted(authed_routes(app, env)):
@@ -149,8 +146,6 @@ def test_routes_that_ask_for_a_key_declare_bearer_security(app, spec, env):
         assert any(set(req) & names for req in security), (method, path)
 
 
-@pytest.mark.xfail(reason="401 is answered by every /warmpool and /tasks route (auth.authenticate) but "
-                          "documented on none (issue 3)", strict=True)
 def test_routes_that_ask_for_a_key_document_401(app, spec, env):
     undocumented = [(m, p) for m, p in sorted(authed_routes(app, env))
                     if "401" not in operation(spec, m, p)["responses"]]

@@ -3,8 +3,8 @@
 from marshmallow import Schema, fields, validate
 
 MAX_ID = 2**53 - 1  # ids stay exact in every JSON client
-GPU_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_ .-]{0,63}$", error="Not a GPU name, e.g. RTX_4090.")
-IMAGE = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_./:@-]{0,1023}$", error="Not a Docker image reference.")
+GPU_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_ .-]{0,63}\Z", error="Not a GPU name, e.g. RTX_4090.")
+IMAGE = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_./:@-]{0,1023}\Z", error="Not a Docker image reference.")
 
 
 class Integer(fields.Integer):

@@ -2,8 +2,9 @@
 
 from flask import g
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import abort
 
+from app.api import Blueprint
 from app.api.auth import authenticate
 from app.api.schemas import TaskSchema
 from app.runtime import store
@@ -15,6 +16,7 @@ blp.before_request(authenticate)
 @blp.route("/<string(length=32):task_id>")
 class Task(MethodView):
     @blp.response(200, TaskSchema)
+    @blp.alt_response(401, response="DEFAULT_ERROR")
     @blp.alt_response(404, response="DEFAULT_ERROR")
     def get(self, task_id):
         """State, step and result of an operation"""

@@ -9,9 +9,10 @@ import json
 
 from flask import g, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import abort
 
 from app import vast as provider
+from app.api import Blueprint
 from app.api.auth import authenticate
 from app.api.schemas import (EnableSchema, EventListSchema, HostListSchema, HostsQuerySchema, MAX_ID,
                              OperationSchema, PoolListSchema, ProvisionSchema, StatusSchema, ToggleSchema,
@@ -26,7 +27,7 @@ blp = Blueprint("warmpool", __name__, url_prefix="/api/v1/warmpool",
                 description="GPU warm pools: status, hosts, provision, enable/disable, failover test, cleanup.")
 blp.before_request(authenticate)
 
-MACHINE = f"<int(max={MAX_ID}):machine_id>"
+MACHINE = f"<int(min=1, max={MAX_ID}):machine_id>"
 # states in which a pool has an operation of its own going or is already protected
 BUSY_STATES = (SEARCHING, PROVISIONING, ACTIVE, "failover")
 
@@ -71,6 +72,7 @@ LOCATION = {"Location": {"description": "the task resource to poll", "schema": {
 @blp.route("/status/" + MACHINE)
 class Status(MethodView):
     @blp.response(200, StatusSchema)
+    @blp.alt_response(401, response="DEFAULT_ERROR")
     @blp.alt_response(404, response="DEFAULT_ERROR")
     def get(self, machine_id):
         """Warm pool status of a machine"""
@@ -80,6 +82,7 @@ class Status(MethodView):
 @blp.route("/pools")
 class Pools(MethodView):
     @blp.response(200, PoolListSchema)
+    @blp.alt_response(401, response="DEFAULT_ERROR")
     def get(self):
         """This tenant's warm pools"""
         pools = [status_of(p) for p in store().tenant_pools(g.tenant)]
@@ -89,6 +92,7 @@ class Pools(MethodView):
 @blp.route("/events/" + MACHINE)
 class Events(MethodView):
     @blp.response(200, EventListSchema)
+    @blp.alt_response(401, response="DEFAULT_ERROR")
     @blp.alt_response(404, response="DEFAULT_ERROR")
     def get(self, machine_id):
         """What happened to a machine's warm pool, newest first"""
@@ -100,6 +104,7 @@ class Events(MethodView):
 class Hosts(MethodView):
     @blp.arguments(HostsQuerySchema, location="query")
     @blp.response(200, HostListSchema)
+    @blp.alt_response(401, response="DEFAULT_ERROR")
     @blp.alt_response(503, response="DEFAULT_ERROR")
     def get(self, args):
         """Multi-GPU hosts that can hold a warm pool"""
@@ -123,6 +128,7 @@ class Provision(MethodView):
     @blp.arguments(ProvisionSchema)
     @blp.arguments(WaitSchema, location="query")
     @blp.response(202, OperationSchema, headers=LOCATION)
+    @blp.alt_response(401, response="DEFAULT_ERROR")
     @blp.alt_response(200, schema=OperationSchema, success=True, description="the operation ended within ?wait")
     @blp.alt_response(409, response="DEFAULT_ERROR")
     def post(self, spec, query):
@@ -151,6 +157,7 @@ class Enable(MethodView):
     @blp.arguments(EnableSchema(), required=False)
     @blp.arguments(WaitSchema, location="query")
     @blp.response(200, ToggleSchema)
+    @blp.alt_response(401, response="DEFAULT_ERROR")
     @blp.alt_response(409, response="DEFAULT_ERROR")
     def post(self, spec, query, machine_id):
         """Enable the warm pool; a machine without resources gets a host searched and provisioned"""
@@ -183,6 +190,7 @@ class Enable(MethodView):
 @blp.route("/disable/" + MACHINE)
 class Disable(MethodView):
     @blp.response(200, ToggleSchema)
+    @blp.alt_response(401, response="DEFAULT_ERROR")
     @blp.alt_response(404, response="DEFAULT_ERROR")
     def post(self, machine_id):
         """Disable the warm pool; resources are kept and CPU standby is the fallback"""
@@ -205,6 +213,7 @@ class Disable(MethodView):
 class FailoverTest(MethodView):
     @blp.arguments(WaitSchema, location="query")
     @blp.response(202, OperationSchema, headers=LOCATION)
+    @blp.alt_response(401, response="DEFAULT_ERROR")
     @blp.alt_response(200, schema=OperationSchema, success=True, description="the failover ended within ?wait")
     @blp.alt_response(404, response="DEFAULT_ERROR")
     @blp.alt_response(409, response="DEFAULT_ERROR")
@@ -225,6 +234,7 @@ class FailoverTest(MethodView):
 class Cleanup(MethodView):
     @blp.arguments(WaitSchema, location="query")
     @blp.response(202, OperationSchema, headers=LOCATION)
+    @blp.alt_response(401, response="DEFAULT_ERROR")
     @blp.alt_response(200, schema=OperationSchema, success=True, description="the cleanup ended within ?wait")
     @blp.alt_response(404, response="DEFAULT_ERROR")
     def delete(self, query, machine_id):
