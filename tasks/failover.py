@@ -50,10 +50,8 @@ def trigger(pid: str, seen_primary: int, detected_at: float) -> str:
     if held is None:
         return "busy"  # an operation runs on this machine; it is the one that counts
     pool = s.get_pool(pid)
-    # a degraded pool whose last repair failed waits for its backoff (the healer's turn)
     if (pool is None or not pool["enabled"] or pool["state"] not in (ACTIVE, DEGRADED)
-            or pool["primary_gpu_id"] != seen_primary
-            or (pool["state"] == DEGRADED and pool["next_heal_at"] > time.time())):
+            or pool["primary_gpu_id"] != seen_primary):
         s.release(pid, held, cfg.lock_ttl)
         return "stale"
     return launch(s, pid, held, "health", detected_at) or "capped"
