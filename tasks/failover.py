@@ -28,7 +28,8 @@ def launch(s: Store, pid: str, held, trigger: str, detected_at: float | None = N
     """
     cap = settings().failovers_per_minute
     if trigger != "manual" and not s.take_failover_slot(cap):
-        s.event(pid, "failover_deferred", f"{cap} failovers started in the last minute: the cap")
+        if s.r.set(f"wp:deferred:{pid}", 1, nx=True, ex=60):  # said once a minute, not every sweep
+            s.event(pid, "failover_deferred", f"{cap} failovers started in the last minute: the cap")
         s.release(pid, held, settings().lock_ttl)
         return None
     tenant, machine_id = split_pool_id(pid)

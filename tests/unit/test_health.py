@@ -246,7 +246,7 @@ def test_trigger_fails_over_what_it_saw(sweep_env):
 
 
 @pytest.mark.parametrize("change", [{"primary_gpu_id": 999}, {"state": DISABLED, "enabled": False},
-                                    {"state": "provisioning"}, {"state": DEGRADED, "next_heal_at": 4e9}])
+                                    {"state": "provisioning"}])
 def test_trigger_for_a_pool_that_moved_on_does_nothing(sweep_env, change):
     env = sweep_env
     pool = env.add_pool(123)
