@@ -2,7 +2,6 @@
 
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -127,10 +126,12 @@ def dev(port, sim_port, flower_port, time_scale, data_dir):
             wait_for_port(sim_port)
             env.update(VAST_API_URL=f"http://127.0.0.1:{sim_port}", VAST_API_KEY=env.get("VAST_API_KEY") or "sim")
             env.setdefault("VAST_RATE_LIMITS", "{}")  # the simulator has none unless asked
+            # poll the simulator as often, relative to its delays, as Vast.ai is polled (2 s)
+            env.setdefault("PROVIDER_POLL_INTERVAL", str(max(0.05, 2 * time_scale)))
         if not env.get("WARMPOOL_API_KEYS"):
             env["WARMPOOL_API_KEYS"] = f"dev:{secrets.token_urlsafe(24)}"
-        celery = [shutil.which("celery") or "celery", "-A", "tasks"]
-        start(shutil.which("gunicorn") or "gunicorn", "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread",
+        celery = [sys.executable, "-m", "celery", "-A", "tasks"]
+        start(sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread",
               "--threads", "16", "--access-logfile", "-", "app:create_app()")
         start(*celery, "worker", "-Q", "failover,provision,health", "--pool", "threads", "--concurrency", "16",
               "-l", "INFO", "-n", "warmpool@%h")

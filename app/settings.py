@@ -56,8 +56,6 @@ class Settings:
     # a lock's time to live; holders extend it while they work
     lock_ttl: float = 60.0
     failovers_per_minute: int = 10
-    heal_interval: float = 60.0
-    reconcile_interval: float = 300.0
     reconcile_destroy_orphans: bool = False
     # the rentable-GPU check of standbys' hosts costs a search call, so it runs less often
     capacity_check_interval: float = 30.0
@@ -78,8 +76,6 @@ class Settings:
             instance_ready_timeout=_float("INSTANCE_READY_TIMEOUT", cls.instance_ready_timeout),
             lock_ttl=_float("LOCK_TTL", cls.lock_ttl),
             failovers_per_minute=_int("FAILOVERS_PER_MINUTE", cls.failovers_per_minute),
-            heal_interval=_float("HEAL_INTERVAL", cls.heal_interval),
-            reconcile_interval=_float("RECONCILE_INTERVAL", cls.reconcile_interval),
             reconcile_destroy_orphans=_bool("RECONCILE_DESTROY_ORPHANS", cls.reconcile_destroy_orphans),
             capacity_check_interval=_float("CAPACITY_CHECK_INTERVAL", cls.capacity_check_interval),
             hosts_cache_seconds=_float("HOSTS_CACHE_SECONDS", cls.hosts_cache_seconds),

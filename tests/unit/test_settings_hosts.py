@@ -44,7 +44,7 @@ def test_every_variable_is_read(clean_env):
     assert s.api_keys == {"k1": "acme", "k2": "globex"}
     assert (s.health_check_interval, s.failover_threshold, s.poll_interval) == (0.25, 5, 0.5)
     assert (s.standby_start_timeout, s.instance_ready_timeout, s.lock_ttl) == (7.0, 8.0, 9.0)
-    assert (s.failovers_per_minute, s.heal_interval, s.reconcile_interval) == (4, 11.0, 12.0)
+    assert s.failovers_per_minute == 4
     assert s.reconcile_destroy_orphans is True
     assert (s.capacity_check_interval, s.hosts_cache_seconds, s.default_image) == (13.0, 0.0, "img:1")
 
