@@ -231,7 +231,7 @@ def reconcile() -> list:
             elif destroyed:
                 vast().delete_volume(resource_id)
             s.event(pid, "orphan", f"{kind} {resource_id} carries our label but no pool references it"
-                                   + ("; destroyed" if destroyed else ""), kind=kind, resource_id=resource_id)
+                                   + ("; destroyed" if destroyed else ""), resource=kind, resource_id=resource_id)
     except provider.VastError:
         return []  # try again next time
     s.r.set("wp:metrics:orphans", len(orphans))

@@ -341,3 +341,30 @@ def test_host_failure_is_capped(clean_stack):
     other = stack.pool(114)
     assert other["state"] == "active" and other["failover_count"] == 0
     assert stack.running(f"warmpool-acme-{114}-")
+
+
+# -- the reconciler ---------------------------------------------------------------------------------------
+
+
+def test_reconciler_reports_then_destroys_orphans(clean_stack):
+    stack = clean_stack
+    provisioned(stack, [121])
+    host = free_hosts(stack, 1)[0]
+    key = {"Authorization": "Bearer sim-key"}
+    # what a crashed attempt could leave: an instance and a volume with our labels, no pool behind them
+    orphan = stack.sim("PUT", f"/api/v0/asks/{host * 100 + 1}/", headers=key, json={
+        "image": "x", "disk": 10, "label": "warmpool-acme-999-primary", "target_state": "stopped"})["new_contract"]
+    volume = int(stack.sim("PUT", "/api/v0/volumes/", headers=key, json={
+        "size": 10, "id": host * 100 + 50, "name": "warmpool-acme-998-volume"})["volume_name"][2:])
+    wait_until(lambda: {e.get("resource_id") for pid in ("acme:999", "acme:998")
+                        for e in stack.store.events(pid) if e["event"] == "orphan"} == {orphan, volume},
+               timeout=30, message="the orphans to be reported")
+    assert int(stack.redis.get("wp:metrics:orphans")) == 2
+    assert {orphan} <= {i["id"] for i in stack.ledger()["instances"]}  # reported, not destroyed
+    stack.worker.stop()
+    stack.worker = stack.new_worker("w-reconcile", RECONCILE_DESTROY_ORPHANS="true")
+    wait_until(lambda: orphan not in {i["id"] for i in stack.ledger()["instances"]}
+               and volume not in {v["id"] for v in stack.ledger()["volumes"]}, timeout=30,
+               message="the orphans to be destroyed")
+    assert stack.pool(121)["state"] == "active"
+    assert_nothing_leaked(stack)
