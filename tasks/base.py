@@ -46,7 +46,7 @@ class Operation:
 
     def take_over(self) -> None:
         self.held = self.store.take_over(self.pid, self.held, self.settings.lock_ttl)
-        self.ctx["epoch"] = self.held.epoch
+        self.ctx.update(token=self.held.token, epoch=self.held.epoch)
 
     def step(self, name: str) -> None:
         """Enter a step: renew the lock (or stop here if it was lost) and show the step."""

@@ -21,7 +21,7 @@ STOPPED_STATUSES = {"stopped", "exited", "offline", "unknown"}
 
 
 def launch(s: Store, pid: str, held, trigger: str, detected_at: float | None = None,
-           op_id: str | None = None) -> str | None:
+           triggered_at: float | None = None, op_id: str | None = None) -> str | None:
     """Start (or, given ``op_id``, go on with) the failover of a pool whose lock ``held`` is ours.
 
     An automatic failover beyond the cap per minute is not started (None): the lock is released.
@@ -36,7 +36,7 @@ def launch(s: Store, pid: str, held, trigger: str, detected_at: float | None = N
     pool = s.get_pool(pid)
     op_id = op_id or s.new_op(tenant, machine_id, "failover")
     ctx = Operation.begin(pid, "failover", held, op_id, trigger=trigger, old_primary=pool["primary_gpu_id"],
-                          detected_at=detected_at)
+                          detected_at=detected_at, triggered_at=triggered_at)
     steps = [confirm_failure.s()] if trigger == "health" else []
     chain(*steps, stop_primary.s(), await_stopped.s(), start_standby.s(), await_standby.s(), promote.s(),
           retire_old_primary.s(), create_standby.s()).delay(ctx)
@@ -44,7 +44,7 @@ def launch(s: Store, pid: str, held, trigger: str, detected_at: float | None = N
 
 
 @shared_task(name="warmpool.failover.trigger", acks_late=True)
-def trigger(pid: str, seen_primary: int, detected_at: float) -> str:
+def trigger(pid: str, seen_primary: int, detected_at: float, triggered_at: float | None = None) -> str:
     """A health sweep saw ``seen_primary`` fail: fail over, unless the pool moved on or is busy."""
     s, cfg = store(), settings()
     held = s.acquire(pid, cfg.lock_ttl)
@@ -55,7 +55,7 @@ def trigger(pid: str, seen_primary: int, detected_at: float) -> str:
             or pool["primary_gpu_id"] != seen_primary):
         s.release(pid, held, cfg.lock_ttl)
         return "stale"
-    return launch(s, pid, held, "health", detected_at) or "capped"
+    return launch(s, pid, held, "health", detected_at, triggered_at) or "capped"
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.confirm_failure")
@@ -79,7 +79,6 @@ def confirm_failure(self, op: Operation):
 def stop_primary(self, op: Operation):
     op.step("stop_primary")
     if op.pool["state"] != FAILOVER:
-        op.ctx["locked_at"] = time.time()
         op.save(state=FAILOVER)
         op.event("failover_started", f"failover of primary {op.ctx['old_primary']} ({op.ctx['trigger']})")
     try:
@@ -150,10 +149,11 @@ def promote(self, op: Operation):
     ctx, pool = op.ctx, op.pool
     started = ctx["detected_at"] or ctx["started"]
     phases = ctx["phases"]
-    if ctx["detected_at"]:
-        phases["detect"] = round(ctx["started"] - ctx["detected_at"], 3)
-    phases["lock"] = round(ctx.get("locked_at", ctx["started"]) - ctx["started"], 3)
-    phases["fence_old_primary"] = round(ctx["fenced_at"] - ctx.get("locked_at", ctx["started"]), 3)
+    if ctx["detected_at"] and ctx.get("triggered_at"):
+        # first failed sweep -> the threshold reached -> the machine's lock taken
+        phases["detect"] = round(ctx["triggered_at"] - ctx["detected_at"], 3)
+        phases["lock"] = round(ctx["started"] - ctx["triggered_at"], 3)
+    phases["fence_old_primary"] = round(ctx["fenced_at"] - ctx["started"], 3)
     phases["start_standby"] = round(ctx["ready_at"] - ctx["fenced_at"], 3)
     now = op.phase("promote", ctx["ready_at"])
     recovery = round(now - started, 3)

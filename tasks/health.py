@@ -102,7 +102,7 @@ def _count_failures(failed: dict) -> None:
     for pid, first_seen in zip(due, since):
         primary = failed[pid] or pools[pid]["primary_gpu_id"]
         s.event(pid, "primary_failed", f"primary {primary} failed {cfg.failover_threshold} sweeps in a row")
-        failover.trigger.delay(pid, primary, float(first_seen or now))
+        failover.trigger.delay(pid, primary, float(first_seen or now), time.time())
 
 
 def degrade(pid: str, reason: str, **fields) -> bool:

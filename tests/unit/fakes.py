@@ -128,7 +128,7 @@ def install(monkeypatch, env: FakeEnv) -> None:
         def delay(self, ctx):
             env.enqueued.append(("provision", {"search": self.search, **ctx}))
 
-    def launch(s, pid, held, trigger, detected_at=None, op_id=None):
+    def launch(s, pid, held, trigger, detected_at=None, triggered_at=None, op_id=None):
         tenant, machine_id = split_pool_id(pid)
         op_id = op_id or s.new_op(tenant, machine_id, "failover")
         env.enqueued.append(("failover", {"pid": pid, "trigger": trigger, "epoch": held.epoch, "op_id": op_id}))
@@ -141,7 +141,7 @@ def install(monkeypatch, env: FakeEnv) -> None:
                         lambda pid, operation, op_id: env.enqueued.append(
                             ("when_unlocked", {"pid": pid, "operation": operation, "op_id": op_id})))
     monkeypatch.setattr(failover.trigger, "delay",
-                        lambda pid, primary, detected_at: env.enqueued.append(
+                        lambda pid, primary, detected_at, triggered_at=None: env.enqueued.append(
                             ("trigger", {"pid": pid, "primary": primary, "detected_at": detected_at})))
     health = importlib.import_module("tasks.health")
     monkeypatch.setattr(health.check_capacity, "delay", lambda: env.enqueued.append(("check_capacity", {})))

@@ -1,0 +1,27 @@
+"""The warmpool command, run as a user runs it."""
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def warmpool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_create_key_stores_only_its_hash(stack):
+    done = warmpool("create-key", "initech")
+    assert done.returncode == 0, done.stderr
+    key = done.stdout.strip()
+    assert len(key) >= 32
+    stored = stack.redis.hgetall("wp:apikeys")
+    assert "initech" in stored.values() and not any(key in k or key in v for k, v in stored.items())
+    rv = stack.client.get("/api/v1/warmpool/pools", headers={"Authorization": f"Bearer {key}"})
+    assert rv.status_code == 200 and rv.json == {"pools": [], "count": 0}
+
+
+def test_create_key_refuses_a_bad_tenant_name(stack):
+    done = warmpool("create-key", "no spaces:or colons")
+    assert done.returncode == 2 and "TENANT" in done.stderr
