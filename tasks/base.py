@@ -13,7 +13,7 @@ from celery import Task
 from celery.exceptions import Ignore
 
 from app import vast as provider
-from app.runtime import settings, store, vast
+from app.runtime import settings, store
 from app.store import DEGRADED, FencedOut, Held, split_pool_id
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ its history.
 from celery import chain, shared_task
 
 from app import vast as provider
-from app.store import DISABLED, Store, label
 from app.runtime import settings, store, vast
+from app.store import DISABLED, Store, label
 from tasks.base import Operation, OperationFailed, Step
 
 

@@ -11,13 +11,10 @@ from celery import chain, shared_task
 from celery.exceptions import Ignore
 
 from app import vast as provider
-from app.store import ACTIVE, DEGRADED, FAILOVER, PROVISIONING, Store, label, now_iso, split_pool_id
 from app.runtime import settings, store, vast
+from app.store import ACTIVE, DEGRADED, FAILOVER, PROVISIONING, Store, label, now_iso, split_pool_id
 from tasks.base import COMPENSATIONS, Operation, OperationFailed, Step
-from tasks.provision import create_instance, create_standby, is_running
-
-# an instance in one of these is not running and will not run by itself
-STOPPED_STATUSES = {"stopped", "exited", "offline", "unknown"}
+from tasks.provision import NOT_RUNNING, create_instance, create_standby, is_running
 
 
 def launch(s: Store, pid: str, held, trigger: str, detected_at: float | None = None,
@@ -92,7 +89,7 @@ def stop_primary(self, op: Operation):
 def await_stopped(self, op: Operation):
     op.step("await_stopped")
     instance = vast().show_instance(op.ctx["old_primary"])
-    if instance is None or instance.get("actual_status") in STOPPED_STATUSES:
+    if instance is None or instance.get("actual_status") in NOT_RUNNING:
         op.ctx["fenced_at"] = time.time()
         return op.ctx
     if not self.wait(op, "stop_deadline", op.settings.standby_start_timeout):

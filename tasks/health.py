@@ -16,11 +16,12 @@ from redis.exceptions import LockError
 
 from app import vast as provider
 from app.hosts import offers_query
+from app.runtime import settings, store, vast
 from app.store import ACTIVE, DEGRADED, FAILOVER, PROVISIONING, SEARCHING, label, now_iso, split_pool_id
 from tasks import failover
-from app.runtime import settings, store, vast
 from tasks.base import Operation
-from tasks.provision import is_running, provision_chain
+from tasks.failover import retire_old_primary
+from tasks.provision import create_standby, is_running, provision_chain
 
 UNHEALTHY = {"intended_status": {"eq": "running"}, "actual_status": {"neq": "running"}}
 
@@ -146,7 +147,7 @@ def check_capacity() -> int:
 @shared_task(name="warmpool.health.heal")
 def heal() -> int:
     """Find degraded pools that are due, and pools whose operation was interrupted; repair them."""
-    s, cfg = store(), settings()
+    s = store()
     now, due = time.time(), []
     for pool in s.get_pools(s.all_pool_ids()):
         pid = f"{pool['tenant']}:{pool['machine_id']}"

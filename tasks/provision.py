@@ -9,14 +9,14 @@ import time
 
 from celery import chain, shared_task
 
-from app.hosts import group_hosts, offers_query, user_gpu_name
-from app.store import ACTIVE, PROVISIONING, label
+from app.hosts import group_hosts, offers_query
 from app.runtime import vast
+from app.store import ACTIVE, PROVISIONING, label
 from tasks.base import COMPENSATIONS, Operation, OperationFailed, Step
 
 MOUNT_PATH = "/workspace"
-# instance states that never turn into running by themselves
-FAILED_STATUSES = {"exited", "offline", "unknown", "stopped"}
+# instance states that do not turn into running by themselves
+NOT_RUNNING = {"exited", "offline", "unknown", "stopped"}
 
 
 def is_running(instance: dict | None) -> bool:
@@ -100,7 +100,7 @@ def await_primary(self, op: Operation):
     if is_running(instance):
         op.save(primary_ssh_host=instance["ssh_host"], primary_ssh_port=instance["ssh_port"])
         return op.ctx
-    if instance is None or instance.get("actual_status") in FAILED_STATUSES:
+    if instance is None or instance.get("actual_status") in NOT_RUNNING:
         status = instance and instance.get("actual_status")
         raise OperationFailed(f"primary {primary} is {status or 'gone'} instead of running")
     if not self.wait(op, "primary_deadline", op.settings.instance_ready_timeout):

@@ -14,12 +14,22 @@ from flask_smorest import abort
 from app import vast as provider
 from app.api import Blueprint
 from app.api.auth import authenticate
-from app.api.schemas import (EnableSchema, EventListSchema, HostListSchema, HostsQuerySchema, MAX_ID,
-                             OperationSchema, PoolListSchema, ProvisionSchema, StatusSchema, ToggleSchema,
-                             WaitSchema)
+from app.api.schemas import (
+    MAX_ID,
+    EnableSchema,
+    EventListSchema,
+    HostListSchema,
+    HostsQuerySchema,
+    OperationSchema,
+    PoolListSchema,
+    ProvisionSchema,
+    StatusSchema,
+    ToggleSchema,
+    WaitSchema,
+)
 from app.hosts import group_hosts, offers_query
 from app.runtime import settings, store, vast
-from app.store import (ACTIVE, DEGRADED, DISABLED, PROVISIONING, SEARCHING, Held, new_pool, pool_id)
+from app.store import ACTIVE, DEGRADED, DISABLED, PROVISIONING, SEARCHING, Held, new_pool, pool_id
 from tasks import cleanup, failover, provision
 from tasks.base import Operation
 

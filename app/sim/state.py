@@ -17,8 +17,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from . import query as q
-from .inventory import (GPU_NAMES, OFFER_GPU_COUNTS, OFFER_LIFETIME_SECONDS, VOLUME_OFFER_SUFFIX, Host,
-                        build_hosts)
+from .inventory import GPU_NAMES, OFFER_GPU_COUNTS, OFFER_LIFETIME_SECONDS, VOLUME_OFFER_SUFFIX, Host, build_hosts
 
 # Vast-like delays in seconds at time_scale 1.0 (each one is multiplied by time_scale).
 # create: actual_status "created" for CREATED_SECONDS, then "loading" until LOAD_SECONDS
