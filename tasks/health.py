@@ -148,14 +148,11 @@ def check_capacity() -> int:
 def heal() -> int:
     """Find degraded pools that are due, and pools whose operation was interrupted; repair them."""
     s = store()
-    now, due = time.time(), []
-    for pool in s.get_pools(s.all_pool_ids()):
-        pid = f"{pool['tenant']}:{pool['machine_id']}"
-        if not pool["enabled"] or s.is_locked(pid):
-            continue
-        interrupted = pool["state"] in (SEARCHING, PROVISIONING, FAILOVER)
-        if interrupted or (pool["state"] == DEGRADED and pool["next_heal_at"] <= now):
-            due.append(pid)
+    now = time.time()
+    due = [f"{p['tenant']}:{p['machine_id']}" for p in s.get_pools(s.all_pool_ids()) if p["enabled"] and (
+        p["state"] in (SEARCHING, PROVISIONING, FAILOVER) or (p["state"] == DEGRADED and p["next_heal_at"] <= now))]
+    for pid in due:
+        if not s.is_locked(pid):  # a running operation is not interrupted
             repair.delay(pid)
     return len(due)
 
@@ -209,22 +206,24 @@ def reconcile() -> list:
     """Report (and, with RECONCILE_DESTROY_ORPHANS, destroy) labelled resources no pool references."""
     s, cfg = store(), settings()
     counts = json.loads(s.r.get("wp:label_counts") or "{}")
+    pools = {f"{p['tenant']}:{p['machine_id']}": p for p in s.get_pools(s.all_pool_ids())}
     orphans = []
     try:
         for name, count in counts.items():
             parsed = _parse_label(name)
-            if not parsed or not count or s.is_locked(parsed[0]):
+            if not parsed or parsed[1] == "volume":
                 continue
             pid, role = parsed
-            pool = s.get_pool(pid) or {}
-            if count > (1 if pool.get(f"{role}_gpu_id") else 0):
+            ours = pools.get(pid, {}).get(f"{role}_gpu_id")
+            # more instances carry the label than the pool references; an operation in flight may own them
+            if count > (1 if ours else 0) and not s.is_locked(pid):
                 rows = vast().list_instances({"label": {"eq": name}}).instances
-                orphans += [("instance", row["id"], pid) for row in rows if row["id"] != pool.get(f"{role}_gpu_id")]
+                orphans += [("instance", row["id"], pid) for row in rows if row["id"] != ours]
         for volume in vast().show_volumes():
             parsed = _parse_label(volume.get("label") or "")
-            if parsed and parsed[1] == "volume" and not s.is_locked(parsed[0]):
-                if (s.get_pool(parsed[0]) or {}).get("volume_id") != volume["id"]:
-                    orphans.append(("volume", volume["id"], parsed[0]))
+            if parsed and parsed[1] == "volume" and pools.get(parsed[0], {}).get("volume_id") != volume["id"] \
+                    and not s.is_locked(parsed[0]):
+                orphans.append(("volume", volume["id"], parsed[0]))
         for kind, resource_id, pid in orphans:
             destroyed = cfg.reconcile_destroy_orphans
             if destroyed and kind == "instance":

@@ -42,9 +42,11 @@ MACHINE = f"<int(min=1, max={MAX_ID}):machine_id>"
 BUSY_STATES = (SEARCHING, PROVISIONING, ACTIVE, "failover")
 
 
-def status_of(pool: dict) -> dict:
-    last_check = store().r.get("wp:sweep:last") if pool["state"] in (ACTIVE, DEGRADED) else None
-    return {**pool, "last_health_check": last_check}
+def status_of(pool: dict, last_sweep: str | None = None) -> dict:
+    """The seed's status: the pool record, and the last sweep that checked it."""
+    if last_sweep is None:
+        last_sweep = store().r.get("wp:sweep:last")
+    return {**pool, "last_health_check": last_sweep if pool["state"] in (ACTIVE, DEGRADED) else None}
 
 
 def get_pool(machine_id: int) -> dict:
@@ -95,7 +97,8 @@ class Pools(MethodView):
     @blp.alt_response(401, response="DEFAULT_ERROR")
     def get(self):
         """This tenant's warm pools"""
-        pools = [status_of(p) for p in store().tenant_pools(g.tenant)]
+        last_sweep = store().r.get("wp:sweep:last") or ""
+        pools = [status_of(p, last_sweep) for p in store().tenant_pools(g.tenant)]
         return {"pools": pools, "count": len(pools)}
 
 
