@@ -79,6 +79,8 @@ class StatusSchema(Schema):
     fallback = fields.String(allow_none=True)
     gpu_name = fields.String(allow_none=True)
     last_failover = fields.Dict(allow_none=True, metadata={"description": "recovery time and per-phase seconds"})
+    task_id = fields.String(attribute="op_id", allow_none=True,
+                            metadata={"description": "the pool's latest operation, at /api/v1/tasks/<task_id>"})
     updated_at = fields.String()
 
 
