@@ -49,8 +49,10 @@ def calls_per_second(stack: Stack, pools: int, window: float, interval: float) -
 
 def unblock_sweep(stack: Stack) -> None:
     """Let the next in-process sweep run now: drop the once-per-interval guard keys."""
-    keys = list(stack.redis.scan_iter("wp:sweep:slot:*")) + ["wp:sweep:lock"]
-    stack.redis.delete(*keys)
+    from app.runtime import settings
+
+    slot = int(time.time() / settings().health_check_interval)
+    stack.redis.delete("wp:sweep:lock", *(f"wp:sweep:slot:{n}" for n in range(slot - 1, slot + 2)))
 
 
 def ensure_big_state(stack: Stack) -> None:

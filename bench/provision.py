@@ -1,0 +1,203 @@
+"""Benchmark 4: 200 provisions at once under Vast-like rate limits.
+
+The simulator enforces per-route minimum intervals (``POST /_sim/rate_limits``): Vast's
+documented ones (app/runtime.py VAST_RATE_LIMITS) times ``rate_scale``, so the run takes a
+minute or two. The service gets the same intervals through VAST_RATE_LIMITS. 200
+``POST /api/v1/warmpool/provision`` go to gunicorn at once, for 200 machines spread over the
+hosts with free GPUs (each host keeps one GPU free).
+
+Figures: 429s the simulator sent (the service is the client; target zero) and the total time
+(first POST to the last provision ended) over the time the limits impose: per endpoint, the
+calls one provision needs when nothing goes wrong x 200 x the interval; the largest of these
+is the bound (endpoints are limited independently, so they can overlap).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from bench.core import Result, say
+from bench.stack import API_KEYS, Stack
+
+PROVISIONS = 200
+FIRST_MACHINE = 500_001
+# the simulator's routes behind each endpoint name of the service's rate budget (app/vast.py)
+ROUTES = {
+    "create_instance": ["PUT /api/v0/asks/{id}/"],
+    "destroy_instance": ["DELETE /api/v0/instances/{id}/"],
+    "show_instance": ["GET /api/v0/instances/{id}/"],
+    "list_instances": ["GET /api/v1/instances/"],
+    "manage_instance": ["PUT /api/v0/instances/{id}/"],
+    "volumes": ["PUT /api/v0/volumes/", "GET /api/v0/volumes", "DELETE /api/v0/volumes/"],
+}
+# calls of each endpoint one provision makes when nothing goes wrong (tasks/provision.py):
+# show_volumes + create_volume; create primary + standby; adopt() lists by label for each;
+# at least one show of the primary to see it running
+CALLS_PER_PROVISION = {"volumes": 2, "create_instance": 2, "list_instances": 2, "show_instance": 1}
+
+
+def spread(stack: Stack, count: int) -> list[int]:
+    """Host machine ids for ``count`` pools, leaving every host one free GPU."""
+    hosts = sorted(stack.sim("GET", "/_bench/hosts")["hosts"], key=lambda h: -h["free_gpus"])
+    slots = []
+    for host in hosts:
+        slots += [host["machine_id"]] * max(0, host["free_gpus"] - 1)
+    if len(slots) < count:
+        raise RuntimeError(f"only {len(slots)} free GPU slots in the simulator for {count} pools")
+    # round-robin over hosts, so consecutive provisions hit different hosts
+    by_host: dict[int, list[int]] = {}
+    for m in slots:
+        by_host.setdefault(m, []).append(m)
+    out = []
+    while len(out) < count:
+        for m in list(by_host):
+            if by_host[m] and len(out) < count:
+                out.append(by_host[m].pop())
+    return out
+
+
+def py_spy() -> str | None:
+    """py-spy, if installed (``pip install py-spy``, anywhere; or PY_SPY=/path/to/py-spy)."""
+    return os.environ.get("PY_SPY") or shutil.which("py-spy")
+
+
+def worker_threads(pid: int) -> dict:
+    """What the worker's threads are doing now (py-spy dump): counts by where they are."""
+    tool = py_spy()
+    if not tool:
+        return {}
+    out = subprocess.run([tool, "dump", "--pid", str(pid), "--nonblocking"], capture_output=True, text=True,
+                         timeout=30).stdout
+    counts: dict[str, int] = {}
+    for thread in re.split(r"\n(?=Thread )", out):
+        if not thread.startswith("Thread "):
+            continue
+        if "throttle (app/runtime.py" in thread:
+            where = "sleeping for a rate slot (throttle)"
+        elif "_read_from_socket" in thread or "recv_into" in thread or "readinto" in thread:
+            where = "waiting on a socket (provider or Redis)"
+        elif "_worker (concurrent" in thread or "body (celery" in thread or "get (queue" in thread:
+            where = "idle, waiting for a task"
+        else:
+            where = "other"
+        counts[where] = counts.get(where, 0) + 1
+    return counts
+
+
+def run(stack: Stack, rate_scale: float = 0.03, time_scale: float = 0.02, timeout: float = 300.0) -> list[Result]:
+    from app.runtime import VAST_RATE_LIMITS
+
+    stack.stop_all_but_redis()
+    stack.redis.flushdb()
+    stack.start_sim(time_scale, seed=1)
+    limits = {endpoint: round(seconds * rate_scale, 4) for endpoint, seconds in VAST_RATE_LIMITS.items()}
+    sim_limits = {route: limits[endpoint] for endpoint, routes in ROUTES.items() for route in routes
+                  if endpoint in limits}
+    stack.sim("POST", "/_sim/rate_limits", json=sim_limits)
+    stack.apply_env(VAST_RATE_LIMITS=json.dumps(limits), PROVIDER_POLL_INTERVAL=0.05, HEAL_INTERVAL=3600,
+                    INSTANCE_READY_TIMEOUT=300, LOCK_TTL=60)
+    say(f"  rate limits (Vast's x {rate_scale}): {limits}")
+    hosts = spread(stack, PROVISIONS)
+    say(f"  {PROVISIONS} pools over {len(set(hosts))} hosts")
+    worker = stack.start_worker(concurrency=16)
+    api, url = stack.start_api()
+
+    before = stack.sim_requests()
+    responses_before = stack.sim("GET", "/_bench/responses")
+    session_headers = {"Authorization": f"Bearer {API_KEYS['bench']}"}
+
+    def post(n):
+        body = {"machine_id": FIRST_MACHINE + n, "host_machine_id": hosts[n], "volume_size": 1, "disk_size": 8}
+        r = requests.post(url + "/api/v1/warmpool/provision", json=body, headers=session_headers, timeout=60)
+        return r.status_code, (r.json() or {}).get("task_id")
+
+    t0 = time.time()
+    with ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(post, range(PROVISIONS)))
+    t_posted = time.time() - t0
+    codes = {}
+    for code, _ in answers:
+        codes[code] = codes.get(code, 0) + 1
+    op_ids = [task for _, task in answers if task]
+    say(f"  {PROVISIONS} POSTs answered in {t_posted:.2f} s: {codes}")
+
+    store = stack.store()
+    ended: dict[str, tuple[str, float]] = {}
+    deadline = time.time() + timeout
+    last_report = last_sample = time.time()
+    timeline, dumps = [], []
+    while len(ended) < len(op_ids) and time.time() < deadline:
+        if time.time() - last_sample >= 10:
+            last_sample = time.time()
+            requests_now = stack.sim_requests()["requests"]
+            timeline.append((round(time.time() - t0), {
+                endpoint: sum(requests_now.get(r, 0) - before["requests"].get(r, 0) for r in routes)
+                for endpoint, routes in ROUTES.items()}))
+            if len(dumps) < 3 and py_spy():
+                dumps.append((round(time.time() - t0), worker_threads(worker.pid)))
+        for op_id in op_ids:
+            if op_id not in ended:
+                op = store.get_op(op_id)
+                if op and op["state"] in ("SUCCESS", "FAILURE"):
+                    ended[op_id] = (op["state"], time.time() - t0)
+        if time.time() - last_report > 15:
+            say(f"    {time.time() - t0:.0f} s: {len(ended)}/{len(op_ids)} provisions ended, "
+                f"{stack.sim_requests()['rate_limited'] - before['rate_limited']} 429s so far")
+            last_report = time.time()
+        time.sleep(0.1)
+    total = max((t for _, t in ended.values()), default=float("nan"))
+    finished = len(ended) == len(op_ids) == PROVISIONS
+    after = stack.sim_requests()
+    responses_after = stack.sim("GET", "/_bench/responses")
+    stack.stop_proc(api)
+    stack.stop_all_but_redis()
+
+    delta = {k: v - before["requests"].get(k, 0) for k, v in after["requests"].items()
+             if v != before["requests"].get(k, 0)}
+    by_status = {k: v - responses_before.get(k, 0) for k, v in responses_after.items()
+                 if v != responses_before.get(k, 0)}
+    rate_limited = after["rate_limited"] - before["rate_limited"]
+    outcomes = {}
+    for state, _ in ended.values():
+        outcomes[state] = outcomes.get(state, 0) + 1
+    # the bound: calls needed x interval, per endpoint; and the same from the calls actually answered
+    needed = {e: CALLS_PER_PROVISION[e] * PROVISIONS * limits[e] for e in CALLS_PER_PROVISION if limits.get(e)}
+    answered = {}
+    for endpoint, routes in ROUTES.items():
+        ok_calls = sum(v for k, v in by_status.items() if k.rsplit(" ", 1)[0] in routes and not k.endswith(" 429"))
+        if ok_calls and limits.get(endpoint):
+            answered[endpoint] = {"calls": ok_calls, "seconds": round(ok_calls * limits[endpoint], 2)}
+    bound = max(needed.values())
+    bound_answered = max(v["seconds"] for v in answered.values()) if answered else float("nan")
+    binding = max(needed, key=needed.get)
+    say("  provider calls so far, by endpoint, every 10 s (shows which endpoints overlap in time):")
+    for at, counts in timeline:
+        say(f"    {at:4d} s  " + "  ".join(f"{e} {c:4d}" for e, c in counts.items() if e in CALLS_PER_PROVISION))
+    for at, threads in dumps:
+        say(f"  py-spy dump of the worker at {at} s: {threads}")
+    say(f"  provider calls by route: {delta}")
+    say(f"  responses by route and status: {by_status}")
+    say(f"  outcomes {outcomes}; total {total:.1f} s; bound {bound:.1f} s ({binding}: "
+        f"{CALLS_PER_PROVISION[binding]} x {PROVISIONS} x {limits[binding]} s); from the calls actually answered "
+        f"{bound_answered:.1f} s {answered}; 429s {rate_limited}")
+    raw = {"rate_scale": rate_scale, "limits_s": limits, "post_codes": codes, "posts_answered_in_s": t_posted,
+           "outcomes": outcomes, "total_s": total, "bound_s": bound, "bound_by_endpoint_s": needed,
+           "bound_from_answered_calls_s": bound_answered, "answered_calls": answered, "calls_by_route": delta,
+           "responses_by_route_status": by_status,
+           "timeline": timeline, "worker_thread_dumps": dumps, "rate_limited_429": rate_limited, "finished": finished}
+    ratio = total / bound
+    all_ok = finished and outcomes.get("SUCCESS", 0) == PROVISIONS
+    return [
+        Result("provision", "429s seen by the service (simulator)", rate_limited, "", "== 0",
+               rate_limited == 0, raw),
+        Result("provision", f"{PROVISIONS} provisions: total / rate-limit bound", ratio, "x", "<= 1.2",
+               ratio <= 1.2 and all_ok, {"total_s": total, "bound_s": bound, "succeeded": outcomes.get("SUCCESS", 0)}),
+    ]
