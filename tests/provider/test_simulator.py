@@ -9,6 +9,7 @@ import requests
 
 from app.sim import create_app, start_in_thread
 from app.sim import state
+from tests.conftest import wait_until
 
 TIME_SCALE = 0.01
 KEY = {"Authorization": "Bearer test-key"}
@@ -59,8 +60,8 @@ class Sim:
         return self.ok("GET", "/_sim/stats")
 
     def wait_status(self, inst_id, status, timeout=5.0):
-        return wait_for(lambda: (row := self.instance(inst_id))["actual_status"] == status and row,
-                        timeout, f"instance {inst_id} never became {status}")
+        return wait_until(lambda: (row := self.instance(inst_id))["actual_status"] == status and row,
+                          timeout=timeout, interval=0.01, message=f"instance {inst_id} to become {status}")
 
 
 @pytest.fixture
@@ -69,18 +70,6 @@ def sim(server):
     client.ok("POST", "/_sim/reset")
     yield client
     client.session.close()
-
-
-def wait_for(predicate, timeout=5.0, message="condition not met"):
-    """Poll ``predicate`` until it returns something truthy, failing after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(message)
-        time.sleep(0.01)
 
 
 def holds_for(predicate, seconds):
@@ -234,7 +223,7 @@ def test_create_goes_created_loading_running(sim):
     assert row["machine_id"] == machine_id and row["label"] == "primary"
     assert row["extra_env"] == [["FOO", "bar"]] and isinstance(row["start_date"], float)
     assert row["ssh_port"] is None and row["ssh_host"].endswith(".vast.ai")
-    wait_for(lambda: sim.instance(inst_id)["actual_status"] == "loading", message="never loading")
+    wait_until(lambda: sim.instance(inst_id)["actual_status"] == "loading", timeout=5, message="loading")
     row = sim.wait_status(inst_id, "running")
     assert row["ssh_port"] and "success" in row["status_msg"]
     assert row["gpu_name"] == "RTX 4090" and row["num_gpus"] == 1 and row["dph_total"] > 0

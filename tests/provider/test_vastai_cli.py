@@ -9,13 +9,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from app.sim import start_in_thread
+from tests.conftest import wait_until
 
 VASTAI = shutil.which("vastai") or str(Path(sys.executable).with_name("vastai"))
 
@@ -60,15 +60,6 @@ def ledger(http):
     return http("GET", "/_sim/ledger").json()
 
 
-def wait_for(predicate, timeout=5.0, message="condition not met"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(message)
-        time.sleep(0.02)
-    return value
-
-
 def test_search_offers_filtered_and_ordered(vastai):
     offers = vastai("search", "offers", "gpu_name=RTX_4090 num_gpus>=2 reliability>0.9", "-o", "dph+")
     assert len(offers) >= 20
@@ -96,7 +87,7 @@ def test_instance_lifecycle(vastai, http):
     assert row["id"] == inst_id and row["label"] == "cli-primary" and row["machine_id"] == offer["machine_id"]
     assert row["volume_id"] == volume["id"] and volume["name"] == "cli-vol"
 
-    wait_for(lambda: http("GET", f"/api/v0/instances/{inst_id}/", headers={"Authorization": "Bearer k"})
+    wait_until(lambda: http("GET", f"/api/v0/instances/{inst_id}/", headers={"Authorization": "Bearer k"})
              .json()["instances"]["actual_status"] == "running")
     shown = vastai("show", "instance", str(inst_id))
     assert shown["actual_status"] == "running" and shown["extra_env"] == {"FOO": "bar", "-p 8080:8080": "1"}
@@ -106,11 +97,11 @@ def test_instance_lifecycle(vastai, http):
     out = vastai("stop", "instance", str(inst_id), raw=False)
     assert f"stopping instance {inst_id}" in out.stdout
     assert ledger(http)["instances"][0]["intended_status"] == "stopped"
-    wait_for(lambda: ledger(http)["instances"][0]["actual_status"] == "stopped")
+    wait_until(lambda: ledger(http)["instances"][0]["actual_status"] == "stopped")
 
     out = vastai("start", "instance", str(inst_id), raw=False)
     assert f"starting instance {inst_id}" in out.stdout
-    wait_for(lambda: ledger(http)["instances"][0]["actual_status"] == "running")
+    wait_until(lambda: ledger(http)["instances"][0]["actual_status"] == "running")
 
     vastai("destroy", "instance", str(inst_id), "-y")
     assert ledger(http)["instances"] == []
