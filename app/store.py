@@ -54,7 +54,7 @@ def new_pool(tenant: str, machine_id: int, **fields) -> dict:
         "failover_count": 0, "last_failover_at": None, "last_failover": None,
         "error_message": None, "fallback": None, "gpu_name": None, "max_price": None,
         "image": None, "disk_size": 50, "volume_size": 100,
-        "op_id": None, "seq": 0, "retire_gpu_id": None, "heal_attempts": 0, "next_heal_at": 0.0, "created_at": now_iso(), "updated_at": now_iso(),
+        "op_id": None, "seq": 0, "creating": None, "retire_gpu_id": None, "heal_attempts": 0, "next_heal_at": 0.0, "created_at": now_iso(), "updated_at": now_iso(),
     }
     pool.update(fields)
     return pool
@@ -146,6 +146,14 @@ class Store:
     def get_pool(self, pid: str) -> dict | None:
         raw = self.r.get(f"wp:pool:{pid}")
         return json.loads(raw) if raw else None
+
+    def get_pool_and_last_sweep(self, pid: str) -> tuple[dict | None, str | None]:
+        """A pool and when the health sweep last ran, in one round trip (the status read)."""
+        raw, last_sweep = self.r.mget(f"wp:pool:{pid}", "wp:sweep:last")
+        return (json.loads(raw) if raw else None), last_sweep
+
+    def last_sweep(self) -> str | None:
+        return self.r.get("wp:sweep:last")
 
     def get_pools(self, pids: list[str]) -> list[dict]:
         if not pids:

@@ -106,7 +106,7 @@ def start_standby(self, op: Operation):
         vast().start_instance(standby)
     except provider.NotFound:
         standby = fresh_standby(op)
-    op.save(standby_gpu_id=standby, standby_state="starting")
+    op.save(standby_gpu_id=standby, standby_state="starting", creating=None)
     return op.ctx
 
 
@@ -136,7 +136,7 @@ def await_standby(self, op: Operation):
         vast().destroy_instance(standby)
         op.event("standby_given_up", f"standby {standby} not running after "
                                      f"{op.settings.standby_start_timeout:.0f} s ({instance.get('actual_status')})")
-    op.save(standby_gpu_id=fresh_standby(op))
+    op.save(standby_gpu_id=fresh_standby(op), creating=None)
     raise self.retry(args=(op.ctx,), countdown=op.settings.poll_interval)
 
 

@@ -24,6 +24,22 @@ def is_running(instance: dict | None) -> bool:
                 and instance.get("ssh_host") and instance.get("ssh_port"))
 
 
+def create_once(op: Operation, role: str, create, find) -> int:
+    """Create the pool's ``role`` resource, or adopt the one an interrupted attempt made.
+
+    The pool record says whether a create was sent before (its answer lost to a killed
+    worker or a timeout); only then is the provider asked, by label, what it made.
+    Provider calls are rate limited: a first attempt spends none on looking.
+    """
+    if op.pool.get("creating") == role:
+        found = find()
+        if found is not None:
+            return found
+    else:
+        op.save(creating=role)
+    return create()
+
+
 def adopt(op: Operation, role: str) -> int | None:
     """An instance for ``role`` that an earlier, interrupted attempt created, if there is one."""
     known = {op.pool["primary_gpu_id"], op.pool["standby_gpu_id"]}
@@ -32,7 +48,11 @@ def adopt(op: Operation, role: str) -> int | None:
 
 
 def create_instance(op: Operation, role: str, target_state: str) -> int:
-    """Rent one GPU of the pool's host for ``role``, on the pool's volume."""
+    """Rent one GPU of the pool's host for ``role``, on the pool's volume (adopting a lost one)."""
+    return create_once(op, role, lambda: rent(op, role, target_state), lambda: adopt(op, role))
+
+
+def rent(op: Operation, role: str, target_state: str) -> int:
     pool = op.pool
     offers = vast().search_offers({**offers_query(pool["gpu_name"], verified=False,
                                                   machine_id=pool["host_machine_id"], num_gpus=1), "limit": 1})
@@ -70,14 +90,17 @@ def create_volume(self, op: Operation):
     pool = op.pool
     if pool["volume_id"] is None:
         name = label(op.tenant, op.machine_id, "volume")
-        volume_id = next((v["id"] for v in vast().show_volumes() if v.get("label") == name), None)
-        if volume_id is None:
+
+        def create() -> int:
             offers = vast().search_volume_offers(
                 {"machine_id": {"eq": pool["host_machine_id"]}, "order": [["storage_cost", "asc"]], "limit": 1})
             if not offers:
                 raise OperationFailed(f"host {pool['host_machine_id']} offers no volume")
-            volume_id = vast().create_volume(offers[0]["id"], pool["volume_size"], name)
-        op.save(volume_id=volume_id)
+            return vast().create_volume(offers[0]["id"], pool["volume_size"], name)
+
+        volume_id = create_once(op, "volume", create, lambda: next(
+            (v["id"] for v in vast().show_volumes() if v.get("label") == name), None))
+        op.save(volume_id=volume_id, creating=None)
         op.event("volume_created", f"volume {volume_id} on host {pool['host_machine_id']}", volume_id=volume_id)
     return op.ctx
 
@@ -86,8 +109,8 @@ def create_volume(self, op: Operation):
 def create_primary(self, op: Operation):
     op.step("create_primary")
     if op.pool["primary_gpu_id"] is None:
-        instance_id = adopt(op, "primary") or create_instance(op, "primary", "running")
-        op.save(primary_gpu_id=instance_id)
+        instance_id = create_instance(op, "primary", "running")
+        op.save(primary_gpu_id=instance_id, creating=None)
         op.event("primary_created", f"primary {instance_id} created", primary_gpu_id=instance_id)
     return op.ctx
 
@@ -113,9 +136,10 @@ def create_standby(self, op: Operation):
     op.step("create_standby")
     standby = op.pool["standby_gpu_id"]
     if standby is None:
-        standby = adopt(op, "standby") or create_instance(op, "standby", "stopped")
+        standby = create_instance(op, "standby", "stopped")
         op.event("standby_created", f"standby {standby} created stopped", standby_gpu_id=standby)
-    fields = {"standby_gpu_id": standby, "standby_state": "stopped", "state": ACTIVE, "error_message": None,
+    fields = {"standby_gpu_id": standby, "creating": None, "standby_state": "stopped", "state": ACTIVE,
+              "error_message": None,
               "fallback": None, "heal_attempts": 0, "next_heal_at": 0.0}
     if "replace_started" in op.ctx:  # the end of a failover
         last = op.pool["last_failover"]
@@ -136,7 +160,7 @@ def undo_provision(op: Operation) -> None:
             vast().destroy_instance(row["id"])
     if pool["volume_id"] is not None:
         vast().delete_volume(pool["volume_id"])
-    op.save(primary_gpu_id=None, standby_gpu_id=None, volume_id=None, standby_state="none")
+    op.save(primary_gpu_id=None, standby_gpu_id=None, volume_id=None, standby_state="none", creating=None)
 
 
 COMPENSATIONS["provision"] = undo_provision

@@ -42,18 +42,20 @@ MACHINE = f"<int(min=1, max={MAX_ID}):machine_id>"
 BUSY_STATES = (SEARCHING, PROVISIONING, ACTIVE, "failover")
 
 
-def status_of(pool: dict, last_sweep: str | None = None) -> dict:
+def status_of(pool: dict, last_sweep: str | None) -> dict:
     """The seed's status: the pool record, and the last sweep that checked it."""
-    if last_sweep is None:
-        last_sweep = store().r.get("wp:sweep:last")
     return {**pool, "last_health_check": last_sweep if pool["state"] in (ACTIVE, DEGRADED) else None}
 
 
 def get_pool(machine_id: int) -> dict:
-    pool = store().get_pool(pool_id(g.tenant, machine_id))
+    return get_status(machine_id)[0]
+
+
+def get_status(machine_id: int) -> tuple[dict, str | None]:
+    pool, last_sweep = store().get_pool_and_last_sweep(pool_id(g.tenant, machine_id))
     if pool is None:
         abort(404, message=f"No warm pool for machine {machine_id}")
-    return pool
+    return pool, last_sweep
 
 
 def take_lock(machine_id: int) -> Held:
@@ -88,7 +90,7 @@ class Status(MethodView):
     @blp.alt_response(404, response="DEFAULT_ERROR")
     def get(self, machine_id):
         """Warm pool status of a machine"""
-        return status_of(get_pool(machine_id))
+        return status_of(*get_status(machine_id))
 
 
 @blp.route("/pools")
@@ -97,7 +99,7 @@ class Pools(MethodView):
     @blp.alt_response(401, response="DEFAULT_ERROR")
     def get(self):
         """This tenant's warm pools"""
-        last_sweep = store().r.get("wp:sweep:last") or ""
+        last_sweep = store().last_sweep()
         pools = [status_of(p, last_sweep) for p in store().tenant_pools(g.tenant)]
         return {"pools": pools, "count": len(pools)}
 
@@ -162,7 +164,7 @@ class Provision(MethodView):
         op_id = store().new_op(g.tenant, machine_id, "provision")
         provision.provision_chain().delay(Operation.begin(pid, "provision", held, op_id))
         return accepted(op_id, {"success": True, "message": f"Provisioning warm pool for machine {machine_id}",
-                                "status": status_of(pool)}, query["wait"])
+                                "status": status_of(pool, store().last_sweep())}, query["wait"])
 
 
 @blp.route("/enable/" + MACHINE)
