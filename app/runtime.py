@@ -4,9 +4,11 @@ The web app, the workers and beat share them; they read the environment, so a
 forked worker makes its own connections after the fork.
 """
 
+import contextvars
 import functools
 import json
 import os
+import random
 import time
 
 from app.settings import Settings
@@ -28,6 +30,22 @@ def store() -> Store:
     return Store.from_url(settings().redis_url)
 
 
+# how long a provider call may wait in its thread for a slot of the budget
+MAX_THROTTLE_WAIT = 10.0
+
+
+class Throttled(Exception):
+    """The rate budget has no slot soon: try the step again in ``retry_in`` seconds."""
+
+    def __init__(self, retry_in: float):
+        super().__init__(f"rate budget busy for {retry_in:.1f} s")
+        self.retry_in = retry_in
+
+
+# whether this thread's provider calls go first: failover and health steps do (design rule 7)
+urgent: contextvars.ContextVar[bool] = contextvars.ContextVar("urgent", default=False)
+
+
 @functools.cache
 def vast() -> VastClient:
     """The provider client; every call first takes a slot of the rate budget shared in Redis
@@ -36,9 +54,18 @@ def vast() -> VastClient:
     limits = json.loads(raw) if raw else VAST_RATE_LIMITS
 
     def throttle(endpoint: str) -> None:
-        if limits.get(endpoint):
-            # the provider counts arrivals, which jitter by a few ms after the slot: keep a margin
-            interval = limits[endpoint] * 1.05 + 0.005
-            time.sleep(store().reserve_slot(endpoint, interval))
+        if not limits.get(endpoint):
+            return
+        # the provider counts arrivals, which jitter by a few ms after the slot: keep a margin
+        interval = limits[endpoint] * 1.05 + 0.01
+        # others reserve at most two slots ahead, so an urgent call never waits behind a backlog
+        horizon = -1 if urgent.get() else 2 * interval
+        deadline = time.monotonic() + MAX_THROTTLE_WAIT
+        while (wait := store().reserve_slot(endpoint, interval, horizon)) < 0:
+            pause = -wait - horizon + random.uniform(0, interval)
+            if time.monotonic() + pause > deadline:
+                raise Throttled(pause)  # give the thread back; the step comes again later
+            time.sleep(pause)
+        time.sleep(wait)
 
     return VastClient.from_env(throttle=throttle)

@@ -275,9 +275,13 @@ class Store:
 
     # -- the shared provider rate budget ----------------------------------------
 
-    def reserve_slot(self, endpoint: str, interval: float) -> float:
-        """Reserve the next call slot of an endpoint; return how long to wait for it."""
-        return float(self._reserve(keys=[f"wp:rate:{endpoint}"], args=[interval]))
+    def reserve_slot(self, endpoint: str, interval: float, horizon: float = -1) -> float:
+        """Reserve the next call slot of an endpoint; return how long to wait for it.
+
+        With a ``horizon``, a slot further ahead than that is not reserved: the answer is
+        then negative, minus the time until the next free slot.
+        """
+        return float(self._reserve(keys=[f"wp:rate:{endpoint}"], args=[interval, horizon]))
 
 
 def _digest(key: str) -> str:
@@ -288,8 +292,9 @@ def _digest(key: str) -> str:
 _RESERVE_SLOT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local interval = tonumber(ARGV[1])
+local interval, horizon = tonumber(ARGV[1]), tonumber(ARGV[2])
 local slot = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'))
+if horizon >= 0 and slot - now > horizon then return string.format('%.6f', now - slot) end
 redis.call('SET', KEYS[1], string.format('%.6f', slot + interval), 'PX', math.ceil((slot + interval - now) * 1000) + 1000)
 return string.format('%.6f', slot - now)
 """

@@ -6,7 +6,7 @@ Start a worker with ``celery -A tasks worker -Q failover,provision,health``.
 import time
 
 from celery import Celery
-from celery.signals import heartbeat_sent, worker_ready
+from celery.signals import heartbeat_sent, task_prerun, worker_ready
 from kombu.transport import redis as kombu_redis
 
 celery_app = Celery("warmpool")
@@ -37,6 +37,14 @@ class _QoS(kombu_redis.QoS):
 
 
 kombu_redis.Channel.QoS = _QoS
+
+
+@task_prerun.connect
+def _urgency(task=None, **_):
+    """Failover and health steps take the provider's rate budget before provisioning does."""
+    from app.runtime import urgent
+
+    urgent.set((task.request.delivery_info or {}).get("routing_key") in ("failover", "health"))
 
 
 @heartbeat_sent.connect

@@ -13,7 +13,7 @@ from celery import Task
 from celery.exceptions import Ignore
 
 from app import vast as provider
-from app.runtime import settings, store
+from app.runtime import Throttled, settings, store
 from app.store import DEGRADED, FencedOut, Held, split_pool_id
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,9 @@ class Step(Task):
             return result
         except FencedOut:
             log.warning("%s: lock of %s lost to a newer holder; stopping", self.name, ctx["pid"])
-            raise Ignore()
+            raise Ignore() from None
+        except Throttled as exc:
+            raise self.retry(args=(ctx, *args), kwargs=kwargs, countdown=exc.retry_in) from None
         except (provider.ProviderUnavailable, provider.RateLimited) as exc:
             # counted in the context, as polls are retries too
             errors = ctx.get("provider_errors", 0)
@@ -149,7 +151,10 @@ class Step(Task):
 
     def give_up(self, op: Operation, message: str):
         """Compensate and end the operation; each operation says how (see compensate)."""
-        op.step("compensate")
+        try:
+            op.step("compensate")
+        except FencedOut:
+            raise Ignore() from None  # a newer holder decides now
         compensate = COMPENSATIONS.get(op.ctx["operation"])
         try:
             if compensate:

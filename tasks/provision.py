@@ -5,12 +5,14 @@ record, then at the provider (by label) for what a crashed attempt made, and
 adopts it instead of creating a second one (design rule 4).
 """
 
+import json
 import time
 
 from celery import chain, shared_task
 
+from app import vast as provider
 from app.hosts import group_hosts, offers_query
-from app.runtime import vast
+from app.runtime import settings, store, vast
 from app.store import ACTIVE, PROVISIONING, label
 from tasks.base import COMPENSATIONS, Operation, OperationFailed, Step
 
@@ -52,16 +54,50 @@ def create_instance(op: Operation, role: str, target_state: str) -> int:
     return create_once(op, role, lambda: rent(op, role, target_state), lambda: adopt(op, role))
 
 
-def rent(op: Operation, role: str, target_state: str) -> int:
+def rent(op: Operation, role: str, target_state: str, tries: int = 2) -> int:
     pool = op.pool
     offers = vast().search_offers({**offers_query(pool["gpu_name"], verified=False,
                                                   machine_id=pool["host_machine_id"], num_gpus=1), "limit": 1})
     if not offers:
         raise OperationFailed(f"host {pool['host_machine_id']} has no free GPU for the {role}")
-    return vast().create_instance(
-        offers[0]["id"], image=pool["image"], disk=pool["disk_size"], target_state=target_state,
-        label=label(op.tenant, op.machine_id, role),
-        volume_info={"create_new": False, "volume_id": pool["volume_id"], "mount_path": MOUNT_PATH})
+    try:
+        return vast().create_instance(
+            offers[0]["id"], image=pool["image"], disk=pool["disk_size"], target_state=target_state,
+            label=label(op.tenant, op.machine_id, role),
+            volume_info={"create_new": False, "volume_id": pool["volume_id"], "mount_path": MOUNT_PATH})
+    except provider.OfferUnavailable:
+        if tries <= 1:
+            raise
+        return rent(op, role, target_state, tries - 1)  # taken meanwhile by another renter: search again
+
+
+UNSEEN = object()
+
+
+def observe(instance_id: int):
+    """An instance as the provider showed it in the last poll round (None: gone; UNSEEN: not yet).
+
+    Every instance that a provision waits on is read in one paged list call per round, by
+    whichever step finds the round due, not in a call per instance: under Vast's rate
+    limits, hundreds of waiting provisions would otherwise starve every other call.
+    """
+    s, now = store(), time.time()
+    s.r.zadd("wp:awaited", {instance_id: now})
+    poller = s.r.lock("wp:awaited:poller", timeout=120)
+    if float(s.r.get("wp:awaited:round") or 0) <= now - settings().poll_interval and poller.acquire(blocking=False):
+        try:
+            s.r.zremrangebyscore("wp:awaited", "-inf", now - 60)  # no longer waited on
+            ids = [int(i) for i in s.r.zrange("wp:awaited", 0, -1)]
+            rows = {row["id"]: row for row in vast().list_instances({"id": {"in": ids}}).instances}
+            with s.r.pipeline(transaction=False) as pipe:
+                for i in ids:
+                    pipe.set(f"wp:seen:{i}", json.dumps(rows.get(i)), ex=60)
+                pipe.set("wp:awaited:round", now)
+                pipe.execute()
+        finally:
+            poller.release()
+    raw = s.r.get(f"wp:seen:{instance_id}")
+    return UNSEEN if raw is None else json.loads(raw)
 
 
 def provision_chain(search: bool = False):
@@ -119,7 +155,9 @@ def create_primary(self, op: Operation):
 def await_primary(self, op: Operation):
     op.step("await_primary")
     primary = op.pool["primary_gpu_id"]
-    instance = vast().show_instance(primary)
+    instance = observe(primary)
+    if instance is UNSEEN:
+        instance = {}  # not in a poll round yet
     if is_running(instance):
         op.save(primary_ssh_host=instance["ssh_host"], primary_ssh_port=instance["ssh_port"])
         return op.ctx

@@ -28,7 +28,7 @@ from app.api.schemas import (
     WaitSchema,
 )
 from app.hosts import group_hosts, offers_query
-from app.runtime import settings, store, vast
+from app.runtime import Throttled, settings, store, vast
 from app.store import ACTIVE, DEGRADED, DISABLED, PROVISIONING, SEARCHING, Held, new_pool, pool_id
 from tasks import cleanup, failover, provision
 from tasks.base import Operation
@@ -130,7 +130,7 @@ class Hosts(MethodView):
         else:
             try:
                 offers = vast().search_offers(offers_query(args["gpu_name"], args["max_price"], args["verified"]))
-            except provider.VastError as exc:
+            except (provider.VastError, Throttled) as exc:
                 abort(503, message=f"Vast.ai is unavailable: {type(exc).__name__}", headers={"Retry-After": "5"})
             hosts = group_hosts(offers, args["min_gpus"])
             if settings().hosts_cache_seconds > 0:

@@ -363,3 +363,11 @@ def test_reserve_slot_is_free_again_after_the_interval(store):
     wait_until(lambda: float(store.r.get("wp:rate:volumes") or 0) < time.time(), timeout=5, interval=0.02,
                message="the reserved slot to pass")
     assert store.reserve_slot("volumes", 0.1) == pytest.approx(0, abs=0.05)
+
+
+def test_reserve_slot_horizon_keeps_a_backlog_from_reserving_ahead(store):
+    """Provisioning reserves at most two slots ahead; an urgent caller (horizon -1) always gets the next."""
+    waits = [store.reserve_slot("show_instance", 1.0, horizon=2.0) for _ in range(4)]
+    assert waits[:3] == [pytest.approx(0, abs=0.2), pytest.approx(1, abs=0.2), pytest.approx(2, abs=0.2)]
+    assert waits[3] == pytest.approx(-3, abs=0.2)  # not reserved: the next free slot is 3 s away
+    assert store.reserve_slot("show_instance", 1.0) == pytest.approx(3, abs=0.2)  # urgent: right after them
