@@ -92,7 +92,7 @@ def worker_threads(pid: int) -> dict:
     return counts
 
 
-def run(stack: Stack, rate_scale: float = 0.03, time_scale: float = 0.02, timeout: float = 300.0) -> list[Result]:
+def run(stack: Stack, rate_scale: float = 0.1, time_scale: float = 0.02, timeout: float = 300.0) -> list[Result]:
     from app.runtime import VAST_RATE_LIMITS
 
     stack.stop_all_but_redis()

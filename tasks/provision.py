@@ -12,7 +12,7 @@ from celery import chain, shared_task
 
 from app import vast as provider
 from app.hosts import group_hosts, offers_query
-from app.runtime import settings, store, vast
+from app.runtime import Throttled, settings, store, vast
 from app.store import ACTIVE, PROVISIONING, label
 from tasks.base import COMPENSATIONS, Operation, OperationFailed, Step
 
@@ -39,7 +39,11 @@ def create_once(op: Operation, role: str, create, find) -> int:
             return found
     else:
         op.save(creating=role)
-    return create()
+    try:
+        return create()
+    except Throttled:
+        op.save(creating=None)  # the create was never sent: nothing to look for next time
+        raise
 
 
 def adopt(op: Operation, role: str) -> int | None:
