@@ -5,10 +5,12 @@ record, then at the provider (by label) for what a crashed attempt made, and
 adopts it instead of creating a second one (design rule 4).
 """
 
+import contextlib
 import json
 import time
 
 from celery import chain, shared_task
+from redis.exceptions import LockError
 
 from app import vast as provider
 from app.hosts import group_hosts, offers_query
@@ -87,7 +89,8 @@ def observe(instance_id: int):
     """
     s, now = store(), time.time()
     s.r.zadd("wp:awaited", {instance_id: now})
-    poller = s.r.lock("wp:awaited:poller", timeout=120)
+    # a round takes a few list calls; a poller that died mid-round holds it for 10 s at most
+    poller = s.r.lock("wp:awaited:poller", timeout=10)
     if float(s.r.get("wp:awaited:round") or 0) <= now - settings().poll_interval and poller.acquire(blocking=False):
         try:
             s.r.zremrangebyscore("wp:awaited", "-inf", now - 60)  # no longer waited on
@@ -99,7 +102,8 @@ def observe(instance_id: int):
                 pipe.set("wp:awaited:round", now)
                 pipe.execute()
         finally:
-            poller.release()
+            with contextlib.suppress(LockError):
+                poller.release()
     raw = s.r.get(f"wp:seen:{instance_id}")
     return UNSEEN if raw is None else json.loads(raw)
 

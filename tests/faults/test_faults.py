@@ -87,8 +87,10 @@ def test_worker_killed_while_provisioning(clean_stack, step):
         tasks = provision(stack, machines)
         wait_step(stack, tasks.values(), step)
         kill_worker(stack)
-        for task in tasks.values():
-            assert stack.wait_task(task, timeout=60)["state"] == "SUCCESS"
+        for machine, task in tasks.items():
+            op = stack.wait_task(task, timeout=60)
+            assert op["state"] == "SUCCESS", (op, [(e["event"], e["message"]) for e in
+                                                   stack.store.events(f"acme:{machine}")])
     for machine in machines:
         assert stack.wait_state(machine, "active")["standby_state"] == "stopped"
         assert labels(stack)[f"warmpool-acme-{machine}-primary"] == 1
