@@ -133,8 +133,10 @@ def test_worker_killed_during_cleanup(clean_stack, step):
     tasks = [stack.api("DELETE", f"/api/v1/warmpool/cleanup/{m}").json["task_id"] for m in machines]
     wait_step(stack, tasks, step)
     kill_worker(stack)
-    for task in tasks:
-        assert stack.wait_task(task, timeout=60)["state"] == "SUCCESS"
+    for machine, task in zip(machines, tasks):
+        op = stack.wait_task(task, timeout=60)
+        assert op["state"] == "SUCCESS", (op, [(e["event"], e["message"]) for e in
+                                               stack.store.events(f"acme:{machine}")])
     ledger = stack.ledger()
     assert not [i for i in ledger["instances"] if i["label"].startswith("warmpool-")]
     assert not [v for v in ledger["volumes"] if v["name"].startswith("warmpool-")]
