@@ -17,7 +17,7 @@ from app.vast import VastClient
 
 # Vast's documented minimum intervals between calls, per endpoint and API key
 VAST_RATE_LIMITS = {"create_instance": 4.5, "destroy_instance": 3.0, "show_instance": 2.0,
-                    "list_instances": 1.0, "manage_instance": 1.0, "volumes": 5.5}
+                    "list_instances": 1.0, "manage_instance": 1.0, "volumes": 5.5, "search_offers": 6.0}
 
 
 @functools.cache

@@ -37,11 +37,13 @@ ROUTES = {
     "list_instances": ["GET /api/v1/instances/"],
     "manage_instance": ["PUT /api/v0/instances/{id}/"],
     "volumes": ["PUT /api/v0/volumes/", "GET /api/v0/volumes", "DELETE /api/v0/volumes/"],
+    "search_offers": ["POST /api/v0/bundles/"],
 }
 # calls of each endpoint one provision makes when nothing goes wrong (tasks/provision.py):
-# create_volume; create primary + standby; at least one show of the primary to see it running
+# create_volume; create primary + standby, each after an offer search; at least one look at the
+# primary to see it running
 # (a first attempt does not look for what an earlier one made: tasks/provision.py create_once)
-CALLS_PER_PROVISION = {"volumes": 1, "create_instance": 2, "show_instance": 1}
+CALLS_PER_PROVISION = {"volumes": 1, "create_instance": 2, "show_instance": 1, "search_offers": 2}
 
 
 def spread(stack: Stack, count: int) -> list[int]:

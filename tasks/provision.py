@@ -62,19 +62,40 @@ def create_instance(op: Operation, role: str, target_state: str) -> int:
 
 def rent(op: Operation, role: str, target_state: str, tries: int = 2) -> int:
     pool = op.pool
-    offers = vast().search_offers({**offers_query(pool["gpu_name"], verified=False,
-                                                  machine_id=pool["host_machine_id"], num_gpus=1), "limit": 1})
-    if not offers:
-        raise OperationFailed(f"host {pool['host_machine_id']} has no free GPU for the {role}")
+
+    def search() -> int:
+        offers = vast().search_offers({**offers_query(pool["gpu_name"], verified=False,
+                                                      machine_id=pool["host_machine_id"], num_gpus=1), "limit": 1})
+        if not offers:
+            raise OperationFailed(f"host {pool['host_machine_id']} has no free GPU for the {role}")
+        return offers[0]["id"]
+
     try:
-        return vast().create_instance(
-            offers[0]["id"], image=pool["image"], disk=pool["disk_size"], target_state=target_state,
+        return with_offer(op, role, search, lambda offer: vast().create_instance(
+            offer, image=pool["image"], disk=pool["disk_size"], target_state=target_state,
             label=label(op.tenant, op.machine_id, role),
-            volume_info={"create_new": False, "volume_id": pool["volume_id"], "mount_path": MOUNT_PATH})
+            volume_info={"create_new": False, "volume_id": pool["volume_id"], "mount_path": MOUNT_PATH}))
     except provider.OfferUnavailable:
         if tries <= 1:
             raise
         return rent(op, role, target_state, tries - 1)  # taken meanwhile by another renter: search again
+
+
+def with_offer(op: Operation, role: str, search, create) -> int:
+    """Create from the offer a search found; the offer stays in the step's context until the
+    create is answered, so a step retried for a slot of the rate budget does not search again."""
+    key = f"offer_{role}"
+    if key not in op.ctx:
+        op.ctx[key] = search()
+    try:
+        created = create(op.ctx[key])
+    except Throttled:
+        raise  # never sent: the same offer next time
+    except provider.VastError:
+        del op.ctx[key]  # the offer may be gone: search again
+        raise
+    del op.ctx[key]
+    return created
 
 
 UNSEEN = object()
@@ -135,12 +156,16 @@ def create_volume(self, op: Operation):
     if pool["volume_id"] is None:
         name = label(op.tenant, op.machine_id, "volume")
 
-        def create() -> int:
+        def search() -> int:
             offers = vast().search_volume_offers(
                 {"machine_id": {"eq": pool["host_machine_id"]}, "order": [["storage_cost", "asc"]], "limit": 1})
             if not offers:
                 raise OperationFailed(f"host {pool['host_machine_id']} offers no volume")
-            return vast().create_volume(offers[0]["id"], pool["volume_size"], name)
+            return offers[0]["id"]
+
+        def create() -> int:
+            return with_offer(op, "volume", search, lambda offer: vast().create_volume(
+                offer, pool["volume_size"], name))
 
         volume_id = create_once(op, "volume", create, lambda: next(
             (v["id"] for v in vast().show_volumes() if v.get("label") == name), None))
