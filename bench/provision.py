@@ -40,10 +40,10 @@ ROUTES = {
     "search_offers": ["POST /api/v0/bundles/"],
 }
 # calls of each endpoint one provision makes when nothing goes wrong (tasks/provision.py):
-# create_volume; create primary + standby, each after an offer search; at least one look at the
+# create_volume; create primary + standby from one offer search; at least one look at the
 # primary to see it running
 # (a first attempt does not look for what an earlier one made: tasks/provision.py create_once)
-CALLS_PER_PROVISION = {"volumes": 1, "create_instance": 2, "show_instance": 1, "search_offers": 2}
+CALLS_PER_PROVISION = {"volumes": 1, "create_instance": 2, "show_instance": 1, "search_offers": 1}
 
 
 def spread(stack: Stack, count: int) -> list[int]:

@@ -71,7 +71,7 @@ def rent(op: Operation, role: str, target_state: str, tries: int = 2) -> int:
         return offers[0]["id"]
 
     try:
-        return with_offer(op, role, search, lambda offer: vast().create_instance(
+        return with_offer(op, "gpu_offer", search, lambda offer: vast().create_instance(
             offer, image=pool["image"], disk=pool["disk_size"], target_state=target_state,
             label=label(op.tenant, op.machine_id, role),
             volume_info={"create_new": False, "volume_id": pool["volume_id"], "mount_path": MOUNT_PATH}))
@@ -81,21 +81,17 @@ def rent(op: Operation, role: str, target_state: str, tries: int = 2) -> int:
         return rent(op, role, target_state, tries - 1)  # taken meanwhile by another renter: search again
 
 
-def with_offer(op: Operation, role: str, search, create) -> int:
-    """Create from the offer a search found; the offer stays in the step's context until the
-    create is answered, so a step retried for a slot of the rate budget does not search again."""
-    key = f"offer_{role}"
+def with_offer(op: Operation, key: str, search, create) -> int:
+    """Create from an offer a search found. The offer stays in the operation's context (searches
+    are rate limited too): a step retried for a slot of the budget, or the standby after the
+    primary on the same host, uses it again; only a refused create searches anew."""
     if key not in op.ctx:
         op.ctx[key] = search()
     try:
-        created = create(op.ctx[key])
-    except Throttled:
-        raise  # never sent: the same offer next time
+        return create(op.ctx[key])
     except provider.VastError:
         del op.ctx[key]  # the offer may be gone: search again
         raise
-    del op.ctx[key]
-    return created
 
 
 UNSEEN = object()
@@ -164,7 +160,7 @@ def create_volume(self, op: Operation):
             return offers[0]["id"]
 
         def create() -> int:
-            return with_offer(op, "volume", search, lambda offer: vast().create_volume(
+            return with_offer(op, "volume_offer", search, lambda offer: vast().create_volume(
                 offer, pool["volume_size"], name))
 
         volume_id = create_once(op, "volume", create, lambda: next(
