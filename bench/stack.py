@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import redis
 import requests
+
+from app.processes import free_port, listening, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -45,30 +46,6 @@ BASE_ENV = {
     "CELERY_VISIBILITY_TIMEOUT": "30",
     "PYTHONUNBUFFERED": "1",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(condition, timeout: float = 30.0, interval: float = 0.05, message: str = ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {message or condition}")
-        time.sleep(interval)
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    def listening():
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
-    wait_until(listening, timeout, 0.05, f"port {port}")
 
 
 def rss_kb(pid: int) -> int:
@@ -132,7 +109,7 @@ class Stack:
         # no AOF fsync cost in a benchmark: the state is thrown away
         command[command.index("--appendonly") + 1] = "no"
         self.redis_proc = Proc("redis", command, self.env, self.logs / "redis.log")
-        wait_port(redis_port)
+        wait_until(lambda: listening(redis_port), 30, 0.05, f"port {redis_port}")
         self.env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
         self.redis = redis.Redis.from_url(self.env["REDIS_URL"], decode_responses=True)
         wait_until(lambda: self._pings(), message="redis-server")
@@ -176,7 +153,7 @@ class Stack:
         port = free_port()
         self.sim_proc = self._start("sim", [PY, "-m", "bench.simproc", "--port", str(port),
                                             "--time-scale", str(time_scale), "--seed", str(seed)])
-        wait_port(port)
+        wait_until(lambda: listening(port), 30, 0.05, f"port {port}")
         self.sim_url = f"http://127.0.0.1:{port}"
         self.apply_env(VAST_API_URL=self.sim_url)
         return self.sim_url

@@ -7,26 +7,20 @@ the stack (this one, the Celery worker, beat) reads the same variables.
 import collections
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import redis
 import requests
 
+from app.processes import free_port, wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
 TIME_SCALE = 0.02  # the simulator's delays: loading 25 s -> 0.5 s
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 REDIS_PORT, SIM_PORT = free_port(), free_port()
@@ -50,18 +44,6 @@ ENV = {
     "CELERY_VISIBILITY_TIMEOUT": "3",
 }
 os.environ.update(ENV)
-
-
-def wait_until(condition, timeout: float = 20.0, interval: float = 0.05, message: str = ""):
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {message or condition}")
-        time.sleep(interval)
 
 
 class RedisServer:
