@@ -170,6 +170,10 @@ class Store:
     def watched_pool_ids(self) -> list[str]:
         return sorted(self.r.smembers("wp:watched"))
 
+    def unsettled_pool_ids(self) -> list[str]:
+        """Enabled pools that are degraded or in the middle of an operation."""
+        return sorted(self.r.smembers("wp:unsettled"))
+
     def primaries(self, instance_ids: list[int]) -> dict[int, str]:
         """Map primary instance ids of watched pools to their pool ids."""
         if not instance_ids:
@@ -202,6 +206,11 @@ class Store:
                 pipe.hset("wp:primaries", str(pool["primary_gpu_id"]), pid)
             else:
                 pipe.srem("wp:watched", pid)
+            # the healer visits only pools that are not settled
+            if pool["enabled"] and pool["state"] not in (ACTIVE, DISABLED):
+                pipe.sadd("wp:unsettled", pid)
+            else:
+                pipe.srem("wp:unsettled", pid)
 
         self.r.transaction(write, epoch_key)
 

@@ -17,7 +17,7 @@ from redis.exceptions import LockError
 from app import vast as provider
 from app.hosts import offers_query
 from app.runtime import settings, store, vast
-from app.store import ACTIVE, DEGRADED, FAILOVER, PROVISIONING, SEARCHING, label, now_iso, split_pool_id
+from app.store import ACTIVE, DEGRADED, SEARCHING, label, now_iso, split_pool_id
 from tasks import failover
 from tasks.base import Operation
 from tasks.failover import retire_old_primary
@@ -149,8 +149,8 @@ def heal() -> int:
     """Find degraded pools that are due, and pools whose operation was interrupted; repair them."""
     s = store()
     now = time.time()
-    due = [f"{p['tenant']}:{p['machine_id']}" for p in s.get_pools(s.all_pool_ids()) if p["enabled"] and (
-        p["state"] in (SEARCHING, PROVISIONING, FAILOVER) or (p["state"] == DEGRADED and p["next_heal_at"] <= now))]
+    due = [f"{p['tenant']}:{p['machine_id']}" for p in s.get_pools(s.unsettled_pool_ids())
+           if p["state"] != DEGRADED or p["next_heal_at"] <= now]
     for pid in due:
         if not s.is_locked(pid):  # a running operation is not interrupted
             repair.delay(pid)

@@ -154,6 +154,20 @@ def test_save_pool_with_a_stale_epoch_is_fenced_out_and_writes_nothing(store):
     assert store.get_pool(PID)["state"] == DEGRADED and store.primaries([999, 111]) == {111: PID}
 
 
+def test_the_healer_index_holds_only_unsettled_enabled_pools(store):
+    pool = new_pool("acme", 123, state="provisioning")
+    save(store, pool)
+    assert store.unsettled_pool_ids() == [PID]
+    for state, unsettled in ((ACTIVE, False), (DEGRADED, True), ("failover", True), (DISABLED, False),
+                             ("searching", True)):
+        pool.update(state=state)
+        save(store, pool)
+        assert store.unsettled_pool_ids() == ([PID] if unsettled else []), state
+    pool.update(state=DEGRADED, enabled=False)
+    save(store, pool)
+    assert store.unsettled_pool_ids() == []
+
+
 def test_save_pool_fenced_out_for_a_new_pool_writes_no_index(store):
     old = store.acquire(PID, 10)
     store.r.incr(f"wp:epoch:{PID}")  # a newer holder took the machine
