@@ -75,6 +75,8 @@ class Held:
 class Store:
     def __init__(self, client: redis.Redis):
         self.r = client
+        # what else an event feeds, in the same Redis transaction: functions (pipeline, pid, record)
+        self.event_sinks: list = []
         self._reserve = self.r.register_script(_RESERVE_SLOT)
         self._take_over = self.r.register_script(_TAKE_OVER)
         self._failover_slot = self.r.register_script(_FAILOVER_SLOT)
@@ -196,6 +198,10 @@ class Store:
                 raise FencedOut(pid)
             old_primary = old["primary_gpu_id"] if old else None
             pipe.multi()
+            if (old or {}).get("state") != pool["state"]:  # pools by state, kept at write time
+                if old:
+                    pipe.hincrby("wp:pools:by_state", old["state"], -1)
+                pipe.hincrby("wp:pools:by_state", pool["state"], 1)
             pipe.set(key, json.dumps(pool))
             pipe.sadd("wp:pools", pid)
             pipe.sadd(f"wp:tenant:{pool['tenant']}:pools", pool["machine_id"])
@@ -213,6 +219,11 @@ class Store:
                 pipe.srem("wp:unsettled", pid)
 
         self.r.transaction(write, epoch_key)
+
+    def pool_counts(self) -> dict[str, int]:
+        """How many pools are in each state (kept by every write, so reading it costs one call)."""
+        counts = {k: int(v) for k, v in self.r.hgetall("wp:pools:by_state").items()}
+        return {state: counts.get(state, 0) for state in STATES}
 
     def take_failover_slot(self, per_minute: int) -> bool:
         """Count an automatic failover against the cap across all pools, over the last 60 s (rule 9)."""
@@ -265,10 +276,14 @@ class Store:
     # -- events --------------------------------------------------------------
 
     def event(self, pid: str, kind: str, message: str, **data) -> None:
+        """Record what happened to a pool; the event sinks (webhooks, metrics) see it in the same transaction."""
         key = f"wp:events:{pid}"
+        record = {"at": now_iso(), "event": kind, "message": message, **data}
         with self.r.pipeline() as pipe:
-            pipe.lpush(key, json.dumps({"at": now_iso(), "event": kind, "message": message, **data}))
+            pipe.lpush(key, json.dumps(record))
             pipe.ltrim(key, 0, EVENTS_KEPT - 1)
+            for sink in self.event_sinks:
+                sink(pipe, pid, record)
             pipe.execute()
 
     def events(self, pid: str, limit: int = 50) -> list[dict]:
