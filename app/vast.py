@@ -40,6 +40,8 @@ NOT_FOUND_ERRORS = frozenset({"no_such_instance", "no_such_volume", "not_found"}
 TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 Throttle = Callable[[str], None]
+# called with (endpoint, method) right before each request is sent; raising stops the request
+Guard = Callable[[str, str], None]
 
 
 class VastError(Exception):
@@ -106,6 +108,7 @@ class VastClient:
         backoff_max: float = 5.0,
         total_timeout: float = 60.0,
         throttle: Throttle | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
@@ -116,6 +119,7 @@ class VastClient:
         self.backoff_max = backoff_max
         self.total_timeout = total_timeout
         self.throttle = throttle
+        self.guard = guard
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=POOL_SIZE, pool_maxsize=POOL_SIZE)
         self._session.mount("https://", adapter)
@@ -125,11 +129,12 @@ class VastClient:
             self._session.headers["Authorization"] = f"Bearer {api_key}"
 
     @classmethod
-    def from_env(cls, throttle: Throttle | None = None) -> VastClient:
+    def from_env(cls, throttle: Throttle | None = None, guard: Guard | None = None) -> VastClient:
         return cls(
             os.environ.get("VAST_API_URL") or DEFAULT_BASE_URL,
             os.environ.get("VAST_API_KEY", ""),
             throttle=throttle,
+            guard=guard,
         )
 
     def __repr__(self) -> str:
@@ -278,6 +283,8 @@ class VastClient:
             attempt += 1
             if self.throttle is not None:
                 self.throttle(endpoint)
+            if self.guard is not None:
+                self.guard(endpoint, method)  # last word before the request leaves: fencing (rule 12)
             remaining = max(deadline - time.monotonic(), MIN_ATTEMPT_TIMEOUT)
             timeout = (min(self.connect_timeout, remaining), min(self.read_timeout, remaining))
             try:
