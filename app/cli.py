@@ -31,7 +31,7 @@ def main():
 @click.option("--api-key", default=None, help="accept only this key (default: any non-empty key)")
 def sim(port, host, time_scale, seed, api_key):
     """Run the Vast.ai simulator alone."""
-    from app import sim as simulator
+    import sim as simulator  # the simulator is a separate package, loaded only by this command
 
     click.echo(f"Vast.ai simulator on http://{host}:{port} (time scale {time_scale}, seed {seed})")
     simulator.serve(host=host, port=port, time_scale=time_scale, seed=seed, api_key=api_key)

@@ -2,7 +2,7 @@
 
 ``python -m bench.simproc --port P --time-scale X --seed N``
 
-It is the product's simulator (``app.sim.create_app``) with one extra route,
+It is the product's simulator (``sim.create_app``) with one extra route,
 ``POST /_bench/seed_pools``, that puts a running primary and a stopped standby per
 pool straight into the simulator's ``World`` (no GPU accounting, already past
 loading), so thousands of pools can be seeded in a second. A separate process keeps
@@ -17,8 +17,8 @@ from collections import Counter
 from flask import jsonify, request
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from app.sim import create_app
-from app.sim.state import Instance
+from sim import create_app
+from sim.state import Instance
 
 
 class _Quiet(WSGIRequestHandler):

@@ -7,8 +7,8 @@ import time
 import pytest
 import requests
 
-from app.sim import create_app, start_in_thread
-from app.sim import state
+from sim import create_app, start_in_thread
+from sim import state
 from tests.conftest import wait_until
 
 TIME_SCALE = 0.01

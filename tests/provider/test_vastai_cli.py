@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from app.sim import start_in_thread
+from sim import start_in_thread
 from tests.conftest import wait_until
 
 VASTAI = shutil.which("vastai") or str(Path(sys.executable).with_name("vastai"))
