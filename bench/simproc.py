@@ -18,7 +18,7 @@ from flask import jsonify, request
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from sim import create_app
-from sim.state import Instance
+from sim.lifecycle import Instance
 
 
 class _Quiet(WSGIRequestHandler):
@@ -35,22 +35,23 @@ def build(time_scale: float, seed: int):
         body = request.get_json()
         tenant, machines = body["tenant"], body["machines"]
         rows = []
+        instances = world.instances
         with world.lock:
-            now = world.clock()
+            now = world.clock.now()
             hosts = [h for h in world.hosts.values() if not h.failed]
             for n, machine in enumerate(machines):
                 host = hosts[n % len(hosts)]
                 ids = []
                 for role, intended in (("primary", "running"), ("standby", "stopped")):
-                    iid = world.next_instance_id
-                    world.next_instance_id += 1
-                    world.instances[iid] = Instance(
+                    iid = instances.next_id
+                    instances.next_id += 1
+                    instances.by_id[iid] = Instance(
                         id=iid, machine_id=host.machine_id, num_gpus=1, bundle_id=host.machine_id * 100 + 1,
                         dph_base=host.gpu_price, image="bench/image", label=f"warmpool-{tenant}-{machine}-{role}",
                         disk=10.0, onstart=None, env={}, runtype="ssh", start_date=now, api_key="bench",
                         intended=intended, phase="create" if intended == "running" else "create_stopped",
                         phase_at=now - 1e6)  # long past loading: running (or stopped) already
-                    world.created_by_label[world.instances[iid].label] += 1
+                    instances.created_by_label[instances.by_id[iid].label] += 1
                     ids.append(iid)
                 rows.append([machine, host.machine_id, ids[0], ids[1]])
         return jsonify(rows=rows)
@@ -80,7 +81,7 @@ def build(time_scale: float, seed: int):
     @app.get("/_bench/count")
     def count():
         with world.lock:
-            return jsonify(instances=len(world.instances))
+            return jsonify(instances=len(world.instances.by_id))
 
     return app
 

@@ -1,7 +1,7 @@
 """Vast.ai simulator: an HTTP server speaking the subset of the Vast.ai API that warmpool uses.
 
-See vast-api.md in the shared docs for the real API it mimics; the timing
-constants live in ``sim.state``.
+A separate program (``warmpool sim``), never imported by the product. docs/simulator.md lists
+its routes; the timing constants live in ``sim.clock``.
 """
 
 from .server import create_app, serve, start_in_thread

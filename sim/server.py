@@ -10,7 +10,8 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from .state import ApiError, World, invalid_args, invalid_json
+from .errors import ApiError, invalid_args, invalid_json
+from .world import World
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def create_app(time_scale=1.0, seed=0, api_key=None) -> Flask:
         auth = vast_routes.get(request.endpoint)
         if auth is None:
             return None  # control routes and unknown paths: no faults, no counting
-        verdict, latency = world.admit(request.endpoint)
+        verdict, latency = world.faults.admit(request.endpoint, world.clock.now())
         if latency:
             time.sleep(latency)
         if verdict is not None:
@@ -146,31 +147,31 @@ def create_app(time_scale=1.0, seed=0, api_key=None) -> Flask:
 
     @vast("/api/v0/bundles/", "POST")
     def search_bundles():
-        return jsonify(offers=world.search_offers(_json_body()))
+        return jsonify(offers=world.offers.search(_json_body()))
 
     @vast("/api/v0/bundles/", "GET")
     def search_bundles_get():
-        return jsonify(offers=world.search_offers(_json_arg("q") or {}))
+        return jsonify(offers=world.offers.search(_json_arg("q") or {}))
 
     @vast("/api/v0/search/asks/", "PUT")
     def search_asks():
-        return jsonify(offers=world.search_offers(_object_body().get("q") or {}))
+        return jsonify(offers=world.offers.search(_object_body().get("q") or {}))
 
     @vast("/api/v0/asks/{id}/", "PUT")
     def create_instance(id):
-        return jsonify(world.create_instance(_int(id, "offer id"), _json_body()))
+        return jsonify(world.instances.create(_int(id, "offer id"), _json_body()))
 
     # ---- instances -------------------------------------------------------------------------
 
     @vast("/api/v1/instances/", "GET")
     def list_instances():
-        return jsonify(world.list_instances(
+        return jsonify(world.instances.list(
             _json_arg("select_filters"), _json_arg("order_by"), request.args.get("limit"),
             _json_arg("select_cols"), request.args.get("after_token") or None))
 
     @vast("/api/v0/instances/filters/", "GET")
     def instance_filters():
-        return jsonify(world.instance_filters())
+        return jsonify(world.instances.filters())
 
     @vast("/api/v0/instances/", "GET")
     def legacy_list_instances():
@@ -183,7 +184,7 @@ def create_app(time_scale=1.0, seed=0, api_key=None) -> Flask:
         ids = body.get("ids")
         if not isinstance(ids, list) or not ids:
             raise invalid_args("ids must be a non-empty list of instance ids")
-        return jsonify(world.set_states([_int(i, "instance id") for i in ids], _state(body)))
+        return jsonify(world.instances.set_states([_int(i, "instance id") for i in ids], _state(body)))
 
     @vast("/api/v0/instances/", "DELETE")
     def bulk_destroy():
@@ -191,45 +192,45 @@ def create_app(time_scale=1.0, seed=0, api_key=None) -> Flask:
         if not isinstance(ids, list) or not ids:
             raise invalid_args("instance_ids must be a non-empty list of instance ids")
         for inst_id in ids:
-            world.destroy_instance(_int(inst_id, "instance id"))
+            world.instances.destroy(_int(inst_id, "instance id"))
         return jsonify(success=True)
 
     @vast("/api/v0/instances/{id}/", "GET")
     def show_instance(id):
-        return jsonify(instances=world.get_instance(_int(id, "instance id")))
+        return jsonify(instances=world.instances.get(_int(id, "instance id")))
 
     @vast("/api/v0/instances/{id}/", "PUT")
     def update_instance(id):
         inst_id = _int(id, "instance id")
         body = _object_body()
         if "state" in body:
-            return jsonify(world.set_state(inst_id, _state(body)))
+            return jsonify(world.instances.set_state(inst_id, _state(body)))
         if "label" in body:
             label = body["label"]
             if label is not None and not isinstance(label, str):
                 raise invalid_args("label must be a string")
             if label is not None and len(label) > 256:
                 raise ApiError(400, "label_too_long", "Label must be at most 256 characters")
-            return jsonify(world.set_label(inst_id, label))
+            return jsonify(world.instances.set_label(inst_id, label))
         raise invalid_args("Nothing to update: give 'state' or 'label'")
 
     @vast("/api/v0/instances/{id}/", "DELETE")
     def destroy_instance(id):
-        return jsonify(world.destroy_instance(_int(id, "instance id")))
+        return jsonify(world.instances.destroy(_int(id, "instance id")))
 
     # ---- volumes ---------------------------------------------------------------------------
 
     @vast("/api/v0/volumes/search/", "POST")
     def search_volumes():
-        return jsonify(offers=world.search_offers(_json_body(), volumes=True))
+        return jsonify(offers=world.offers.search(_json_body(), volumes=True))
 
     @vast("/api/v0/volumes/", "PUT")
     def create_volume():
-        return jsonify(world.create_volume(_json_body()))
+        return jsonify(world.volumes.create(_json_body()))
 
     @vast("/api/v0/volumes", "GET")
     def list_volumes():
-        return jsonify(world.list_volumes())
+        return jsonify(world.volumes.rows())
 
     @vast("/api/v0/volumes/", "DELETE")
     def delete_volume():
@@ -241,13 +242,13 @@ def create_app(time_scale=1.0, seed=0, api_key=None) -> Flask:
             vid = int(raw) if isinstance(raw, str) else raw
         except ValueError:
             vid = raw
-        return jsonify(world.delete_volume(vid))
+        return jsonify(world.volumes.delete(vid))
 
     # ---- control routes (not part of the Vast API) -----------------------------------------
 
     @sim("/_sim/instances/<id>/fail")
     def fail_instance(id):
-        return jsonify(world.fail_instance(_int(id, "instance id")))
+        return jsonify(world.instances.fail(_int(id, "instance id")))
 
     @sim("/_sim/hosts/<machine_id>/fail")
     def fail_host(machine_id):
@@ -263,11 +264,11 @@ def create_app(time_scale=1.0, seed=0, api_key=None) -> Flask:
 
     @sim("/_sim/faults")
     def set_faults():
-        return jsonify(world.set_faults(_object_body()))
+        return jsonify(world.faults.set_faults(_object_body()))
 
     @sim("/_sim/rate_limits")
     def set_rate_limits():
-        return jsonify(world.set_route_intervals(_object_body()))
+        return jsonify(world.faults.set_route_intervals(_object_body()))
 
     @sim("/_sim/ledger", "GET")
     def ledger():

@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from sim import create_app, start_in_thread
-from sim import state
+from sim import clock
 from tests.conftest import wait_until
 
 TIME_SCALE = 0.01
@@ -268,10 +268,10 @@ def test_start_blocked_while_host_rented_out_until_restore(sim):
         return (row["actual_status"] == "stopped" and row["intended_status"] == "running"
                 and "scheduling" in row["status_msg"])
 
-    holds_for(scheduling, 3 * state.START_SECONDS * TIME_SCALE)
+    holds_for(scheduling, 3 * clock.START_SECONDS * TIME_SCALE)
     # the failed primary giving its GPU back does not help: the other renters take it
     sim.set_state(primary, "stopped")
-    holds_for(scheduling, 3 * state.START_SECONDS * TIME_SCALE)
+    holds_for(scheduling, 3 * clock.START_SECONDS * TIME_SCALE)
     sim.ok("POST", f"/_sim/hosts/{machine_id}/restore")
     sim.wait_status(standby, "running")
 
@@ -479,7 +479,7 @@ def test_ledger_stats_and_reset(sim):
     assert stats["created_by_label"] == {"web": 2}  # destroyed ones still count
     assert stats["rate_limited"] == 0 and stats["errors_injected"] == 0
     config = sim.ok("GET", "/_sim/config")
-    assert config["time_scale"] == TIME_SCALE and config["load_seconds"] == state.LOAD_SECONDS * TIME_SCALE
+    assert config["time_scale"] == TIME_SCALE and config["load_seconds"] == clock.LOAD_SECONDS * TIME_SCALE
     sim.ok("POST", "/_sim/reset")
     assert sim.ledger() == {"instances": [], "volumes": []}
     assert sim.stats()["requests"] == {}
@@ -594,9 +594,9 @@ def test_content_type_is_exactly_application_json(sim):
 def test_twenty_thousand_instances_stay_fast():
     app = create_app(time_scale=TIME_SCALE)
     world = app.extensions["sim_world"]
-    offers = world.search_offers({"num_gpus": {"eq": 1}})
+    offers = world.offers.search({"num_gpus": {"eq": 1}})
     for n in range(20_000):
-        world.create_instance(offers[n % len(offers)]["id"],
+        world.instances.create(offers[n % len(offers)]["id"],
                               {"image": "x", "label": f"pool-{n % 40}", "target_state": "stopped"})
     client = app.test_client()
     slowest = 0.0
