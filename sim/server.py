@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import WSGIRequestHandler, make_server
 
@@ -14,6 +14,10 @@ from .errors import ApiError, invalid_args, invalid_json
 from .world import World
 
 log = logging.getLogger(__name__)
+
+# what a gateway in front of the API answers when the API behind it took too long
+GATEWAY_TIMEOUT_PAGE = ("<html><head><title>504 Gateway Time-out</title></head>"
+                        "<body><h1>504 Gateway Time-out</h1></body></html>")
 
 USER = {
     "id": 1, "username": "simulator", "email": "sim@example.com", "fullname": "Vast Simulator",
@@ -95,11 +99,11 @@ def create_app(time_scale=1.0, seed=0, api_key=None) -> Flask:
         auth = vast_routes.get(request.endpoint)
         if auth is None:
             return None  # control routes and unknown paths: no faults, no counting
-        verdict, latency = world.faults.admit(request.endpoint, world.clock.now())
-        if latency:
-            time.sleep(latency)
-        if verdict is not None:
-            kind, threshold = verdict
+        verdict = world.faults.admit(request.endpoint, world.clock.now())
+        if verdict.latency:
+            time.sleep(verdict.latency)
+        if verdict.reject is not None:
+            kind, threshold = verdict.reject
             if kind == "threshold":
                 return Response(f"API requests too frequent endpoint threshold={threshold}", 429,
                                 mimetype="text/plain")
@@ -108,9 +112,22 @@ def create_app(time_scale=1.0, seed=0, api_key=None) -> Flask:
                                 headers={"Retry-After": "1"})
             return jsonify(success=False, error="service_unavailable",
                            msg="Service temporarily unavailable (injected fault)"), 503
+        g.verdict = verdict
         if auth and not _authorized():
             return jsonify(success=False, error="auth_error", msg="Invalid user key"), 401
         return None
+
+    @app.after_request
+    def deliver(response):
+        """A held answer waits in this request's own thread; a lost one becomes a gateway's 504."""
+        verdict = g.pop("verdict", None)
+        if verdict is None:
+            return response
+        if verdict.hold:
+            time.sleep(verdict.hold)
+        if verdict.lose_answer:
+            return Response(GATEWAY_TIMEOUT_PAGE, 504, mimetype="text/html")
+        return response
 
     def _authorized():
         header = request.headers.get("Authorization", "")
@@ -264,7 +281,11 @@ def create_app(time_scale=1.0, seed=0, api_key=None) -> Flask:
 
     @sim("/_sim/faults")
     def set_faults():
-        return jsonify(world.faults.set_faults(_object_body()))
+        return jsonify(world.faults.set_faults(_object_body(), vast_routes))
+
+    @sim("/_sim/faults", "GET")
+    def active_faults():
+        return jsonify(world.faults.active())
 
     @sim("/_sim/rate_limits")
     def set_rate_limits():
