@@ -10,6 +10,7 @@ from .inventory import Host
 from .lifecycle import Instance, actual_status, status_msg
 from .listing import decode_token, encode_token, validate_list
 from .offers import monthly_to_hourly
+from .split_brain import SplitBrainWatch
 from .volumes import DEFAULT_VOLUME_SIZE
 
 FIRST_INSTANCE_ID = 10_000_001
@@ -22,6 +23,7 @@ class Instances:
         self.by_id: dict[int, Instance] = {}
         self.next_id = FIRST_INSTANCE_ID
         self.gpus = GpuScheduler(hosts, self.by_id)
+        self.split_brain = SplitBrainWatch(clock)
         self.actions: dict[int, Counter] = defaultdict(Counter)
         self.created_by_label = Counter()
 
@@ -60,13 +62,14 @@ class Instances:
                 volume_id=volume_id, mount_path=spec["volume_info"] and spec["volume_info"].get("mount_path"),
                 intended=spec["target_state"], phase_at=now,
             )
-            if volume_id is not None:
-                self.volumes.by_id[volume_id].instances.add(inst_id)
+            self.by_id[inst_id] = inst
             if inst.intended == "running":
                 self.gpus.take(inst)
+                self._check_split_brain(inst, "create", now)
             else:
                 inst.phase = "create_stopped"
-            self.by_id[inst_id] = inst
+            if volume_id is not None:
+                self.volumes.by_id[volume_id].instances.add(inst_id)
             self.created_by_label[inst.label or ""] += 1
             return {"success": True, "new_contract": inst_id, "instance_api_key": inst.api_key}
 
@@ -94,10 +97,27 @@ class Instances:
         inst.intended = state
         if state == "running":
             self.gpus.request(inst, now)
+            self._check_split_brain(inst, "start", now)
         else:
             inst.status_before_stop = self.status(inst, now)
             self.gpus.release(inst, now)
             inst.phase, inst.phase_at = "stop", now
+
+    def _on_volume_with(self, inst: Instance):
+        """The other instances linked to ``inst``'s volume."""
+        if inst.volume_id is None:
+            return []
+        return [self.by_id[i] for i in self.volumes.by_id[inst.volume_id].instances if i != inst.id]
+
+    def _check_split_brain(self, inst: Instance, cause, now, seen=None):
+        self.split_brain.check(inst, self._on_volume_with(inst), cause, now, seen)
+
+    def back_online(self, machine_id, now):
+        """The machine's host came back: its instances meant to run are running again."""
+        seen = set()
+        for inst in self.by_id.values():
+            if inst.machine_id == machine_id and inst.intended == "running" and not inst.failed:
+                self._check_split_brain(inst, "host_restore", now, seen)
 
     def set_label(self, inst_id, label):
         with self.lock:

@@ -63,15 +63,19 @@ class World:
     def restore_host(self, machine_id):
         with self.lock:
             host = self._host(machine_id)
+            now = self.clock.now()
+            if host.failed:
+                self.instances.back_online(machine_id, now)
             host.failed = host.rented_out = False
-            self.instances.gpus.schedule(host, self.clock.now())
+            self.instances.gpus.schedule(host, now)
         return {"success": True}
 
     # ---- what happened ---------------------------------------------------------------------
 
     def ledger(self):
         with self.lock:
-            return {"instances": self.instances.ledger_rows(self.clock.now()), "volumes": self.volumes.ledger_rows()}
+            return {"instances": self.instances.ledger_rows(self.clock.now()), "volumes": self.volumes.ledger_rows(),
+                    "violations": list(self.instances.split_brain.violations)}
 
     def stats(self):
         with self.lock:
@@ -80,4 +84,5 @@ class World:
                 "instance_actions": {str(k): dict(v) for k, v in self.instances.actions.items()},
                 "created_by_label": dict(self.instances.created_by_label),
                 "volumes_created_by_name": dict(self.volumes.created_by_name),
+                "violations": len(self.instances.split_brain.violations),
             }

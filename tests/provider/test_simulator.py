@@ -341,7 +341,7 @@ def test_create_new_volume_with_the_instance(sim):
     info = {"create_new": True, "volume_id": machine_a * 100 + 50, "size": 40, "name": "shared", "mount_path": "/w"}
     r = sim.call("PUT", f"/api/v0/asks/{offer_b}/", json={"image": "x", "volume_info": info})
     assert r.status_code == 400 and r.json()["error"] == "invalid_args"
-    assert sim.ledger() == {"instances": [], "volumes": []}
+    assert sim.ledger() == {"instances": [], "volumes": [], "violations": []}
     inst_id = sim.create(offer_a, volume_info=info)
     (volume,) = sim.ledger()["volumes"]
     assert volume["name"] == "shared" and volume["machine_id"] == machine_a and volume["instances"] == [inst_id]
@@ -399,7 +399,7 @@ def test_ledger_stats_and_reset(sim):
     config = sim.ok("GET", "/_sim/config")
     assert config["time_scale"] == TIME_SCALE and config["load_seconds"] == clock.LOAD_SECONDS * TIME_SCALE
     sim.ok("POST", "/_sim/reset")
-    assert sim.ledger() == {"instances": [], "volumes": []}
+    assert sim.ledger() == {"instances": [], "volumes": [], "violations": []}
     assert sim.stats()["requests"] == {}
 
 
