@@ -42,6 +42,8 @@ TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.excepti
 Throttle = Callable[[str], None]
 # called with (endpoint, method) right before each request is sent; raising stops the request
 Guard = Callable[[str, str], None]
+# called with (endpoint, HTTP status) after each attempt, the status None when no response came: metrics
+Observer = Callable[[str, int | None], None]
 
 
 class VastError(Exception):
@@ -109,6 +111,7 @@ class VastClient:
         total_timeout: float = 60.0,
         throttle: Throttle | None = None,
         guard: Guard | None = None,
+        observe: Observer | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
@@ -120,6 +123,7 @@ class VastClient:
         self.total_timeout = total_timeout
         self.throttle = throttle
         self.guard = guard
+        self.observe = observe
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=POOL_SIZE, pool_maxsize=POOL_SIZE)
         self._session.mount("https://", adapter)
@@ -288,8 +292,8 @@ class VastClient:
             remaining = max(deadline - time.monotonic(), MIN_ATTEMPT_TIMEOUT)
             timeout = (min(self.connect_timeout, remaining), min(self.read_timeout, remaining))
             try:
-                resp = self._session.request(method, self.base_url + path, params=query, data=data,
-                                             headers=headers, timeout=timeout)
+                resp = self._send(endpoint, method, self.base_url + path, params=query, data=data,
+                                  headers=headers, timeout=timeout)
             except TRANSIENT_ERRORS as exc:
                 failure: VastError = ProviderUnavailable(self._redact(f"{where}: {_describe(exc)}"))
                 failure.__cause__ = exc
@@ -315,6 +319,18 @@ class VastClient:
             log.warning("vast %s failed (%s); attempt %d/%d, retrying in %.2fs",
                         where, failure, attempt, max_attempts, delay)
             time.sleep(delay)
+
+    def _send(self, endpoint: str, method: str, url: str, **kwargs) -> requests.Response:
+        """One attempt; the observer hears of its status, or that no response came."""
+        try:
+            resp = self._session.request(method, url, **kwargs)
+        except requests.RequestException:
+            if self.observe is not None:
+                self.observe(endpoint, None)
+            raise
+        if self.observe is not None:
+            self.observe(endpoint, resp.status_code)
+        return resp
 
     def _result(self, where: str, reply: _Reply) -> dict:
         if 200 <= reply.status < 300:

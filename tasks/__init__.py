@@ -6,8 +6,10 @@ Start a worker with ``celery -A tasks worker -Q failover,provision,health``.
 import time
 
 from celery import Celery
-from celery.signals import heartbeat_sent, task_prerun, worker_ready
+from celery.signals import heartbeat_sent, setup_logging, task_postrun, task_prerun, worker_ready
 from kombu.transport import redis as kombu_redis
+
+from app import logs
 
 celery_app = Celery("warmpool")
 celery_app.config_from_object("celeryconfig")
@@ -45,6 +47,24 @@ def _urgency(task=None, **_):
     from app.runtime import urgent
 
     urgent.set((task.request.delivery_info or {}).get("routing_key") in ("failover", "health"))
+
+
+@task_prerun.connect
+def _log_context(args=None, **_):
+    """The records a step logs carry its operation: the API's task_id, the tenant and the machine_id."""
+    logs.operation.set(logs.operation_fields(args or ()))
+
+
+@task_postrun.connect
+def _log_context_end(**_):
+    logs.operation.set({})  # the thread runs other tasks next
+
+
+if logs.log_format() == "json":
+    @setup_logging.connect
+    def _json_logs(loglevel=None, **_):
+        """WARMPOOL_LOG_FORMAT=json: one JSON object per line, in place of Celery's own text format."""
+        logs.configure_json(loglevel or "INFO")
 
 
 @heartbeat_sent.connect
