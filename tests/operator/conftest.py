@@ -1,0 +1,128 @@
+"""Fixtures for the operator tools: the API under gunicorn and a webhooks worker, both allowed to call
+127.0.0.1 (WARMPOOL_WEBHOOK_ALLOW_PRIVATE=1 for them alone), and a webhook receiver on 127.0.0.1 that
+checks every delivery with standardwebhooks' own verify.
+"""
+
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from app.processes import free_port, listening, wait_until
+from tests.conftest import API_KEYS, Worker
+
+ALLOW_PRIVATE = {"WARMPOOL_WEBHOOK_ALLOW_PRIVATE": "1"}
+# a delivery retried fast, three attempts in all, so a test sees the whole story in seconds
+FAST_RETRIES = {"WEBHOOK_RETRY_BACKOFF": "1", "WEBHOOK_MAX_ATTEMPTS": "3"}
+
+
+@pytest.fixture(scope="session")
+def web(stack):
+    """The API as the Procfile runs it, logging every request (to show what the server was sent)."""
+    port = free_port()
+    process = Worker("--bind", f"127.0.0.1:{port}", "--worker-class", "gthread", "--workers", "2", "--threads", "8",
+                     "--access-logfile", "-", "app:create_app()", log=stack.logs / "operator-web.log",
+                     program=(sys.executable, "-m", "gunicorn"), **ALLOW_PRIVATE).start()
+    wait_until(lambda: listening(port), message="gunicorn to listen")
+    yield Web(f"http://127.0.0.1:{port}", stack.logs / "operator-web.log")
+    process.stop()
+
+
+class Web:
+    def __init__(self, url, log):
+        self.url, self.log = url, log
+
+    def api(self, method: str, path: str, tenant: str = "acme", **kwargs) -> requests.Response:
+        headers = {"Authorization": f"Bearer {API_KEYS[tenant]}"}
+        return requests.request(method, self.url + path, headers=headers, timeout=150, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def webhooks_worker(stack):
+    """A worker on the webhooks queue alone, as the Procfile's ``webhooks`` line runs it."""
+    worker = Worker("worker", "-Q", "webhooks", "--pool", "threads", "--concurrency", "4", "-l", "INFO",
+                    "-n", "webhooks@%h", "--without-mingle", "--without-gossip",
+                    log=stack.logs / "webhooks-worker.log", **ALLOW_PRIVATE, **FAST_RETRIES).start()
+    yield worker
+    worker.stop()
+
+
+class Receiver:
+    """A webhook endpoint: each path answers the status codes it is given in turn (then 204), verifies
+    each request with the secret registered for it, and keeps what came."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.requests: list[dict] = []
+        self.answers: dict[str, list[int]] = {}
+        self.secrets: dict[str, str] = {}
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.receive(self.path, dict(self.headers), body)
+                with receiver.lock:
+                    answers = receiver.answers.get(self.path) or [204]
+                    status = answers.pop(0) if len(answers) > 1 else answers[0]
+                self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", "/redirected")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def receive(self, path: str, headers: dict, body: bytes) -> None:
+        request = {"path": path, "headers": {k.lower(): v for k, v in headers.items()}, "body": body}
+        try:
+            request["payload"] = Webhook(self.secrets[path]).verify(body, headers)
+        except (KeyError, WebhookVerificationError) as exc:
+            request["error"] = repr(exc)
+        with self.lock:
+            self.requests.append(request)
+
+    def at(self, path: str) -> list[dict]:
+        with self.lock:
+            return [r for r in self.requests if r["path"] == path]
+
+    def subscribe(self, web: Web, path: str, tenant: str = "acme", **body) -> dict:
+        rv = web.api("POST", "/api/v1/webhooks", tenant=tenant, json={"url": self.url + path, **body})
+        assert rv.status_code == 201, rv.text
+        self.secrets[path] = rv.json()["secret"]
+        return rv.json()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def provisioned(web: Web, stack, machine_id: int, tenant: str = "acme", failovers: int = 0) -> dict:
+    """A tenant's active pool on the first host that can hold one, after ``failovers`` failover tests."""
+    hosts = web.api("GET", "/api/v1/warmpool/hosts", tenant=tenant).json()["hosts"]
+    host = next(h for h in hosts if h["can_create_warm_pool"])
+    rv = web.api("POST", "/api/v1/warmpool/provision?wait=60", tenant=tenant,
+                 json={"machine_id": machine_id, "host_machine_id": host["machine_id"]})
+    assert rv.status_code == 200 and rv.json()["success"], rv.text
+    for _ in range(failovers):
+        stack.wait_state(machine_id, "active", tenant=tenant)
+        rv = web.api("POST", f"/api/v1/warmpool/failover/test/{machine_id}?wait=60", tenant=tenant)
+        assert rv.status_code == 200 and rv.json()["success"], rv.text
+    return stack.wait_state(machine_id, "active", tenant=tenant)
