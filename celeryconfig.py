@@ -5,20 +5,21 @@ killed worker's message comes back after ``visibility_timeout`` and the step run
 again (steps are idempotent).
 """
 
-import os
+from app.settings import Settings
 
-_redis = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-_sweep = float(os.environ.get("HEALTH_CHECK_INTERVAL", "10"))
+_settings = Settings.from_env()
+_sweep = _settings.health_check_interval
 
-broker_url = os.environ.get("CELERY_BROKER_URL", _redis)
+broker_url = _settings.broker_url or _settings.redis_url
 broker_connection_retry_on_startup = True
 broker_transport_options = {
     # longer than any one step (a provider call is bounded at 60 s) plus a retry's countdown
-    "visibility_timeout": float(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "300")),
+    "visibility_timeout": _settings.visibility_timeout,
     "unacked_restore_interval": 1,
     "unacked_restore_throttle": 1,
 }
-imports = ("tasks.provision", "tasks.failover", "tasks.cleanup", "tasks.health")
+imports = ("tasks.provision", "tasks.failover", "tasks.cleanup", "tasks.sweep", "tasks.heal", "tasks.reconcile",
+           "tasks.webhooks")
 
 task_serializer = "json"
 result_serializer = "json"
@@ -39,12 +40,18 @@ task_default_queue = "provision"
 task_routes = {
     "warmpool.failover.*": {"queue": "failover"},
     "warmpool.health.*": {"queue": "health"},
+    "warmpool.heal.*": {"queue": "health"},
+    "warmpool.reconcile.*": {"queue": "health"},
+    # deliveries wait on other people's servers: never in the failover or health queues
+    "warmpool.webhooks.*": {"queue": "webhooks"},
 }
 
 beat_schedule = {
     "health-sweep": {"task": "warmpool.health.sweep", "schedule": _sweep, "options": {"expires": _sweep}},
-    "heal": {"task": "warmpool.health.heal",
-             "schedule": float(os.environ.get("HEAL_INTERVAL", "60")), "options": {"expires": 30}},
-    "reconcile": {"task": "warmpool.health.reconcile",
-                  "schedule": float(os.environ.get("RECONCILE_INTERVAL", "300")), "options": {"expires": 60}},
+    "heal": {"task": "warmpool.heal.heal", "schedule": _settings.heal_interval,
+             "options": {"expires": _settings.heal_interval}},
+    "reconcile": {"task": "warmpool.reconcile.reconcile", "schedule": _settings.reconcile_interval,
+                  "options": {"expires": 60}},
+    # the webhook outbox into delivery tasks: a second at most between an event and its first attempt
+    "webhook-relay": {"task": "warmpool.webhooks.relay", "schedule": 1.0, "options": {"expires": 1.0}},
 }

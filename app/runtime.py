@@ -6,18 +6,13 @@ forked worker makes its own connections after the fork.
 
 import contextvars
 import functools
-import json
-import os
 import random
 import time
+from collections.abc import Callable
 
 from app.settings import Settings
 from app.store import Store
 from app.vast import VastClient
-
-# Vast's documented minimum intervals between calls, per endpoint and API key
-VAST_RATE_LIMITS = {"create_instance": 4.5, "destroy_instance": 3.0, "show_instance": 2.0,
-                    "list_instances": 1.0, "manage_instance": 1.0, "volumes": 5.5, "search_offers": 6.0}
 
 
 @functools.cache
@@ -42,16 +37,20 @@ class Throttled(Exception):
         self.retry_in = retry_in
 
 
-# whether this thread's provider calls go first: failover and health steps do (design rule 7)
+# whether this thread's provider calls go first: failover and health steps do (rule 7)
 urgent: contextvars.ContextVar[bool] = contextvars.ContextVar("urgent", default=False)
+# the fencing check of the step this thread runs: raises FencedOut when its lock was lost (rule 12)
+fence: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("fence", default=None)
+MUTATING_METHODS = ("PUT", "POST", "DELETE")
+READS_BY_POST = ("search_offers", "search_volumes")
 
 
 @functools.cache
 def vast() -> VastClient:
     """The provider client; every call first takes a slot of the rate budget shared in Redis
     (Celery's own rate limits are per worker)."""
-    raw = os.environ.get("VAST_RATE_LIMITS")
-    limits = json.loads(raw) if raw else VAST_RATE_LIMITS
+    cfg = settings()
+    limits = cfg.vast_rate_limits
 
     def throttle(endpoint: str) -> None:
         if not limits.get(endpoint):
@@ -68,4 +67,9 @@ def vast() -> VastClient:
             time.sleep(pause)
         time.sleep(wait)
 
-    return VastClient.from_env(throttle=throttle)
+    def guard(endpoint: str, method: str) -> None:
+        check = fence.get()
+        if check is not None and method in MUTATING_METHODS and endpoint not in READS_BY_POST:
+            check()
+
+    return VastClient(cfg.vast_api_url, cfg.vast_api_key, throttle=throttle, guard=guard)

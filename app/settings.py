@@ -1,9 +1,12 @@
-"""Settings, read from the environment once per process.
+"""Settings, read from the environment once per process: the one source of configuration.
 
 The web app, the workers and beat all read the same variables, so a setting
-means the same thing wherever it is used.
+means the same thing wherever it is used. The Celery configuration
+(``celeryconfig.py``) and the provider client (``app.runtime``) are built from
+``Settings``; nothing else reads the environment.
 """
 
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -38,46 +41,81 @@ def _api_keys(raw: str) -> dict[str, str]:
     return keys
 
 
+# Vast's documented minimum intervals between calls, per endpoint and API key
+VAST_RATE_LIMITS = {"create_instance": 4.5, "destroy_instance": 3.0, "show_instance": 2.0,
+                    "list_instances": 1.0, "manage_instance": 1.0, "volumes": 5.5, "search_offers": 6.0}
+
+
+def _rate_limits(raw: str | None) -> dict[str, float]:
+    limits = json.loads(raw) if raw else VAST_RATE_LIMITS
+    if not isinstance(limits, dict) or not all(isinstance(v, (int, float)) for v in limits.values()):
+        raise ValueError('VAST_RATE_LIMITS must be a JSON object of seconds, like {"create_instance": 4.5}')
+    return limits
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str = ""  # empty: the broker is REDIS_URL
     vast_api_url: str = "https://console.vast.ai"
     vast_api_key: str = field(default="", repr=False)
+    vast_rate_limits: dict[str, float] = field(default_factory=lambda: dict(VAST_RATE_LIMITS))
     api_keys: dict[str, str] = field(default_factory=dict, repr=False)
-    # health sweep: seconds between sweeps, and failed sweeps in a row before a failover
-    health_check_interval: float = 10.0
-    failover_threshold: int = 3
+    # health sweep: seconds between sweeps; a primary fails over once it failed this many sweeps in a row
+    # and for this long (a definitive status - offline, exited, gone - needs only a confirming call)
+    health_check_interval: float = 2.0
+    failover_threshold: int = 2
+    failover_min_seconds: float = 3.0
     # how often a worker re-reads an instance it waits on
     poll_interval: float = 2.0
     # how long a started standby may take to run before it is given up
     standby_start_timeout: float = 120.0
     # how long a new instance may take to load before it is given up
     instance_ready_timeout: float = 900.0
-    # a lock's time to live; holders extend it while they work
-    lock_ttl: float = 60.0
+    # a lock's time to live; a heartbeat renews it every third of that while a step works, so a killed
+    # worker's machine is free again within this many seconds
+    lock_ttl: float = 15.0
+    # how long a create whose answer was lost may take to show up at the provider before it counts as never made
+    create_grace: float = 35.0
     failovers_per_minute: int = 10
     reconcile_destroy_orphans: bool = False
     # the rentable-GPU check of standbys' hosts costs a search call, so it runs less often
     capacity_check_interval: float = 30.0
     hosts_cache_seconds: float = 15.0
+    heal_interval: float = 3.0
+    reconcile_interval: float = 300.0
+    # the reconciler destroys nothing younger than this, and at most this share of what it sees in one run
+    reconcile_grace: float = 600.0
+    reconcile_max_share: float = 0.2
+    # a killed worker's message is delivered again after this; the healer resumes its operation sooner
+    visibility_timeout: float = 300.0
     default_image: str = "pytorch/pytorch:2.1.0-cuda12.1-cudnn8-runtime"
 
     @classmethod
     def from_env(cls) -> "Settings":
         return cls(
             redis_url=os.environ.get("REDIS_URL", cls.redis_url),
+            broker_url=os.environ.get("CELERY_BROKER_URL", ""),
             vast_api_url=os.environ.get("VAST_API_URL", cls.vast_api_url),
             vast_api_key=os.environ.get("VAST_API_KEY", ""),
+            vast_rate_limits=_rate_limits(os.environ.get("VAST_RATE_LIMITS")),
             api_keys=_api_keys(os.environ.get("WARMPOOL_API_KEYS", "")),
             health_check_interval=_float("HEALTH_CHECK_INTERVAL", cls.health_check_interval),
             failover_threshold=_int("FAILOVER_THRESHOLD", cls.failover_threshold),
+            failover_min_seconds=_float("FAILOVER_MIN_SECONDS", cls.failover_min_seconds),
             poll_interval=_float("PROVIDER_POLL_INTERVAL", cls.poll_interval),
             standby_start_timeout=_float("STANDBY_START_TIMEOUT", cls.standby_start_timeout),
             instance_ready_timeout=_float("INSTANCE_READY_TIMEOUT", cls.instance_ready_timeout),
             lock_ttl=_float("LOCK_TTL", cls.lock_ttl),
+            create_grace=_float("CREATE_GRACE", cls.create_grace),
             failovers_per_minute=_int("FAILOVERS_PER_MINUTE", cls.failovers_per_minute),
             reconcile_destroy_orphans=_bool("RECONCILE_DESTROY_ORPHANS", cls.reconcile_destroy_orphans),
             capacity_check_interval=_float("CAPACITY_CHECK_INTERVAL", cls.capacity_check_interval),
             hosts_cache_seconds=_float("HOSTS_CACHE_SECONDS", cls.hosts_cache_seconds),
+            heal_interval=_float("HEAL_INTERVAL", cls.heal_interval),
+            reconcile_interval=_float("RECONCILE_INTERVAL", cls.reconcile_interval),
+            reconcile_grace=_float("RECONCILE_GRACE", cls.reconcile_grace),
+            reconcile_max_share=_float("RECONCILE_MAX_SHARE", cls.reconcile_max_share),
+            visibility_timeout=_float("CELERY_VISIBILITY_TIMEOUT", cls.visibility_timeout),
             default_image=os.environ.get("WARMPOOL_DEFAULT_IMAGE", cls.default_image),
         )

@@ -1,28 +1,65 @@
-"""What every step shares: this process's store and provider client, and the operation it runs in.
+"""What every step shares: the operation it runs in, its lock, and how it ends.
 
-An operation (provision, failover, cleanup...) is a chain of steps, each one
-provider call. The context dict travels down the chain: the machine, the
-operation record's id, the lock token and fencing epoch, and the phase timings.
+An operation (provision, failover, cleanup...) is a chain of steps, each about one
+provider call (declared in ``tasks/operations.py``). A ``Context`` travels down the
+chain: the machine, the operation record's id, the lock token and fencing epoch,
+and the phase timings. While a step runs, a heartbeat keeps its lock alive and
+every mutating provider call first checks that the step still holds the current
+epoch (rule 12 in docs/architecture.md).
 """
 
+import contextlib
 import logging
 import random
 import time
+from typing import TypedDict
 
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Retry
 
 from app import vast as provider
-from app.runtime import Throttled, settings, store
-from app.store import DEGRADED, FencedOut, Held, split_pool_id
+from app.pools import split_pool_id, to_degraded
+from app.runtime import Throttled, fence, settings, store
+from app.store import FencedOut, Held
 
 log = logging.getLogger(__name__)
+
+
+class Context(TypedDict, total=False):
+    """What travels down an operation's chain (JSON: Celery carries it between steps)."""
+    pid: str                    # "tenant:machine_id"
+    operation: str              # provision, failover, cleanup
+    op_id: str | None           # the API's task id
+    token: str                  # the machine lock's token ...
+    epoch: int                  # ... and fencing epoch
+    seq: int                    # the pool's step counter this step expects
+    started: float
+    phases: dict[str, float]    # failover phases, seconds
+    provider_errors: int        # provider outages met so far (retries are bounded)
+    # failover
+    trigger: str                # manual, health, heal, expiry
+    old_primary: int | None
+    detected_at: float | None   # the failure first seen ...
+    healthy_at: float | None    # ... and the last check that saw the primary healthy
+    state_before: str           # the pool's state when the failover was decided (a cancel goes back to it)
+    triggered_at: float | None
+    fenced_at: float
+    ready_at: float
+    replace_started: float
+    fresh: bool                 # a fresh instance replaced a standby that would not start
+    # waits (deadlines, epoch seconds) and offers found by a search (searches are rate limited)
+    primary_deadline: float
+    stop_deadline: float
+    standby_deadline: float
+    volume_deadline: float
+    gpu_offer: int
+    volume_offer: int
 
 
 class Operation:
     """One operation on one machine, as seen from inside a step."""
 
-    def __init__(self, ctx: dict):
+    def __init__(self, ctx: Context):
         self.ctx = ctx
         self.pid = ctx["pid"]
         self.tenant, self.machine_id = split_pool_id(self.pid)
@@ -31,6 +68,7 @@ class Operation:
         self.settings = settings()
         self.pool = self.store.get_pool(self.pid)
         self.advanced = False
+        self.heartbeat = None
 
     @property
     def current(self) -> bool:
@@ -38,7 +76,7 @@ class Operation:
         return self.pool is not None and self.pool.get("seq", 0) == self.ctx["seq"]
 
     @classmethod
-    def begin(cls, pid: str, operation: str, held: Held, op_id: str | None = None, **extra) -> dict:
+    def begin(cls, pid: str, operation: str, held: Held, op_id: str | None = None, **extra) -> Context:
         """The context of a new operation that holds ``held``."""
         pool = store().get_pool(pid) or {}
         return {"pid": pid, "operation": operation, "op_id": op_id, "token": held.token, "epoch": held.epoch,
@@ -47,6 +85,12 @@ class Operation:
     def take_over(self) -> None:
         self.held = self.store.take_over(self.pid, self.held, self.settings.lock_ttl)
         self.ctx.update(token=self.held.token, epoch=self.held.epoch)
+
+    def fence(self) -> None:
+        """Raise FencedOut unless this step still holds the machine (before every mutating provider call)."""
+        if self.heartbeat is not None and self.heartbeat.lost:
+            raise FencedOut(self.pid)
+        self.store.check_fence(self.pid, self.held)
 
     def step(self, name: str) -> None:
         """Enter a step: renew the lock (or stop here if it was lost) and show the step."""
@@ -89,11 +133,14 @@ class Operation:
         self.store.release(self.pid, self.held, self.settings.lock_ttl)
 
     def fail(self, message: str, **fields) -> None:
-        """End the operation as failed; the pool is degraded and the healer will retry it."""
+        """End the operation as failed; the pool is degraded and the healer will retry it, backing off."""
         attempts = self.pool.get("heal_attempts", 0)
-        self.advance(state=DEGRADED, error_message=message, next_heal_at=time.time() + _heal_backoff(attempts),
-                     heal_attempts=attempts + 1, **fields)
-        self.event("degraded", message, operation=self.ctx["operation"])
+        to_degraded(self.pool, message, _heal_backoff(attempts), heal_attempts=attempts + 1, **fields)
+        self.advance()
+        operation = self.ctx["operation"]
+        if operation == "failover":
+            self.event("failover_failed", message, trigger=self.ctx.get("trigger"))
+        self.event("degraded", message, operation=operation)
         if self.ctx.get("op_id"):
             self.store.update_op(self.ctx["op_id"], state="FAILURE", step="failed", error=message)
         self.store.release(self.pid, self.held, self.settings.lock_ttl)
@@ -106,6 +153,10 @@ def _heal_backoff(attempts: int) -> float:
 MAX_PROVIDER_ERRORS = 8
 
 
+class NotYet(Exception):
+    """What the step waits for has not happened yet: run the step again after the poll interval."""
+
+
 class OperationFailed(Exception):
     """A step cannot go on; the operation ends (compensating first) with this message."""
 
@@ -114,14 +165,15 @@ class Step(Task):
     """A provider step of an operation.
 
     Provider outages are retried with backoff (and Celery's retry keeps the rest
-    of the chain); a step that lost its lock stops the chain and writes nothing.
+    of the chain); a step that lost its lock stops the chain and writes nothing;
+    any other error ends the operation as failed, compensated, never stuck.
     """
 
     abstract = True
     max_retries = None  # polls are retries too; deadlines and MAX_PROVIDER_ERRORS bound them
     acks_late = True
 
-    def __call__(self, ctx: dict, *args, **kwargs):
+    def __call__(self, ctx: Context, *args, **kwargs):
         try:
             op = Operation(ctx)
             if (self.request.delivery_info or {}).get("redelivered") and op.current:
@@ -129,15 +181,20 @@ class Step(Task):
                 op = Operation(ctx)  # read again: the first delivery may have moved on meanwhile
             if not op.current:
                 raise Ignore()  # a duplicate delivery of a step that is done
-            result = self.run(op, *args, **kwargs)
+            with fenced(op):
+                result = self.run(op, *args, **kwargs)
             if result is not None and not op.advanced:
                 op.advance()
             return result
+        except (Retry, Ignore):
+            raise
         except FencedOut:
             log.warning("%s: lock of %s lost to a newer holder; stopping", self.name, ctx["pid"])
             raise Ignore() from None
         except Throttled as exc:
             raise self.retry(args=(ctx, *args), kwargs=kwargs, countdown=exc.retry_in) from None
+        except NotYet:
+            raise self.retry(args=(ctx, *args), kwargs=kwargs, countdown=settings().poll_interval) from None
         except (provider.ProviderUnavailable, provider.RateLimited) as exc:
             # counted in the context, as polls are retries too
             errors = ctx.get("provider_errors", 0)
@@ -145,32 +202,52 @@ class Step(Task):
                 return self.give_up(Operation(ctx), f"provider unavailable: {exc}")
             ctx["provider_errors"] = errors + 1
             countdown = min(30.0, 0.5 * 2 ** errors) * random.uniform(0.5, 1.0)
-            raise self.retry(args=(ctx, *args), kwargs=kwargs, countdown=countdown)
+            raise self.retry(args=(ctx, *args), kwargs=kwargs, countdown=countdown) from None
         except (OperationFailed, provider.RequestRejected) as exc:
             return self.give_up(Operation(ctx), str(exc))
+        except Exception as exc:  # a bug or a surprise: the operation fails and the healer takes over
+            log.exception("%s of %s failed unexpectedly", self.name, ctx["pid"])
+            return self.give_up(Operation(ctx), f"unexpected error in {self.name.rsplit('.', 1)[-1]}: "
+                                                f"{type(exc).__name__}")
 
     def give_up(self, op: Operation, message: str):
-        """Compensate and end the operation; each operation says how (see compensate)."""
+        """Compensate and end the operation; each operation says how (see COMPENSATIONS)."""
+        if not op.current:
+            raise Ignore()  # a duplicate delivery: the step that is current decides
         try:
             op.step("compensate")
+            with fenced(op):
+                compensate = COMPENSATIONS.get(op.ctx["operation"])
+                try:
+                    if compensate:
+                        compensate(op)
+                except provider.VastError as exc:
+                    # what stays behind carries our labels: the reconciler finds it
+                    op.event("compensation_incomplete", f"could not undo everything: {exc}")
+            op.fail(message)
         except FencedOut:
-            raise Ignore() from None  # a newer holder decides now
-        compensate = COMPENSATIONS.get(op.ctx["operation"])
-        try:
-            if compensate:
-                compensate(op)
-        except provider.VastError as exc:
-            # what stays behind carries our labels: the reconciler finds it
-            op.event("compensation_incomplete", f"could not undo everything: {exc}")
-        op.fail(message)
+            pass  # a newer holder decides now
         raise Ignore()
 
-    def wait(self, op: Operation, deadline_key: str, timeout: float):
-        """Poll again after the poll interval, until ``timeout`` seconds from the first poll."""
+    def wait(self, op: Operation, deadline_key: str, timeout: float, interval: float | None = None) -> bool:
+        """Poll again after the poll interval, until ``timeout`` seconds from the first poll (then False)."""
         deadline = op.ctx.setdefault(deadline_key, time.time() + timeout)
         if time.time() > deadline:
             return False
-        raise self.retry(args=(op.ctx,), countdown=op.settings.poll_interval)
+        raise self.retry(args=(op.ctx,), countdown=interval or op.settings.poll_interval)
+
+
+@contextlib.contextmanager
+def fenced(op: Operation):
+    """While a step works: a heartbeat keeps its lock alive, and its mutating provider calls are fenced
+    (``app.runtime.fence`` is checked right before each request leaves)."""
+    with op.store.heartbeat(op.pid, op.held, op.settings.lock_ttl) as op.heartbeat:
+        token = fence.set(op.fence)
+        try:
+            yield
+        finally:
+            fence.reset(token)
+            op.heartbeat = None
 
 
 # filled by the operation modules: operation name -> function(op) that undoes a failed attempt

@@ -1,25 +1,24 @@
-"""Provisioning: find a host, create the volume, the running primary and the stopped standby.
+"""Provisioning steps: find a host, create the volume, the running primary and the stopped standby.
 
-``provision_chain`` is the Celery chain; every step first looks at the pool
-record, then at the provider (by label) for what a crashed attempt made, and
-adopts it instead of creating a second one (design rule 4).
+Every step first looks at the pool record, then at the provider (by label or
+name) for what an interrupted attempt made, and adopts it instead of creating a
+second one (rule 4 in docs/architecture.md). A create whose answer was lost is
+resolved before anything is created again (rule 12).
 """
 
-import contextlib
-import json
 import time
 
-from celery import chain, shared_task
-from redis.exceptions import LockError
+from celery import shared_task
 
 from app import vast as provider
 from app.hosts import group_hosts, offers_query
+from app.pools import State, label, to_active, volume_name
 from app.runtime import Throttled, settings, store, vast
-from app.store import ACTIVE, PROVISIONING, label
-from tasks.base import COMPENSATIONS, Operation, OperationFailed, Step
+from app.store import UNSEEN, FencedOut
+from tasks.base import COMPENSATIONS, NotYet, Operation, OperationFailed, Step
 
 MOUNT_PATH = "/workspace"
-# instance states that do not turn into running by themselves
+# instance states that do not turn into running by themselves (Vast's docs)
 NOT_RUNNING = {"exited", "offline", "unknown", "stopped"}
 
 
@@ -28,24 +27,35 @@ def is_running(instance: dict | None) -> bool:
                 and instance.get("ssh_host") and instance.get("ssh_port"))
 
 
-def create_once(op: Operation, role: str, create, find) -> int:
+def create_once(op: Operation, role: str, create, find, destroy) -> int:
     """Create the pool's ``role`` resource, or adopt the one an interrupted attempt made.
 
-    The pool record says whether a create was sent before (its answer lost to a killed
-    worker or a timeout); only then is the provider asked, by label, what it made.
-    Provider calls are rate limited: a first attempt spends none on looking.
+    Before a create is sent, the pool record says so (a fenced write): one create in flight per role.
+    When the answer of a create was lost (a timeout, a 504, a killed worker), the provider is asked by
+    label what it made, again and again over ``CREATE_GRACE`` seconds, before anything is created
+    again. A create that returns after this step lost its lock is destroyed, unless the pool adopted it.
     """
-    if op.pool.get("creating") == role:
+    creating = op.pool.get("creating")
+    if isinstance(creating, dict) and creating.get("role") == role:
         found = find()
         if found is not None:
             return found
-    else:
-        op.save(creating=role)
+        if time.time() < creating["at"] + op.settings.create_grace:
+            raise NotYet(f"the {role} whose create was lost has not shown up yet")
+    op.save(creating={"role": role, "at": time.time()})
     try:
-        return create()
+        made = create()
     except Throttled:
         op.save(creating=None)  # the create was never sent: nothing to look for next time
         raise
+    try:
+        op.fence()
+    except FencedOut:
+        adopted = store().get_pool(op.pid) or {}
+        if made not in (adopted.get("volume_id"), adopted.get("primary_gpu_id"), adopted.get("standby_gpu_id")):
+            destroy(made)  # ours alone: nobody else will ever reference it
+        raise
+    return made
 
 
 def adopt(op: Operation, role: str) -> int | None:
@@ -57,7 +67,8 @@ def adopt(op: Operation, role: str) -> int | None:
 
 def create_instance(op: Operation, role: str, target_state: str) -> int:
     """Rent one GPU of the pool's host for ``role``, on the pool's volume (adopting a lost one)."""
-    return create_once(op, role, lambda: rent(op, role, target_state), lambda: adopt(op, role))
+    return create_once(op, role, lambda: rent(op, role, target_state), lambda: adopt(op, role),
+                       vast().destroy_instance)
 
 
 def rent(op: Operation, role: str, target_state: str, tries: int = 2) -> int:
@@ -67,7 +78,8 @@ def rent(op: Operation, role: str, target_state: str, tries: int = 2) -> int:
         offers = vast().search_offers({**offers_query(pool["gpu_name"], verified=False,
                                                       machine_id=pool["host_machine_id"], num_gpus=1), "limit": 1})
         if not offers:
-            raise OperationFailed(f"host {pool['host_machine_id']} has no free GPU for the {role}")
+            raise OperationFailed(f"host {pool['host_machine_id']} has no rentable GPU or volume offer "
+                                  f"(for the {role})")
         return offers[0]["id"]
 
     try:
@@ -94,41 +106,12 @@ def with_offer(op: Operation, key: str, search, create) -> int:
         raise
 
 
-UNSEEN = object()
-
-
 def observe(instance_id: int):
-    """An instance as the provider showed it in the last poll round (None: gone; UNSEEN: not yet).
+    """An instance as the provider showed it in the last shared poll round (None: gone; UNSEEN: not yet)."""
+    def fetch(ids: list[int]) -> dict[int, dict]:
+        return {row["id"]: row for row in vast().list_instances({"id": {"in": ids}}).instances}
 
-    Every instance that a provision waits on is read in one paged list call per round, by
-    whichever step finds the round due, not in a call per instance: under Vast's rate
-    limits, hundreds of waiting provisions would otherwise starve every other call.
-    """
-    s, now = store(), time.time()
-    s.r.zadd("wp:awaited", {instance_id: now})
-    # a round takes a few list calls; a poller that died mid-round holds it for 10 s at most
-    poller = s.r.lock("wp:awaited:poller", timeout=10)
-    if float(s.r.get("wp:awaited:round") or 0) <= now - settings().poll_interval and poller.acquire(blocking=False):
-        try:
-            s.r.zremrangebyscore("wp:awaited", "-inf", now - 60)  # no longer waited on
-            ids = [int(i) for i in s.r.zrange("wp:awaited", 0, -1)]
-            rows = {row["id"]: row for row in vast().list_instances({"id": {"in": ids}}).instances}
-            with s.r.pipeline(transaction=False) as pipe:
-                for i in ids:
-                    pipe.set(f"wp:seen:{i}", json.dumps(rows.get(i)), ex=60)
-                pipe.set("wp:awaited:round", now)
-                pipe.execute()
-        finally:
-            with contextlib.suppress(LockError):
-                poller.release()
-    raw = s.r.get(f"wp:seen:{instance_id}")
-    return UNSEEN if raw is None else json.loads(raw)
-
-
-def provision_chain(search: bool = False):
-    """The steps of a provision; call ``.delay(ctx)`` on it. Steps with nothing to do pass through."""
-    steps = [find_host.s()] if search else []
-    return chain(*steps, create_volume.s(), create_primary.s(), await_primary.s(), create_standby.s())
+    return store().observe(instance_id, settings().poll_interval, fetch)
 
 
 @shared_task(bind=True, base=Step, name="warmpool.provision.find_host")
@@ -140,7 +123,7 @@ def find_host(self, op: Operation):
     if not hosts:
         raise OperationFailed("no verified host with 2 free GPUs matches")
     best = hosts[0]
-    op.save(host_machine_id=best["machine_id"], gpu_name=best["gpu_name"], state=PROVISIONING)
+    op.save(host_machine_id=best["machine_id"], gpu_name=best["gpu_name"], state=State.PROVISIONING)
     op.event("host_found", f"host {best['machine_id']} picked", host_machine_id=best["machine_id"])
     return op.ctx
 
@@ -150,13 +133,13 @@ def create_volume(self, op: Operation):
     op.step("create_volume")
     pool = op.pool
     if pool["volume_id"] is None:
-        name = label(op.tenant, op.machine_id, "volume")
+        name = volume_name(op.tenant, op.machine_id)
 
         def search() -> int:
             offers = vast().search_volume_offers(
                 {"machine_id": {"eq": pool["host_machine_id"]}, "order": [["storage_cost", "asc"]], "limit": 1})
             if not offers:
-                raise OperationFailed(f"host {pool['host_machine_id']} offers no volume")
+                raise OperationFailed(f"host {pool['host_machine_id']} has no rentable GPU or volume offer")
             return offers[0]["id"]
 
         def create() -> int:
@@ -164,7 +147,7 @@ def create_volume(self, op: Operation):
                 offer, pool["volume_size"], name))
 
         volume_id = create_once(op, "volume", create, lambda: next(
-            (v["id"] for v in vast().show_volumes() if v.get("label") == name), None))
+            (v["id"] for v in vast().show_volumes() if v.get("label") == name), None), vast().delete_volume)
         op.save(volume_id=volume_id, creating=None)
         op.event("volume_created", f"volume {volume_id} on host {pool['host_machine_id']}", volume_id=volume_id)
     return op.ctx
@@ -205,16 +188,16 @@ def create_standby(self, op: Operation):
     if standby is None:
         standby = create_instance(op, "standby", "stopped")
         op.event("standby_created", f"standby {standby} created stopped", standby_gpu_id=standby)
-    fields = {"standby_gpu_id": standby, "creating": None, "standby_state": "stopped", "state": ACTIVE,
-              "error_message": None,
-              "fallback": None, "heal_attempts": 0, "next_heal_at": 0.0}
+    fields = {"standby_gpu_id": standby, "creating": None, "standby_state": "stopped"}
     if "replace_started" in op.ctx:  # the end of a failover
         last = op.pool["last_failover"]
         fields["last_failover"] = {**last, "phases": {**last["phases"], "replace_standby": round(
             time.time() - op.ctx["replace_started"], 3)}}
-    status = {k: {**op.pool, **fields}[k] for k in (
+        op.event("standby_replaced", f"standby {standby} replaces the promoted one", standby_gpu_id=standby)
+    to_active(op.pool, **fields)
+    status = {k: op.pool[k] for k in (
         "machine_id", "state", "host_machine_id", "volume_id", "primary_gpu_id", "standby_gpu_id")}
-    op.finish({"success": True, "message": "Warm pool provisioned successfully", "status": status}, **fields)
+    op.finish({"success": True, "message": "Warm pool provisioned successfully", "status": status})
 
 
 def undo_provision(op: Operation) -> None:

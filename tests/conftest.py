@@ -33,6 +33,8 @@ ENV = {
     "WARMPOOL_API_KEYS": ",".join(f"{t}:{k}" for t, k in API_KEYS.items()),
     "HEALTH_CHECK_INTERVAL": "0.2",
     "FAILOVER_THRESHOLD": "2",
+    "FAILOVER_MIN_SECONDS": "0.3",
+    "CREATE_GRACE": "2",
     "PROVIDER_POLL_INTERVAL": "0.05",
     "STANDBY_START_TIMEOUT": "2",
     "INSTANCE_READY_TIMEOUT": "30",

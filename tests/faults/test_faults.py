@@ -66,7 +66,7 @@ def assert_nothing_leaked(stack) -> None:
         referenced["instances"] |= {pool["primary_gpu_id"], pool["standby_gpu_id"]} - {None}
         referenced["volumes"] |= {pool["volume_id"]} - {None}
     live = {"instances": {i["id"] for i in ledger["instances"] if i["label"].startswith("warmpool-")},
-            "volumes": {v["id"] for v in ledger["volumes"] if v["name"].startswith("warmpool-")}}
+            "volumes": {v["id"] for v in ledger["volumes"] if v["name"].startswith("warmpool_")}}
     assert live == referenced
 
 
@@ -96,7 +96,7 @@ def test_worker_killed_while_provisioning(clean_stack, step):
         assert labels(stack)[f"warmpool-acme-{machine}-primary"] == 1
         assert labels(stack)[f"warmpool-acme-{machine}-standby"] == 1
     volumes = stack.sim("GET", "/_sim/stats")["volumes_created_by_name"]
-    assert all(volumes[f"warmpool-acme-{m}-volume"] == 1 for m in machines)
+    assert all(volumes[f"warmpool_acme_{m}_volume"] == 1 for m in machines)
     assert_nothing_leaked(stack)
     assert watch.most_running == 1
 
@@ -139,7 +139,7 @@ def test_worker_killed_during_cleanup(clean_stack, step):
                                                stack.store.events(f"acme:{machine}")])
     ledger = stack.ledger()
     assert not [i for i in ledger["instances"] if i["label"].startswith("warmpool-")]
-    assert not [v for v in ledger["volumes"] if v["name"].startswith("warmpool-")]
+    assert not [v for v in ledger["volumes"] if v["name"].startswith("warmpool_")]
     assert all(stack.pool(m)["state"] == "disabled" for m in machines)
 
 
@@ -359,7 +359,7 @@ def test_reconciler_reports_then_destroys_orphans(clean_stack):
     orphan = stack.sim("PUT", f"/api/v0/asks/{host * 100 + 1}/", headers=key, json={
         "image": "x", "disk": 10, "label": "warmpool-acme-999-primary", "target_state": "stopped"})["new_contract"]
     volume = int(stack.sim("PUT", "/api/v0/volumes/", headers=key, json={
-        "size": 10, "id": host * 100 + 50, "name": "warmpool-acme-998-volume"})["volume_name"][2:])
+        "size": 10, "id": host * 100 + 50, "name": "warmpool_acme_998_volume"})["volume_name"][2:])
     wait_until(lambda: {e.get("resource_id") for pid in ("acme:999", "acme:998")
                         for e in stack.store.events(pid) if e["event"] == "orphan"} == {orphan, volume},
                timeout=30, message="the orphans to be reported")

@@ -6,12 +6,13 @@ from tests.conftest import LedgerWatch, wait_until
 
 MACHINE = 123
 PREFIX = f"warmpool-acme-{MACHINE}-"
+VOLUME = f"warmpool_acme_{MACHINE}_volume"
 
 
 def pool_resources(stack):
     ledger = stack.ledger()
     return ([i for i in ledger["instances"] if i["label"].startswith(PREFIX)],
-            [v for v in ledger["volumes"] if v["name"].startswith(PREFIX)])
+            [v for v in ledger["volumes"] if v["name"] == VOLUME])
 
 
 @pytest.mark.timeout(120)

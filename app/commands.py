@@ -1,0 +1,124 @@
+"""What an operator can ask of a pool: provision, enable, disable, test a failover, clean up.
+
+Each command takes the machine's lock (that is what refuses a second operation),
+decides from the pool record, writes it with the new operation's id, and hands
+the lock to the operation's steps (``tasks/operations.py``). The API's views only
+validate, call one of these and shape the answer.
+"""
+
+from dataclasses import dataclass
+
+from app.pools import State, has_resources, new_pool, pool_id, refuses_provision, to_active, to_provisioning
+from app.runtime import settings, store
+from app.store import Busy
+from tasks import operations
+
+
+class NotFound(Exception):
+    """This tenant has no pool for the machine."""
+
+
+class Conflict(Exception):
+    """The pool's state does not allow what was asked."""
+
+
+@dataclass
+class Started:
+    """What a command did: the operation it started (or queued), if any, and the pool as it left it."""
+    op_id: str | None
+    pool: dict
+    queued: bool = False
+
+
+def _pool(tenant: str, machine_id: int) -> dict:
+    pool = store().get_pool(pool_id(tenant, machine_id))
+    if pool is None:
+        raise NotFound(machine_id)
+    return pool
+
+
+def provision(tenant: str, machine_id: int, spec: dict) -> Started:
+    """A volume, a running primary and a stopped standby on ``spec["host_machine_id"]``."""
+    s, pid = store(), pool_id(tenant, machine_id)
+    with s.lease(pid, settings().lock_ttl) as lease:
+        pool = s.get_pool(pid)
+        if refuses_provision(pool, spec["host_machine_id"]):
+            raise Conflict(f"Machine {machine_id} already has a warm pool ({pool['state']} on host "
+                           f"{pool['host_machine_id']}); clean it up first")
+        op_id = s.new_op(tenant, machine_id, "provision")
+        pool = pool or new_pool(tenant, machine_id)
+        to_provisioning(pool, search=False, **{**spec, "image": spec.get("image") or settings().default_image},
+                        op_id=op_id)
+        s.save_pool(pool, lease.held)
+        operations.provision(pid, lease.hand_off(), op_id)
+        return Started(op_id, pool)
+
+
+def enable(tenant: str, machine_id: int, spec: dict) -> Started:
+    """Protect the machine again; one without resources gets a host searched (when it has none rented) and
+    provisioned."""
+    s, pid = store(), pool_id(tenant, machine_id)
+    with s.lease(pid, settings().lock_ttl) as lease:
+        pool = s.get_pool(pid)
+        if pool and (has_resources(pool) or pool["state"] in (State.SEARCHING, State.PROVISIONING, State.FAILOVER)):
+            if pool["state"] == State.DISABLED:
+                to_active(pool)
+                s.save_pool(pool, lease.held)
+                s.event(pid, "enabled", "warm pool enabled")
+            return Started(None, pool)
+        # nothing rented yet: the host it had may be gone, so search again
+        search = not (pool and pool["host_machine_id"] and pool["volume_id"])
+        op_id = s.new_op(tenant, machine_id, "provision")
+        pool = pool or new_pool(tenant, machine_id)
+        spec = {k: v for k, v in spec.items() if v is not None}
+        spec.setdefault("image", pool.get("image") or settings().default_image)
+        if search:
+            spec["host_machine_id"] = None
+        to_provisioning(pool, search, **spec, op_id=op_id)
+        s.save_pool(pool, lease.held)
+        s.event(pid, "enabled", "warm pool enabled; " + ("searching a host" if search else "provisioning"))
+        operations.provision(pid, lease.hand_off(), op_id, search)
+        return Started(op_id, pool)
+
+
+def disable(tenant: str, machine_id: int) -> Started:
+    """Stop protecting the machine; resources stay. Never refused: it waits for a running operation."""
+    s, pid = store(), pool_id(tenant, machine_id)
+    pool = _pool(tenant, machine_id)
+    try:
+        with s.lease(pid, settings().lock_ttl) as lease:
+            operations.disable(pid, lease.held)
+            return Started(None, s.get_pool(pid))
+    except Busy:
+        op_id = s.new_op(tenant, machine_id, "disable")
+        operations.when_unlocked.delay(pid, "disable", op_id, pool["op_id"])
+        return Started(op_id, pool, queued=True)
+
+
+def test_failover(tenant: str, machine_id: int) -> Started:
+    s, pid = store(), pool_id(tenant, machine_id)
+    _pool(tenant, machine_id)
+    with s.lease(pid, settings().lock_ttl) as lease:
+        pool = s.get_pool(pid)
+        if pool["state"] != State.ACTIVE:
+            raise Conflict(f"Cannot test failover in state {pool['state']}")
+        op_id = s.new_op(tenant, machine_id, "failover")
+        operations.failover(pid, lease.hand_off(), "manual", op_id=op_id)
+        return Started(op_id, s.get_pool(pid))
+
+
+def cleanup(tenant: str, machine_id: int) -> Started:
+    """Destroy the primary, the standby and the volume. Never refused: it waits for a running operation."""
+    s, pid = store(), pool_id(tenant, machine_id)
+    pool = _pool(tenant, machine_id)
+    op_id = s.new_op(tenant, machine_id, "cleanup")
+    try:
+        with s.lease(pid, settings().lock_ttl) as lease:
+            pool = s.get_pool(pid)
+            pool["op_id"] = op_id
+            s.save_pool(pool, lease.held)
+            operations.cleanup(pid, lease.hand_off(), op_id)
+            return Started(op_id, pool)
+    except Busy:
+        operations.when_unlocked.delay(pid, "cleanup", op_id, pool["op_id"])
+        return Started(op_id, pool, queued=True)

@@ -1,0 +1,126 @@
+"""What a warm pool is: its record, its states, and the named changes of state.
+
+A pool record is a plain dict (stored as JSON by ``app.store``). Every change of
+state that more than one place makes has a name here, so the rules of the state
+machine (docs/architecture.md) live in one file. Nothing here talks to Redis or
+to the provider.
+"""
+
+import hashlib
+import re
+import time
+from datetime import datetime, timezone
+from enum import StrEnum
+
+
+class State(StrEnum):
+    """The seed's six pool states."""
+    DISABLED = "disabled"
+    SEARCHING = "searching"
+    PROVISIONING = "provisioning"
+    ACTIVE = "active"
+    FAILOVER = "failover"
+    DEGRADED = "degraded"
+
+
+# a pool in one of these has an operation of its own going, or is protected already
+BUSY = (State.SEARCHING, State.PROVISIONING, State.ACTIVE, State.FAILOVER)
+ROLES = ("primary", "standby", "volume")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def pool_id(tenant: str, machine_id: int) -> str:
+    return f"{tenant}:{machine_id}"
+
+
+def split_pool_id(pid: str) -> tuple[str, int]:
+    tenant, _, machine = pid.rpartition(":")
+    return tenant, int(machine)
+
+
+def label(tenant: str, machine_id: int, role: str) -> str:
+    """Provider label of a pool's instance (role primary/standby): tenant, machine and role (rule 13)."""
+    return f"warmpool-{tenant}-{machine_id}-{role}"
+
+
+def volume_name(tenant: str, machine_id: int) -> str:
+    """Name of a pool's volume. Vast allows only letters, digits and '_' (64 at most), so a tenant name
+    that does not fit is replaced by a short, stable hash of itself."""
+    if not re.fullmatch(r"[A-Za-z0-9]{1,32}", tenant):
+        tenant = "h" + hashlib.sha256(tenant.encode()).hexdigest()[:16]
+    return f"warmpool_{tenant}_{machine_id}_volume"
+
+
+def parse_label(name: str) -> tuple[str, str] | None:
+    """``warmpool-<tenant>-<machine>-<role>`` -> (pool id, role); None for anything else."""
+    if not name.startswith("warmpool-"):
+        return None
+    tenant_machine, _, role = name[len("warmpool-"):].rpartition("-")
+    tenant, _, machine = tenant_machine.rpartition("-")
+    if role not in ("primary", "standby") or not tenant or not machine.isdigit():
+        return None
+    return pool_id(tenant, int(machine)), role
+
+
+def new_pool(tenant: str, machine_id: int, **fields) -> dict:
+    pool = {
+        "tenant": tenant, "machine_id": machine_id, "state": State.PROVISIONING, "enabled": True,
+        "host_machine_id": None, "volume_id": None, "primary_gpu_id": None, "standby_gpu_id": None,
+        "standby_state": "none", "primary_ssh_host": None, "primary_ssh_port": None,
+        "failover_count": 0, "last_failover_at": None, "last_failover": None,
+        "error_message": None, "fallback": None, "gpu_name": None, "max_price": None,
+        "image": None, "disk_size": 50, "volume_size": 100,
+        "op_id": None, "seq": 0, "creating": None, "retire_gpu_id": None, "heal_attempts": 0,
+        "next_heal_at": 0.0, "cleanup_pending": False, "created_at": now_iso(), "updated_at": now_iso(),
+    }
+    pool.update(fields)
+    return pool
+
+
+def is_watched(pool: dict) -> bool:
+    """Whether the health sweep watches this pool's primary."""
+    return pool["enabled"] and pool["state"] in (State.ACTIVE, State.DEGRADED) and pool["primary_gpu_id"] is not None
+
+
+def is_unsettled(pool: dict) -> bool:
+    """Whether the healer should look at this pool: enabled, and degraded or in the middle of an operation;
+    or a cleanup that has not finished."""
+    return bool(pool.get("cleanup_pending")) or (
+        pool["enabled"] and pool["state"] not in (State.ACTIVE, State.DISABLED))
+
+
+def has_resources(pool: dict) -> bool:
+    return bool(pool["primary_gpu_id"] and pool["standby_gpu_id"] and pool["volume_id"])
+
+
+def refuses_provision(pool: dict | None, host_machine_id: int) -> bool:
+    """A machine keeps one pool: a busy one, or one with a volume on another host, must be cleaned up first."""
+    return bool(pool) and (pool["state"] in BUSY or (
+        pool["host_machine_id"] not in (None, host_machine_id) and pool["volume_id"] is not None))
+
+
+# -- named changes of state ------------------------------------------------------------------
+
+
+def to_provisioning(pool: dict, search: bool, **spec) -> None:
+    """An operator asked for a pool (provision or enable): protect it again, from scratch where needed."""
+    pool.update(spec, state=State.SEARCHING if search else State.PROVISIONING, enabled=True, fallback=None,
+                error_message=None)
+
+
+def to_active(pool: dict, **fields) -> None:
+    pool.update(fields, state=State.ACTIVE, enabled=True, error_message=None, fallback=None, heal_attempts=0,
+                next_heal_at=0.0)
+
+
+def to_disabled(pool: dict, fallback: str | None = "cpu_standby") -> None:
+    """No health checks, resources kept; the seed's CPU standby is the fallback."""
+    pool.update(state=State.DISABLED, enabled=False, fallback=fallback, error_message=None)
+
+
+def to_degraded(pool: dict, reason: str, retry_in: float, **fields) -> None:
+    """Protected no longer, or only partly: the healer retries after ``retry_in`` seconds."""
+    pool.update(fields, state=State.DEGRADED, error_message=reason, next_heal_at=time.time() + retry_in)

@@ -1,0 +1,110 @@
+"""What the health sweep keeps between runs: failures in a row, its own slot, the provider's health."""
+
+import contextlib
+import json
+import time
+
+import redis
+from redis.exceptions import LockError
+
+from app.pools import now_iso
+from app.store import keys
+
+
+class HealthRecords:
+    """The sweep's half of the store (mixed into ``Store``)."""
+
+    r: redis.Redis
+
+    def take_sweep_slot(self, interval: float) -> bool:
+        """One sweep per interval, even with two beats (an operator's mistake): a failure is counted once."""
+        slot = keys.sweep_slot(int(time.time() / interval))
+        return bool(self.r.set(slot, "1", nx=True, px=max(1000, int(interval * 2000))))
+
+    @contextlib.contextmanager
+    def sweep_running(self, ttl: float):
+        """Yield whether this process runs the sweep now; never two at once. ``ttl`` bounds what a killed
+        sweeper holds, so keep it short: the sweep itself is one list call."""
+        lock = self.r.lock(keys.SWEEP_RUNNING, timeout=ttl)
+        got = lock.acquire(blocking=False)
+        try:
+            yield got
+        finally:
+            if got:
+                with contextlib.suppress(LockError):
+                    lock.release()
+
+    def count_failures(self, failed: list[str], last_ok: float) -> dict[str, tuple[int, float, float]]:
+        """Count one more failed sweep for each of ``failed``, forget the others' counts. Return, per failed
+        pool, its count, when its first failed sweep was, and the sweep before that (the last healthy one)."""
+        now = time.time()
+        with self.r.pipeline() as pipe:
+            for pid in failed:
+                pipe.hincrby(keys.HEALTH_FAILS, pid, 1)
+                pipe.hsetnx(keys.HEALTH_SINCE, pid, f"{now} {last_ok}")
+            pipe.hkeys(keys.HEALTH_FAILS)
+            replies = pipe.execute()
+        recovered = set(replies[-1]) - set(failed)
+        if recovered:
+            self.forget_failures(list(recovered))
+        since = self.r.hmget(keys.HEALTH_SINCE, failed) if failed else []
+        counted = {}
+        for pid, count, times in zip(failed, replies[:-1:2], since):
+            first, healthy = map(float, (times or f"{now} {last_ok}").split())
+            counted[pid] = (count, first, healthy)
+        return counted
+
+    def forget_failures(self, pids: list[str]) -> None:
+        if pids:
+            self.r.hdel(keys.HEALTH_FAILS, *pids)
+            self.r.hdel(keys.HEALTH_SINCE, *pids)
+
+    def record_sweep(self, seconds: float, label_counts: dict[str, int]) -> None:
+        with self.r.pipeline() as pipe:
+            pipe.set(keys.LABEL_COUNTS, json.dumps(label_counts))
+            pipe.set(keys.PROVIDER_HEALTH, json.dumps({"ok": True, "at": now_iso()}))
+            pipe.set(keys.SWEEP_LAST, now_iso())
+            pipe.set(keys.SWEEP_LAST_TS, time.time())
+            pipe.set(keys.SWEEP_SECONDS, seconds)
+            pipe.execute()
+
+    def record_unknown_sweep(self, error: str) -> None:
+        """The provider could not be asked: nothing is counted, nothing fails over (rule 6)."""
+        with self.r.pipeline() as pipe:
+            pipe.incr(keys.UNKNOWN_SWEEPS)
+            pipe.set(keys.PROVIDER_HEALTH, json.dumps({"ok": False, "at": now_iso(), "error": error}))
+            pipe.execute()
+
+    def last_sweep(self) -> str | None:
+        return self.r.get(keys.SWEEP_LAST)
+
+    def last_sweep_time(self) -> float | None:
+        """When the last sweep that reached the provider ran (epoch seconds)."""
+        raw = self.r.get(keys.SWEEP_LAST_TS)
+        return float(raw) if raw else None
+
+    def unknown_sweeps(self) -> int:
+        return int(self.r.get(keys.UNKNOWN_SWEEPS) or 0)
+
+    def label_counts(self) -> dict[str, int]:
+        return json.loads(self.r.get(keys.LABEL_COUNTS) or "{}")
+
+    def capacity_check_due(self, interval: float) -> bool:
+        """Whether the standbys' hosts are due for a capacity check; the caller runs it if so."""
+        now = time.time()
+        if now - float(self.r.get(keys.CAPACITY_AT) or 0) <= interval:
+            return False
+        self.r.set(keys.CAPACITY_AT, now)
+        return True
+
+    def record_orphans(self, count: int) -> None:
+        self.r.set(keys.ORPHANS, count)
+
+    def mark_worker_seen(self) -> None:
+        self.r.set(keys.WORKER_SEEN, time.time(), ex=60)
+
+    def worker_seen_at(self) -> float:
+        return float(self.r.get(keys.WORKER_SEEN) or 0)
+
+    def ping(self) -> bool:
+        return bool(self.r.ping())

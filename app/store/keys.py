@@ -1,0 +1,74 @@
+"""Every Redis key warmpool uses, in one place. Nothing outside ``app.store`` spells a key."""
+
+
+def pool(pid: str) -> str:
+    return f"wp:pool:{pid}"
+
+
+def lock(pid: str) -> str:
+    return f"wp:lock:{pid}"
+
+
+def epoch(pid: str) -> str:
+    return f"wp:epoch:{pid}"
+
+
+def events(pid: str) -> str:
+    return f"wp:events:{pid}"
+
+
+def tenant_pools(tenant: str) -> str:
+    return f"wp:tenant:{tenant}:pools"
+
+
+def op(op_id: str) -> str:
+    return f"wp:op:{op_id}"
+
+
+def op_done(op_id: str) -> str:
+    return f"wp:op-done:{op_id}"
+
+
+def rate(endpoint: str) -> str:
+    return f"wp:rate:{endpoint}"
+
+
+def seen(instance_id: int) -> str:
+    return f"wp:seen:{instance_id}"
+
+
+def deferred(pid: str) -> str:
+    return f"wp:deferred:{pid}"
+
+
+def hosts_cache(query: str) -> str:
+    return f"wp:hosts:{query}"
+
+
+def sweep_slot(n: int) -> str:
+    return f"wp:sweep:slot:{n}"
+
+
+POOLS = "wp:pools"                      # set of every pool id
+WATCHED = "wp:watched"                  # pools whose primary the sweep watches
+UNSETTLED = "wp:unsettled"              # pools the healer looks at
+PRIMARIES = "wp:primaries"              # hash: primary instance id -> pool id (watched pools)
+STANDBYS = "wp:standbys"                # hash: standby instance id -> pool id (watched pools)
+BY_STATE = "wp:pools:by_state"          # hash: state -> number of pools
+FAILOVERS = "wp:failovers"              # sorted set: automatic failovers of the last minute
+API_KEYS = "wp:apikeys"                 # hash: sha256 of a key -> tenant
+WORKER_SEEN = "wp:worker:seen"
+AWAITED = "wp:awaited"                  # sorted set: instances that steps wait on, by last interest
+AWAITED_ROUND = "wp:awaited:round"
+AWAITED_POLLER = "wp:awaited:poller"
+SWEEP_RUNNING = "wp:sweep:running"
+SWEEP_LAST = "wp:sweep:last"
+SWEEP_LAST_TS = "wp:sweep:last:ts"
+HEALTH_FAILS = "wp:health:fails"        # hash: pool id -> failed sweeps in a row
+HEALTH_SINCE = "wp:health:since"        # hash: pool id -> when its first failed sweep was
+PROVIDER_HEALTH = "wp:health:provider"
+LABEL_COUNTS = "wp:label_counts"
+CAPACITY_AT = "wp:capacity:at"
+UNKNOWN_SWEEPS = "wp:metrics:unknown_sweeps"
+SWEEP_SECONDS = "wp:metrics:sweep_seconds"
+ORPHANS = "wp:metrics:orphans"

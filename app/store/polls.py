@@ -1,0 +1,54 @@
+"""One shared poll round for every instance that steps wait on, and a short cache of the hosts search."""
+
+import contextlib
+import json
+import time
+from collections.abc import Callable
+
+import redis
+from redis.exceptions import LockError
+
+from app.store import keys
+
+UNSEEN = object()
+
+
+class PollRecords:
+    """The polls' half of the store (mixed into ``Store``)."""
+
+    r: redis.Redis
+
+    def observe(self, instance_id: int, interval: float, fetch: Callable[[list[int]], dict[int, dict]]):
+        """An instance as the provider showed it in the last poll round (None: gone; UNSEEN: not yet).
+
+        Every instance that a step waits on is read in one paged list call per round (``fetch``), by
+        whichever step finds the round due, not in a call per instance: under Vast's rate limits,
+        hundreds of waiting provisions would otherwise starve every other call.
+        """
+        now = time.time()
+        self.r.zadd(keys.AWAITED, {instance_id: now})
+        # a round takes a few list calls; a poller that died mid-round holds it for 10 s at most
+        poller = self.r.lock(keys.AWAITED_POLLER, timeout=10)
+        if float(self.r.get(keys.AWAITED_ROUND) or 0) <= now - interval and poller.acquire(blocking=False):
+            try:
+                self.r.zremrangebyscore(keys.AWAITED, "-inf", now - 60)  # no longer waited on
+                ids = [int(i) for i in self.r.zrange(keys.AWAITED, 0, -1)]
+                rows = fetch(ids)
+                with self.r.pipeline(transaction=False) as pipe:
+                    for i in ids:
+                        pipe.set(keys.seen(i), json.dumps(rows.get(i)), ex=60)
+                    pipe.set(keys.AWAITED_ROUND, now)
+                    pipe.execute()
+            finally:
+                with contextlib.suppress(LockError):
+                    poller.release()
+        raw = self.r.get(keys.seen(instance_id))
+        return UNSEEN if raw is None else json.loads(raw)
+
+    def cached_hosts(self, query: dict) -> list[dict] | None:
+        raw = self.r.get(keys.hosts_cache(json.dumps(query, sort_keys=True)))
+        return json.loads(raw) if raw else None
+
+    def cache_hosts(self, query: dict, hosts: list[dict], seconds: float) -> None:
+        if seconds > 0:
+            self.r.set(keys.hosts_cache(json.dumps(query, sort_keys=True)), json.dumps(hosts), px=int(seconds * 1000))

@@ -1,0 +1,109 @@
+"""Every operation, declared in one place: which steps it chains, and how it starts.
+
+Each starter takes a machine lock that its caller holds (``Held``), builds the
+operation's context and enqueues its chain; from then on the steps hold the
+lock and release it when the operation ends. The steps live beside this file:
+``provision.py``, ``failover.py``, ``cleanup.py``.
+"""
+
+from celery import chain, shared_task
+
+from app.pools import State, split_pool_id, to_disabled
+from app.runtime import settings, store
+from app.store import Held
+from tasks.base import Operation
+from tasks.cleanup import delete_volume, destroy_instances
+from tasks.failover import (
+    await_standby,
+    await_stopped,
+    confirm_failure,
+    promote,
+    retire_old_primary,
+    start_standby,
+    stop_primary,
+)
+from tasks.provision import await_primary, create_primary, create_standby, create_volume, find_host
+
+
+def provision(pid: str, held: Held, op_id: str | None, search: bool = False) -> None:
+    """Find a host (when asked) -> volume -> running primary -> stopped standby."""
+    steps = [find_host.s()] if search else []
+    chain(*steps, create_volume.s(), create_primary.s(), await_primary.s(), create_standby.s()).delay(
+        Operation.begin(pid, "provision", held, op_id))
+
+
+def failover(pid: str, held: Held, trigger: str, op_id: str | None = None, detected_at: float | None = None,
+             healthy_at: float | None = None, triggered_at: float | None = None) -> str | None:
+    """Stop the old primary -> start the standby -> promote it -> retire the old one -> a new standby.
+
+    An automatic failover (not a manual test) first confirms the failure with the provider, and beyond
+    the cap per minute is not started at all (None; the lock is released).
+    """
+    s, cap = store(), settings().failovers_per_minute
+    if trigger != "manual" and not s.take_failover_slot(cap):
+        if s.first_deferral(pid):
+            s.event(pid, "failover_deferred", f"{cap} failovers started in the last minute: the cap")
+        s.release(pid, held, settings().lock_ttl)
+        return None
+    pool = s.get_pool(pid)
+    op_id = op_id or s.new_op(*split_pool_id(pid), "failover")
+    s.update_op(op_id, trigger=trigger)
+    state_before = pool["state"]
+    if state_before != State.FAILOVER:  # from now on the healer resumes it if it is interrupted
+        pool.update(state=State.FAILOVER, op_id=op_id)
+        s.save_pool(pool, held)
+    ctx = Operation.begin(pid, "failover", held, op_id, trigger=trigger, old_primary=pool["primary_gpu_id"],
+                          detected_at=detected_at, healthy_at=healthy_at, triggered_at=triggered_at,
+                          state_before=state_before)
+    steps = [] if trigger == "manual" else [confirm_failure.s()]
+    chain(*steps, stop_primary.s(), await_stopped.s(), start_standby.s(), await_standby.s(), promote.s(),
+          retire_old_primary.s(), create_standby.s()).delay(ctx)
+    return op_id
+
+
+def finish_failover(pid: str, held: Held, op_id: str | None) -> None:
+    """The rest of a failover interrupted after its promotion."""
+    chain(retire_old_primary.s(), create_standby.s()).delay(Operation.begin(pid, "failover", held, op_id))
+
+
+def replace_standby(pid: str, held: Held, op_id: str | None, reason: str) -> None:
+    """A new stopped standby for a pool whose standby is gone (or was given up)."""
+    chain(create_standby.s()).delay(Operation.begin(pid, "provision", held, op_id, reason=reason))
+
+
+def cleanup(pid: str, held: Held, op_id: str | None) -> None:
+    """Destroy every instance, then the volume; the record stays, disabled."""
+    chain(destroy_instances.s(), delete_volume.s()).delay(Operation.begin(pid, "cleanup", held, op_id))
+
+
+def disable(pid: str, held: Held) -> None:
+    """Stop protecting the pool; its resources stay (the seed's CPU standby takes over)."""
+    s = store()
+    pool = s.get_pool(pid)
+    to_disabled(pool)
+    s.save_pool(pool, held)
+    s.event(pid, "disabled", "warm pool disabled; fallback cpu_standby")
+
+
+@shared_task(bind=True, name="warmpool.operations.when_unlocked", acks_late=True, max_retries=None)
+def when_unlocked(self, pid: str, operation: str, op_id: str, behind: str | None):
+    """Disable or clean up once the running operation (``behind``) ends; nothing if the pool moved on since."""
+    s, cfg = store(), settings()
+    op = s.get_op(op_id)
+    if op is None or op["state"] in ("SUCCESS", "FAILURE"):
+        return  # a redelivery of one that ran
+    held = s.acquire(pid, cfg.lock_ttl)
+    if held is None:
+        raise self.retry(countdown=cfg.poll_interval)
+    pool = s.get_pool(pid)
+    if pool is None or pool["op_id"] not in (behind, op_id):
+        s.release(pid, held, cfg.lock_ttl)
+        s.update_op(op_id, state="FAILURE", step="skipped",
+                    error=f"the pool moved on (operation {pool and pool['op_id']}) before this {operation} ran")
+        return
+    if operation == "disable":
+        disable(pid, held)
+        s.update_op(op_id, state="SUCCESS", step="done", result={"status": "disabled", "fallback": "cpu_standby"})
+        s.release(pid, held, cfg.lock_ttl)
+    else:
+        cleanup(pid, held, op_id)

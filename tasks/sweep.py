@@ -1,0 +1,182 @@
+"""The health sweep: beat runs it every HEALTH_CHECK_INTERVAL seconds.
+
+It reads the watched pools, then asks the provider once for the instances that
+should run but do not (plus, from the same answer, how many instances carry each
+label), so its cost does not grow with the number of healthy pools (rule 8 in
+docs/architecture.md). A check is healthy, failed or unknown (rule 9); only a
+definitive status is a failure (rule 14): offline, exited or gone triggers a
+failover at once (its first step confirms with a direct call), anything else
+not running must fail for ``FAILOVER_THRESHOLD`` sweeps and ``FAILOVER_MIN_SECONDS``.
+The sweep also guards rule 3 on the provider's side: a standby found starting,
+or two instances with one role, is a split brain it resolves.
+"""
+
+import time
+
+from celery import shared_task
+
+from app import vast as provider
+from app.hosts import offers_query
+from app.pools import State, label, parse_label, split_pool_id, to_degraded
+from app.runtime import settings, store, vast
+from tasks import operations
+from tasks.failover import TRANSITIONAL
+
+UNHEALTHY = {"intended_status": {"eq": "running"}, "actual_status": {"neq": "running"}}
+DEFINITIVE = {"offline", "exited", "gone", "stopped by someone else"}
+# a sweep that would degrade more than this share of the watched pools (and more than a few) acts on none:
+# the provider's answer is more likely wrong than half the fleet gone
+BRAKE_SHARE, BRAKE_MIN = 0.5, 3
+
+
+@shared_task(name="warmpool.health.sweep")
+def sweep() -> str:
+    s, cfg = store(), settings()
+    if not s.take_sweep_slot(cfg.health_check_interval):
+        return "skipped"
+    # a killed sweeper holds the sweep only briefly: detection stays on
+    with s.sweep_running(ttl=max(5.0, 3 * cfg.health_check_interval)) as mine:
+        return _sweep(s, cfg) if mine else "skipped"
+
+
+def _sweep(s, cfg) -> str:
+    started = time.time()
+    # the pools first, then the provider: a pool is never judged on an answer older than its record
+    watched = s.watched_pool_ids()
+    last_ok = s.last_sweep_time()
+    try:
+        listing = vast().list_instances(UNHEALTHY, attempts=1)  # the next sweep is the retry
+    except provider.VastError as exc:
+        s.record_unknown_sweep(type(exc).__name__)  # unknown, not failed: nothing counts (rule 6)
+        return "unknown"
+    rows = {row["id"]: row for row in listing.instances}
+    failed = {pid: (iid, rows[iid].get("actual_status")) for iid, pid in s.primaries(list(rows)).items()
+              if rows[iid].get("actual_status") not in TRANSITIONAL}
+    counts = listing.label_counts
+    missing_standby = []
+    if counts or not listing.total_instances:  # this provider counts labels
+        for pid in watched:
+            if pid not in failed and not counts.get(label(*split_pool_id(pid), "primary")):
+                failed[pid] = (None, "gone")
+        missing_standby = [pid for pid in watched
+                           if pid not in failed and not counts.get(label(*split_pool_id(pid), "standby"))]
+    _judge(s, cfg, failed, last_ok)
+    if len(missing_standby) > max(BRAKE_MIN, BRAKE_SHARE * len(watched)):
+        for pid in missing_standby:
+            s.event(pid, "sweep_brake", f"the provider lists no standby for {len(missing_standby)} of "
+                                        f"{len(watched)} pools: the sweep acts on none of them")
+    else:
+        for pid in missing_standby:
+            recheck_standby.delay(pid)
+    for iid, pid in s.standbys(list(rows)).items():  # a standby starting: someone started it
+        guard_split_brain.delay(pid, f"standby {iid} found {rows[iid].get('actual_status')}")
+    for name, count in counts.items():
+        parsed = parse_label(name)
+        if parsed and count > 1 and parsed[0] in watched and not s.is_locked(parsed[0]):
+            guard_split_brain.delay(parsed[0], f"{count} instances carry the label {name}")
+    s.record_sweep(time.time() - started, counts)
+    if s.capacity_check_due(cfg.capacity_check_interval):
+        check_capacity.delay()
+    return f"{len(failed)} failed of {len(watched)}"
+
+
+def _judge(s, cfg, failed: dict, last_ok: float | None) -> None:
+    """Count failed sweeps per pool; a definitive failure, or enough failed sweeps for long enough, triggers."""
+    now = time.time()
+    counted = s.count_failures(list(failed), last_ok or now)
+    due = [pid for pid, (count, since, _) in counted.items()
+           if failed[pid][1] in DEFINITIVE or (count >= cfg.failover_threshold
+                                                and now - since >= cfg.failover_min_seconds)]
+    if not due:
+        return
+    s.forget_failures(due)
+    pools = {f"{p['tenant']}:{p['machine_id']}": p for p in s.get_pools(due)}
+    for pid in due:
+        primary = failed[pid][0] or pools[pid]["primary_gpu_id"]
+        _, since, healthy = counted[pid]
+        s.event(pid, "primary_failed", f"primary {primary} is {failed[pid][1]} "
+                                       f"({counted[pid][0]} sweep(s) in a row)")
+        trigger.delay(pid, primary, since, time.time(), healthy)
+
+
+@shared_task(name="warmpool.failover.trigger", acks_late=True)
+def trigger(pid: str, seen_primary: int, detected_at: float, triggered_at: float | None = None,
+            healthy_at: float | None = None) -> str:
+    """A health sweep saw ``seen_primary`` fail: fail over, unless the pool moved on or is busy."""
+    s, cfg = store(), settings()
+    held = s.acquire(pid, cfg.lock_ttl)
+    if held is None:
+        return "busy"  # an operation runs on this machine; it is the one that counts
+    pool = s.get_pool(pid)
+    if (pool is None or not pool["enabled"] or pool["state"] not in (State.ACTIVE, State.DEGRADED)
+            or pool["primary_gpu_id"] != seen_primary):
+        s.release(pid, held, cfg.lock_ttl)
+        return "stale"
+    return "failover" if operations.failover(pid, held, "health", detected_at=detected_at, healthy_at=healthy_at,
+                                             triggered_at=triggered_at) else "capped"
+
+
+@shared_task(name="warmpool.health.recheck_standby")
+def recheck_standby(pid: str) -> str:
+    """The sweep's list showed no standby: ask about that one instance, under the lock, before degrading."""
+    s, cfg = store(), settings()
+    with s.lease_if_free(pid, cfg.lock_ttl) as lease:
+        pool = lease and s.get_pool(pid)
+        if not pool or pool["state"] != State.ACTIVE or pool["standby_gpu_id"] is None:
+            return "moved on"
+        if vast().show_instance(pool["standby_gpu_id"]) is not None:
+            return "there"
+        to_degraded(pool, "the standby no longer exists", cfg.health_check_interval, standby_gpu_id=None,
+                    standby_state="none")
+        s.save_pool(pool, lease.held)
+        s.event(pid, "degraded", "the standby no longer exists")
+        return "degraded"
+
+
+@shared_task(name="warmpool.health.guard_split_brain")
+def guard_split_brain(pid: str, reason: str) -> list[int]:
+    """Two instances up on one pool's volume (rule 14): stop every one that the pool record does not name as
+    its primary. A busy pool is left to its operation, which checks the same thing before it starts anything."""
+    s, cfg = store(), settings()
+    stopped = []
+    with s.lease_if_free(pid, cfg.lock_ttl) as lease:
+        pool = lease and s.get_pool(pid)
+        if not pool or pool["state"] not in (State.ACTIVE, State.DEGRADED):
+            return stopped
+        tenant, machine_id = split_pool_id(pid)
+        for role in ("primary", "standby"):
+            for row in vast().list_instances({"label": {"eq": label(tenant, machine_id, role)}}).instances:
+                if row["id"] != pool["primary_gpu_id"] and row.get("intended_status") == "running":
+                    s.check_fence(pid, lease.held)
+                    vast().stop_instance(row["id"])
+                    stopped.append(row["id"])
+        if stopped:
+            s.event(pid, "split_brain_resolved", f"{reason}: stopped {stopped}, kept primary {pool['primary_gpu_id']}",
+                    stopped=stopped)
+    return stopped
+
+
+@shared_task(name="warmpool.health.check_capacity")
+def check_capacity() -> int:
+    """A stopped standby needs a free GPU on its host to start (rule 10): check the hosts in one search."""
+    s, cfg = store(), settings()
+    pools = [p for p in s.get_pools(s.watched_pool_ids()) if p["state"] == State.ACTIVE]
+    hosts = sorted({p["host_machine_id"] for p in pools})
+    if not hosts:
+        return 0
+    try:
+        offers = vast().search_offers({**offers_query(verified=False), "machine_id": {"in": hosts}})
+    except provider.VastError:
+        return 0  # unknown: decide nothing
+    free = {o["machine_id"] for o in offers}
+    full = [p for p in pools if p["host_machine_id"] not in free]
+    for pool in full:
+        pid = f"{pool['tenant']}:{pool['machine_id']}"
+        with s.lease_if_free(pid, cfg.lock_ttl) as lease:
+            pool = lease and s.get_pool(pid)
+            if pool and pool["state"] == State.ACTIVE:
+                reason = f"host {pool['host_machine_id']} has no free GPU: the standby could not start"
+                to_degraded(pool, reason, cfg.health_check_interval)
+                s.save_pool(pool, lease.held)
+                s.event(pid, "degraded", reason)
+    return len(full)
