@@ -49,8 +49,10 @@ def build(time_scale: float, seed: int):
                         id=iid, machine_id=host.machine_id, num_gpus=1, bundle_id=host.machine_id * 100 + 1,
                         dph_base=host.gpu_price, image="bench/image", label=f"warmpool-{tenant}-{machine}-{role}",
                         disk=10.0, onstart=None, env={}, runtype="ssh", start_date=now, api_key="bench",
+                        end_date=world.offers.end_date(),
                         intended=intended, phase="create" if intended == "running" else "create_stopped",
                         phase_at=now - 1e6)  # long past loading: running (or stopped) already
+                    instances.end_dates.track(instances.by_id[iid])
                     instances.created_by_label[instances.by_id[iid].label] += 1
                     ids.append(iid)
                 rows.append([machine, host.machine_id, ids[0], ids[1]])

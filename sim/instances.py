@@ -10,8 +10,9 @@ from .inventory import Host
 from .lifecycle import Instance, actual_status, status_msg
 from .listing import decode_token, encode_token, validate_list
 from .offers import monthly_to_hourly
+from .rentals import EndDates
 from .split_brain import SplitBrainWatch
-from .volumes import DEFAULT_VOLUME_SIZE
+from .volumes import DEFAULT_VOLUME_SIZE, check_volume_name
 
 FIRST_INSTANCE_ID = 10_000_001
 
@@ -24,6 +25,7 @@ class Instances:
         self.next_id = FIRST_INSTANCE_ID
         self.gpus = GpuScheduler(hosts, self.by_id)
         self.split_brain = SplitBrainWatch(clock)
+        self.end_dates = EndDates(self.by_id, lambda inst: inst.end_date)
         self.actions: dict[int, Counter] = defaultdict(Counter)
         self.created_by_label = Counter()
 
@@ -60,9 +62,10 @@ class Instances:
                 disk=spec["disk"], onstart=spec["onstart"], env=spec["env"], runtype=spec["runtype"],
                 start_date=now, api_key=hashlib.sha256(f"{self.seed}:{inst_id}".encode()).hexdigest(),
                 volume_id=volume_id, mount_path=spec["volume_info"] and spec["volume_info"].get("mount_path"),
-                intended=spec["target_state"], phase_at=now,
+                intended=spec["target_state"], phase_at=now, end_date=self.offers.end_date(),
             )
             self.by_id[inst_id] = inst
+            self.end_dates.track(inst)
             if inst.intended == "running":
                 self.gpus.take(inst)
                 self._check_split_brain(inst, "create", now)
@@ -81,27 +84,60 @@ class Instances:
             return {"success": True}
 
     def set_states(self, ids, state):
-        """Bulk start/stop: every id must exist, then all change together."""
+        """Bulk start/stop: every id must exist (and be startable, for a start), then all change together."""
         with self.lock:
             if any(i not in self.by_id for i in ids):
                 raise no_such_instance()
             now = self.clock.now()
             for inst_id in ids:
+                self._refuse_start_after_end(self.by_id[inst_id], state, now)
+            for inst_id in ids:
                 self._set_state(self.by_id[inst_id], state, now)
             return {"success": True}
 
+    def _refuse_start_after_end(self, inst: Instance, state, now):
+        if state == "running" and inst.ended(now):
+            raise invalid_args(f"Instance {inst.id} cannot be started: its rental ended at {inst.end_date:.0f} "
+                               "(end_date, epoch seconds).")
+
     def _set_state(self, inst: Instance, state, now):
+        self._refuse_start_after_end(inst, state, now)
         self.actions[inst.id]["start" if state == "running" else "stop"] += 1
         if inst.intended == state:
             return
-        inst.intended = state
         if state == "running":
+            inst.intended = state
             self.gpus.request(inst, now)
             self._check_split_brain(inst, "start", now)
         else:
-            inst.status_before_stop = self.status(inst, now)
-            self.gpus.release(inst, now)
-            inst.phase, inst.phase_at = "stop", now
+            self._stop(inst, now)
+
+    def _stop(self, inst: Instance, at):
+        """Release the GPUs now; actual_status shows its old value until the stop delay after ``at``."""
+        inst.status_before_stop = self.status(inst, at)
+        inst.intended = "stopped"
+        self.gpus.release(inst, self.clock.now())
+        inst.phase, inst.phase_at = "stop", at
+
+    def set_end_date(self, inst_id, body):
+        """``POST /_sim/instances/<id>/end_date`` {"in_seconds": S}: the rental ends S wall-clock seconds from now."""
+        seconds = body.get("in_seconds")
+        if not is_number(seconds):
+            raise invalid_args("in_seconds must be a number of seconds")
+        with self.lock:
+            inst = self._get(inst_id)
+            now = self.clock.now()
+            inst.end_date = now + seconds
+            self.end_dates.track(inst)
+            self.expire(now)
+            return {"success": True, "end_date": inst.end_date}
+
+    def expire(self, now):
+        """Stop, as of their end date, the instances whose rental has ended."""
+        with self.lock:
+            for inst in self.end_dates.due(now):
+                if inst.intended == "running":
+                    self._stop(inst, inst.end_date)
 
     def _on_volume_with(self, inst: Instance):
         """The other instances linked to ``inst``'s volume."""
@@ -173,7 +209,7 @@ class Instances:
             "id": inst.id, "machine_id": inst.machine_id, "host_id": host.host_id,
             "bundle_id": inst.bundle_id, "actual_status": actual, "intended_status": inst.intended,
             "cur_state": "running" if inst.allocated else "stopped", "next_state": inst.intended,
-            "status_msg": status_msg(inst, actual), "label": inst.label,
+            "status_msg": status_msg(inst, actual, now), "label": inst.label,
             "image_uuid": inst.image, "image_runtype": inst.runtype, "image_args": [],
             "onstart": inst.onstart, "extra_env": [[k, v] for k, v in inst.env.items()],
             "template_id": None, "template_hash_id": None, "template_name": None,
@@ -192,7 +228,7 @@ class Instances:
             "dph_base": inst.dph_base,
             "dph_total": round(inst.dph_base + monthly_to_hourly(inst.disk, host.storage_cost), 4),
             "storage_cost": host.storage_cost, "is_bid": False, "min_bid": round(inst.dph_base * 0.6, 4),
-            "start_date": inst.start_date, "end_date": self.offers.end_date(),
+            "start_date": inst.start_date, "end_date": inst.end_date,
             "uptime_mins": round((now - inst.phase_at) / 60, 2) if running else None,
             "reliability2": host.reliability, "verification": host.verification,
             "geolocation": host.geolocation, "inet_up": host.inet_up, "inet_down": host.inet_down,
@@ -246,7 +282,7 @@ class Instances:
             "id": i.id, "label": i.label, "machine_id": i.machine_id, "num_gpus": i.num_gpus,
             "actual_status": self.status(i, now), "intended_status": i.intended,
             "cur_state": "running" if i.allocated else "stopped", "volume_id": i.volume_id,
-            "start_date": i.start_date, "failed": i.failed,
+            "start_date": i.start_date, "end_date": i.end_date, "failed": i.failed,
         } for i in self.by_id.values()]
 
 
@@ -282,7 +318,6 @@ def _validate_create(body):
                 "name": info.get("name")}
         if info["create_new"] and (not is_number(info["size"]) or info["size"] <= 0):
             raise invalid_args("volume_info.size must be a positive number of GB")
-        if info["name"] is not None and not isinstance(info["name"], str):
-            raise invalid_args("volume_info.name must be a string")
+        check_volume_name(info["name"])
     return {"image": image, "label": label, "onstart": onstart, "disk": float(disk), "env": env,
             "runtype": runtype, "target_state": target_state, "volume_info": info}

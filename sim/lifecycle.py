@@ -25,6 +25,7 @@ class Instance:
     runtype: str | None
     start_date: float
     api_key: str
+    end_date: float  # epoch seconds: the rental ends then and cannot start again
     volume_id: int | None = None
     mount_path: str | None = None
     intended: str = "running"
@@ -33,6 +34,9 @@ class Instance:
     phase_at: float = 0.0
     status_before_stop: str | None = None
     failed: bool = False
+
+    def ended(self, now):
+        return now >= self.end_date
 
 
 def is_offline(inst: Instance, host: Host):
@@ -56,9 +60,11 @@ def actual_status(inst: Instance, host: Host, clock, now):
     return "stopped"
 
 
-def status_msg(inst: Instance, actual):
+def status_msg(inst: Instance, actual, now):
     if actual == "offline":
         return "Instance is offline: its host machine is unreachable"
+    if inst.ended(now):
+        return "Rental period ended: the instance is stopped and cannot be started again"
     if inst.phase == "wait":
         return (f"scheduling: waiting for {inst.num_gpus} GPU(s) on machine "
                 f"{inst.machine_id} to become available")

@@ -96,6 +96,7 @@ def create_app(time_scale=1.0, seed=0, api_key=None) -> Flask:
 
     @app.before_request
     def gate():
+        world.tick()
         auth = vast_routes.get(request.endpoint)
         if auth is None:
             return None  # control routes and unknown paths: no faults, no counting
@@ -266,6 +267,10 @@ def create_app(time_scale=1.0, seed=0, api_key=None) -> Flask:
     @sim("/_sim/instances/<id>/fail")
     def fail_instance(id):
         return jsonify(world.instances.fail(_int(id, "instance id")))
+
+    @sim("/_sim/instances/<id>/end_date")
+    def set_end_date(id):
+        return jsonify(world.instances.set_end_date(_int(id, "instance id"), _object_body()))
 
     @sim("/_sim/hosts/<machine_id>/fail")
     def fail_host(machine_id):

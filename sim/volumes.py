@@ -1,5 +1,6 @@
 """Local volumes: each one lives on the machine of its volume offer and links only to instances there."""
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -9,6 +10,13 @@ from .offers import monthly_to_hourly
 
 DEFAULT_VOLUME_SIZE = 15
 FIRST_VOLUME_ID = 30_000_001
+VOLUME_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
+def check_volume_name(name):
+    """Vast's rule: letters, digits and underscores, 64 at most (no name at all is fine)."""
+    if name is not None and not (isinstance(name, str) and VOLUME_NAME.fullmatch(name)):
+        raise invalid_args(f"Invalid volume name {name!r}: use 1-64 letters, digits or underscores.")
 
 
 @dataclass
@@ -45,8 +53,7 @@ class Volumes:
             raise invalid_args("Please provide a valid volume offer id.")
         if not is_number(size) or size <= 0:
             raise invalid_args("size must be a positive number of GB.")
-        if name is not None and not isinstance(name, str):
-            raise invalid_args("name must be a string.")
+        check_volume_name(name)
         with self.lock:
             host = self.offers.volume_offer(offer_id)
             if host is None:

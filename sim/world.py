@@ -34,6 +34,11 @@ class World:
             self.instances = Instances(self.hosts, self.offers, self.volumes, self.clock, self.lock, self.seed)
             self.faults.reset()
 
+    def tick(self):
+        """Apply what has come due by now: rentals that ended."""
+        with self.lock:
+            self.instances.expire(self.clock.now())
+
     def config(self):
         return {**self.clock.config(), "seed": self.seed}
 

@@ -79,13 +79,13 @@ def test_instance_lifecycle(vastai, http):
     created = vastai("create", "instance", str(offer["id"]), "--image", "pytorch/pytorch", "--disk", "20",
                      "--label", "cli-primary", "--env", "-e FOO=bar -p 8080:8080", "--onstart-cmd", "echo hi",
                      "--create-volume", str(offer["avail_vol_ask_id"]), "--volume-size", "30",
-                     "--mount-path", "/data", "--volume-label", "cli-vol")
+                     "--mount-path", "/data", "--volume-label", "cli_vol")
     assert created["success"] is True
     inst_id = created["new_contract"]
     (row,) = ledger(http)["instances"]
     (volume,) = ledger(http)["volumes"]
     assert row["id"] == inst_id and row["label"] == "cli-primary" and row["machine_id"] == offer["machine_id"]
-    assert row["volume_id"] == volume["id"] and volume["name"] == "cli-vol"
+    assert row["volume_id"] == volume["id"] and volume["name"] == "cli_vol"
 
     wait_until(lambda: http("GET", f"/api/v0/instances/{inst_id}/", headers={"Authorization": "Bearer k"})
              .json()["instances"]["actual_status"] == "running")
@@ -116,11 +116,11 @@ def test_volumes(vastai, http):
     assert offers and all(o["disk_space"] > 100 for o in offers)
     assert len({o["machine_id"] for o in offers}) == len(offers)
     offer = offers[0]
-    created = vastai("create", "volume", str(offer["id"]), "-s", "25", "-n", "cli-data")
+    created = vastai("create", "volume", str(offer["id"]), "-s", "25", "-n", "cli_data")
     assert created["success"] is True
     vid = int(created["volume_name"].removeprefix("V."))
     (shown,) = vastai("show", "volumes")
-    assert shown["id"] == vid and shown["label"] == "cli-data" and shown["machine_id"] == offer["machine_id"]
+    assert shown["id"] == vid and shown["label"] == "cli_data" and shown["machine_id"] == offer["machine_id"]
     assert ledger(http)["volumes"][0]["id"] == vid
     assert vastai("delete", "volume", str(vid)) == {"success": True}
     assert ledger(http)["volumes"] == []
