@@ -30,12 +30,15 @@ def create_app(config: dict | None = None) -> Flask:
     )
     app.config.from_mapping(config or {})
 
-    from app.api import probes, tasks, warmpool
+    from app import dashboard
+    from app.api import probes, tasks, warmpool, webhooks
 
     api.init_app(app)
     api.register_blueprint(warmpool.blp)
     api.register_blueprint(tasks.blp)
+    api.register_blueprint(webhooks.blp)
     app.register_blueprint(probes.bp)
+    app.register_blueprint(dashboard.bp)
 
     @app.errorhandler(MethodNotAllowed)
     def method_not_allowed(exc):
