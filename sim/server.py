@@ -250,6 +250,18 @@ def create_app(time_scale=1.0, seed=0, api_key=None) -> Flask:
     def list_volumes():
         return jsonify(world.volumes.rows())
 
+    @vast("/api/v0/volumes/copy/", "POST")
+    def clone_volume():
+        return jsonify(world.copies.clone(_json_body()))
+
+    @vast("/api/v0/commands/copy_direct/", "PUT")
+    def copy_direct():
+        return jsonify(world.copies.copy_direct(_object_body()))
+
+    @vast("/api/v0/commands/copy_direct/", "DELETE")
+    def cancel_copy():
+        return jsonify(world.copies.cancel(_object_body()))
+
     @vast("/api/v0/volumes/", "DELETE")
     def delete_volume():
         # the CLI sends ?id=, the docs put it in the body
@@ -271,6 +283,10 @@ def create_app(time_scale=1.0, seed=0, api_key=None) -> Flask:
     @sim("/_sim/instances/<id>/end_date")
     def set_end_date(id):
         return jsonify(world.instances.set_end_date(_int(id, "instance id"), _object_body()))
+
+    @sim("/_sim/volumes/<id>/write")
+    def write_volume(id):
+        return jsonify(world.volumes.write(_int(id, "volume id")))
 
     @sim("/_sim/hosts/<machine_id>/fail")
     def fail_host(machine_id):

@@ -2,7 +2,7 @@
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from .errors import ApiError, invalid_args, invalid_json, is_int, is_number, no_such_volume
 from .inventory import Host
@@ -20,6 +20,16 @@ def check_volume_name(name):
 
 
 @dataclass
+class Copy:
+    """A copy into a volume (see ``copies``)."""
+    src_id: int
+    data_version: int  # the source's version when the copy started
+    started_at: float
+    done_at: float
+    state: str = "copying"  # then "done", "lost" or "cancelled"
+
+
+@dataclass
 class Volume:
     id: int
     name: str | None
@@ -27,6 +37,8 @@ class Volume:
     size: float
     start_date: float
     instances: set = field(default_factory=set)
+    data_version: int = 0  # the contents, as a number: each write adds one
+    copy: Copy | None = None  # the last copy into this volume
 
 
 class Volumes:
@@ -94,7 +106,7 @@ class Volumes:
             for v in self.by_id.values():
                 host = self.hosts[v.machine_id]
                 rows.append({
-                    "id": v.id, "label": v.name, "status": "offline" if host.failed else "online",
+                    "id": v.id, "label": v.name, "status": self._status(v, host),
                     "type": "local_volume", "disk_space": v.size, "machine_id": v.machine_id,
                     "host_id": host.host_id, "instances": sorted(v.instances), "start_date": v.start_date,
                     "disk_name": f"nvme-{host.machine_id}", "driver_version": host.driver_version,
@@ -105,6 +117,24 @@ class Volumes:
                     "storage_total_cost": round(monthly_to_hourly(v.size, host.storage_cost), 6),
                 })
         return {"volumes": rows}
+
+    @staticmethod
+    def _status(volume: Volume, host: Host):
+        if host.failed:
+            return "offline"
+        copying = volume.copy is not None and volume.copy.state in ("copying", "lost")
+        return "copying" if copying else "online"
+
+    def write(self, vid):
+        """``POST /_sim/volumes/<id>/write``: something wrote to the volume; its data version goes up."""
+        with self.lock:
+            volume = self.by_id.get(vid)
+            if volume is None:
+                raise no_such_volume()
+            if self.hosts[volume.machine_id].failed:
+                raise ApiError(409, "machine_offline", f"Machine {volume.machine_id} of volume {vid} is offline.")
+            volume.data_version += 1
+            return {"success": True, "data_version": volume.data_version}
 
     def delete(self, vid):
         if not is_int(vid):
@@ -122,4 +152,5 @@ class Volumes:
 
     def ledger_rows(self):
         return [{"id": v.id, "name": v.name, "machine_id": v.machine_id, "size": v.size,
-                 "instances": sorted(v.instances), "start_date": v.start_date} for v in self.by_id.values()]
+                 "instances": sorted(v.instances), "start_date": v.start_date, "data_version": v.data_version,
+                 "copy": None if v.copy is None else asdict(v.copy)} for v in self.by_id.values()]

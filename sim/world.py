@@ -8,6 +8,7 @@ back, the ledger and the stats).
 import threading
 
 from .clock import Clock
+from .copies import Copies
 from .errors import ApiError
 from .faults import Faults
 from .instances import Instances
@@ -32,12 +33,15 @@ class World:
             self.offers = Offers(self.hosts, self.clock, self.lock)
             self.volumes = Volumes(self.hosts, self.offers, self.clock, self.lock)
             self.instances = Instances(self.hosts, self.offers, self.volumes, self.clock, self.lock, self.seed)
+            self.copies = Copies(self.hosts, self.offers, self.volumes, self.clock, self.lock)
             self.faults.reset()
 
     def tick(self):
-        """Apply what has come due by now: rentals that ended."""
+        """Apply what has come due by now: rentals that ended, copies that completed."""
         with self.lock:
-            self.instances.expire(self.clock.now())
+            now = self.clock.now()
+            self.instances.expire(now)
+            self.copies.complete(now)
 
     def config(self):
         return {**self.clock.config(), "seed": self.seed}
@@ -57,6 +61,7 @@ class World:
         """The machine drops off: its instances and volumes go offline, its offers disappear."""
         with self.lock:
             self._host(machine_id).failed = True
+            self.copies.host_failed(machine_id)
         return {"success": True}
 
     def rent_out_host(self, machine_id):

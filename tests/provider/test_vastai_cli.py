@@ -127,6 +127,23 @@ def test_volumes(vastai, http):
     assert vastai("show", "volumes") == []
 
 
+def test_copy_and_clone_volumes(vastai, http):
+    offers = vastai("search", "volumes", "disk_space>100", "-o", "storage_cost+")
+    src = int(vastai("create", "volume", str(offers[0]["id"]), "-s", "10", "-n", "src")["volume_name"][2:])
+    dst = int(vastai("create", "volume", str(offers[1]["id"]), "-s", "10", "-n", "dst")["volume_name"][2:])
+    http("POST", f"/_sim/volumes/{src}/write").raise_for_status()
+    out = vastai("copy", f"V.{src}:/data", f"V.{dst}:/data", raw=False)
+    assert "Remote to Remote copy initiated" in out.stdout
+    cloned = vastai("clone", "volume", str(src), str(offers[2]["id"]))
+    replica = int(cloned["volume_name"][2:])
+
+    def versions():
+        return {v["id"]: v["data_version"] for v in ledger(http)["volumes"]}
+
+    wait_until(lambda: versions() == {src: 1, dst: 1, replica: 1}, message="both copies to complete")
+    assert {v["id"]: v["machine_id"] for v in vastai("show", "volumes")}[replica] == offers[2]["machine_id"]
+
+
 def test_errors_reach_the_cli_as_vast_messages(vastai):
     done = vastai("create", "instance", "777", "--image", "x", raw=False)
     assert "Failed with error 404" in done.stderr and "no_such_ask" in done.stderr
