@@ -8,7 +8,8 @@ app/static/dashboard (no CDN, no build step); the CSP allows nothing else.
 
 from flask import Blueprint
 
-bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", static_folder="static/dashboard")
+bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", static_folder="static/dashboard",
+               static_url_path="/static")
 
 POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
           "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
