@@ -7,25 +7,28 @@ from . import query as q
 from .errors import ApiError, invalid_args, invalid_json, is_int, is_number, no_such_instance
 from .gpus import GpuScheduler
 from .inventory import Host
-from .lifecycle import Instance, actual_status, status_msg
+from .lifecycle import Instance, actual_status, is_offline, status_msg
 from .listing import decode_token, encode_token, validate_list
 from .offers import monthly_to_hourly
 from .rentals import EndDates
 from .split_brain import SplitBrainWatch
 from .volumes import DEFAULT_VOLUME_SIZE, check_volume_name
+from .webhooks import EXPIRY_WARNING_SECONDS
 
 FIRST_INSTANCE_ID = 10_000_001
 
 
 class Instances:
-    def __init__(self, hosts: dict[int, Host], offers, volumes, clock, lock, seed):
+    def __init__(self, hosts: dict[int, Host], offers, volumes, clock, lock, seed, notify):
+        """``notify(event, inst, at, **extra)`` sends an account notification (see ``webhooks``)."""
         self.hosts, self.offers, self.volumes, self.clock, self.lock = hosts, offers, volumes, clock, lock
-        self.seed = seed
+        self.seed, self.notify = seed, notify
         self.by_id: dict[int, Instance] = {}
         self.next_id = FIRST_INSTANCE_ID
         self.gpus = GpuScheduler(hosts, self.by_id)
         self.split_brain = SplitBrainWatch(clock)
         self.end_dates = EndDates(self.by_id, lambda inst: inst.end_date)
+        self.expiry_warnings = EndDates(self.by_id, lambda inst: inst.end_date - EXPIRY_WARNING_SECONDS)
         self.actions: dict[int, Counter] = defaultdict(Counter)
         self.created_by_label = Counter()
 
@@ -65,7 +68,7 @@ class Instances:
                 intended=spec["target_state"], phase_at=now, end_date=self.offers.end_date(),
             )
             self.by_id[inst_id] = inst
-            self.end_dates.track(inst)
+            self._track_end_date(inst)
             if inst.intended == "running":
                 self.gpus.take(inst)
                 self._check_split_brain(inst, "create", now)
@@ -128,16 +131,29 @@ class Instances:
             inst = self._get(inst_id)
             now = self.clock.now()
             inst.end_date = now + seconds
-            self.end_dates.track(inst)
-            self.expire(now)
+            self._track_end_date(inst)
+            self.rentals_due(now)
             return {"success": True, "end_date": inst.end_date}
 
-    def expire(self, now):
-        """Stop, as of their end date, the instances whose rental has ended."""
+    def _track_end_date(self, inst: Instance):
+        self.end_dates.track(inst)
+        self.expiry_warnings.track(inst)
+
+    def rentals_due(self, now):
+        """Warn of rentals ending within a day; stop, as of their end date, those that ended.
+
+        Returns whether anything changed.
+        """
         with self.lock:
-            for inst in self.end_dates.due(now):
+            warned = [i for i in self.expiry_warnings.due(now) if i.expiry_warned_for != i.end_date]
+            for inst in warned:
+                inst.expiry_warned_for = inst.end_date
+                self.notify("rental_expiring", inst, now, end_date=inst.end_date)
+            ended = self.end_dates.due(now)
+            for inst in ended:
                 if inst.intended == "running":
                     self._stop(inst, inst.end_date)
+            return bool(warned or ended)
 
     def _on_volume_with(self, inst: Instance):
         """The other instances linked to ``inst``'s volume."""
@@ -173,8 +189,19 @@ class Instances:
     def fail(self, inst_id):
         """The instance goes offline; it keeps its GPUs until stopped or destroyed."""
         with self.lock:
-            self._get(inst_id).failed = True
+            inst = self._get(inst_id)
+            if not is_offline(inst, self.hosts[inst.machine_id]):
+                self.notify("instance_offline", inst, self.clock.now())
+            inst.failed = True
         return {"success": True}
+
+    def host_failing(self, machine_id):
+        """The machine is about to fail: its instances that were online go offline with it."""
+        with self.lock:
+            now = self.clock.now()
+            for inst in self.by_id.values():
+                if inst.machine_id == machine_id and not is_offline(inst, self.hosts[machine_id]):
+                    self.notify("instance_offline", inst, now)
 
     # ---- read ------------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ class Instance:
     phase_at: float = 0.0
     status_before_stop: str | None = None
     failed: bool = False
+    expiry_warned_for: float | None = None  # the end date a "rental_expiring" event was sent for
 
     def ended(self, now):
         return now >= self.end_date

@@ -312,6 +312,19 @@ def create_app(time_scale=1.0, seed=0, api_key=None) -> Flask:
     def set_rate_limits():
         return jsonify(world.faults.set_route_intervals(_object_body()))
 
+    @sim("/_sim/webhooks")
+    def register_webhook():
+        return jsonify(world.webhooks.register(_object_body()))
+
+    @sim("/_sim/webhooks", "GET")
+    def webhooks():
+        return jsonify(world.webhooks.view())
+
+    @sim("/_sim/webhooks", "DELETE")
+    def clear_webhooks():
+        world.webhooks.clear()
+        return jsonify(world.webhooks.view())
+
     @sim("/_sim/ledger", "GET")
     def ledger():
         return jsonify(world.ledger())

@@ -15,6 +15,7 @@ from .instances import Instances
 from .inventory import GPU_NAMES, Host, build_hosts
 from .offers import Offers
 from .volumes import Volumes
+from .webhooks import Webhooks
 
 
 class World:
@@ -23,6 +24,7 @@ class World:
         self.clock = Clock(time_scale)
         self.lock = threading.RLock()
         self.faults = Faults(seed)
+        self.webhooks = Webhooks()
         self.reset()
 
     def reset(self):
@@ -32,16 +34,18 @@ class World:
             self.hosts: dict[int, Host] = {h.machine_id: h for h in build_hosts(self.seed)}
             self.offers = Offers(self.hosts, self.clock, self.lock)
             self.volumes = Volumes(self.hosts, self.offers, self.clock, self.lock)
-            self.instances = Instances(self.hosts, self.offers, self.volumes, self.clock, self.lock, self.seed)
+            self.instances = Instances(self.hosts, self.offers, self.volumes, self.clock, self.lock, self.seed,
+                                       self.webhooks.publish)
             self.copies = Copies(self.hosts, self.offers, self.volumes, self.clock, self.lock)
             self.faults.reset()
+            self.webhooks.clear()
 
     def tick(self):
-        """Apply what has come due by now: rentals that ended, copies that completed."""
+        """Apply what has come due by now (rentals ending or ended, copies completed); whether anything did."""
         with self.lock:
             now = self.clock.now()
-            self.instances.expire(now)
-            self.copies.complete(now)
+            rentals = self.instances.rentals_due(now)
+            return self.copies.complete(now) or rentals
 
     def config(self):
         return {**self.clock.config(), "seed": self.seed}
@@ -60,7 +64,10 @@ class World:
     def fail_host(self, machine_id):
         """The machine drops off: its instances and volumes go offline, its offers disappear."""
         with self.lock:
-            self._host(machine_id).failed = True
+            host = self._host(machine_id)
+            if not host.failed:
+                self.instances.host_failing(machine_id)
+            host.failed = True
             self.copies.host_failed(machine_id)
         return {"success": True}
 
