@@ -29,6 +29,7 @@ Exit codes:
 """
 ENDED = ("SUCCESS", "FAILURE")
 POLL_SECONDS = 0.5
+PHASES = ("detect", "lock", "fence_old_primary", "start_standby", "promote", "replace_standby")  # in time order
 
 
 class Failure(click.ClickException):
@@ -79,7 +80,11 @@ class Output:
         click.echo(json.dumps(body, indent=2))
 
     def table(self, columns: list[str], rows: list[list], title: str | None = None) -> None:
-        table = Table(*columns, title=title, title_justify="left", header_style="bold")
+        table = Table(title=title, title_justify="left", header_style="bold")
+        for index, column in enumerate(columns):
+            cells = [row[index] for row in rows if row[index] is not None]
+            numeric = cells and all(isinstance(cell, (int, float)) for cell in cells)
+            table.add_column(column, justify="right" if numeric else "left")
         for row in rows:
             table.add_row(*("—" if cell is None else str(cell) for cell in row))
         self.console.print(table)
@@ -88,6 +93,11 @@ class Output:
         """One record, a field a line."""
         self.table(["field", "value"], [[name, value] for name, value in record.items()
                                         if not isinstance(value, (dict, list))], title)
+
+    def phases(self, phases: dict, title: str) -> None:
+        """A failover's phases in the order they happen."""
+        names = sorted(phases, key=lambda name: PHASES.index(name) if name in PHASES else len(PHASES))
+        self.table(["phase", "seconds"], [[name, phases[name]] for name in names], title)
 
     def line(self, text: str) -> None:
         self.console.print(text, markup=False)
@@ -154,14 +164,14 @@ def report_task(out: Output, task: dict) -> None:
     if out.as_json:
         out.json(task)
     else:
-        out.fields({"task_id": task["task_id"], "operation": task["operation"], "machine_id": task["machine_id"],
-                    "state": task["state"], "step": task["step"], "message": result.get("message"),
-                    "error": task.get("error"), "recovery_time_seconds": result.get("recovery_time_seconds"),
-                    "new_primary_gpu_id": result.get("new_primary_gpu_id"),
-                    "created_at": task.get("created_at"), "updated_at": task.get("updated_at")})
+        shown = {"task_id": task["task_id"], "operation": task["operation"], "machine_id": task["machine_id"],
+                 "state": task["state"], "step": task["step"], "message": result.get("message"),
+                 "error": task.get("error"), "recovery_time_seconds": result.get("recovery_time_seconds"),
+                 "new_primary_gpu_id": result.get("new_primary_gpu_id"),
+                 "created_at": task.get("created_at"), "updated_at": task.get("updated_at")}
+        out.fields({name: value for name, value in shown.items() if value is not None})
         if result.get("phases"):
-            out.table(["phase", "seconds"], [[name, seconds] for name, seconds in result["phases"].items()],
-                      title="failover phases")
+            out.phases(result["phases"], "failover phases")
     if failed:
         raise SystemExit(FAILED)
 
@@ -231,7 +241,7 @@ def status(api, out, machine_id):
         return out.json(body)
     out.fields(body, title=f"machine {machine_id}")
     if (body.get("last_failover") or {}).get("phases"):
-        out.table(["phase", "seconds"], list(body["last_failover"]["phases"].items()), title="last failover's phases")
+        out.phases(body["last_failover"]["phases"], "last failover's phases")
 
 
 @client_command(waits=True)

@@ -7,6 +7,9 @@
   const REFRESH_MS = 5000;
   const KEY = "warmpool.key";
   const PHASE_ORDER = ["detect", "lock", "fence_old_primary", "start_standby", "promote", "replace_standby"];
+  // an event's colour: trouble, a failover, something made or mended, or neutral (the first pattern that matches)
+  const TONES = [[/failed|degraded|split_brain|orphan|incomplete|given_up|cancelled|deferred/, "bad"],
+    [/^failover/, "failover"], [/created|replaced|healed|enabled|rebuilt|fresh|cleaned|destroyed/, "good"]];
   const $ = (selector) => document.querySelector(selector);
 
   let selected = null; // the machine whose events are shown
@@ -61,6 +64,11 @@
     return today ? at.toLocaleTimeString() : at.toLocaleString();
   }
 
+  function tone(kind) {
+    const match = TONES.find(([pattern]) => pattern.test(kind));
+    return match ? match[1] : "neutral";
+  }
+
   function seconds(value) {
     return value < 10 ? value.toFixed(2) + " s" : value.toFixed(1) + " s";
   }
@@ -81,7 +89,8 @@
     for (const name of names) {
       const part = el("span", {class: "phase phase-" + name, title: `${name}: ${seconds(phases[name])}`,
         dataset: {phase: name}});
-      part.style.flexGrow = String(Math.max(phases[name], 0.0001));
+      // shares out of 100: flex factors that sum below 1 would leave part of the track empty
+      part.style.flexGrow = String((100 * Math.max(phases[name], 0.0001)) / (total || 1));
       track.append(part);
     }
     bar.append(track);
@@ -134,7 +143,7 @@
     const scale = Math.max(0, ...failovers.map((event) => event.recovery_time_seconds || 0));
     $("#timeline").replaceChildren(...events.map((event) => el("li", {class: "event", dataset: {event: event.event}},
       el("time", {datetime: event.at}, time(event.at)),
-      el("span", {class: "kind kind-" + event.event.split("_")[0]}, event.event),
+      el("span", {class: "kind tone-" + tone(event.event)}, event.event),
       el("span", {class: "message"}, event.message),
       event.phases ? phaseBar(event.phases, scale, true) : null)));
     if (!events.length) $("#timeline").append(el("li", {class: "empty"}, "No events yet."));
