@@ -19,7 +19,7 @@ broker_transport_options = {
     "unacked_restore_throttle": 1,
 }
 imports = ("tasks.provision", "tasks.failover", "tasks.cleanup", "tasks.sweep", "tasks.heal", "tasks.reconcile",
-           "tasks.webhooks")
+           "tasks.rebuild", "tasks.webhooks")
 
 task_serializer = "json"
 result_serializer = "json"
@@ -35,13 +35,14 @@ worker_prefetch_multiplier = 1
 worker_send_task_events = True
 task_send_sent_event = True
 
-# failover is never starved by a provisioning backlog (design rule 7)
+# failover is never starved by a provisioning backlog (rule 7 in docs/architecture.md)
 task_default_queue = "provision"
 task_routes = {
     "warmpool.failover.*": {"queue": "failover"},
     "warmpool.health.*": {"queue": "health"},
     "warmpool.heal.*": {"queue": "health"},
     "warmpool.reconcile.*": {"queue": "health"},
+    "warmpool.rebuild.*": {"queue": "health"},
     # deliveries wait on other people's servers: never in the failover or health queues
     "warmpool.webhooks.*": {"queue": "webhooks"},
 }

@@ -30,6 +30,13 @@ def _bool(name: str, default: bool) -> bool:
     raise ValueError(f"{name} must be a boolean, got {value!r}")
 
 
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name, default).strip().lower() or default
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _api_keys(raw: str) -> dict[str, str]:
     """Parse ``tenant1:key1,tenant2:key2`` into ``{key: tenant}``."""
     keys = {}
@@ -74,7 +81,7 @@ class Settings:
     instance_ready_timeout: float = 900.0
     # a lock's time to live; a heartbeat renews it every third of that while a step works, so a killed
     # worker's machine is free again within this many seconds
-    lock_ttl: float = 15.0
+    lock_ttl: float = 10.0
     # how long a create whose answer was lost may take to show up at the provider before it counts as never made
     create_grace: float = 35.0
     failovers_per_minute: int = 10
@@ -87,9 +94,15 @@ class Settings:
     # the reconciler destroys nothing younger than this, and at most this share of what it sees in one run
     reconcile_grace: float = 600.0
     reconcile_max_share: float = 0.2
+    # WARMPOOL_DEV=1: the throwaway Redis of `warmpool dev`, so no warning that it does not persist
+    dev: bool = False
     # a killed worker's message is delivered again after this; the healer resumes its operation sooner
     visibility_timeout: float = 300.0
     default_image: str = "pytorch/pytorch:2.1.0-cuda12.1-cudnn8-runtime"
+    # logs: readable text, or one JSON object per line (app/logs.py)
+    log_format: str = "text"
+    # the bearer token /metrics asks for; empty: /metrics is open
+    metrics_token: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -116,6 +129,9 @@ class Settings:
             reconcile_interval=_float("RECONCILE_INTERVAL", cls.reconcile_interval),
             reconcile_grace=_float("RECONCILE_GRACE", cls.reconcile_grace),
             reconcile_max_share=_float("RECONCILE_MAX_SHARE", cls.reconcile_max_share),
+            dev=_bool("WARMPOOL_DEV", cls.dev),
             visibility_timeout=_float("CELERY_VISIBILITY_TIMEOUT", cls.visibility_timeout),
             default_image=os.environ.get("WARMPOOL_DEFAULT_IMAGE", cls.default_image),
+            log_format=_choice("WARMPOOL_LOG_FORMAT", cls.log_format, ("text", "json")),
+            metrics_token=os.environ.get("WARMPOOL_METRICS_TOKEN", ""),
         )

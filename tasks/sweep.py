@@ -111,6 +111,8 @@ def trigger(pid: str, seen_primary: int, detected_at: float, triggered_at: float
     if (pool is None or not pool["enabled"] or pool["state"] not in (State.ACTIVE, State.DEGRADED)
             or pool["primary_gpu_id"] != seen_primary):
         s.release(pid, held, cfg.lock_ttl)
+        s.event(pid, "failover_trigger_stale", f"a failover trigger for primary {seen_primary} came after the pool "
+                                               f"moved on: nothing done", primary_gpu_id=seen_primary)
         return "stale"
     return "failover" if operations.failover(pid, held, "health", detected_at=detected_at, healthy_at=healthy_at,
                                              triggered_at=triggered_at) else "capped"

@@ -5,6 +5,7 @@ the stack (this one, the Celery worker, beat) reads the same variables.
 """
 
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -18,10 +19,16 @@ import redis
 import requests
 
 from app.processes import free_port, wait_until
+from app.settings import VAST_RATE_LIMITS
+from bench.provision import ROUTES
 
 ROOT = Path(__file__).resolve().parent.parent
 TIME_SCALE = 0.02  # the simulator's delays: loading 25 s -> 0.5 s
 
+
+# Vast's rate limits scaled like its delays, on both sides: the service's shared budget and the simulator's 429s
+RATE_LIMITS = {endpoint: round(seconds * TIME_SCALE, 4) for endpoint, seconds in VAST_RATE_LIMITS.items()}
+SIM_RATE_LIMITS = {route: RATE_LIMITS[endpoint] for endpoint, routes in ROUTES.items() for route in routes}
 
 REDIS_PORT, SIM_PORT = free_port(), free_port()
 API_KEYS = {"acme": "acme-key", "globex": "globex-key"}
@@ -29,21 +36,21 @@ ENV = {
     "REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
     "VAST_API_URL": f"http://127.0.0.1:{SIM_PORT}",
     "VAST_API_KEY": "sim-key",
-    "VAST_RATE_LIMITS": "{}",
+    "VAST_RATE_LIMITS": json.dumps(RATE_LIMITS),
     "WARMPOOL_API_KEYS": ",".join(f"{t}:{k}" for t, k in API_KEYS.items()),
     "HEALTH_CHECK_INTERVAL": "0.2",
     "FAILOVER_THRESHOLD": "2",
     "FAILOVER_MIN_SECONDS": "0.3",
     "CREATE_GRACE": "2",
     "PROVIDER_POLL_INTERVAL": "0.05",
-    "STANDBY_START_TIMEOUT": "2",
+    "STANDBY_START_TIMEOUT": "10",
     "INSTANCE_READY_TIMEOUT": "30",
-    "LOCK_TTL": "10",
+    "LOCK_TTL": "3",
     "HEAL_INTERVAL": "0.5",
     "RECONCILE_INTERVAL": "1",
     "CAPACITY_CHECK_INTERVAL": "0.5",
     "HOSTS_CACHE_SECONDS": "0",
-    "CELERY_VISIBILITY_TIMEOUT": "3",
+    "CELERY_VISIBILITY_TIMEOUT": "30",  # production order: the healer resumes before a redelivery
 }
 os.environ.update(ENV)
 
@@ -185,6 +192,10 @@ class Stack:
     def ledger(self) -> dict:
         return self.sim("GET", "/_sim/ledger")
 
+    def violations(self) -> list[dict]:
+        """Every time the simulator saw two instances up on one volume (it checks each start exactly)."""
+        return self.ledger()["violations"]
+
     def pool(self, machine_id: int, tenant: str = "acme") -> dict:
         return self.store.get_pool(f"{tenant}:{machine_id}")
 
@@ -238,7 +249,8 @@ def stack(redis_server, sim_server, tmp_path_factory):
 
 @pytest.fixture
 def clean_stack(stack):
-    """The stack with empty state: no pools in Redis, nothing rented in the simulator, one worker."""
+    """The stack with empty state: no pools in Redis, nothing rented in the simulator, one worker, Vast's rate
+    limits on. After the test: never two instances up on one volume, at any moment (rule 3)."""
     stack.worker.signal(signal.SIGCONT)  # a test may have frozen it
     if stack.worker.process.poll() is not None:
         stack.worker = stack.new_worker("w1")
@@ -247,6 +259,8 @@ def clean_stack(stack):
                message="operations to end")
     stack.redis.flushdb()
     stack.sim("POST", "/_sim/reset")
+    stack.sim("POST", "/_sim/rate_limits", json=SIM_RATE_LIMITS)
     stack.beat.start()
     wait_until(lambda: stack.redis.get("wp:worker:seen"), message="the worker to be seen")
-    return stack
+    yield stack
+    assert stack.violations() == []
