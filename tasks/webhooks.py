@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 ALLOW_PRIVATE = "WARMPOOL_WEBHOOK_ALLOW_PRIVATE"
 MAX_ATTEMPTS = _int("WEBHOOK_MAX_ATTEMPTS", 8)
 # seconds before the first retry; each next one waits twice as long (at most 10 min), jittered:
-# with the defaults, at most about 21 minutes from the first attempt to the last
+# with the defaults, the last of 8 attempts is at most about 11 minutes after the first
 RETRY_BACKOFF = _int("WEBHOOK_RETRY_BACKOFF", 5)
 TIMEOUTS = (5, 10)  # connect, read (s)
 
