@@ -1,27 +1,50 @@
-"""Fakes for unit tests: a fakeredis-backed Store, recorded enqueueing, a fake provider, the app.
+"""Fakes for unit and API tests: a fakeredis-backed Store, a provider in memory, recorded enqueueing, the app.
 
-The service reads its store and provider through ``functools.cache`` functions
-imported into each module (``from app.runtime import store``), so the fakes are
-put in place by replacing those module attributes. Every way of enqueueing work
-is recorded instead of sent, including any ``Task.apply_async`` nobody expected.
+The service reads its settings, store and provider through ``functools.cache``
+functions imported into each module (``from app.runtime import store``), so the
+fakes are put in place by replacing those module attributes in every module
+that has them (``SEAMS``). Operations are started for real up to the broker:
+the starters of ``tasks.operations`` run (they take a failover slot, write the
+pool, build the context) and the chain they would send is recorded instead.
+Every other way of enqueueing work is recorded too, including any
+``Task.apply_async`` nobody expected.
 """
 
 import importlib
+import itertools
+import time
 from dataclasses import dataclass, field
 
 import fakeredis
 import pytest
 from celery.app.task import Task
 
+from app import runtime
+from app.pools import State, new_pool, pool_id
 from app.settings import Settings
-from app.store import ACTIVE, Store, new_pool, pool_id, split_pool_id
+from app.store import Store
+from app.vast import InstanceListing, NotFound, OfferUnavailable
 
-REAL_LAUNCH = importlib.import_module("tasks.failover").launch  # before any test replaces it
-KEYS = {"acme": "acme-key", "globex": "globex-key"}  # as tests/conftest.py sets WARMPOOL_API_KEYS
+KEYS = {"acme": "acme-key", "globex": "globex-key"}
+VAST_URL = "http://vast.test"
+REAL_VAST = runtime.vast  # the cached factory, before any test replaces it
 
-# the modules that call store() / vast() and must see the fakes
-STORE_USERS = ("app.api.warmpool", "app.api.auth", "app.api.tasks", "app.api.probes",
-               "tasks.health", "tasks.failover", "tasks.cleanup", "tasks.base")
+# every module that imports settings, store or vast from app.runtime (test_fakes.py checks none is missed)
+SEAMS = ("app.runtime", "app.api.auth", "app.api.probes", "app.api.tasks", "app.api.warmpool", "app.api.webhooks",
+         "app.commands", "tasks.base", "tasks.operations", "tasks.provision", "tasks.failover", "tasks.cleanup",
+         "tasks.sweep", "tasks.heal", "tasks.reconcile", "tasks.webhooks")
+# the starters whose chains are recorded, and the tasks whose .delay is
+STARTERS = ("provision", "failover", "finish_failover", "replace_standby", "cleanup")
+SWEEP_TASKS = {"trigger": ("pid", "primary", "detected_at", "triggered_at", "healthy_at"),
+               "recheck_standby": ("pid",), "guard_split_brain": ("pid", "reason"), "check_capacity": ()}
+
+
+def unit_settings(**overrides) -> Settings:
+    """Settings for unit tests: fixed here, whatever the environment (tests/conftest.py tunes it for processes)."""
+    return Settings(**{"api_keys": {key: tenant for tenant, key in KEYS.items()}, "vast_api_url": VAST_URL,
+                       "vast_api_key": "vast-key", "vast_rate_limits": {}, "lock_ttl": 10.0,
+                       "failover_threshold": 3, "failover_min_seconds": 0.0, "health_check_interval": 10.0,
+                       "capacity_check_interval": 3600.0, "hosts_cache_seconds": 0.0, **overrides})
 
 
 def fake_store() -> Store:
@@ -49,31 +72,148 @@ def snapshot(r) -> dict:
     return out
 
 
-class FakeVast:
-    """A provider for the API's hosts route: records searches, answers ``offers`` or raises ``error``."""
+def _matches(row: dict, filters: dict) -> bool:
+    """The v1 list's ``select_filters``, for the operators the service sends."""
+    tests = {"eq": lambda v, x: v == x, "neq": lambda v, x: v != x, "in": lambda v, x: v in x}
+    return all(tests[op](row.get(column), wanted) for column, ops in filters.items() for op, wanted in ops.items())
 
-    def __init__(self):
+
+class FakeVast:
+    """A provider in memory: instances and volumes as Vast shows them, every call recorded.
+
+    ``fail[method] = exc`` makes that method raise (before any effect). Mutating calls first pass the
+    fencing guard of the real client that ``app.runtime.vast`` builds, so a step that lost its lock
+    cannot reach this provider either, exactly as it cannot reach Vast.
+    """
+
+    MUTATING = {"create_instance": ("create_instance", "PUT"), "start_instance": ("manage_instance", "PUT"),
+                "stop_instance": ("manage_instance", "PUT"), "label_instance": ("manage_instance", "PUT"),
+                "destroy_instance": ("destroy_instance", "DELETE"), "create_volume": ("volumes", "PUT"),
+                "delete_volume": ("volumes", "DELETE")}
+
+    def __init__(self, guard=None):
+        self.guard = guard
+        self.instances: dict[int, dict] = {}
+        self.volumes: dict[int, dict] = {}
         self.offers: list[dict] = []
-        self.error: Exception | None = None
+        self.volume_offers: list[dict] = [{"id": 900, "machine_id": 88888}]
         self.searches: list[dict] = []
+        self.calls: list[tuple] = []
+        self.fail: dict[str, Exception] = {}
+        self.error: Exception | None = None  # for search_offers: the API's hosts route
+        self.ids = itertools.count(5001)
+
+    def _call(self, method: str, *args) -> None:
+        self.calls.append((method, *args))
+        if method in self.fail:
+            raise self.fail[method]
+        if method in self.MUTATING and self.guard is not None:
+            self.guard(*self.MUTATING[method])
+
+    def called(self, *methods: str) -> list[tuple]:
+        return [c for c in self.calls if c[0] in methods]
+
+    # -- instances -------------------------------------------------------------------------------
+
+    def add_instance(self, label: str, status: str = "running", intended: str | None = None, **fields) -> int:
+        instance_id = fields.pop("id", None) or next(self.ids)
+        self.instances[instance_id] = {
+            "id": instance_id, "label": label, "actual_status": status,
+            "intended_status": intended or ("stopped" if status in ("stopped", "exited") else "running"),
+            "ssh_host": "ssh4.vast.ai" if status == "running" else None,
+            "ssh_port": 20000 + instance_id % 1000 if status == "running" else None,
+            "start_date": time.time(), **fields}
+        return instance_id
 
     def search_offers(self, query: dict) -> list[dict]:
         self.searches.append(query)
+        self._call("search_offers", query)
         if self.error:
             raise self.error
         return self.offers
+
+    def create_instance(self, offer_id: int, *, image: str, disk: float, label: str, target_state: str = "running",
+                        volume_info: dict | None = None, **_) -> int:
+        self._call("create_instance", offer_id, label)
+        if offer_id not in {o["id"] for o in self.offers}:
+            raise OfferUnavailable("no_such_ask", 404, "no_such_ask", "offer gone")
+        return self.add_instance(label, "running" if target_state == "running" else "stopped", target_state)
+
+    def show_instance(self, instance_id: int) -> dict | None:
+        self._call("show_instance", instance_id)
+        return self.instances.get(instance_id)
+
+    def list_instances(self, select_filters: dict | None = None, *, attempts: int | None = None) -> InstanceListing:
+        self._call("list_instances", select_filters)
+        rows = [dict(row) for _, row in sorted(self.instances.items()) if _matches(row, select_filters or {})]
+        counts: dict[str, int] = {}
+        for row in self.instances.values():
+            counts[row["label"]] = counts.get(row["label"], 0) + 1
+        return InstanceListing(rows, counts, len(self.instances))
+
+    def _instance(self, instance_id: int) -> dict:
+        if instance_id not in self.instances:
+            raise NotFound(f"instance {instance_id}", 404)
+        return self.instances[instance_id]
+
+    def start_instance(self, instance_id: int) -> None:
+        self._call("start_instance", instance_id)
+        self._instance(instance_id).update(intended_status="running", actual_status="running",
+                                           ssh_host="ssh4.vast.ai", ssh_port=20000 + instance_id % 1000)
+
+    def stop_instance(self, instance_id: int) -> None:
+        self._call("stop_instance", instance_id)
+        self._instance(instance_id).update(intended_status="stopped", actual_status="stopped")
+
+    def label_instance(self, instance_id: int, label: str) -> None:
+        self._call("label_instance", instance_id, label)
+        self._instance(instance_id)["label"] = label
+
+    def destroy_instance(self, instance_id: int) -> None:
+        self._call("destroy_instance", instance_id)
+        self.instances.pop(instance_id, None)
+
+    # -- volumes -----------------------------------------------------------------------------------
+
+    def add_volume(self, name: str, **fields) -> int:
+        volume_id = fields.pop("id", None) or next(self.ids)
+        self.volumes[volume_id] = {"id": volume_id, "label": name, "start_date": time.time(), **fields}
+        return volume_id
+
+    def search_volume_offers(self, query: dict) -> list[dict]:
+        self._call("search_volume_offers", query)
+        return self.volume_offers
+
+    def create_volume(self, offer_id: int, size: int, name: str) -> int:
+        self._call("create_volume", offer_id, name)
+        return self.add_volume(name)
+
+    def show_volumes(self) -> list[dict]:
+        self._call("show_volumes")
+        return [dict(v) for v in self.volumes.values()]
+
+    def delete_volume(self, volume_id: int) -> None:
+        self._call("delete_volume", volume_id)
+        self.volumes.pop(volume_id, None)
 
 
 @dataclass
 class FakeEnv:
     store: Store
     vast: FakeVast
-    client: object
+    settings: Settings
+    client: object = None
     enqueued: list = field(default_factory=list)
+    chains: list = field(default_factory=list)  # (task names, context) of every chain the starters sent
 
     @property
     def r(self):
         return self.store.r
+
+    def configure(self, **overrides) -> Settings:
+        """Change settings for the rest of the test (every module reads these)."""
+        self.settings = unit_settings(**overrides)
+        return self.settings
 
     def api(self, method: str, path: str, tenant: str | None = "acme", key: str | None = None, **kwargs):
         headers = dict(kwargs.pop("headers", {}) or {})
@@ -86,14 +226,16 @@ class FakeEnv:
     def reset(self):
         self.r.flushall()
         self.enqueued.clear()
+        self.chains.clear()
         self.vast.searches.clear()
+        self.vast.calls.clear()
         self.vast.error = None
 
     def add_pool(self, machine_id: int, tenant: str = "acme", **fields) -> dict:
         """Write a pool as its lock holder would (fenced), and leave the lock free."""
         pid = pool_id(tenant, machine_id)
         pool = new_pool(tenant, machine_id, **{
-            "state": ACTIVE, "host_machine_id": 88888, "volume_id": 12345, "primary_gpu_id": 1000 + machine_id,
+            "state": State.ACTIVE, "host_machine_id": 88888, "volume_id": 12345, "primary_gpu_id": 1000 + machine_id,
             "standby_gpu_id": 2000 + machine_id, "standby_state": "stopped", "primary_ssh_host": "ssh4.vast.ai",
             "primary_ssh_port": 12345, **fields})
         held = self.store.acquire(pid, 10)
@@ -110,61 +252,77 @@ class FakeEnv:
     def kinds(self) -> list[str]:
         return [e[0] for e in self.enqueued]
 
+    def of(self, kind: str) -> list[dict]:
+        return [e[1] for e in self.enqueued if e[0] == kind]
+
+
+class RecordedChain:
+    """What ``celery.chain`` would send: its steps' names and the context, recorded instead."""
+
+    def __init__(self, env: FakeEnv, signatures):
+        self.env, self.steps = env, [s.task for s in signatures]
+
+    def delay(self, ctx):
+        self.env.chains.append((self.steps, ctx))
+
+
+def _recording_starter(env: FakeEnv, name: str, real):
+    """The real starter, with the chain it sends recorded as ``(name, {**context, "steps": [...]})``."""
+    def start(*args, **kwargs):
+        before = len(env.chains)
+        result = real(*args, **kwargs)
+        for steps, ctx in env.chains[before:]:
+            record = {**ctx, "steps": steps}
+            if name == "provision":
+                record["search"] = steps[0] == "warmpool.provision.find_host"
+            env.enqueued.append((name, record))
+        return result
+    return start
+
 
 def install(monkeypatch, env: FakeEnv) -> None:
     """Point every module at the fakes and record every enqueue instead of sending it."""
-    for name in STORE_USERS:
-        monkeypatch.setattr(importlib.import_module(name), "store", lambda: env.store)
-    monkeypatch.setattr(importlib.import_module("app.api.warmpool"), "vast", lambda: env.vast)
+    fakes = {"settings": lambda: env.settings, "store": lambda: env.store, "vast": lambda: env.vast}
+    for name in SEAMS:
+        module = importlib.import_module(name)
+        for attr, fake in fakes.items():
+            if hasattr(module, attr):
+                monkeypatch.setattr(module, attr, fake)
 
-    provision = importlib.import_module("tasks.provision")
-    failover = importlib.import_module("tasks.failover")
-    cleanup = importlib.import_module("tasks.cleanup")
+    operations = importlib.import_module("tasks.operations")
+    monkeypatch.setattr(operations, "chain", lambda *signatures: RecordedChain(env, signatures))
+    for name in STARTERS:
+        monkeypatch.setattr(operations, name, _recording_starter(env, name, getattr(operations, name)))
+    monkeypatch.setattr(operations.when_unlocked, "delay", lambda pid, operation, op_id, behind: env.enqueued.append(
+        ("when_unlocked", {"pid": pid, "operation": operation, "op_id": op_id, "behind": behind})))
 
-    class Chain:
-        def __init__(self, search=False):
-            self.search = search
-
-        def delay(self, ctx):
-            env.enqueued.append(("provision", {"search": self.search, **ctx}))
-
-    def launch(s, pid, held, trigger, detected_at=None, triggered_at=None, op_id=None):
-        tenant, machine_id = split_pool_id(pid)
-        op_id = op_id or s.new_op(tenant, machine_id, "failover")
-        env.enqueued.append(("failover", {"pid": pid, "trigger": trigger, "epoch": held.epoch, "op_id": op_id}))
-        return op_id
-
-    monkeypatch.setattr(provision, "provision_chain", Chain)
-    monkeypatch.setattr(failover, "launch", launch)
-    monkeypatch.setattr(cleanup, "start_cleanup", lambda ctx: env.enqueued.append(("cleanup", ctx)))
-    monkeypatch.setattr(cleanup.when_unlocked, "delay",
-                        lambda pid, operation, op_id: env.enqueued.append(
-                            ("when_unlocked", {"pid": pid, "operation": operation, "op_id": op_id})))
-    monkeypatch.setattr(failover.trigger, "delay",
-                        lambda pid, primary, detected_at, triggered_at=None: env.enqueued.append(
-                            ("trigger", {"pid": pid, "primary": primary, "detected_at": detected_at})))
-    health = importlib.import_module("tasks.health")
-    monkeypatch.setattr(health.check_capacity, "delay", lambda: env.enqueued.append(("check_capacity", {})))
+    sweep = importlib.import_module("tasks.sweep")
+    for task, params in SWEEP_TASKS.items():
+        monkeypatch.setattr(getattr(sweep, task), "delay", lambda *args, _task=task, _params=params: env.enqueued.append(
+            (_task, dict(zip(_params, args)))))
 
     # anything else that would reach the broker is recorded too (and would fail "nothing enqueued")
     def apply_async(self, args=None, kwargs=None, **options):
-        env.enqueued.append(("apply_async", {"task": self.name, "args": args}))
+        env.enqueued.append(("apply_async", {"task": self.name, "args": args, "kwargs": kwargs,
+                                             "countdown": options.get("countdown")}))
 
     monkeypatch.setattr(Task, "apply_async", apply_async)
+
+
+def real_client():
+    """The provider client exactly as ``app.runtime.vast`` builds it (rate budget, fencing guard), on the
+    fakes' settings and store: for tests that check what reaches the wire, with ``responses``."""
+    return REAL_VAST.__wrapped__()
 
 
 def make_env(monkeypatch) -> FakeEnv:
     from app import create_app
 
-    env = FakeEnv(store=fake_store(), vast=FakeVast(), client=None)
+    env = FakeEnv(store=fake_store(), vast=FakeVast(), settings=unit_settings())
     install(monkeypatch, env)
+    env.vast.guard = real_client().guard
     env.client = create_app().test_client()  # not TESTING: a 500 is answered, as in production
     return env
-
-
-def settings(**overrides) -> Settings:
-    return Settings(**{"lock_ttl": 10.0, "failover_threshold": 3, "health_check_interval": 10.0,
-                       "capacity_check_interval": 3600.0, **overrides})
 
 
 @pytest.fixture

@@ -5,10 +5,13 @@ import time
 
 import pytest
 
+from app.pools import State, pool_id
 from app.settings import Settings
-from app.store import ACTIVE, DEGRADED, DISABLED, PROVISIONING, SEARCHING, pool_id
 from app.vast import ProviderUnavailable
-from tests.unit.fakes import snapshot
+from tests.unit.fakes import RecordedChain, snapshot
+
+ACTIVE, DEGRADED, DISABLED, PROVISIONING, SEARCHING, FAILOVER = (
+    State.ACTIVE, State.DEGRADED, State.DISABLED, State.PROVISIONING, State.SEARCHING, State.FAILOVER)
 
 AUTHED = [("GET", "/api/v1/warmpool/status/123"), ("GET", "/api/v1/warmpool/pools"),
           ("GET", "/api/v1/warmpool/events/123"), ("GET", "/api/v1/warmpool/hosts"),
@@ -18,8 +21,7 @@ AUTHED = [("GET", "/api/v1/warmpool/status/123"), ("GET", "/api/v1/warmpool/pool
 SEED_STATUS = {"machine_id", "state", "host_machine_id", "volume_id", "primary_gpu_id", "standby_gpu_id",
                "standby_state", "primary_ssh_host", "primary_ssh_port", "last_health_check", "failover_count",
                "last_failover_at", "error_message"}
-warmpool_api = importlib.import_module("app.api.warmpool")
-provision_tasks = importlib.import_module("tasks.provision")
+operations = importlib.import_module("tasks.operations")
 
 
 def assert_error(rv, code):
@@ -99,13 +101,29 @@ def test_the_same_machine_id_is_a_different_pool_per_tenant(env):
 
 
 def test_status_has_the_seed_fields(env):
-    env.add_pool(123, failover_count=2)
+    env.add_pool(123, failover_count=2, created_at="2024-12-20T15:00:00.000Z")
     env.r.set("wp:sweep:last", "2024-12-20T15:30:00.000Z")
     rv = env.api("GET", "/api/v1/warmpool/status/123")
     assert rv.status_code == 200 and SEED_STATUS <= set(rv.json)
     assert rv.json["state"] == ACTIVE and rv.json["failover_count"] == 2 and rv.json["primary_gpu_id"] == 1123
     assert rv.json["last_health_check"] == "2024-12-20T15:30:00.000Z"
     assert "tenant" not in rv.json and "heal_attempts" not in rv.json  # internals stay inside
+
+
+def test_last_health_check_is_null_before_the_pool_existed(env):
+    env.r.set("wp:sweep:last", "2024-12-20T15:30:00.000Z")  # a sweep ran before the pool was made
+    env.add_pool(123)
+    assert env.api("GET", "/api/v1/warmpool/status/123").json["last_health_check"] is None
+    assert env.api("GET", "/api/v1/warmpool/pools").json["pools"][0]["last_health_check"] is None
+    env.r.set("wp:sweep:last", "2999-01-01T00:00:00.000Z")
+    assert env.api("GET", "/api/v1/warmpool/status/123").json["last_health_check"] == "2999-01-01T00:00:00.000Z"
+
+
+@pytest.mark.parametrize("state", [PROVISIONING, SEARCHING, FAILOVER, DISABLED])
+def test_last_health_check_is_null_while_the_sweep_does_not_watch_the_pool(env, state):
+    env.add_pool(123, state=state)
+    env.r.set("wp:sweep:last", "2999-01-01T00:00:00.000Z")
+    assert env.api("GET", "/api/v1/warmpool/status/123").json["last_health_check"] is None
 
 
 def test_status_404_for_an_unknown_machine(env):
@@ -152,8 +170,8 @@ def test_hosts_groups_offers_as_the_seed_shows(env):
     assert rv.json["count"] == 2 and env.vast.searches[1]["verified"] == {"eq": True}  # verified by default
 
 
-def test_hosts_are_cached_briefly(env, monkeypatch):
-    monkeypatch.setattr(warmpool_api, "settings", lambda: Settings(hosts_cache_seconds=15))
+def test_hosts_are_cached_briefly(env):
+    env.configure(hosts_cache_seconds=15)
     env.vast.offers = [offer(1, 88888, 2, 0.9)]
     first = env.api("GET", "/api/v1/warmpool/hosts").json
     assert env.api("GET", "/api/v1/warmpool/hosts").json == first and len(env.vast.searches) == 1
@@ -182,13 +200,17 @@ def test_provision_202_with_location_and_one_chain(env):
     task_id = rv.json["task_id"]
     assert rv.headers["Location"] == f"/api/v1/tasks/{task_id}"
     assert rv.json["success"] is True and rv.json["status"]["state"] == PROVISIONING
+    assert rv.json["status"]["task_id"] == task_id and rv.json["status"]["machine_id"] == 123
     (kind, ctx), = env.enqueued
     assert kind == "provision" and ctx["search"] is False
+    assert ctx["steps"] == ["warmpool.provision.create_volume", "warmpool.provision.create_primary",
+                            "warmpool.provision.await_primary", "warmpool.provision.create_standby"]
     assert (ctx["pid"], ctx["operation"], ctx["op_id"]) == ("acme:123", "provision", task_id)
     assert ctx["epoch"] == env.store.epoch("acme:123") and env.store.is_locked("acme:123")
     pool = env.store.get_pool("acme:123")
     assert (pool["state"], pool["host_machine_id"], pool["gpu_name"], pool["disk_size"], pool["volume_size"]) == (
         PROVISIONING, 88888, "RTX_4090", 60, 100)
+    assert pool["op_id"] == task_id and ctx["seq"] == pool["seq"]
     assert pool["image"] == Settings().default_image
     task = env.api("GET", rv.headers["Location"]).json
     assert (task["task_id"], task["state"], task["operation"], task["machine_id"]) == (task_id, "PENDING",
@@ -203,7 +225,7 @@ def test_provision_twice_409_while_the_first_runs(env):
     assert len(env.enqueued) == 1 and snapshot(env.r) == before
 
 
-@pytest.mark.parametrize("state", [ACTIVE, PROVISIONING, SEARCHING, "failover"])
+@pytest.mark.parametrize("state", [ACTIVE, PROVISIONING, SEARCHING, FAILOVER])
 def test_provision_409_when_the_machine_has_a_pool(env, state):
     pool = env.add_pool(123, state=state)
     body = assert_error(provision(env), 409)
@@ -230,17 +252,18 @@ def test_provision_again_after_degraded_or_cleaned_up(env, fields):
     assert env.kinds() == ["provision"]
 
 
-def test_provision_wait_answers_200_with_the_result_when_it_ends(env, monkeypatch):
-    class Finishing:
-        def __init__(self, search=False):
-            pass
-
+def finish_at_once(env, monkeypatch, result: dict):
+    """Chains that end their operation as soon as they are sent, with ``result``."""
+    class Finishing(RecordedChain):
         def delay(self, ctx):
-            env.enqueued.append(("provision", ctx))
-            env.store.update_op(ctx["op_id"], state="SUCCESS", step="done",
-                                result={"success": True, "message": "Warm pool provisioned successfully"})
+            super().delay(ctx)
+            env.store.update_op(ctx["op_id"], state="SUCCESS", step="done", result=result)
 
-    monkeypatch.setattr(provision_tasks, "provision_chain", Finishing)
+    monkeypatch.setattr(operations, "chain", lambda *signatures: Finishing(env, signatures))
+
+
+def test_provision_wait_answers_200_with_the_result_when_it_ends(env, monkeypatch):
+    finish_at_once(env, monkeypatch, {"success": True, "message": "Warm pool provisioned successfully"})
     started = time.monotonic()
     rv = provision(env, query="?wait=30")
     assert rv.status_code == 200 and rv.json == {"success": True, "message": "Warm pool provisioned successfully"}
@@ -259,16 +282,18 @@ def test_provision_wait_answers_202_when_it_does_not_end_in_time(env):
 
 def test_enable_without_a_pool_searches_a_host(env):
     rv = env.api("POST", "/api/v1/warmpool/enable/123", json={"gpu_name": "RTX_4090", "max_price": 0.5})
-    assert rv.status_code == 200 and rv.json["status"] == "enabled" and rv.json["task_id"]
+    assert rv.status_code == 202 and rv.json["status"] == "enabled" and rv.json["task_id"]
+    assert rv.headers["Location"] == f"/api/v1/tasks/{rv.json['task_id']}"
     (kind, ctx), = env.enqueued
     assert kind == "provision" and ctx["search"] is True and ctx["op_id"] == rv.json["task_id"]
+    assert ctx["steps"][0] == "warmpool.provision.find_host"
     pool = env.store.get_pool("acme:123")
     assert (pool["state"], pool["gpu_name"], pool["max_price"]) == (SEARCHING, "RTX_4090", 0.5)
 
 
 def test_enable_without_a_body(env):
     rv = env.api("POST", "/api/v1/warmpool/enable/123")
-    assert rv.status_code == 200 and rv.json["message"] == "Warm pool enabled for machine 123"
+    assert rv.status_code == 202 and rv.json["message"] == "Warm pool enabled for machine 123"
     assert env.kinds() == ["provision"]
 
 
@@ -285,7 +310,7 @@ def test_enable_a_disabled_pool_with_resources_goes_back_to_active(env):
 def test_enable_a_disabled_pool_on_a_host_provisions_what_is_missing(env):
     env.add_pool(123, state=DISABLED, enabled=False, standby_gpu_id=None)
     rv = env.api("POST", "/api/v1/warmpool/enable/123")
-    assert rv.status_code == 200 and rv.json["task_id"]
+    assert rv.status_code == 202 and rv.headers["Location"].endswith(rv.json["task_id"])
     assert env.enqueued[0][1]["search"] is False
     assert env.store.get_pool("acme:123")["state"] == PROVISIONING
 
@@ -310,13 +335,13 @@ def test_disable_keeps_resources_and_reports_the_fallback(env):
 
 
 def test_disable_while_locked_queues_behind_the_operation(env):
-    env.add_pool(123)
+    env.add_pool(123, op_id="b" * 32)  # the running operation
     env.hold_lock(123)
     rv = env.api("POST", "/api/v1/warmpool/disable/123")
     assert rv.status_code == 200 and rv.json["status"] == "disabled" and rv.json["fallback"] == "cpu_standby"
     (kind, queued), = env.enqueued
     assert kind == "when_unlocked" and queued == {"pid": "acme:123", "operation": "disable",
-                                                  "op_id": rv.json["task_id"]}
+                                                  "op_id": rv.json["task_id"], "behind": "b" * 32}
     assert env.store.get_pool("acme:123")["state"] == ACTIVE  # the running operation is not disturbed
     assert env.api("GET", f"/api/v1/tasks/{rv.json['task_id']}").json["operation"] == "disable"
 
@@ -334,12 +359,16 @@ def test_failover_test_202_with_location(env):
     rv = env.api("POST", "/api/v1/warmpool/failover/test/123")
     assert rv.status_code == 202, rv.json
     assert rv.headers["Location"] == f"/api/v1/tasks/{rv.json['task_id']}"
+    task_id = rv.json["task_id"]
+    assert rv.json["status"]["task_id"] == task_id and rv.json["status"]["state"] == FAILOVER
     (kind, launched), = env.enqueued
     assert kind == "failover" and launched["pid"] == "acme:123" and launched["trigger"] == "manual"
-    assert launched["op_id"] == rv.json["task_id"] and launched["epoch"] == env.store.epoch("acme:123")
+    assert launched["op_id"] == task_id and launched["epoch"] == env.store.epoch("acme:123")
+    assert launched["steps"][0] == "warmpool.failover.stop_primary"  # a manual test does not confirm first
+    assert env.store.is_locked("acme:123") and env.store.get_op(task_id)["trigger"] == "manual"
 
 
-@pytest.mark.parametrize("state", [DEGRADED, DISABLED, PROVISIONING, SEARCHING, "failover"])
+@pytest.mark.parametrize("state", [DEGRADED, DISABLED, PROVISIONING, SEARCHING, FAILOVER])
 def test_failover_test_409_unless_active(env, state):
     env.add_pool(123, state=state)
     body = assert_error(env.api("POST", "/api/v1/warmpool/failover/test/123"), 409)
@@ -370,17 +399,19 @@ def test_cleanup_202_with_location(env):
     (kind, ctx), = env.enqueued
     assert kind == "cleanup" and (ctx["pid"], ctx["operation"], ctx["op_id"]) == ("acme:123", "cleanup",
                                                                                    rv.json["task_id"])
-    assert env.store.is_locked("acme:123")
+    assert ctx["steps"] == ["warmpool.cleanup.destroy_instances", "warmpool.cleanup.delete_volume"]
+    assert env.store.is_locked("acme:123") and env.store.get_pool("acme:123")["op_id"] == rv.json["task_id"]
 
 
 def test_cleanup_while_locked_queues_behind_the_operation(env):
-    env.add_pool(123)
+    env.add_pool(123, op_id="b" * 32)
     env.hold_lock(123)
     rv = env.api("DELETE", "/api/v1/warmpool/cleanup/123")
     assert rv.status_code == 202 and rv.headers["Location"].endswith(rv.json["task_id"])
     (kind, queued), = env.enqueued
     assert kind == "when_unlocked" and queued == {"pid": "acme:123", "operation": "cleanup",
-                                                  "op_id": rv.json["task_id"]}
+                                                  "op_id": rv.json["task_id"], "behind": "b" * 32}
+    assert env.store.get_pool("acme:123")["op_id"] == "b" * 32  # the running operation is not disturbed
 
 
 def test_cleanup_404_for_a_machine_never_seen(env):
@@ -389,10 +420,8 @@ def test_cleanup_404_for_a_machine_never_seen(env):
 
 
 def test_cleanup_wait_answers_the_seed_body(env, monkeypatch):
-    cleanup_tasks = importlib.import_module("tasks.cleanup")
     result = {"success": True, "message": "Warm pool for machine 123 cleaned up"}
-    monkeypatch.setattr(cleanup_tasks, "start_cleanup",
-                        lambda ctx: env.store.update_op(ctx["op_id"], state="SUCCESS", result=result))
+    finish_at_once(env, monkeypatch, result)
     env.add_pool(123)
     rv = env.api("DELETE", "/api/v1/warmpool/cleanup/123?wait=10")
     assert rv.status_code == 200 and rv.json == result

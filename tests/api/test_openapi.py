@@ -9,10 +9,9 @@ import re
 import pytest
 
 from app import create_app
-from tests.unit.fakes import env  # noqa: F401  (fixture: fakeredis store, recorded enqueueing)
 
 DOC_ENDPOINTS = {"api-docs.openapi_json", "api-docs.openapi_swagger_ui", "api-docs.openapi_redoc",
-                 "api-docs.openapi_rapidoc", "static"}
+                 "api-docs.openapi_rapidoc", "static", "swagger_ui.static"}
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 
 # what design.md's API contract says each route answers (401 is checked separately, for every route)
@@ -22,14 +21,18 @@ CODES = {
     ("GET", "/api/v1/warmpool/events/{machine_id}"): {"200", "404"},
     ("GET", "/api/v1/warmpool/hosts"): {"200", "422", "503"},
     ("POST", "/api/v1/warmpool/provision"): {"202", "200", "409", "422"},
-    ("POST", "/api/v1/warmpool/enable/{machine_id}"): {"200", "409", "422"},
+    ("POST", "/api/v1/warmpool/enable/{machine_id}"): {"202", "200", "409", "422"},
     ("POST", "/api/v1/warmpool/disable/{machine_id}"): {"200", "404"},
     ("POST", "/api/v1/warmpool/failover/test/{machine_id}"): {"202", "200", "404", "409", "422"},
     ("DELETE", "/api/v1/warmpool/cleanup/{machine_id}"): {"202", "200", "404", "422"},
     ("GET", "/api/v1/tasks/{task_id}"): {"200", "404"},
+    ("GET", "/api/v1/webhooks"): {"200"},
+    ("POST", "/api/v1/webhooks"): {"201", "409", "422"},
+    ("DELETE", "/api/v1/webhooks/{webhook_id}"): {"204", "404"},
+    ("GET", "/api/v1/webhooks/{webhook_id}/deliveries"): {"200", "404"},
 }
 ACCEPTED = {key for key, codes in CODES.items() if "202" in codes}
-SAMPLE = {"machine_id": "123", "task_id": "a" * 32}
+SAMPLE = {"machine_id": "123", "task_id": "a" * 32, "webhook_id": "wh_" + "a" * 32}
 
 
 @pytest.fixture(scope="module")

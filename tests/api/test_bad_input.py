@@ -6,14 +6,18 @@ The store is fakeredis and every enqueue is recorded (tests/unit/fakes.py).
 
 import json
 import math
+import socket
+import uuid
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from app.api.schemas import MAX_ID
-from tests.unit.fakes import env, make_env, snapshot  # noqa: F401  (env is a fixture)
+from tests.unit.fakes import make_env, snapshot
 
 TASK = "f" * 32  # acme's task, seeded below
+WEBHOOK = "wh_" + "e" * 32  # acme's webhook, seeded below
 MACHINE = 123  # acme's active pool; globex has none of that id
 PROVISION = {"machine_id": 456, "host_machine_id": 88888}
 
@@ -29,16 +33,23 @@ ROUTES = {
     "failover": ("POST", "/api/v1/warmpool/failover/test/{m}"),
     "cleanup": ("DELETE", "/api/v1/warmpool/cleanup/{m}"),
     "task": ("GET", "/api/v1/tasks/{t}"),
+    "webhooks": ("GET", "/api/v1/webhooks"),
+    "subscribe": ("POST", "/api/v1/webhooks"),
+    "unsubscribe": ("DELETE", "/api/v1/webhooks/{w}"),
+    "deliveries": ("GET", "/api/v1/webhooks/{w}/deliveries"),
 }
+METHODS = {path: {m for m, p in ROUTES.values() if p == path} for _, path in ROUTES.values()}
 
 
-def url(route: str, m=MACHINE, t=TASK) -> str:
-    return ROUTES[route][1].format(m=m, t=t)
+def url(route: str, m=MACHINE, t=TASK, w=WEBHOOK) -> str:
+    return ROUTES[route][1].format(m=m, t=t, w=w)
 
 
 def seed(env):
-    """acme: an active pool 123 and a finished task; globex: a pool 777."""
+    """acme: an active pool 123, a finished task and a webhook; globex: a pool 777."""
     env.add_pool(MACHINE)
+    with mock.patch("app.store.webhooks.uuid.uuid4", return_value=uuid.UUID(WEBHOOK[3:])):
+        env.store.add_webhook("acme", "https://example.com/hooks/warmpool", None)
     env.add_pool(777, tenant="globex")
     env.r.set(f"wp:op:{TASK}", json.dumps({"task_id": TASK, "tenant": "acme", "machine_id": MACHINE,
                                            "operation": "provision", "state": "SUCCESS", "step": "done",
@@ -67,9 +78,9 @@ def assert_rejected(env, before, rv, *codes, named=None):
     return body
 
 
-def call(env, route, tenant="acme", m=MACHINE, t=TASK, query="", **kwargs):
+def call(env, route, tenant="acme", m=MACHINE, t=TASK, w=WEBHOOK, query="", **kwargs):
     method, _ = ROUTES[route]
-    return env.api(method, url(route, m, t) + query, tenant=tenant, **kwargs)
+    return env.api(method, url(route, m, t, w) + query, tenant=tenant, **kwargs)
 
 
 # -- wrong types, missing, unknown and huge fields in JSON bodies -----------------------------------------------
@@ -228,6 +239,13 @@ def test_bad_task_ids(seeded, task):
     assert_rejected(seeded, before, call(seeded, "task", t=task), 404)
 
 
+@pytest.mark.parametrize("route", ["unsubscribe", "deliveries"])
+@pytest.mark.parametrize("webhook", ["wh_" + "e" * 31, "wh_" + "e" * 33, "e" * 35, "wh_" + "0" * 32, "%00" * 35])
+def test_bad_webhook_ids(seeded, route, webhook):
+    before = snapshot(seeded.r)
+    assert_rejected(seeded, before, call(seeded, route, w=webhook), 404)
+
+
 def test_machine_zero_is_not_a_machine(seeded):
     before = snapshot(seeded.r)
     assert_rejected(seeded, before, call(seeded, "enable", m=0), 404, 422)
@@ -243,7 +261,8 @@ def test_machine_zero_is_unknown_where_a_pool_must_exist(seeded, route):
 
 
 @pytest.mark.parametrize("route, method", [(r, m) for r in sorted(ROUTES) for m in ("GET", "POST", "PUT", "PATCH",
-                                                                                     "DELETE") if m != ROUTES[r][0]])
+                                                                                     "DELETE")
+                                           if m not in METHODS[ROUTES[r][1]]])
 def test_wrong_methods(seeded, route, method):
     before = snapshot(seeded.r)
     rv = seeded.api(method, url(route), json=PROVISION)
@@ -269,7 +288,8 @@ def test_without_a_valid_key(seeded, route, key):
     assert rv.headers["WWW-Authenticate"] == "Bearer"
 
 
-@pytest.mark.parametrize("route", ["status", "events", "disable", "failover", "cleanup", "task"])
+@pytest.mark.parametrize("route", ["status", "events", "disable", "failover", "cleanup", "task", "unsubscribe",
+                                   "deliveries"])
 def test_with_another_tenants_key(seeded, route):
     before = snapshot(seeded.r)
     assert_rejected(seeded, before, call(seeded, route, tenant="globex"), 404)
@@ -296,15 +316,18 @@ query_values = st.text(max_size=20) | st.integers(-(2**70), 2**70).map(str) | st
 queries = st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), query_values, max_size=4)
 machines = st.sampled_from([MACHINE, 777, 456, 0]) | st.integers(-(2**64), 2**64)
 tasks = st.sampled_from([TASK, "0" * 32]) | st.text("0123456789abcdef", min_size=0, max_size=40)
+webhooks = st.sampled_from([WEBHOOK, "wh_" + "0" * 32]) | st.text("wh_0123456789abcdef", min_size=0, max_size=40)
 
 
 @pytest.fixture
 def property_env(monkeypatch):
     """One app and one fakeredis for the whole run, reset before every example.
 
-    ?wait= is capped at 10 ms: enqueued work never runs here, and a valid wait would block.
+    ?wait= is capped at 10 ms: enqueued work never runs here, and a valid wait would block. No webhook URL
+    resolves: a unit test never reaches the network.
     """
     env = make_env(monkeypatch)
+    monkeypatch.setattr(socket, "getaddrinfo", mock.Mock(side_effect=socket.gaierror("no network here")))
     wait_op = env.store.wait_op
     env.store.wait_op = lambda op_id, timeout: wait_op(op_id, min(timeout, 0.01))
     return env
@@ -313,9 +336,9 @@ def property_env(monkeypatch):
 @pytest.mark.parametrize("route", sorted(ROUTES))
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
-@given(body=bodies, query=queries, machine=machines, task=tasks, encode=st.sampled_from(["json", "raw", "form"]),
-       tenant=st.sampled_from(["acme", "acme", "globex", None]))
-def test_arbitrary_input_never_5xx(property_env, route, body, query, machine, task, encode, tenant):
+@given(body=bodies, query=queries, machine=machines, task=tasks, webhook=webhooks,
+       encode=st.sampled_from(["json", "raw", "form"]), tenant=st.sampled_from(["acme", "acme", "globex", None]))
+def test_arbitrary_input_never_5xx(property_env, route, body, query, machine, task, webhook, encode, tenant):
     env = property_env
     env.reset()
     seed(env)
@@ -327,7 +350,7 @@ def test_arbitrary_input_never_5xx(property_env, route, body, query, machine, ta
         kwargs = {"data": json.dumps(body)}
     else:
         kwargs = {"data": {str(k): str(v) for k, v in body.items()} if isinstance(body, dict) else str(body)}
-    rv = env.api(method, url(route, machine, task), tenant=tenant, query_string=query, **kwargs)
+    rv = env.api(method, url(route, machine, task, webhook), tenant=tenant, query_string=query, **kwargs)
     text = rv.get_data(as_text=True)
     assert rv.status_code < 500, (rv.status_code, text)
     assert rv.is_json and "Traceback" not in text
@@ -345,7 +368,8 @@ def test_arbitrary_input_never_5xx(property_env, route, body, query, machine, ta
 
 def test_every_route_of_the_app_is_exercised_here():
     from app import create_app
-    from tests.test_openapi import api_routes
+    from tests.api.test_openapi import api_routes
 
-    ours = {(m, p.replace("{m}", "{machine_id}").replace("{t}", "{task_id}")) for m, p in ROUTES.values()}
+    ours = {(m, p.replace("{m}", "{machine_id}").replace("{t}", "{task_id}").replace("{w}", "{webhook_id}"))
+            for m, p in ROUTES.values()}
     assert ours == api_routes(create_app()), "a route was added: add it to ROUTES"
