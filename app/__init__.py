@@ -5,10 +5,14 @@ enqueues work for the Celery workers in ``tasks/``, and answers.
 """
 
 import redis
-from flask import Flask
+import swagger_ui_bundle
+from flask import Blueprint, Flask
 from werkzeug.exceptions import MethodNotAllowed
 
 from app.api import api
+
+# Swagger UI's files, served from the swagger-ui-bundle package: the docs need no CDN and work offline
+SWAGGER_UI_ASSETS = "/api/v1/docs/assets"
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -20,7 +24,7 @@ def create_app(config: dict | None = None) -> Flask:
         OPENAPI_URL_PREFIX="/api/v1",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_SWAGGER_UI_URL=f"{SWAGGER_UI_ASSETS}/",
         API_SPEC_OPTIONS={
             "info": {"description": "GPU warm pool: a running primary and a stopped standby on one "
                                     "Vast.ai host, sharing a volume; failover in 30-60 s."},
@@ -39,6 +43,10 @@ def create_app(config: dict | None = None) -> Flask:
     api.register_blueprint(webhooks.blp)
     app.register_blueprint(probes.bp)
     app.register_blueprint(dashboard.bp)
+    app.register_blueprint(Blueprint("swagger_ui", __name__, static_folder=swagger_ui_bundle.swagger_ui_path,
+                                     static_url_path=SWAGGER_UI_ASSETS))
+    for rule in app.url_map.iter_rules("api-docs.openapi_swagger_ui"):
+        rule.strict_slashes = False  # /api/v1/docs/ shows the docs too
 
     @app.errorhandler(MethodNotAllowed)
     def method_not_allowed(exc):
