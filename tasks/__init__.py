@@ -6,7 +6,7 @@ Start a worker with ``celery -A tasks worker -Q failover,provision,health``.
 import time
 
 from celery import Celery
-from celery.signals import heartbeat_sent, setup_logging, task_postrun, task_prerun, worker_ready
+from celery.signals import celeryd_init, heartbeat_sent, setup_logging, task_postrun, task_prerun, worker_ready
 from kombu.transport import redis as kombu_redis
 
 from app import logs
@@ -62,6 +62,7 @@ def _log_context_end(**_):
 
 if logs.log_format() == "json":
     @setup_logging.connect
+    @celeryd_init.connect  # earlier: before the worker's first warning
     def _json_logs(loglevel=None, **_):
         """WARMPOOL_LOG_FORMAT=json: one JSON object per line, in place of Celery's own text format."""
         logs.configure_json(loglevel or "INFO")

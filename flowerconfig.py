@@ -1,0 +1,24 @@
+"""Flower's settings. Flower reads ./flowerconfig.py itself when started from the repository root
+(the Procfile, docker-compose.yml, warmpool dev); flags on its command line still win.
+
+FLOWER_ADDRESS is where operators reach Flower: 127.0.0.1 unless set. Flower shows every task's
+arguments and can revoke tasks, so it refuses to be reachable from anywhere else without
+FLOWER_BASIC_AUTH (``user:password``, comma-separated for more users).
+"""
+
+import ipaddress
+import os
+import sys
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+address = os.environ.get("FLOWER_ADDRESS") or "127.0.0.1"
+if not is_loopback(address) and not os.environ.get("FLOWER_BASIC_AUTH"):
+    sys.exit(f"flower: FLOWER_ADDRESS={address} makes Flower reachable from other machines; "
+             "set FLOWER_BASIC_AUTH=user:password too")
