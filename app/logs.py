@@ -9,10 +9,9 @@ an operation across the processes that ran its steps.
 import contextvars
 import logging
 import logging.config
-import os
 import re
 
-FORMATS = ("text", "json")
+from app.settings import Settings
 
 # the fields of the operation this thread works on; set around each task (tasks/__init__.py)
 operation: contextvars.ContextVar[dict] = contextvars.ContextVar("operation", default={})
@@ -21,10 +20,8 @@ POOL_ID = re.compile(r"(?P<tenant>.+):(?P<machine_id>\d+)")
 
 
 def log_format() -> str:
-    value = os.environ.get("WARMPOOL_LOG_FORMAT", "text").strip().lower() or "text"
-    if value not in FORMATS:
-        raise ValueError(f"WARMPOOL_LOG_FORMAT must be one of {', '.join(FORMATS)}, got {value!r}")
-    return value
+    """``text`` or ``json`` (WARMPOOL_LOG_FORMAT), read before anything logs: by gunicorn's and Celery's set-up."""
+    return Settings.from_env().log_format
 
 
 def operation_fields(args: tuple | list) -> dict:
