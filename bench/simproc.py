@@ -1,12 +1,13 @@
-"""The simulator in its own process, plus a bench-only seeding route.
+"""The simulator in its own process, plus bench-only routes.
 
 ``python -m bench.simproc --port P --time-scale X --seed N``
 
-It is the product's simulator (``sim.create_app``) with one extra route,
-``POST /_bench/seed_pools``, that puts a running primary and a stopped standby per
-pool straight into the simulator's ``World`` (no GPU accounting, already past
-loading), so thousands of pools can be seeded in a second. A separate process keeps
-the simulator's CPU time out of the benchmark process's GIL.
+It is the product's simulator (``sim.create_app``) with extra ``/_bench/`` routes:
+``POST /_bench/seed_pools`` puts a running primary and a stopped standby per pool
+straight into the simulator's ``World`` (no GPU accounting, already past loading), so
+thousands of pools can be seeded in a second; others count answers by route, list the
+hosts, and read or start/stop one instance outside the Vast routes' rate limits. A
+separate process keeps the simulator's CPU time out of the benchmark process's GIL.
 """
 
 import argparse
@@ -52,7 +53,7 @@ def build(time_scale: float, seed: int):
                         end_date=world.offers.end_date(),
                         intended=intended, phase="create" if intended == "running" else "create_stopped",
                         phase_at=now - 1e6)  # long past loading: running (or stopped) already
-                    instances.end_dates.track(instances.by_id[iid])
+                    instances.track_end_date(instances.by_id[iid])
                     instances.created_by_label[instances.by_id[iid].label] += 1
                     ids.append(iid)
                 rows.append([machine, host.machine_id, ids[0], ids[1]])
@@ -79,6 +80,16 @@ def build(time_scale: float, seed: int):
             return jsonify(hosts=[{"machine_id": h.machine_id, "free_gpus": h.free_gpus, "total_gpus": h.total_gpus,
                                    "gpu_name": h.gpu_name, "volume_free": h.volume_free}
                                   for h in world.hosts.values()])
+
+    # an instance read and changed as the Vast routes do, but outside their rate limits: the benchmark's
+    # own watching and its floor measurement must not use up the service's budget at the provider
+    @app.get("/_bench/instances/<int:instance_id>")
+    def instance_view(instance_id):
+        return jsonify(instances=world.instances.get(instance_id))
+
+    @app.post("/_bench/instances/<int:instance_id>/state")
+    def instance_state(instance_id):
+        return jsonify(world.instances.set_state(instance_id, request.get_json()["state"]))
 
     @app.get("/_bench/count")
     def count():

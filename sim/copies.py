@@ -37,8 +37,11 @@ def _volume_ref(value, what):
 class Copies:
     def __init__(self, hosts, offers, volumes, clock, lock):
         self.hosts, self.offers, self.volumes, self.clock, self.lock = hosts, offers, volumes, clock, lock
-        # destinations of the copies under way, so the per-request check does not scan every volume
-        self.in_flight = {v.id for v in volumes.by_id.values() if v.copy is not None and v.copy.state == "copying"}
+        self.recount()
+
+    def recount(self):
+        """Find the copies under way (the per-request check looks only at those, not at every volume)."""
+        self.in_flight = {v.id for v in self.volumes.by_id.values() if v.copy is not None and v.copy.state == "copying"}
 
     def _volume(self, vid) -> Volume:
         volume = self.volumes.by_id.get(vid)

@@ -68,7 +68,7 @@ class Instances:
                 intended=spec["target_state"], phase_at=now, end_date=self.offers.end_date(),
             )
             self.by_id[inst_id] = inst
-            self._track_end_date(inst)
+            self.track_end_date(inst)
             if inst.intended == "running":
                 self.gpus.take(inst)
                 self._check_split_brain(inst, "create", now)
@@ -131,11 +131,11 @@ class Instances:
             inst = self._get(inst_id)
             now = self.clock.now()
             inst.end_date = now + seconds
-            self._track_end_date(inst)
+            self.track_end_date(inst)
             self.rentals_due(now)
             return {"success": True, "end_date": inst.end_date}
 
-    def _track_end_date(self, inst: Instance):
+    def track_end_date(self, inst: Instance):
         self.end_dates.track(inst)
         self.expiry_warnings.track(inst)
 

@@ -3,6 +3,7 @@
 import hmac
 import json
 import logging
+import signal
 import threading
 import time
 
@@ -11,6 +12,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from .errors import ApiError, invalid_args, invalid_json
+from .housekeeper import Housekeeper
+from .persistence import StateFile
 from .world import World
 
 log = logging.getLogger(__name__)
@@ -68,35 +71,49 @@ def _state(body):
     return state
 
 
-def create_app(time_scale=1.0, seed=0, api_key=None) -> Flask:
-    """The simulator as a Flask app; ``api_key`` None accepts any non-empty key."""
+def create_app(time_scale=1.0, seed=0, api_key=None, state_file=None) -> Flask:
+    """The simulator as a Flask app; ``api_key`` None accepts any non-empty key.
+
+    With ``state_file`` (a path) the world is loaded from it if it exists, and saved to it after
+    every request that may change the world.
+    """
     app = Flask(__name__)
     app.json.sort_keys = False
     app.json.mimetype = "application/json"  # exactly: the vastai CLI rejects a charset suffix
     world = World(seed=seed, time_scale=time_scale)
     app.extensions["sim_world"] = world
-    # endpoint -> (route template as counted in /_sim/stats, needs auth)
+    if state_file is not None:
+        state_file = StateFile(state_file)
+        state_file.load(world)
+    app.extensions["sim_state_file"] = state_file
+    # endpoint ("METHOD /template/", as counted in /_sim/stats) -> needs auth
     vast_routes = {}
+    writes = set()  # endpoints that may change the world
 
-    def vast(template, method, auth=True):
+    def vast(template, method, auth=True, reads=None):
         """Register a Vast route; accepts the path with and without its trailing slash."""
         def register(view):
             rule = template.replace("{id}", "<id>").rstrip("/") + "/"
             endpoint = f"{method} {template}"
             app.add_url_rule(rule, endpoint, view, methods=[method], strict_slashes=False)
             vast_routes[endpoint] = auth
+            if not (method == "GET" if reads is None else reads):
+                writes.add(endpoint)
             return view
         return register
 
     def sim(rule, method="POST"):
         def register(view):
-            app.add_url_rule(rule, f"sim {method} {rule}", view, methods=[method], strict_slashes=False)
+            endpoint = f"sim {method} {rule}"
+            app.add_url_rule(rule, endpoint, view, methods=[method], strict_slashes=False)
+            if method != "GET":
+                writes.add(endpoint)
             return view
         return register
 
     @app.before_request
     def gate():
-        world.tick()
+        g.changed = world.tick()
         auth = vast_routes.get(request.endpoint)
         if auth is None:
             return None  # control routes and unknown paths: no faults, no counting
@@ -120,7 +137,10 @@ def create_app(time_scale=1.0, seed=0, api_key=None) -> Flask:
 
     @app.after_request
     def deliver(response):
-        """A held answer waits in this request's own thread; a lost one becomes a gateway's 504."""
+        """Save the world first; then a held answer waits in this request's own thread, and a lost
+        one becomes a gateway's 504."""
+        if state_file is not None and (g.pop("changed", False) or request.endpoint in writes):
+            state_file.save(world)
         verdict = g.pop("verdict", None)
         if verdict is None:
             return response
@@ -163,7 +183,7 @@ def create_app(time_scale=1.0, seed=0, api_key=None) -> Flask:
 
     # ---- offers ----------------------------------------------------------------------------
 
-    @vast("/api/v0/bundles/", "POST")
+    @vast("/api/v0/bundles/", "POST", reads=True)
     def search_bundles():
         return jsonify(offers=world.offers.search(_json_body()))
 
@@ -171,7 +191,7 @@ def create_app(time_scale=1.0, seed=0, api_key=None) -> Flask:
     def search_bundles_get():
         return jsonify(offers=world.offers.search(_json_arg("q") or {}))
 
-    @vast("/api/v0/search/asks/", "PUT")
+    @vast("/api/v0/search/asks/", "PUT", reads=True)
     def search_asks():
         return jsonify(offers=world.offers.search(_object_body().get("q") or {}))
 
@@ -238,7 +258,7 @@ def create_app(time_scale=1.0, seed=0, api_key=None) -> Flask:
 
     # ---- volumes ---------------------------------------------------------------------------
 
-    @vast("/api/v0/volumes/search/", "POST")
+    @vast("/api/v0/volumes/search/", "POST", reads=True)
     def search_volumes():
         return jsonify(offers=world.offers.search(_json_body(), volumes=True))
 
@@ -350,22 +370,43 @@ class _QuietHandler(WSGIRequestHandler):
         pass  # a busy client would flood the terminal
 
 
-def _make_server(host, port, time_scale, seed, api_key):
-    app = create_app(time_scale=time_scale, seed=seed, api_key=api_key)
-    return make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
+def _make_server(host, port, **options):
+    """A threaded server (a held answer must not block other requests) and its housekeeper."""
+    app = create_app(**options)
+    server = make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
+    return server, Housekeeper(app.extensions["sim_world"], app.extensions["sim_state_file"])
 
 
-def serve(host="127.0.0.1", port=8090, time_scale=1.0, seed=0, api_key=None):
-    """Run the simulator until interrupted."""
-    server = _make_server(host, port, time_scale, seed, api_key)
+def _stop_on_sigterm(*_):
+    raise SystemExit(0)  # unwinds through serve()'s finally: the last save
+
+
+def serve(host="127.0.0.1", port=8090, time_scale=1.0, seed=0, api_key=None, state_file=None):
+    """Run the simulator until interrupted (Ctrl-C or SIGTERM)."""
+    server, housekeeper = _make_server(host, port, time_scale=time_scale, seed=seed, api_key=api_key,
+                                       state_file=state_file)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    housekeeper.start()
     try:
         server.serve_forever()
+    except KeyboardInterrupt:
+        pass
     finally:
+        housekeeper.stop()
         server.server_close()
 
 
-def start_in_thread(port=0, time_scale=1.0, seed=0, api_key=None):
+def start_in_thread(port=0, time_scale=1.0, seed=0, api_key=None, state_file=None):
     """Start the simulator in a daemon thread; returns (server, base_url). Stop with server.shutdown()."""
-    server = _make_server("127.0.0.1", port, time_scale, seed, api_key)
-    threading.Thread(target=server.serve_forever, name="vast-sim", daemon=True).start()
+    server, housekeeper = _make_server("127.0.0.1", port, time_scale=time_scale, seed=seed, api_key=api_key,
+                                       state_file=state_file)
+
+    def run():
+        housekeeper.start()
+        try:
+            server.serve_forever()
+        finally:
+            housekeeper.stop()
+
+    threading.Thread(target=run, name="vast-sim", daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_port}"

@@ -60,6 +60,15 @@ class Webhooks:
             return {"receivers": [{"url": url} for url in self.receivers], **{k: self.counts[k] for k in
                                                                               ("delivered", "failed")}}
 
+    def export(self):
+        """The receivers with their secrets, for the state file only."""
+        with self.lock:
+            return dict(self.receivers)
+
+    def restore(self, receivers):
+        for url, secret in receivers.items():
+            self.register({"url": url, "secret": secret})
+
     def clear(self):
         with self.lock:
             self.receivers.clear()

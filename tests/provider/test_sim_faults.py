@@ -42,7 +42,7 @@ def test_lost_answer_applies_the_call_then_answers_504(sim):
 def test_held_answer_is_applied_first_and_blocks_nobody_else(sim):
     machine_id, offer_id = big_4090_host(sim)
     inst_id = sim.create(offer_id)
-    sim.ok("POST", "/_sim/faults", json={"routes": {"PUT /api/v0/instances/{id}/": {"hold_s": 3, "times": 1}}})
+    sim.ok("POST", "/_sim/faults", json={"routes": {"PUT /api/v0/instances/{id}/": {"hold_s": 2, "times": 1}}})
     answers = []
 
     def stop():  # its own connection: the test's session keeps serving the checks below
