@@ -1,0 +1,101 @@
+"""`warmpool dev` on Ctrl-C: its children stop in order, with no traceback and nothing left behind;
+a second Ctrl-C stops what is left at once."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+import requests
+
+from app.processes import free_port, wait_until
+from tests.conftest import ROOT
+
+STOPPED_IN_ORDER = ["flower", "beat", "worker", "web", "simulator", "redis"]
+# what would point dev at the test session's own Redis and simulator
+SESSION_SETTINGS = ("REDIS_URL", "VAST_API_URL", "VAST_API_KEY", "VAST_RATE_LIMITS", "WARMPOOL_API_KEYS")
+
+
+class Dev:
+    """`warmpool dev` started the way a terminal starts it: in a process group of its own, which Ctrl-C
+    signals as a whole."""
+
+    def __init__(self, tmp_path):
+        self.port, self.flower_port = free_port(), free_port()
+        self.log = tmp_path / "dev.log"
+        env = {k: v for k, v in os.environ.items() if k not in SESSION_SETTINGS}
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "dev", "--port", str(self.port), "--sim-port", str(free_port()),
+                 "--flower-port", str(self.flower_port), "--time-scale", "0.05", "--data-dir", str(tmp_path / "var")],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(self.ready, 90, 0.2, "warmpool dev to be ready")
+        self.children = psutil.Process(self.process.pid).children(recursive=True)
+
+    def ready(self) -> bool:
+        assert self.process.poll() is None, self.output()
+        try:
+            return (requests.get(f"http://127.0.0.1:{self.port}/readyz", timeout=2).ok
+                    and requests.get(f"http://127.0.0.1:{self.flower_port}/healthcheck", timeout=2).ok)
+        except requests.ConnectionError:
+            return False
+
+    def ctrl_c(self):
+        os.killpg(self.process.pid, signal.SIGINT)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def child(self, name: str) -> psutil.Process:
+        return next(c for c in self.children if name in " ".join(c.cmdline()))
+
+    def left(self) -> list[psutil.Process]:
+        return [c for c in self.children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+    def kill(self):
+        for process in [self.process, *self.left()]:
+            with_no_error(process.kill)
+
+
+def with_no_error(call):
+    try:
+        call()
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        pass
+
+
+@pytest.fixture
+def dev(tmp_path):
+    started = Dev(tmp_path)
+    yield started
+    started.kill()  # only if a test failed half-way
+
+
+def test_ctrl_c_stops_every_child_in_order_with_no_traceback(dev):
+    assert len(dev.children) >= 7  # redis, simulator, gunicorn and its worker, worker, beat, flower
+
+    dev.ctrl_c()
+
+    assert dev.process.wait(timeout=120) == 0
+    output = dev.output()
+    assert "Traceback" not in output, output
+    assert dev.left() == []
+    stops = [line.rpartition(" ")[2] for line in output.splitlines() if line.startswith("warmpool dev: stopping ")]
+    assert stops == STOPPED_IN_ORDER, output
+    assert "Redis is now ready to exit" in output and "You insist" not in output  # a clean shutdown
+
+
+def test_a_second_ctrl_c_kills_what_is_left(dev):
+    dev.child(" beat ").suspend()  # a child that will not stop by itself
+
+    dev.ctrl_c()
+    wait_until(lambda: "warmpool dev: stopping beat" in dev.output(), 30, 0.1, "the stop to reach beat")
+    dev.ctrl_c()
+
+    dev.process.wait(timeout=60)
+    output = dev.output()
+    assert "warmpool dev: stopping now" in output and "Traceback" not in output, output
+    assert dev.left() == []
+    assert "Redis is now ready to exit" not in output  # killed, not asked
