@@ -1,4 +1,4 @@
-"""The state store on fakeredis: pools and their indexes, locks and fencing, operations, events, keys, rate slots."""
+"""The state store on fakeredis: pools and their indexes (fenced writes), operations, events, API keys."""
 
 import threading
 import time
@@ -6,12 +6,13 @@ import time
 import pytest
 
 from app import store as store_module
-from app.store import (ACTIVE, DEGRADED, DISABLED, EVENTS_KEPT, FencedOut, Held, label, new_pool, pool_id,
-                       split_pool_id)
+from app.pools import State, new_pool, pool_id
+from app.store import EVENTS_KEPT, FencedOut
 from tests.conftest import wait_until
 from tests.unit.fakes import snapshot
 
 PID = "acme:123"
+ACTIVE, DEGRADED, DISABLED = State.ACTIVE, State.DEGRADED, State.DISABLED
 
 
 def save(store, pool):
@@ -19,26 +20,6 @@ def save(store, pool):
     held = store.acquire(pid, 10)
     store.save_pool(pool, held)
     store.release(pid, held, 10)
-
-
-# -- ids and labels ------------------------------------------------------------------------------
-
-
-def test_pool_ids_and_labels_round_trip():
-    assert pool_id("acme", 123) == PID
-    assert split_pool_id(PID) == ("acme", 123)
-    assert split_pool_id("te:nant:7") == ("te:nant", 7)  # the machine is after the last colon
-    assert label("acme", 123, "primary") == "warmpool-acme-123-primary"
-
-
-def test_new_pool_has_the_seed_fields_and_overrides():
-    pool = new_pool("acme", 1, state=ACTIVE, gpu_name="RTX_4090")
-    seed = {"machine_id", "state", "host_machine_id", "volume_id", "primary_gpu_id", "standby_gpu_id",
-            "standby_state", "primary_ssh_host", "primary_ssh_port", "failover_count", "last_failover_at",
-            "error_message"}
-    assert seed <= set(pool)
-    assert pool["state"] == ACTIVE and pool["gpu_name"] == "RTX_4090" and pool["standby_state"] == "none"
-    assert (pool["disk_size"], pool["volume_size"]) == (50, 100)
 
 
 # -- pools and indexes -------------------------------------------------------------------------------
@@ -99,45 +80,6 @@ def test_watched_and_primaries_indexes_follow_the_state(store):
     assert store.primaries([]) == {}
 
 
-# -- locks and fencing ------------------------------------------------------------------------------------
-
-
-def test_acquire_gives_increasing_epochs_and_excludes_others(store):
-    first = store.acquire(PID, 10)
-    assert isinstance(first, Held) and first.epoch == 1 and store.is_locked(PID)
-    assert store.acquire(PID, 10) is None  # held: no second holder, no new epoch
-    assert store.epoch(PID) == 1
-    store.release(PID, first, 10)
-    assert not store.is_locked(PID)
-    second = store.acquire(PID, 10)
-    assert second.epoch == 2 and second.token != first.token
-    assert store.acquire("acme:124", 10).epoch == 1  # epochs are per machine
-
-
-def test_the_lock_is_a_redis_py_lock_with_a_ttl(store):
-    held = store.acquire(PID, 10)
-    assert store.r.get(f"wp:lock:{PID}") == held.token
-    assert 0 < store.r.pttl(f"wp:lock:{PID}") <= 10_000
-    store.extend(PID, held, 30)
-    assert 10_000 < store.r.pttl(f"wp:lock:{PID}") <= 30_000
-
-
-def test_acquire_waits_for_a_release(store):
-    first = store.acquire(PID, 10)
-    threading.Timer(0.2, store.release, (PID, first, 10)).start()
-    started = time.monotonic()
-    second = store.acquire(PID, 10, wait=5)
-    assert second is not None and second.epoch == 2
-    assert time.monotonic() - started < 4
-
-
-def test_acquire_with_wait_gives_up(store):
-    store.acquire(PID, 10)
-    started = time.monotonic()
-    assert store.acquire(PID, 10, wait=0.2) is None
-    assert 0.05 < time.monotonic() - started < 3
-
-
 def test_save_pool_with_a_stale_epoch_is_fenced_out_and_writes_nothing(store):
     old = store.acquire(PID, 0.1)
     save_pool = new_pool("acme", 123, state=ACTIVE, primary_gpu_id=111)
@@ -185,84 +127,6 @@ def test_save_pool_with_an_expected_step_refuses_a_duplicate_delivery(store):
     with pytest.raises(FencedOut):  # a second delivery of the step that wrote seq 2
         store.save_pool(new_pool("acme", 123, seq=2, volume_id=8), held, expect_seq=1)
     assert snapshot(store.r) == before and store.get_pool(PID)["volume_id"] == 7
-
-
-def test_extend_after_expiry_takes_the_lock_back_when_no_one_held_it(store):
-    # a killed worker's step is redelivered: the same holder takes its expired lock back
-    held = store.acquire(PID, 0.1)
-    wait_until(lambda: not store.is_locked(PID), timeout=5, message="the lock to expire")
-    store.extend(PID, held, 10)
-    assert store.r.get(f"wp:lock:{PID}") == held.token and store.epoch(PID) == held.epoch
-    assert store.acquire(PID, 10) is None
-
-
-def test_extend_after_expiry_and_another_holder_is_fenced_out(store):
-    held = store.acquire(PID, 0.1)
-    wait_until(lambda: not store.is_locked(PID), timeout=5, message="the lock to expire")
-    other = store.acquire(PID, 10)
-    store.release(PID, other, 10)  # someone held it meanwhile, and is done
-    with pytest.raises(FencedOut):
-        store.extend(PID, held, 10)
-    assert not store.is_locked(PID)  # the stale holder does not keep the lock it grabbed
-
-
-def test_extend_after_takeover_raises_fenced_out(store):
-    held = store.acquire(PID, 0.1)
-    wait_until(lambda: not store.is_locked(PID), timeout=5, message="the lock to expire")
-    newer = store.acquire(PID, 10)
-    with pytest.raises(FencedOut):
-        store.extend(PID, held, 10)
-    store.extend(PID, newer, 10)  # the new holder still can
-    # the stale holder's release does not free the newer holder's lock
-    store.release(PID, held, 10)
-    assert store.is_locked(PID) and store.acquire(PID, 10) is None
-
-
-def test_extend_with_the_right_token_but_an_old_epoch_is_fenced_out(store):
-    held = store.acquire(PID, 10)
-    store.r.incr(f"wp:epoch:{PID}")
-    with pytest.raises(FencedOut):
-        store.extend(PID, held, 10)
-
-
-def test_take_over_fences_out_the_first_delivery(store):
-    first = store.acquire(PID, 10)
-    second = store.take_over(PID, first, 10)  # the redelivered step
-    assert second.epoch == first.epoch + 1 and second.token != first.token
-    store.save_pool(new_pool("acme", 123, state=DEGRADED), second)
-    before = snapshot(store.r)
-    with pytest.raises(FencedOut):
-        store.save_pool(new_pool("acme", 123, state=ACTIVE, primary_gpu_id=1), first)  # the frozen first one
-    assert snapshot(store.r) == before
-    with pytest.raises(FencedOut):
-        store.take_over(PID, first, 10)  # and cannot take it back either
-    store.extend(PID, second, 10)
-
-
-def test_a_fenced_out_holder_does_not_release_the_lock_of_the_one_that_took_over(store):
-    first = store.acquire(PID, 10)
-    second = store.take_over(PID, first, 10)  # the step was redelivered; the first worker was only frozen
-    with pytest.raises(FencedOut):
-        store.extend(PID, first, 10)  # the first one wakes up and enters its next step
-    assert store.is_locked(PID), "the machine's lock was released under the holder that took over"
-    assert store.acquire(PID, 10) is None, "another operation could take the machine"
-    store.extend(PID, second, 10)
-
-
-def test_release_of_an_expired_lock_is_quiet(store):
-    held = store.acquire(PID, 0.05)
-    wait_until(lambda: not store.is_locked(PID), timeout=5, message="the lock to expire")
-    store.release(PID, held, 10)
-    assert store.acquire(PID, 10).epoch == 2
-
-
-def test_failover_slots_are_capped_over_the_last_minute(store):
-    assert [store.take_failover_slot(3) for _ in range(5)] == [True, True, True, False, False]
-    assert store.r.zcard("wp:failovers") == 3  # refused attempts take no slot
-    assert 0 < store.r.ttl("wp:failovers") <= 120
-    oldest, _ = store.r.zrange("wp:failovers", 0, 0, withscores=True)[0]
-    store.r.zadd("wp:failovers", {oldest: time.time() - 61})  # one of them started over a minute ago
-    assert store.take_failover_slot(3) and not store.take_failover_slot(3)
 
 
 # -- operations ---------------------------------------------------------------------------------------------
@@ -358,30 +222,3 @@ def test_api_keys_are_stored_hashed(store):
     dump = repr(snapshot(store.r))
     assert raw not in dump and "acme" in dump
 
-
-# -- the shared rate budget -------------------------------------------------------------------------------------------
-
-
-def test_reserve_slot_spaces_calls(store):
-    waits = [store.reserve_slot("show_instance", 0.5) for _ in range(4)]
-    assert waits[0] == pytest.approx(0, abs=0.05)
-    for i, wait in enumerate(waits):
-        # each caller waits one interval more than the previous (less the time the calls took)
-        assert wait == pytest.approx(0.5 * i, abs=0.2), waits
-    assert store.reserve_slot("list_instances", 0.5) == pytest.approx(0, abs=0.05)  # per endpoint
-    assert 0 < store.r.pttl("wp:rate:show_instance") <= 3000
-
-
-def test_reserve_slot_is_free_again_after_the_interval(store):
-    store.reserve_slot("volumes", 0.1)
-    wait_until(lambda: float(store.r.get("wp:rate:volumes") or 0) < time.time(), timeout=5, interval=0.02,
-               message="the reserved slot to pass")
-    assert store.reserve_slot("volumes", 0.1) == pytest.approx(0, abs=0.05)
-
-
-def test_reserve_slot_horizon_keeps_a_backlog_from_reserving_ahead(store):
-    """Provisioning reserves at most two slots ahead; an urgent caller (horizon -1) always gets the next."""
-    waits = [store.reserve_slot("show_instance", 1.0, horizon=2.0) for _ in range(4)]
-    assert waits[:3] == [pytest.approx(0, abs=0.2), pytest.approx(1, abs=0.2), pytest.approx(2, abs=0.2)]
-    assert waits[3] == pytest.approx(-3, abs=0.2)  # not reserved: the next free slot is 3 s away
-    assert store.reserve_slot("show_instance", 1.0) == pytest.approx(3, abs=0.2)  # urgent: right after them

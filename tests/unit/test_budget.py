@@ -1,0 +1,113 @@
+"""Shared budgets (app/store/budget.py) and the provider client's use of them (app.runtime): call slots per
+endpoint, urgent calls first, a thread given back when no slot comes soon; the cap on automatic failovers."""
+
+import time
+import types
+
+import pytest
+import responses
+
+from app import runtime
+from app.runtime import MAX_THROTTLE_WAIT, Throttled, urgent
+from tests.conftest import wait_until
+from tests.unit.fakes import VAST_URL, real_client
+
+SHOW = f"{VAST_URL}/api/v0/instances/7/"
+
+
+# -- reservations ---------------------------------------------------------------------------------------
+
+
+def test_reserve_slot_spaces_calls(store):
+    waits = [store.reserve_slot("show_instance", 0.5) for _ in range(4)]
+    assert waits[0] == pytest.approx(0, abs=0.05)
+    for i, wait in enumerate(waits):
+        # each caller waits one interval more than the previous (less the time the calls took)
+        assert wait == pytest.approx(0.5 * i, abs=0.2), waits
+    assert store.reserve_slot("list_instances", 0.5) == pytest.approx(0, abs=0.05)  # per endpoint
+    assert 0 < store.r.pttl("wp:rate:show_instance") <= 3000
+
+
+def test_reserve_slot_is_free_again_after_the_interval(store):
+    store.reserve_slot("volumes", 0.1)
+    wait_until(lambda: float(store.r.get("wp:rate:volumes") or 0) < time.time(), timeout=5, interval=0.02,
+               message="the reserved slot to pass")
+    assert store.reserve_slot("volumes", 0.1) == pytest.approx(0, abs=0.05)
+
+
+def test_reserve_slot_horizon_keeps_a_backlog_from_reserving_ahead(store):
+    """Provisioning reserves at most two slots ahead; an urgent caller (horizon -1) always gets the next."""
+    waits = [store.reserve_slot("show_instance", 1.0, horizon=2.0) for _ in range(4)]
+    assert waits[:3] == [pytest.approx(0, abs=0.2), pytest.approx(1, abs=0.2), pytest.approx(2, abs=0.2)]
+    assert waits[3] == pytest.approx(-3, abs=0.2)  # not reserved: the next free slot is 3 s away
+    assert store.reserve_slot("show_instance", 1.0) == pytest.approx(3, abs=0.2)  # urgent: right after them
+
+
+# -- the client's throttle ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def budget(env, monkeypatch):
+    """The client as app.runtime builds it, with a 100 s interval on show_instance and its sleeps recorded."""
+    env.configure(vast_rate_limits={"show_instance": 100.0})
+    sleeps = []
+    monkeypatch.setattr(runtime, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=sleeps.append))
+    interval = 100.0 * 1.05 + 0.01  # the margin app.runtime keeps
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add(responses.GET, SHOW, json={"instances": {"id": 7, "actual_status": "running"}})
+        yield types.SimpleNamespace(env=env, client=real_client(), mock=mock, sleeps=sleeps, interval=interval)
+
+
+def test_calls_wait_their_reserved_slot(budget):
+    budget.client.show_instance(7)
+    budget.client.show_instance(7)
+    assert len(budget.mock.calls) == 2
+    assert budget.sleeps[0] == pytest.approx(0, abs=0.5) and budget.sleeps[1] == pytest.approx(budget.interval,
+                                                                                                abs=0.5)
+
+
+def test_a_call_without_a_slot_within_the_wait_gives_its_thread_back_unsent(budget):
+    for _ in range(3):  # a backlog: the next slot is three intervals away, beyond the two a caller may reserve
+        budget.env.store.reserve_slot("show_instance", budget.interval)
+    with pytest.raises(Throttled) as raised:
+        budget.client.show_instance(7)
+    assert len(budget.mock.calls) == 0 and budget.sleeps == []
+    assert raised.value.retry_in > MAX_THROTTLE_WAIT  # the step comes back when a slot may be free
+
+
+def test_an_urgent_call_skips_the_horizon_and_waits_for_the_next_slot(budget):
+    for _ in range(3):
+        budget.env.store.reserve_slot("show_instance", budget.interval)
+    token = urgent.set(True)  # a failover or health step
+    try:
+        budget.client.show_instance(7)
+    finally:
+        urgent.reset(token)
+    assert len(budget.mock.calls) == 1
+    assert budget.sleeps == [pytest.approx(3 * budget.interval, abs=1)]
+
+
+def test_an_endpoint_without_a_limit_takes_no_slot(budget):
+    budget.env.configure(vast_rate_limits={})
+    client = real_client()
+    for _ in range(3):
+        client.show_instance(7)
+    assert len(budget.mock.calls) == 3 and budget.sleeps == [] and budget.env.r.keys("wp:rate:*") == []
+
+
+# -- the failover cap ---------------------------------------------------------------------------------------------
+
+
+def test_failover_slots_are_capped_over_the_last_minute(store):
+    assert [store.take_failover_slot(3) for _ in range(5)] == [True, True, True, False, False]
+    assert store.r.zcard("wp:failovers") == 3  # refused attempts take no slot
+    assert 0 < store.r.ttl("wp:failovers") <= 120
+    oldest, _ = store.r.zrange("wp:failovers", 0, 0, withscores=True)[0]
+    store.r.zadd("wp:failovers", {oldest: time.time() - 61})  # one of them started over a minute ago
+    assert store.take_failover_slot(3) and not store.take_failover_slot(3)
+
+
+def test_a_deferred_failover_is_said_once_a_minute(store):
+    assert store.first_deferral("acme:1") and not store.first_deferral("acme:1")
+    assert store.first_deferral("acme:2")
+    assert 0 < store.r.ttl("wp:deferred:acme:1") <= 60

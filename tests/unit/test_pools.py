@@ -1,0 +1,158 @@
+"""What a pool is (app/pools.py): ids, labels, volume names, the record and its named changes of state."""
+
+import re
+import time
+
+import pytest
+
+from app.pools import (
+    State,
+    has_resources,
+    is_unsettled,
+    is_watched,
+    label,
+    new_pool,
+    parse_label,
+    pool_id,
+    refuses_provision,
+    split_pool_id,
+    to_active,
+    to_degraded,
+    to_disabled,
+    to_provisioning,
+    volume_name,
+)
+
+PID = "acme:123"
+
+
+# -- ids, labels, volume names -------------------------------------------------------------------
+
+
+def test_pool_ids_and_labels_round_trip():
+    assert pool_id("acme", 123) == PID
+    assert split_pool_id(PID) == ("acme", 123)
+    assert split_pool_id("te:nant:7") == ("te:nant", 7)  # the machine is after the last colon
+    assert label("acme", 123, "primary") == "warmpool-acme-123-primary"
+    for tenant, machine, role in (("acme", 1, "primary"), ("a-b-c", 99999, "standby")):
+        assert parse_label(label(tenant, machine, role)) == (pool_id(tenant, machine), role)
+
+
+@pytest.mark.parametrize("name, parsed", [
+    ("warmpool-acme-123-primary", ("acme:123", "primary")),
+    ("warmpool-acme-123-standby", ("acme:123", "standby")),
+    ("warmpool-big-co-7-primary", ("big-co:7", "primary")),
+    ("warmpool-acme-123-volume", None),  # volumes are found by name, not by label
+    ("warmpool-acme-x1-primary", None),
+    ("warmpool-acme-123-spare", None),
+    ("warmpool--123-primary", None),
+    ("warmpool-123-primary", None),
+    ("warmpool-acme--primary", None),
+    ("ML job", None),
+    ("", None),
+])
+def test_parse_label(name, parsed):
+    assert parse_label(name) == parsed
+
+
+def test_volume_names_follow_the_house_pattern():
+    assert volume_name("acme", 123) == "warmpool_acme_123_volume"
+    assert volume_name("Globex2", 9007199254740991) == "warmpool_Globex2_9007199254740991_volume"
+
+
+@pytest.mark.parametrize("tenant", ["big-co", "a.b", "x" * 33, "ümlaut", "under_score"])
+def test_a_tenant_vast_would_refuse_in_a_volume_name_is_replaced_by_a_stable_hash(tenant):
+    name = volume_name(tenant, 9007199254740991)
+    assert re.fullmatch(r"[A-Za-z0-9_]{1,64}", name), name  # Vast's rule for volume names
+    assert name == volume_name(tenant, 9007199254740991) and name.startswith("warmpool_h")
+    assert volume_name(tenant, 1) != volume_name(tenant + "x", 1)
+
+
+# -- the record ---------------------------------------------------------------------------------------
+
+
+def test_new_pool_has_the_seed_fields_and_overrides():
+    pool = new_pool("acme", 1, state=State.ACTIVE, gpu_name="RTX_4090")
+    seed = {"machine_id", "state", "host_machine_id", "volume_id", "primary_gpu_id", "standby_gpu_id",
+            "standby_state", "primary_ssh_host", "primary_ssh_port", "failover_count", "last_failover_at",
+            "error_message"}
+    assert seed <= set(pool)
+    assert pool["state"] == State.ACTIVE and pool["gpu_name"] == "RTX_4090" and pool["standby_state"] == "none"
+    assert (pool["disk_size"], pool["volume_size"], pool["seq"], pool["creating"]) == (50, 100, 0, None)
+
+
+@pytest.mark.parametrize("state, enabled, primary, watched", [
+    (State.ACTIVE, True, 1, True), (State.DEGRADED, True, 1, True), (State.ACTIVE, False, 1, False),
+    (State.ACTIVE, True, None, False), (State.FAILOVER, True, 1, False), (State.PROVISIONING, True, 1, False),
+    (State.SEARCHING, True, 1, False), (State.DISABLED, False, 1, False)])
+def test_the_sweep_watches_enabled_active_or_degraded_pools_with_a_primary(state, enabled, primary, watched):
+    assert is_watched(new_pool("acme", 1, state=state, enabled=enabled, primary_gpu_id=primary)) is watched
+
+
+@pytest.mark.parametrize("fields, unsettled", [
+    ({"state": State.ACTIVE}, False), ({"state": State.DEGRADED}, True), ({"state": State.FAILOVER}, True),
+    ({"state": State.PROVISIONING}, True), ({"state": State.SEARCHING}, True), ({"state": State.DISABLED}, False),
+    ({"state": State.DEGRADED, "enabled": False}, False),
+    ({"state": State.DISABLED, "enabled": False, "cleanup_pending": True}, True)])
+def test_the_healer_looks_at_unsettled_pools_and_unfinished_cleanups(fields, unsettled):
+    assert is_unsettled(new_pool("acme", 1, **fields)) is unsettled
+
+
+@pytest.mark.parametrize("fields, host, refused", [
+    (None, 88888, False),
+    ({"state": State.ACTIVE}, 88888, True), ({"state": State.FAILOVER}, 88888, True),
+    ({"state": State.SEARCHING}, 88888, True), ({"state": State.PROVISIONING}, 88888, True),
+    ({"state": State.DEGRADED, "host_machine_id": 88888, "volume_id": 7}, 88888, False),
+    ({"state": State.DEGRADED, "host_machine_id": 77777, "volume_id": 7}, 88888, True),  # its volume is elsewhere
+    ({"state": State.DISABLED, "host_machine_id": 77777, "volume_id": None}, 88888, False),  # cleaned up
+])
+def test_a_machine_keeps_one_pool(fields, host, refused):
+    pool = fields and new_pool("acme", 1, **fields)
+    assert refuses_provision(pool, host) is refused
+
+
+def test_has_resources_needs_primary_standby_and_volume():
+    assert has_resources(new_pool("acme", 1, primary_gpu_id=1, standby_gpu_id=2, volume_id=3))
+    for missing in ("primary_gpu_id", "standby_gpu_id", "volume_id"):
+        assert not has_resources(new_pool("acme", 1, **{"primary_gpu_id": 1, "standby_gpu_id": 2, "volume_id": 3,
+                                                        missing: None}))
+
+
+# -- named changes of state ----------------------------------------------------------------------------------
+
+
+def test_to_provisioning_protects_again_from_scratch_or_by_search():
+    pool = new_pool("acme", 1, state=State.DISABLED, enabled=False, fallback="cpu_standby", error_message="x")
+    to_provisioning(pool, search=True, gpu_name="A100", op_id="o" * 32)
+    assert (pool["state"], pool["enabled"], pool["fallback"], pool["error_message"]) == (
+        State.SEARCHING, True, None, None)
+    assert (pool["gpu_name"], pool["op_id"]) == ("A100", "o" * 32)
+    to_provisioning(pool, search=False)
+    assert pool["state"] == State.PROVISIONING
+
+
+def test_to_active_clears_errors_and_the_healers_backoff():
+    pool = new_pool("acme", 1, state=State.DEGRADED, error_message="x", fallback="cpu_standby", heal_attempts=4,
+                    next_heal_at=time.time() + 600)
+    to_active(pool, standby_gpu_id=9)
+    assert (pool["state"], pool["enabled"], pool["error_message"], pool["fallback"]) == (State.ACTIVE, True, None, None)
+    assert (pool["heal_attempts"], pool["next_heal_at"], pool["standby_gpu_id"]) == (0, 0.0, 9)
+
+
+def test_to_disabled_keeps_resources_and_names_the_fallback():
+    pool = new_pool("acme", 1, state=State.ACTIVE, primary_gpu_id=1, volume_id=3, error_message="x")
+    to_disabled(pool)
+    assert (pool["state"], pool["enabled"], pool["fallback"], pool["error_message"]) == (
+        State.DISABLED, False, "cpu_standby", None)
+    assert (pool["primary_gpu_id"], pool["volume_id"]) == (1, 3)
+    to_disabled(pool, fallback=None)  # a cleanup: nothing is left to fall back on
+    assert pool["fallback"] is None
+
+
+def test_to_degraded_says_why_and_when_the_healer_retries():
+    pool = new_pool("acme", 1, state=State.ACTIVE)
+    before = time.time()
+    to_degraded(pool, "the standby no longer exists", 30.0, standby_gpu_id=None)
+    assert (pool["state"], pool["error_message"], pool["standby_gpu_id"]) == (
+        State.DEGRADED, "the standby no longer exists", None)
+    assert before + 30.0 <= pool["next_heal_at"] <= time.time() + 30.0
