@@ -1,19 +1,27 @@
 """The reconciler: beat runs it every RECONCILE_INTERVAL seconds.
 
-It finds labelled provider resources that no pool references and reports them,
-and with RECONCILE_DESTROY_ORPHANS destroys them, but only in a way that cannot
-hurt (rule 13 in docs/architecture.md): with the machine's lock held, after
-reading the pool again, only what is older than RECONCILE_GRACE, and never more
-than RECONCILE_MAX_SHARE of what it sees in one run.
+It first rebuilds the pools whose records Redis lost (``tasks/rebuild.py``): what
+forms a pool is adopted before anything is called an orphan. Then it finds labelled
+provider resources that no pool references and reports them, and with
+RECONCILE_DESTROY_ORPHANS destroys them, but only in a way that cannot hurt (rule 13
+in docs/architecture.md): with the machine's lock held, after reading the pool again,
+only what is older than RECONCILE_GRACE, and never more than RECONCILE_MAX_SHARE of
+what it sees in one run; beyond that it only reports.
 """
 
+import re
 import time
 
 from celery import shared_task
 
 from app import vast as provider
-from app.pools import parse_label, split_pool_id, volume_name
-from app.runtime import settings, store, vast
+from app.pools import parse_label, pool_id, split_pool_id, volume_name
+from app.runtime import fence, settings, store, vast
+from app.store import FencedOut
+from tasks import rebuild
+
+# volume_name()'s form; the tenant part is the tenant, or a hash of it when the name would not fit
+VOLUME_NAME = re.compile(r"warmpool_([A-Za-z0-9]+)_(\d+)_volume")
 
 
 def referenced(pool: dict | None) -> set[int]:
@@ -24,30 +32,28 @@ def referenced(pool: dict | None) -> set[int]:
     return {pool[k] for k in ("primary_gpu_id", "standby_gpu_id", "retire_gpu_id", "volume_id")} - {None}
 
 
+def _created(resource: dict) -> float:
+    """When the provider made it; one of unknown age counts as new (kept)."""
+    return resource.get("start_date") or time.time()
+
+
 @shared_task(name="warmpool.reconcile.reconcile")
 def reconcile() -> list:
-    """Report (and, with RECONCILE_DESTROY_ORPHANS, destroy) labelled resources no pool references."""
+    """Rebuild lost pools, then report (and, with RECONCILE_DESTROY_ORPHANS, destroy) labelled resources no
+    pool references."""
     s, cfg = store(), settings()
-    counts = s.label_counts()
-    suspects = []  # (kind, id, pool id, created at)
+    if s.last_sweep_time() is None:
+        return []  # no sweep since Redis lost its data: what the provider runs is not known yet
+    counts = {name: count for name, count in s.label_counts().items() if count and parse_label(name)}
     try:
-        for name in sorted(counts):
-            parsed = parse_label(name)
-            if not parsed:
-                continue
-            pid, role = parsed
-            pool = s.get_pool(pid)
-            # more instances carry the label than the pool can reference: look closer
-            if counts[name] > (1 if pool and pool[f"{role}_gpu_id"] else 0):
-                suspects += [("instance", row["id"], pid, row.get("start_date") or 0)
-                             for row in vast().list_instances({"label": {"eq": name}}).instances
-                             if row["id"] not in referenced(pool)]
-        volumes = vast().show_volumes()
+        held = rebuild.adopt(counts)
+        if held is None:
+            return []  # a rebuild runs: judge nothing until it has adopted what it finds
+        suspects = _instance_suspects(counts, held)
+        volumes = [v for v in vast().show_volumes() if VOLUME_NAME.fullmatch(v.get("label") or "")]
     except provider.VastError:
         return []  # try again next time
-    names = {volume_name(*split_pool_id(pid)): pid for pid in s.all_pool_ids()}
-    suspects += [("volume", v["id"], names[v["label"]], v.get("start_date") or 0) for v in volumes
-                 if v.get("label") in names and v["id"] not in referenced(s.get_pool(names[v["label"]]))]
+    suspects += _volume_suspects(volumes, counts)
     orphans = [o for o in suspects if o[1] not in referenced(s.get_pool(o[2]))]
     budget = max(1, int(cfg.reconcile_max_share * (sum(counts.values()) + len(volumes))))
     destroyed = 0
@@ -58,27 +64,75 @@ def reconcile() -> list:
                 note = f"; younger than {cfg.reconcile_grace:.0f} s: kept for now"
             elif destroyed >= budget:
                 note = f"; over this run's limit of {budget} destroyed: kept, look at it"
-            elif _destroy(pid, kind, resource_id):
+            elif (kept := _destroy(pid, kind, resource_id)) is None:
                 destroyed += 1
                 note = "; destroyed"
+            else:
+                note = f"; kept: {kept}"
         s.event(pid, "orphan", f"{kind} {resource_id} carries our label but no pool references it{note}",
                 resource=kind, resource_id=resource_id)
     s.record_orphans(len(orphans))
     return [list(o[:3]) for o in orphans]
 
 
-def _destroy(pid: str, kind: str, resource_id: int) -> bool:
-    """Destroy an orphan with the machine's lock held, after reading its pool again."""
+def _instance_suspects(counts: dict[str, int], held: set[str]) -> list[tuple]:
+    """Labelled instances that their pool does not reference: (kind, id, pool id, created at)."""
+    s, suspects = store(), []
+    for name in sorted(counts):
+        pid, role = parse_label(name)
+        if pid in held:
+            continue  # an operation holds the machine, its record not rebuilt yet: it decides
+        pool = s.get_pool(pid)
+        # more instances carry the label than the pool can reference: look closer
+        if counts[name] > (1 if pool and pool[f"{role}_gpu_id"] else 0):
+            suspects += [("instance", row["id"], pid, _created(row))
+                         for row in vast().list_instances({"label": {"eq": name}}).instances
+                         if row["id"] not in referenced(pool)]
+    return suspects
+
+
+def _volume_suspects(volumes: list[dict], counts: dict[str, int]) -> list[tuple]:
+    """Our volumes that their pool does not reference. A volume an instance uses is in use, and one whose
+    pool has labelled instances but no record yet is left to the rebuild."""
+    s = store()
+    known = {volume_name(*split_pool_id(pid)): pid for pid in s.all_pool_ids()}
+    claimed = {volume_name(*split_pool_id(pid)) for pid in rebuild.labelled_pools(counts)}
+    suspects = []
+    for volume in volumes:
+        name = volume["label"]
+        tenant, machine = VOLUME_NAME.fullmatch(name).groups()
+        # a hashed tenant of no known pool cannot be named: its events go under the hash
+        pid = known.get(name) or pool_id(tenant, int(machine))
+        pool = s.get_pool(pid)
+        if volume.get("instances") or (pool is None and name in claimed) or volume["id"] in referenced(pool):
+            continue
+        suspects.append(("volume", volume["id"], pid, _created(volume)))
+    return suspects
+
+
+def _destroy(pid: str, kind: str, resource_id: int) -> str | None:
+    """Destroy an orphan with the machine's lock held, after reading its pool again; None when destroyed,
+    else why it was kept."""
     s, cfg = store(), settings()
     with s.lease_if_free(pid, cfg.lock_ttl) as lease:
-        if lease is None or resource_id in referenced(s.get_pool(pid)):
-            return False
-        s.check_fence(pid, lease.held)
+        if lease is None:
+            return "an operation holds the machine"
+        pool = s.get_pool(pid)
+        if resource_id in referenced(pool):
+            return "its pool references it now"
+        if pool and pool.get("creating"):
+            return "its pool has a create in flight, which may be this"
+        # the lock is checked again right before the request leaves (rule 12)
+        token = fence.set(lambda: s.check_fence(pid, lease.held))
         try:
             if kind == "instance":
                 vast().destroy_instance(resource_id)
             else:
                 vast().delete_volume(resource_id)
-        except provider.VastError:
-            return False
-        return True
+        except provider.VastError as exc:
+            return f"the provider did not destroy it ({type(exc).__name__})"
+        except FencedOut:
+            return "the machine's lock was lost before the call"
+        finally:
+            fence.reset(token)
+        return None

@@ -19,7 +19,7 @@ from app import vast as provider
 from app.hosts import offers_query
 from app.pools import State, label, parse_label, split_pool_id, to_degraded
 from app.runtime import settings, store, vast
-from tasks import operations
+from tasks import operations, rebuild
 from tasks.failover import TRANSITIONAL
 
 UNHEALTHY = {"intended_status": {"eq": "running"}, "actual_status": {"neq": "running"}}
@@ -75,6 +75,7 @@ def _sweep(s, cfg) -> str:
         if parsed and count > 1 and parsed[0] in watched and not s.is_locked(parsed[0]):
             guard_split_brain.delay(parsed[0], f"{count} instances carry the label {name}")
     s.record_sweep(time.time() - started, counts)
+    rebuild.adopt_soon(counts)  # labels of a pool with no record: Redis lost it (rule 13)
     if s.capacity_check_due(cfg.capacity_check_interval):
         check_capacity.delay()
     return f"{len(failed)} failed of {len(watched)}"

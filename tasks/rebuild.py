@@ -1,0 +1,233 @@
+"""Rebuilding pool records that Redis lost, from the provider (rule 13 in docs/architecture.md).
+
+Redis is a cache of the provider. Every instance of a pool carries the label
+``warmpool-<tenant>-<machine>-<role>`` and is linked to the pool's volume, so a
+record lost to a restart without persistence, an eviction or a FLUSHALL is written
+again from them: the same host, volume, primary and standby. The reconciler rebuilds
+before it calls anything an orphan, the sweep asks for a rebuild as soon as it sees
+labels of a pool with no record, and ``warmpool rebuild`` shows (or, with ``--apply``,
+writes) what would be rebuilt.
+
+Where the provider's view is ambiguous:
+
+- Only instances linked to one volume form a pool: the volume of the instance chosen
+  first below. An instance on no volume forms none (the reconciler reports it), and
+  neither does a volume alone (it may be what a cleanup was deleting).
+- The primary is an instance the provider is asked to run, one labelled primary before
+  one labelled standby, and of two alike the one that has run longer: that is the one
+  clients have been using; the sweep's split-brain guard stops the other. With none
+  running, the oldest primary-labelled instance stays primary and the healer fails it
+  over.
+- A running primary with the standby's label beside a stopped primary-labelled
+  instance is a failover interrupted after it started the standby: the old one is to
+  be retired, and the healer finishes the failover.
+- The standby is the oldest stopped standby-labelled instance.
+- The pool is active when its primary runs and a stopped standby waits; otherwise it
+  is degraded and the healer repairs it at once. Labels do not say whether a pool was
+  disabled: every rebuilt pool is enabled.
+"""
+
+import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from celery import shared_task, signature
+from celery.signals import worker_ready
+
+from app.pools import label, new_pool, parse_label, split_pool_id, to_active, to_degraded, volume_name
+from app.runtime import settings, store, vast
+from tasks.provision import is_running
+
+log = logging.getLogger(__name__)
+
+# a lock name no pool id can take (pool ids hold a ':'): one rebuild at a time
+REBUILD_LOCK = "rebuild"
+# labels asked about in one list call: the filter travels in the URL
+LABELS_PER_CALL = 40
+
+REBUILT, WOULD_REBUILD, BUSY, NOT_A_POOL, HAS_RECORD = (
+    "rebuilt", "would rebuild", "busy: an operation holds the machine", "not a pool", "has a record again")
+
+
+@dataclass
+class Rebuilt:
+    """What a rebuild did (or, in a dry run, would do) for one pool id."""
+    pid: str
+    outcome: str
+    pool: dict | None = None
+
+
+def labelled_pools(label_counts: dict[str, int]) -> list[str]:
+    """The pool ids that the labels counted by the provider name."""
+    return sorted({parsed[0] for name, count in label_counts.items() if count and (parsed := parse_label(name))})
+
+
+def instances_by_pool(pids: list[str] | None) -> dict[str, list[dict]]:
+    """The provider's labelled instances by pool id: of ``pids``, or of every pool when None."""
+    if pids is None:
+        rows = vast().list_instances().instances
+    else:
+        names = [label(*split_pool_id(pid), role) for pid in pids for role in ("primary", "standby")]
+        rows = [row for i in range(0, len(names), LABELS_PER_CALL)
+                for row in vast().list_instances({"label": {"in": names[i:i + LABELS_PER_CALL]}}).instances]
+    found = defaultdict(list)
+    for row in rows:
+        parsed = parse_label(row.get("label") or "")
+        if parsed:
+            found[parsed[0]].append(row)
+    return found
+
+
+def _role(row: dict) -> str:
+    return parse_label(row["label"])[1]
+
+
+def _up(row: dict) -> bool:
+    """The provider is asked to run it (it may still be loading)."""
+    return row.get("intended_status") == "running"
+
+
+def _volume(row: dict) -> int | None:
+    info = row.get("volume_info") or []
+    return info[0].get("id") if info else None
+
+
+def _order(row: dict) -> tuple:
+    """Which instance is the primary first: one that runs, labelled primary, running longest."""
+    return not _up(row), _role(row) != "primary", row.get("start_date") or math.inf, row["id"]
+
+
+def form_pool(pid: str, rows: list[dict], volumes: list[dict]) -> dict | None:
+    """The pool record that a pool's labelled instances (and the account's volumes) form; None if they form
+    none. Pure: it decides, it writes nothing."""
+    tenant, machine_id = split_pool_id(pid)
+    named = next((v for v in volumes if v.get("label") == volume_name(tenant, machine_id)), None)
+    linked = [row for row in rows if _volume(row) is not None]
+    if linked:
+        volume_id = _volume(min(linked, key=_order))
+        rows = [row for row in linked if _volume(row) == volume_id]
+    elif named and not any("volume_info" in row for row in rows):
+        volume_id = named["id"]  # a provider that does not show links: the volume's name says it
+    else:
+        return None
+    candidates = [row for row in rows if _up(row) or _role(row) == "primary"]
+    primary = min(candidates, key=_order) if candidates else None
+    stopped = [row for row in rows if row is not primary and not _up(row)]
+    retire = next((row for row in sorted(stopped, key=_order) if _role(row) == "primary"), None) \
+        if primary and _role(primary) == "standby" else None
+    standby = min((row for row in stopped if _role(row) == "standby"), key=_order, default=None)
+    some = primary or standby
+    size = next((v.get("disk_space") for v in volumes if v["id"] == volume_id), None) or \
+        next((i.get("total_space") for row in rows for i in row.get("volume_info") or [] if i.get("id") == volume_id),
+             None)
+    pool = new_pool(
+        tenant, machine_id, host_machine_id=some["machine_id"], volume_id=volume_id,
+        primary_gpu_id=primary and primary["id"], standby_gpu_id=standby and standby["id"],
+        standby_state="stopped" if standby else "none", retire_gpu_id=retire and retire["id"],
+        primary_ssh_host=primary and primary.get("ssh_host"), primary_ssh_port=primary and primary.get("ssh_port"),
+        gpu_name=some.get("gpu_name"), image=some.get("image_uuid"), disk_size=some.get("disk_space") or 50,
+        volume_size=size or 100)
+    started = [row["start_date"] for row in rows if row.get("start_date")]
+    if started:  # the pool is as old as its oldest instance
+        pool["created_at"] = datetime.fromtimestamp(min(started), timezone.utc).isoformat(
+            timespec="milliseconds").replace("+00:00", "Z")
+    missing = [what for what, lacking in (
+        ("no running primary", not is_running(primary)), ("no stopped standby", standby is None),
+        ("a failover stopped after it started the standby", retire is not None)) if lacking]
+    if missing:
+        to_degraded(pool, "rebuilt from the provider with " + ", ".join(missing), retry_in=0)
+    else:
+        to_active(pool)
+    return pool
+
+
+def rebuild(pids: list[str] | None = None, apply: bool = True) -> list[Rebuilt] | None:
+    """Rebuild the records of ``pids`` (every labelled pool when None) that Redis does not have.
+
+    Each record is written with the machine's lock held and only if there is still none. Returns what was
+    done per pool id, or None when another rebuild runs now. A provider error propagates: nothing is
+    decided on a partial view.
+    """
+    s, cfg = store(), settings()
+    if not apply:
+        return _rebuild(pids, apply)
+    with s.lease_if_free(REBUILD_LOCK, cfg.lock_ttl) as lease:
+        if lease is None:
+            return None
+        with s.heartbeat(REBUILD_LOCK, lease.held, cfg.lock_ttl):
+            return _rebuild(pids, apply)
+
+
+def _rebuild(pids: list[str] | None, apply: bool) -> list[Rebuilt]:
+    s = store()
+    if pids is not None:
+        pids = s.missing_pools(pids)  # before any provider call: a repeated request costs none
+        if not pids:
+            return []
+    found = instances_by_pool(pids)
+    missing = s.missing_pools(sorted(found))
+    if not missing:
+        return []
+    volumes = vast().show_volumes()
+    report = []
+    for pid in missing:
+        pool = form_pool(pid, found[pid], volumes)
+        if pool is None:
+            report.append(Rebuilt(pid, f"{NOT_A_POOL}: its labelled instances {sorted(r['id'] for r in found[pid])} "
+                                       f"use no volume"))
+        elif not apply:
+            report.append(Rebuilt(pid, WOULD_REBUILD, pool))
+        else:
+            report.append(Rebuilt(pid, _write(pid, pool, found[pid]), pool))
+    return report
+
+
+def _write(pid: str, pool: dict, rows: list[dict]) -> str:
+    """Write one rebuilt record under the machine's lock, if the pool has none still."""
+    s, cfg = store(), settings()
+    with s.lease_if_free(pid, cfg.lock_ttl) as lease:
+        if lease is None:
+            return BUSY
+        if s.get_pool(pid) is not None:
+            return HAS_RECORD
+        s.save_pool(pool, lease.held)
+        s.event(pid, "pool_rebuilt", "rebuilt from the provider after Redis lost its record",
+                **{k: pool[k] for k in ("state", "host_machine_id", "volume_id", "primary_gpu_id", "standby_gpu_id",
+                                        "retire_gpu_id")})
+    log.warning("pool %s rebuilt from the provider (%s)", pid, pool["state"])
+    up = [row["id"] for row in rows if _up(row) and row["id"] != pool["primary_gpu_id"]]
+    if up:  # more than one instance runs on the volume: stop all but the primary (by name: no import cycle)
+        signature("warmpool.health.guard_split_brain",
+                  args=(pid, f"rebuilt with {sorted(up)} running beside primary {pool['primary_gpu_id']}")).delay()
+    return REBUILT
+
+
+def adopt(label_counts: dict[str, int]) -> set[str] | None:
+    """For the reconciler: rebuild the pools whose labels the provider counts but Redis has no record of.
+    Returns the pool ids that an operation held (their resources must not be judged this time), or None when
+    another rebuild runs now."""
+    report = rebuild(labelled_pools(label_counts))
+    return None if report is None else {r.pid for r in report if r.outcome == BUSY}
+
+
+def adopt_soon(label_counts: dict[str, int]) -> None:
+    """For the sweep: when the provider counts labels of pools Redis has no record of, rebuild them now,
+    instead of waiting for the next reconcile."""
+    missing = store().missing_pools(labelled_pools(label_counts))
+    if missing:
+        rebuild_pools.apply_async((missing,), expires=max(5.0, 5 * settings().health_check_interval))
+
+
+@shared_task(name="warmpool.rebuild.rebuild")
+def rebuild_pools(pids: list[str]) -> int:
+    """Rebuild the records of ``pids`` that are missing; return how many were written."""
+    return sum(r.outcome == REBUILT for r in rebuild(pids) or [])
+
+
+@worker_ready.connect
+def _warn_about_redis(**_):
+    """Say it loudly at start when Redis is set up to lose what it holds."""
+    for warning in store().redis_warnings(expect_persistence=not settings().dev):
+        log.warning("REDIS MAY LOSE DATA: %s", warning)
