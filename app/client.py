@@ -244,13 +244,18 @@ def status(api, out, machine_id):
         out.phases(body["last_failover"]["phases"], "last failover's phases")
 
 
+def pool_spec(function):
+    """--image, --disk-size and --volume-size: what a new pool is made of (the service's defaults otherwise)."""
+    function = click.option("--volume-size", type=click.IntRange(1, 65536), help="GB")(function)
+    function = click.option("--disk-size", type=click.IntRange(8, 4096), help="GB")(function)
+    return click.option("--image", help="Docker image")(function)
+
+
 @client_command(waits=True)
 @click.argument("machine_id", type=MACHINE_ID)
 @click.option("--host", "host_machine_id", type=MACHINE_ID, required=True, help="the Vast.ai host (warmpool hosts)")
 @click.option("--gpu-name")
-@click.option("--image", help="Docker image (default: the service's)")
-@click.option("--disk-size", type=click.IntRange(8, 4096), help="GB")
-@click.option("--volume-size", type=click.IntRange(1, 65536), help="GB")
+@pool_spec
 def provision(api, out, machine_id, host_machine_id, wait, timeout, **spec):
     """Provision a warm pool for a machine on a host."""
     body = {"machine_id": machine_id, "host_machine_id": host_machine_id,
@@ -262,9 +267,7 @@ def provision(api, out, machine_id, host_machine_id, wait, timeout, **spec):
 @click.argument("machine_id", type=MACHINE_ID)
 @click.option("--gpu-name", help="used when a host must be searched")
 @click.option("--max-price", type=click.FloatRange(0, 1000), help="$/h per GPU")
-@click.option("--image")
-@click.option("--disk-size", type=click.IntRange(8, 4096), help="GB")
-@click.option("--volume-size", type=click.IntRange(1, 65536), help="GB")
+@pool_spec
 def enable(api, out, machine_id, wait, timeout, **spec):
     """Enable a warm pool; a machine without one gets a host searched and provisioned."""
     body = {k: v for k, v in spec.items() if v is not None}
