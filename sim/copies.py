@@ -129,7 +129,7 @@ class Copies:
 
     def _under_way(self):
         """Volumes receiving a copy; forgets those deleted since."""
-        self.in_flight &= self.volumes.by_id.keys()
+        self.in_flight = {vid for vid in self.in_flight if vid in self.volumes.by_id}
         return [self.volumes.by_id[vid] for vid in sorted(self.in_flight)]
 
     def complete(self, now):

@@ -91,6 +91,7 @@ def restore(world, data: dict):
 class StateFile:
     def __init__(self, path):
         self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()  # one writer at a time, each writing the newest world
 
     def load(self, world) -> bool:

@@ -128,20 +128,21 @@ def test_volumes(vastai, http):
 
 
 def test_copy_and_clone_volumes(vastai, http):
-    offers = vastai("search", "volumes", "disk_space>100", "-o", "storage_cost+")
-    src = int(vastai("create", "volume", str(offers[0]["id"]), "-s", "10", "-n", "src")["volume_name"][2:])
-    dst = int(vastai("create", "volume", str(offers[1]["id"]), "-s", "10", "-n", "dst")["volume_name"][2:])
+    key = {"Authorization": "Bearer k"}
+    offers = http("POST", "/api/v0/volumes/search/", json={"order": [["machine_id", "asc"]]}, headers=key).json()
+    src_offer, dst_offer, replica_offer = (o["id"] for o in offers["offers"][:3])
+    src, dst = (int(http("PUT", "/api/v0/volumes/", json={"id": offer, "size": 10},
+                         headers=key).json()["volume_name"][2:]) for offer in (src_offer, dst_offer))
     http("POST", f"/_sim/volumes/{src}/write").raise_for_status()
     out = vastai("copy", f"V.{src}:/data", f"V.{dst}:/data", raw=False)
     assert "Remote to Remote copy initiated" in out.stdout
-    cloned = vastai("clone", "volume", str(src), str(offers[2]["id"]))
-    replica = int(cloned["volume_name"][2:])
+    replica = int(vastai("clone", "volume", str(src), str(replica_offer))["volume_name"][2:])
 
     def versions():
-        return {v["id"]: v["data_version"] for v in ledger(http)["volumes"]}
+        return {v["id"]: (v["machine_id"], v["data_version"]) for v in ledger(http)["volumes"]}
 
-    wait_until(lambda: versions() == {src: 1, dst: 1, replica: 1}, message="both copies to complete")
-    assert {v["id"]: v["machine_id"] for v in vastai("show", "volumes")}[replica] == offers[2]["machine_id"]
+    wait_until(lambda: versions()[dst][1] == versions()[replica][1] == 1, message="both copies to complete")
+    assert versions()[replica][0] == replica_offer // 100
 
 
 def test_errors_reach_the_cli_as_vast_messages(vastai):
