@@ -104,11 +104,11 @@ class FakeVast:
         self.ids = itertools.count(5001)
 
     def _call(self, method: str, *args) -> None:
+        if method in self.MUTATING and self.guard is not None:
+            self.guard(*self.MUTATING[method])  # as the real client: the last word before the request leaves
         self.calls.append((method, *args))
         if method in self.fail:
             raise self.fail[method]
-        if method in self.MUTATING and self.guard is not None:
-            self.guard(*self.MUTATING[method])
 
     def called(self, *methods: str) -> list[tuple]:
         return [c for c in self.calls if c[0] in methods]
