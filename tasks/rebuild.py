@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 
 # a lock name no pool id can take (pool ids hold a ':'): one rebuild at a time
 REBUILD_LOCK = "rebuild"
-# labels asked about in one list call: the filter travels in the URL
-LABELS_PER_CALL = 40
+# labels asked about in one list call (the filter travels in the URL): two full pages of 25 rows
+LABELS_PER_CALL = 50
 
 REBUILT, WOULD_REBUILD, BUSY, NOT_A_POOL, HAS_RECORD = (
     "rebuilt", "would rebuild", "busy: an operation holds the machine", "not a pool", "has a record again")
@@ -213,11 +213,12 @@ def adopt(label_counts: dict[str, int]) -> set[str] | None:
 
 
 def adopt_soon(label_counts: dict[str, int]) -> None:
-    """For the sweep: when the provider counts labels of pools Redis has no record of, rebuild them now,
-    instead of waiting for the next reconcile."""
-    missing = store().missing_pools(labelled_pools(label_counts))
-    if missing:
-        rebuild_pools.apply_async((missing,), expires=max(5.0, 5 * settings().health_check_interval))
+    """For the sweep: when the provider counts labels of pools Redis has no record of, rebuild them now
+    instead of at the next reconcile (once per reconcile interval for each: what forms no pool stays)."""
+    s, cfg = store(), settings()
+    due = s.first_rebuild_tries(s.missing_pools(labelled_pools(label_counts)), cfg.reconcile_interval)
+    if due:
+        rebuild_pools.apply_async((due,), expires=max(5.0, 5 * cfg.health_check_interval))
 
 
 @shared_task(name="warmpool.rebuild.rebuild")

@@ -1,15 +1,22 @@
-"""Probes and metrics, for load balancers and Prometheus (no auth, no tenant data)."""
+"""Probes for load balancers, and metrics for Prometheus.
 
+The probes need no key: a load balancer has none, and they tell nothing about any tenant.
+/metrics has no tenant data either (no per-pool label), but it tells how busy the service is and
+how its provider answers, so it asks for ``Authorization: Bearer $WARMPOOL_METRICS_TOKEN`` when
+that setting is set (Prometheus sends it with ``authorization: {credentials: ...}``); unset, it is
+open, for a scrape from a private network.
+"""
+
+import hmac
 import time
 
 import redis
-from flask import Blueprint, jsonify
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from flask import Blueprint, jsonify, request
+from flask_smorest import abort
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from app.runtime import store
-from app.store import STATES
+from app import metrics as exposition
+from app.runtime import settings, store
 
 bp = Blueprint("probes", __name__)
 
@@ -21,43 +28,28 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Ready when Redis answers and a worker has been seen consuming."""
-    checks = {}
+    """Ready when Redis answers and a worker has been seen consuming; ``warnings`` (still ready) say when
+    Redis is set up to lose data."""
+    checks, warnings = {}, []
     try:
-        store().r.ping()
+        store().ping()
         checks["redis"] = "ok"
-        seen = float(store().r.get("wp:worker:seen") or 0)
-        checks["worker"] = "ok" if time.time() - seen < 30 else "no worker seen in 30 s"
+        checks["worker"] = "ok" if time.time() - store().worker_seen_at() < 30 else "no worker seen in 30 s"
+        warnings = store().redis_warnings(expect_persistence=not settings().dev)
     except redis.RedisError as exc:
         checks["redis"] = type(exc).__name__
         checks.setdefault("worker", "unknown")
     ready = all(v == "ok" for v in checks.values())
-    return jsonify(status="ready" if ready else "not ready", checks=checks), 200 if ready else 503
-
-
-class StoreCollector:
-    """Reads the numbers from Redis at scrape time, so every web process reports the same."""
-
-    def collect(self):
-        s = store()
-        by_state = GaugeMetricFamily("warmpool_pools", "Warm pools by state", labels=["state"])
-        counts = dict.fromkeys(STATES, 0)
-        for pool in s.get_pools(s.all_pool_ids()):
-            counts[pool["state"]] += 1
-        for state, count in counts.items():
-            by_state.add_metric([state], count)
-        yield by_state
-        for name, key, doc in (
-                ("warmpool_unknown_sweeps", "wp:metrics:unknown_sweeps", "Health sweeps the provider could not answer"),
-                ("warmpool_orphans", "wp:metrics:orphans", "Labelled provider resources no pool references"),
-                ("warmpool_sweep_seconds", "wp:metrics:sweep_seconds", "Wall time of the last health sweep")):
-            yield GaugeMetricFamily(name, doc, value=float(s.r.get(key) or 0))
-
-
-registry = CollectorRegistry()
-registry.register(StoreCollector())
+    return jsonify(status="ready" if ready else "not ready", checks=checks, warnings=warnings), \
+        200 if ready else 503
 
 
 @bp.get("/metrics")
 def metrics():
-    return generate_latest(registry), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+    token = settings().metrics_token
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            abort(401, message="Missing or invalid metrics token: send Authorization: Bearer <WARMPOOL_METRICS_TOKEN>",
+                  headers={"WWW-Authenticate": "Bearer"})
+    return exposition.render(store()), 200, {"Content-Type": CONTENT_TYPE_LATEST}

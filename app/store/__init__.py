@@ -19,7 +19,9 @@ from app.store import keys
 from app.store.budget import BudgetRecords
 from app.store.health import HealthRecords
 from app.store.locks import Busy, FencedOut, Held, Lease, LockRecords
+from app.store.metrics import MetricsRecords
 from app.store.polls import UNSEEN, PollRecords
+from app.store.rebuild import RebuildRecords
 from app.store.webhooks import WebhookRecords
 
 __all__ = ["Store", "Busy", "FencedOut", "Held", "Lease", "UNSEEN"]
@@ -29,11 +31,11 @@ OP_TTL = 7 * 24 * 3600
 OP_ENDED = ("SUCCESS", "FAILURE")
 
 
-class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecords):
+class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecords, MetricsRecords, RebuildRecords):
     def __init__(self, client: redis.Redis):
         self.r = client
         # what else an event feeds, in the same Redis transaction: functions (pipeline, pid, record)
-        self.event_sinks: list = [self.queue_webhook_deliveries]
+        self.event_sinks: list = [self.queue_webhook_deliveries, self.count_event]
         self._register_lock_scripts()
         self._register_budget_scripts()
 

@@ -41,6 +41,10 @@ def deferred(pid: str) -> str:
     return f"wp:deferred:{pid}"
 
 
+def rebuild_tried(pid: str) -> str:
+    return f"wp:rebuild-tried:{pid}"
+
+
 def hosts_cache(query: str) -> str:
     return f"wp:hosts:{query}"
 

@@ -26,6 +26,17 @@ class RebuildRecords:
             found = pipe.execute()
         return [pid for pid, exists in zip(pids, found) if not exists]
 
+    def first_rebuild_tries(self, pids: list[str], every: float) -> list[str]:
+        """Of ``pids``, those whose rebuild was not tried in the last ``every`` seconds; they count as tried
+        now. Labelled instances that form no pool are asked about once per ``every``, not at every sweep."""
+        if not pids:
+            return []
+        with self.r.pipeline(transaction=False) as pipe:
+            for pid in pids:
+                pipe.set(keys.rebuild_tried(pid), 1, nx=True, px=max(1, int(every * 1000)))
+            fresh = pipe.execute()
+        return [pid for pid, first in zip(pids, fresh) if first]
+
     def redis_warnings(self, expect_persistence: bool = True) -> list[str]:
         """Why this Redis may lose pool records: an eviction policy, or (when ``expect_persistence``) no AOF
         and no RDB snapshots. A server that refuses CONFIG (some managed services) is said to be unchecked."""

@@ -13,7 +13,7 @@ import pytest
 
 from tasks import celery_app
 from tests.conftest import LedgerWatch, wait_until
-from tests.faults.test_faults import assert_nothing_leaked, free_hosts, provisioned
+from tests.faults.test_faults import assert_nothing_leaked, free_hosts, provision, provisioned, wait_step
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -111,6 +111,30 @@ def test_redis_restart_without_persistence(destroying):
     server.start()
     assert not stack.redis.exists("wp:apikeys")  # nothing came back from disk (keys are not rebuilt)
     assert_recovered(stack, pids, before, live_before, created_before)
+    assert_nothing_leaked(stack)
+
+
+def test_a_step_in_flight_during_a_flushall_is_fenced_out(clean_stack):
+    """Epochs start above the server clock in microseconds, so the lock the rebuild takes after a loss outranks
+    the one a step took before it. The step, whose create answers after the loss, writes nothing and does not
+    destroy what it made: the rebuilt pool adopted it."""
+    stack = clean_stack
+    task = provision(stack, [91])[91]
+    wait_step(stack, [task], "await_primary")
+    # the standby's create is carried out, its answer held
+    stack.sim("POST", "/_sim/faults", json={"routes": {"PUT /api/v0/asks/{id}/": {"hold_s": 4, "times": 1}}})
+    standby = wait_until(lambda: next((i["id"] for i in stack.ledger()["instances"]
+                                       if i["label"] == "warmpool-acme-91-standby"), None),
+                         timeout=20, message="the standby's create")
+    epoch_before = stack.store.epoch("acme:91")
+    stack.redis.flushall()
+    pool = wait_until(lambda: stack.pool(91), timeout=20, message="the pool to be rebuilt")
+    assert (pool["state"], pool["standby_gpu_id"]) == ("active", standby)
+    assert stack.store.epoch("acme:91") > epoch_before
+    wait_until(lambda: "lock of acme:91 lost to a newer holder" in stack.worker.log.read_text(), timeout=20,
+               message="the step to wake up fenced out")
+    assert stack.pool(91) == pool  # it wrote nothing
+    assert standby in live_ids(stack) and created(stack)["warmpool-acme-91-standby"] == 1
     assert_nothing_leaked(stack)
 
 

@@ -1,0 +1,84 @@
+"""What every process counts for Prometheus, kept in Redis so that one scrape of the API shows it all.
+
+Workers run in other processes and on other machines: a counter in a worker's memory would never
+reach the web process that Prometheus scrapes, and a pushgateway would be one more service to run.
+So each figure is a field of a Redis hash, incremented where it happens: failover outcomes by an
+event sink, in the same transaction as the event itself; provider responses by the client's hook.
+A histogram is a hash of cumulative bucket counters and a sum. A scrape reads a fixed number of
+keys in one round trip, whatever the number of pools.
+"""
+
+import contextlib
+import math
+
+import redis
+
+from app.store import keys
+
+FAILOVERS = "wp:metrics:failovers"                  # hash: "<trigger>|<result>" -> failovers ended so
+FAILOVERS_STARTED = "wp:metrics:failovers_started"  # hash: trigger -> failovers started
+FAILOVER_SECONDS = "wp:metrics:failover_seconds"    # hash: a histogram's fields (see _observe)
+PHASE_SECONDS = "wp:metrics:phase_seconds"          # hash: "<phase>|" + a histogram's fields
+PROVIDER_REQUESTS = "wp:metrics:provider_requests"  # hash: "<endpoint>|<code>" -> responses
+
+# failover and phase durations, in seconds: from milliseconds (taking a lock) to minutes (a slow host)
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0, math.inf)
+
+# event kind -> the result it ends a failover with
+FAILOVER_RESULTS = {"failover_completed": "success", "failover_failed": "failure",
+                    "failover_cancelled": "cancelled"}
+# the code of a provider call that got no response (connection error, timeout)
+NO_RESPONSE = "none"
+
+
+class MetricsRecords:
+    """The metrics' half of the store (mixed into ``Store``)."""
+
+    r: redis.Redis
+
+    def count_event(self, pipe: redis.client.Pipeline, pid: str, record: dict) -> None:
+        """An event sink: failovers started and ended (by trigger and result), their durations and phases."""
+        kind, trigger = record["event"], record.get("trigger") or "unknown"
+        if kind == "failover_started":
+            pipe.hincrby(FAILOVERS_STARTED, trigger, 1)
+        elif kind in FAILOVER_RESULTS:
+            pipe.hincrby(FAILOVERS, f"{trigger}|{FAILOVER_RESULTS[kind]}", 1)
+        if kind == "failover_completed":
+            _observe(pipe, FAILOVER_SECONDS, "", record["recovery_time_seconds"])
+            for phase, seconds in (record.get("phases") or {}).items():
+                _observe(pipe, PHASE_SECONDS, f"{phase}|", seconds)
+
+    def count_provider_response(self, endpoint: str, status: int | None) -> None:
+        """The provider client's hook: one more response of ``endpoint`` with this status."""
+        # a count lost while Redis is away is better than a provider answer lost to it
+        with contextlib.suppress(redis.RedisError):
+            self.r.hincrby(PROVIDER_REQUESTS, f"{endpoint}|{NO_RESPONSE if status is None else status}", 1)
+
+    def metrics(self) -> dict:
+        """The counters and histograms of every process, and the sweep's figures, in one round trip
+        (the pools by state are ``pool_counts()``)."""
+        hashes = ("failovers", FAILOVERS), ("failovers_started", FAILOVERS_STARTED), \
+            ("failover_seconds", FAILOVER_SECONDS), ("phase_seconds", PHASE_SECONDS), \
+            ("provider_requests", PROVIDER_REQUESTS)
+        with self.r.pipeline(transaction=False) as pipe:
+            for _, key in hashes:
+                pipe.hgetall(key)
+            pipe.mget(keys.SWEEP_LAST, keys.SWEEP_SECONDS, keys.UNKNOWN_SWEEPS, keys.ORPHANS)
+            *values, (last_sweep, sweep_seconds, unknown_sweeps, orphans) = pipe.execute()
+        return {**{name: value for (name, _), value in zip(hashes, values)},
+                "last_sweep": last_sweep, "last_sweep_seconds": float(sweep_seconds or 0),
+                "unknown_sweeps": int(unknown_sweeps or 0), "orphans": int(orphans or 0)}
+
+
+def histogram(fields: dict[str, str], prefix: str = "") -> tuple[list[tuple[float, float]], float]:
+    """One histogram of a hash read by ``metrics()``: its cumulative ``[(bound, count), ...]`` and its sum."""
+    return [(bound, float(fields.get(f"{prefix}le={bound}", 0))) for bound in BUCKETS], \
+        float(fields.get(f"{prefix}sum", 0))
+
+
+def _observe(pipe: redis.client.Pipeline, key: str, prefix: str, value: float) -> None:
+    """One observation: every bucket it fits in counts it, so the buckets read cumulative."""
+    for bound in BUCKETS:
+        if value <= bound:
+            pipe.hincrby(key, f"{prefix}le={bound}", 1)
+    pipe.hincrbyfloat(key, f"{prefix}sum", value)
