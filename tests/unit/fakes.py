@@ -118,7 +118,7 @@ class FakeVast:
     def add_instance(self, label: str, status: str = "running", intended: str | None = None, **fields) -> int:
         instance_id = fields.pop("id", None) or next(self.ids)
         self.instances[instance_id] = {
-            "id": instance_id, "label": label, "actual_status": status,
+            "id": instance_id, "label": label, "machine_id": 88888, "actual_status": status,
             "intended_status": intended or ("stopped" if status in ("stopped", "exited") else "running"),
             "ssh_host": "ssh4.vast.ai" if status == "running" else None,
             "ssh_port": 20000 + instance_id % 1000 if status == "running" else None,
