@@ -1,0 +1,182 @@
+"""Operations (tasks/operations.py): what each starter writes and sends, a whole chain run step by step on the
+in-memory provider, and the disable or cleanup queued behind a running operation (``when_unlocked``)."""
+
+import pytest
+from celery.exceptions import Ignore, Retry
+
+from app.pools import State, label
+from tasks import celery_app, operations
+
+PID = "acme:1"
+
+
+def deliver(task, *args):
+    """Run ``task`` as a worker delivers it."""
+    task.push_request(id="delivery", called_directly=False, retries=0, args=list(args), kwargs={},
+                      delivery_info={"redelivered": False, "routing_key": "failover"})
+    try:
+        return task(*args)
+    finally:
+        task.pop_request()
+
+
+def run_chain(env, kind: str) -> dict:
+    """Deliver every step of the chain the last ``kind`` starter sent, in order, as the broker would."""
+    record = env.of(kind)[-1]
+    ctx = {k: v for k, v in record.items() if k not in ("steps", "search")}
+    for name in record["steps"]:
+        ctx = deliver(celery_app.tasks[name], ctx) or ctx
+    return ctx
+
+
+def protected(env, **fields) -> dict:
+    env.vast.offers = [{"id": 1, "machine_id": 88888}]
+    primary = env.vast.add_instance(label("acme", 1, "primary"))
+    standby = env.vast.add_instance(label("acme", 1, "standby"), "stopped")
+    return env.add_pool(1, **{"primary_gpu_id": primary, "standby_gpu_id": standby, **fields})
+
+
+# -- starters ---------------------------------------------------------------------------------------------------
+
+
+def test_a_failover_starter_marks_the_pool_and_the_task(env):
+    pool = protected(env)
+    held = env.store.acquire(PID, 10)
+    op_id = operations.failover(PID, held, "health", detected_at=1.0, healthy_at=0.5, triggered_at=2.0)
+    started, = env.of("failover")
+    assert (started["op_id"], started["old_primary"], started["state_before"]) == (
+        op_id, pool["primary_gpu_id"], State.ACTIVE)
+    assert (started["detected_at"], started["healthy_at"], started["triggered_at"]) == (1.0, 0.5, 2.0)
+    assert started["steps"] == ["warmpool.failover.confirm_failure", "warmpool.failover.stop_primary",
+                                "warmpool.failover.await_stopped", "warmpool.failover.start_standby",
+                                "warmpool.failover.await_standby", "warmpool.failover.promote",
+                                "warmpool.failover.retire_old_primary", "warmpool.provision.create_standby"]
+    after = env.store.get_pool(PID)
+    assert (after["state"], after["op_id"], started["seq"]) == (State.FAILOVER, op_id, after["seq"])
+    assert env.store.get_op(op_id)["trigger"] == "health" and env.store.watched_pool_ids() == []
+
+
+def test_a_failover_over_the_cap_is_not_started_and_frees_the_machine(env):
+    env.configure(failovers_per_minute=0)
+    protected(env)
+    held = env.store.acquire(PID, 10)
+    assert operations.failover(PID, held, "health") is None
+    assert env.of("failover") == [] and not env.store.is_locked(PID)
+    assert env.store.get_pool(PID)["state"] == State.ACTIVE
+
+
+def test_a_new_standby_is_asked_for_with_its_reason(env):
+    protected(env, standby_gpu_id=None)
+    operations.replace_standby(PID, env.store.acquire(PID, 10), None, "the standby was given up")
+    started, = env.of("replace_standby")
+    assert started["steps"] == ["warmpool.provision.create_standby"] and started["reason"] == \
+        "the standby was given up"
+
+
+# -- whole chains ------------------------------------------------------------------------------------------------
+
+
+def test_a_manual_failover_runs_to_the_end(env):
+    pool = protected(env)
+    rv = env.api("POST", "/api/v1/warmpool/failover/test/1")
+    assert rv.status_code == 202
+    run_chain(env, "failover")
+    after = env.store.get_pool(PID)
+    assert after["state"] == State.ACTIVE and after["primary_gpu_id"] == pool["standby_gpu_id"]
+    assert after["failover_count"] == 1 and after["retire_gpu_id"] is None and after["seq"] == pool["seq"] + 7
+    new_standby = env.vast.instances[after["standby_gpu_id"]]
+    assert new_standby["label"] == label("acme", 1, "standby") and new_standby["actual_status"] == "stopped"
+    assert pool["primary_gpu_id"] not in env.vast.instances  # the old primary is destroyed
+    assert env.vast.instances[after["primary_gpu_id"]]["label"] == label("acme", 1, "primary")
+    running = [i for i in env.vast.instances.values() if i["actual_status"] == "running"]
+    assert [i["id"] for i in running] == [after["primary_gpu_id"]]
+    task = env.store.get_op(rv.json["task_id"])
+    assert task["state"] == "SUCCESS" and set(task["result"]["phases"]) >= {"fence_old_primary", "start_standby"}
+    assert not env.store.is_locked(PID)
+
+
+def test_a_health_failover_of_a_primary_that_runs_again_is_cancelled(env):
+    pool = protected(env)
+    operations.failover(PID, env.store.acquire(PID, 10), "health")
+    with pytest.raises(Ignore):  # confirm_failure ends the chain
+        run_chain(env, "failover")
+    after = env.store.get_pool(PID)
+    assert after["state"] == State.ACTIVE and after["primary_gpu_id"] == pool["primary_gpu_id"]
+    assert env.vast.called("stop_instance") == [] and not env.store.is_locked(PID)
+    assert env.store.events(PID)[0]["event"] == "failover_cancelled"
+
+
+def test_a_provision_runs_to_the_end(env):
+    env.vast.offers = [{"id": 1, "machine_id": 88888}]
+    rv = env.api("POST", "/api/v1/warmpool/provision", json={"machine_id": 1, "host_machine_id": 88888})
+    assert rv.status_code == 202
+    run_chain(env, "provision")
+    pool = env.store.get_pool(PID)
+    assert pool["state"] == State.ACTIVE and env.store.watched_pool_ids() == [PID]
+    primary, standby = env.vast.instances[pool["primary_gpu_id"]], env.vast.instances[pool["standby_gpu_id"]]
+    assert (primary["label"], primary["actual_status"]) == (label("acme", 1, "primary"), "running")
+    assert (standby["label"], standby["actual_status"]) == (label("acme", 1, "standby"), "stopped")
+    assert pool["primary_ssh_host"] == primary["ssh_host"] and pool["volume_id"] in env.vast.volumes
+    assert env.store.get_op(rv.json["task_id"])["result"]["status"]["state"] == State.ACTIVE
+
+
+def test_a_cleanup_runs_to_the_end(env):
+    protected(env, volume_id=env.vast.add_volume("warmpool_acme_1_volume"))
+    leaked = env.vast.add_instance(label("acme", 1, "primary"))  # even what an interrupted attempt made
+    rv = env.api("DELETE", "/api/v1/warmpool/cleanup/1")
+    run_chain(env, "cleanup")
+    pool = env.store.get_pool(PID)
+    assert env.vast.instances == {} and env.vast.volumes == {} and leaked not in env.vast.instances
+    assert (pool["state"], pool["enabled"], pool["cleanup_pending"], pool["volume_id"]) == (
+        State.DISABLED, False, False, None)
+    assert env.store.get_op(rv.json["task_id"])["state"] == "SUCCESS" and not env.store.is_locked(PID)
+
+
+# -- when_unlocked ---------------------------------------------------------------------------------------------------
+
+
+def queued(env, operation: str, behind: str = "b" * 32) -> str:
+    protected(env, op_id=behind)
+    return env.store.new_op("acme", 1, operation)
+
+
+def test_a_queued_disable_waits_while_the_machine_is_held(env):
+    op_id = queued(env, "disable")
+    env.hold_lock(1)
+    with pytest.raises(Retry):
+        deliver(operations.when_unlocked, PID, "disable", op_id, "b" * 32)
+    assert env.of("apply_async")[-1]["countdown"] == env.settings.poll_interval
+    assert env.store.get_pool(PID)["state"] == State.ACTIVE
+
+
+def test_a_queued_disable_runs_once_the_operation_ended(env):
+    op_id = queued(env, "disable")
+    deliver(operations.when_unlocked, PID, "disable", op_id, "b" * 32)
+    pool = env.store.get_pool(PID)
+    assert (pool["state"], pool["enabled"], pool["fallback"]) == (State.DISABLED, False, "cpu_standby")
+    task = env.store.get_op(op_id)
+    assert task["state"] == "SUCCESS" and task["result"] == {"status": "disabled", "fallback": "cpu_standby"}
+    assert not env.store.is_locked(PID) and env.store.events(PID)[0]["event"] == "disabled"
+
+
+def test_a_queued_cleanup_starts_under_its_task_id(env):
+    op_id = queued(env, "cleanup")
+    deliver(operations.when_unlocked, PID, "cleanup", op_id, "b" * 32)
+    started, = env.of("cleanup")
+    assert started["op_id"] == op_id and env.store.is_locked(PID)
+
+
+def test_a_queued_operation_is_skipped_when_the_pool_moved_on(env):
+    op_id = queued(env, "disable", behind="b" * 32)
+    env.add_pool(1, op_id="c" * 32)  # another operation ran after the one it waited for
+    deliver(operations.when_unlocked, PID, "disable", op_id, "b" * 32)
+    task = env.store.get_op(op_id)
+    assert task["state"] == "FAILURE" and task["step"] == "skipped" and "c" * 32 in task["error"]
+    assert env.store.get_pool(PID)["state"] == State.ACTIVE and not env.store.is_locked(PID)
+
+
+def test_a_redelivered_queued_operation_that_ran_does_nothing(env):
+    op_id = queued(env, "disable")
+    env.store.update_op(op_id, state="SUCCESS")
+    deliver(operations.when_unlocked, PID, "disable", op_id, "b" * 32)
+    assert env.store.get_pool(PID)["state"] == State.ACTIVE and not env.store.is_locked(PID)
