@@ -20,13 +20,15 @@ Where the provider's view is ambiguous:
   over.
 - A running primary with the standby's label beside a stopped primary-labelled
   instance is a failover interrupted after it started the standby: the old one is to
-  be retired, and the healer finishes the failover.
+  be retired, and the healer finishes the failover. With the old one gone already, the
+  rebuild relabels the new one itself (the one provider call it makes, fenced).
 - The standby is the oldest stopped standby-labelled instance.
 - The pool is active when its primary runs and a stopped standby waits; otherwise it
   is degraded and the healer repairs it at once. Labels do not say whether a pool was
   disabled: every rebuilt pool is enabled.
 """
 
+import contextlib
 import logging
 import math
 from collections import defaultdict
@@ -37,7 +39,8 @@ from celery import shared_task, signature
 from celery.signals import worker_ready
 
 from app.pools import label, new_pool, parse_label, split_pool_id, to_active, to_degraded, volume_name
-from app.runtime import settings, store, vast
+from app.runtime import fence, settings, store, vast
+from app.store import Held
 from tasks.provision import is_running
 
 log = logging.getLogger(__name__)
@@ -192,6 +195,12 @@ def _write(pid: str, pool: dict, rows: list[dict]) -> str:
             return BUSY
         if s.get_pool(pid) is not None:
             return HAS_RECORD
+        primary = next((row for row in rows if row["id"] == pool["primary_gpu_id"]), None)
+        if primary and _role(primary) == "standby" and pool["retire_gpu_id"] is None:
+            # a failover retired the old primary, then stopped before relabelling the new one: the sweep
+            # would count no primary label and take the pool's primary for gone
+            with fenced_by(pid, lease.held):
+                vast().label_instance(primary["id"], label(*split_pool_id(pid), "primary"))
         s.save_pool(pool, lease.held)
         s.event(pid, "pool_rebuilt", "rebuilt from the provider after Redis lost its record",
                 **{k: pool[k] for k in ("state", "host_machine_id", "volume_id", "primary_gpu_id", "standby_gpu_id",
@@ -202,6 +211,16 @@ def _write(pid: str, pool: dict, rows: list[dict]) -> str:
         signature("warmpool.health.guard_split_brain",
                   args=(pid, f"rebuilt with {sorted(up)} running beside primary {pool['primary_gpu_id']}")).delay()
     return REBUILT
+
+
+@contextlib.contextmanager
+def fenced_by(pid: str, held: Held):
+    """Mutating provider calls made inside go out only while ``held`` is still the machine's lock (rule 12)."""
+    token = fence.set(lambda: store().check_fence(pid, held))
+    try:
+        yield
+    finally:
+        fence.reset(token)
 
 
 def adopt(label_counts: dict[str, int]) -> set[str] | None:

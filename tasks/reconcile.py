@@ -16,7 +16,7 @@ from celery import shared_task
 
 from app import vast as provider
 from app.pools import parse_label, pool_id, split_pool_id, volume_name
-from app.runtime import fence, settings, store, vast
+from app.runtime import settings, store, vast
 from app.store import FencedOut
 from tasks import rebuild
 
@@ -122,17 +122,14 @@ def _destroy(pid: str, kind: str, resource_id: int) -> str | None:
             return "its pool references it now"
         if pool and pool.get("creating"):
             return "its pool has a create in flight, which may be this"
-        # the lock is checked again right before the request leaves (rule 12)
-        token = fence.set(lambda: s.check_fence(pid, lease.held))
         try:
-            if kind == "instance":
-                vast().destroy_instance(resource_id)
-            else:
-                vast().delete_volume(resource_id)
+            with rebuild.fenced_by(pid, lease.held):
+                if kind == "instance":
+                    vast().destroy_instance(resource_id)
+                else:
+                    vast().delete_volume(resource_id)
         except provider.VastError as exc:
             return f"the provider did not destroy it ({type(exc).__name__})"
         except FencedOut:
             return "the machine's lock was lost before the call"
-        finally:
-            fence.reset(token)
         return None

@@ -138,6 +138,28 @@ def test_a_step_in_flight_during_a_flushall_is_fenced_out(clean_stack):
     assert_nothing_leaked(stack)
 
 
+def test_flushall_during_a_failover_that_retired_the_old_primary(destroying):
+    """The old primary is destroyed, the new one not relabelled yet, and Redis loses everything: the rebuild
+    keeps the running instance as primary and gives it the primary's label, so no sweep takes it for gone."""
+    stack = destroying
+    provisioned(stack, [75])
+    before = stack.pool(75)
+    old, new = before["primary_gpu_id"], before["standby_gpu_id"]
+    with LedgerWatch(stack) as watch:
+        stack.sim("POST", "/_sim/faults",
+                  json={"routes": {"DELETE /api/v0/instances/{id}/": {"hold_s": 3, "times": 1}}})
+        assert stack.api("POST", "/api/v1/warmpool/failover/test/75").status_code == 202
+        wait_until(lambda: old not in live_ids(stack), timeout=20, message="the old primary's destroy")
+        stack.redis.flushall()
+        pool = wait_until(lambda: (p := stack.pool(75)) and p["state"] == "active" and p, timeout=30,
+                          message="the pool rebuilt and healed")
+    assert (pool["primary_gpu_id"], pool["volume_id"]) == (new, before["volume_id"])
+    assert label_of(stack, new) == "warmpool-acme-75-primary" and new in live_ids(stack)
+    events = [e["event"] for e in stack.store.events("acme:75")]
+    assert "pool_rebuilt" in events and "primary_failed" not in events
+    assert watch.most_running == 1
+
+
 def test_reconcile_racing_an_interrupted_failover(clean_stack):
     """A failover stopped after it started the standby: the new primary still carries the standby's label,
     no pool references it as a standby, and the lock has expired. The reconciler must not destroy it."""

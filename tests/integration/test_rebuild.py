@@ -10,6 +10,7 @@ import pytest
 
 from app.pools import volume_name
 from tasks.rebuild import form_pool
+from tests.conftest import wait_until
 from tests.faults.test_faults import provisioned
 from tests.integration.test_cli import warmpool
 
@@ -139,3 +140,12 @@ def test_readyz_warns_when_redis_may_lose_data(stack, redis_config):
     assert stack.store.redis_warnings(expect_persistence=False) == [eviction]
     redis_config.config_set("save", "3600 1")  # RDB snapshots are persistence too
     assert stack.store.redis_warnings() == [eviction]
+
+
+def test_a_pool_that_cannot_be_rebuilt_is_tried_once_per_interval(stack):
+    """The sweep sees the labels at every run; what forms no pool is not asked about at every run."""
+    pids = ["acme:901", "acme:902"]
+    assert stack.store.first_rebuild_tries(pids, 0.5) == pids
+    assert stack.store.first_rebuild_tries([*pids, "acme:903"], 0.5) == ["acme:903"]
+    wait_until(lambda: stack.store.first_rebuild_tries(pids, 0.5) == pids, timeout=5,
+               message="the interval to pass")
