@@ -346,11 +346,6 @@ def test_disable_while_locked_queues_behind_the_operation(env):
     assert env.api("GET", f"/api/v1/tasks/{rv.json['task_id']}").json["operation"] == "disable"
 
 
-def test_disable_404_for_an_unknown_machine(env):
-    assert_error(env.api("POST", "/api/v1/warmpool/disable/5"), 404)
-    assert env.enqueued == [] and env.r.keys("*") == []
-
-
 # -- failover test -------------------------------------------------------------------------------------------------------
 
 
@@ -383,11 +378,6 @@ def test_failover_test_409_while_an_operation_runs(env):
     assert env.enqueued == []
 
 
-def test_failover_test_404_for_an_unknown_machine(env):
-    assert_error(env.api("POST", "/api/v1/warmpool/failover/test/5"), 404)
-    assert env.enqueued == [] and env.r.keys("*") == []
-
-
 # -- cleanup ---------------------------------------------------------------------------------------------------------------
 
 
@@ -414,8 +404,11 @@ def test_cleanup_while_locked_queues_behind_the_operation(env):
     assert env.store.get_pool("acme:123")["op_id"] == "b" * 32  # the running operation is not disturbed
 
 
-def test_cleanup_404_for_a_machine_never_seen(env):
-    assert_error(env.api("DELETE", "/api/v1/warmpool/cleanup/5"), 404)
+@pytest.mark.parametrize("method, path", [("POST", "/api/v1/warmpool/disable/5"),
+                                          ("POST", "/api/v1/warmpool/failover/test/5"),
+                                          ("DELETE", "/api/v1/warmpool/cleanup/5")])
+def test_404_for_a_machine_never_seen(env, method, path):
+    assert_error(env.api(method, path), 404)
     assert env.enqueued == [] and env.r.keys("*") == []
 
 
