@@ -215,6 +215,7 @@ def dev(port, sim_port, flower_port, time_scale, data_dir):
             children.start("redis", *redis_server_command(redis_port, data_dir.resolve()))
             wait_for_port(redis_port)
             env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+            env["WARMPOOL_DEV"] = "1"  # its own Redis, in the data dir: no warning about how it persists
         if not env.get("VAST_API_URL"):
             children.start("simulator", sys.executable, "-m", "app.cli", "sim", "--port", str(sim_port),
                            "--time-scale", str(time_scale), "--state-file", str(data_dir / "sim-world.json"))

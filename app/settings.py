@@ -103,6 +103,11 @@ class Settings:
     log_format: str = "text"
     # the bearer token /metrics asks for; empty: /metrics is open
     metrics_token: str = field(default="", repr=False)
+    # webhook deliveries: attempts in all, seconds before the first retry (doubling), and whether loopback,
+    # private and link-local destinations are allowed (a test or a lab; never on a shared service)
+    webhook_max_attempts: int = 8
+    webhook_retry_backoff: int = 5
+    webhook_allow_private: bool = False
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -134,4 +139,7 @@ class Settings:
             default_image=os.environ.get("WARMPOOL_DEFAULT_IMAGE", cls.default_image),
             log_format=_choice("WARMPOOL_LOG_FORMAT", cls.log_format, ("text", "json")),
             metrics_token=os.environ.get("WARMPOOL_METRICS_TOKEN", ""),
+            webhook_max_attempts=_int("WEBHOOK_MAX_ATTEMPTS", cls.webhook_max_attempts),
+            webhook_retry_backoff=_int("WEBHOOK_RETRY_BACKOFF", cls.webhook_retry_backoff),
+            webhook_allow_private=_bool("WARMPOOL_WEBHOOK_ALLOW_PRIVATE", cls.webhook_allow_private),
         )

@@ -47,6 +47,8 @@ class Context(TypedDict, total=False):
     ready_at: float
     replace_started: float
     fresh: bool                 # a fresh instance replaced a standby that would not start
+    announced: bool             # failover_started was said
+    promoted: bool              # the standby is the primary now
     # waits (deadlines, epoch seconds) and offers found by a search (searches are rate limited)
     primary_deadline: float
     stop_deadline: float
@@ -138,7 +140,7 @@ class Operation:
         to_degraded(self.pool, message, _heal_backoff(attempts), heal_attempts=attempts + 1, **fields)
         self.advance()
         operation = self.ctx["operation"]
-        if operation == "failover":
+        if operation == "failover" and not self.ctx.get("promoted"):
             self.event("failover_failed", message, trigger=self.ctx.get("trigger"))
         self.event("degraded", message, operation=operation)
         if self.ctx.get("op_id"):

@@ -45,7 +45,7 @@ def confirm_failure(self, op: Operation):
         if failed_status(instance):
             return op.ctx
         verdict = f"the primary is {instance.get('actual_status')}"
-    op.event("failover_cancelled", f"no failover: {verdict}")
+    op.event("failover_cancelled", f"no failover: {verdict}", trigger=op.ctx["trigger"])
     before = op.ctx.get("state_before")
     op.finish({"success": False, "message": f"Failover cancelled: {verdict}"},
               state=State.ACTIVE if before in (None, State.FAILOVER) else before)
@@ -55,8 +55,10 @@ def confirm_failure(self, op: Operation):
 @shared_task(bind=True, base=Step, name="warmpool.failover.stop_primary")
 def stop_primary(self, op: Operation):
     op.step("stop_primary")
-    op.event("failover_started", f"failover of primary {op.ctx['old_primary']} ({op.ctx['trigger']})",
-             trigger=op.ctx["trigger"])
+    if not op.ctx.get("announced"):  # once, though the step may be retried
+        op.event("failover_started", f"failover of primary {op.ctx['old_primary']} ({op.ctx['trigger']})",
+                 trigger=op.ctx["trigger"])
+        op.ctx["announced"] = True
     try:
         vast().stop_instance(op.ctx["old_primary"])
     except provider.NotFound:
@@ -152,6 +154,7 @@ def promote(self, op: Operation):
                failover_count=pool["failover_count"] + 1, last_failover_at=last["at"], last_failover=last,
                error_message=None)
     op.event("failover_completed", f"standby {new_primary} promoted in {recovery:.1f} s", **last)
+    ctx["promoted"] = True  # what fails from here on is the standby's replacement, not the failover
     message = "Failover test completed" if ctx["trigger"] == "manual" else "Failover completed"
     op.complete({"success": True, "message": message, "recovery_time_seconds": round(recovery, 1),
                  "recovery_from_last_healthy_seconds": round(from_healthy, 1),

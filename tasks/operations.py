@@ -63,7 +63,7 @@ def failover(pid: str, held: Held, trigger: str, op_id: str | None = None, detec
 
 def finish_failover(pid: str, held: Held, op_id: str | None) -> None:
     """The rest of a failover interrupted after its promotion."""
-    chain(retire_old_primary.s(), create_standby.s()).delay(Operation.begin(pid, "failover", held, op_id))
+    chain(retire_old_primary.s(), create_standby.s()).delay(Operation.begin(pid, "failover", held, op_id, promoted=True))
 
 
 def replace_standby(pid: str, held: Held, op_id: str | None, reason: str) -> None:

@@ -26,17 +26,16 @@ from celery import shared_task
 from standardwebhooks import Webhook
 
 from app.pools import now_iso
-from app.runtime import store
-from app.settings import _bool, _int
+from app.runtime import settings, store
 from app.store.webhooks import DELIVERED, FAILED, PENDING
 
 log = logging.getLogger(__name__)
 
 ALLOW_PRIVATE = "WARMPOOL_WEBHOOK_ALLOW_PRIVATE"
-MAX_ATTEMPTS = _int("WEBHOOK_MAX_ATTEMPTS", 8)
+MAX_ATTEMPTS = settings().webhook_max_attempts
 # seconds before the first retry; each next one waits twice as long (at most 10 min), jittered:
 # with the defaults, the last of 8 attempts is at most about 11 minutes after the first
-RETRY_BACKOFF = _int("WEBHOOK_RETRY_BACKOFF", 5)
+RETRY_BACKOFF = settings().webhook_retry_backoff
 TIMEOUTS = (5, 10)  # connect, read (s)
 
 
@@ -53,7 +52,7 @@ def check_destination(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UnsafeDestination("Not an http(s) URL with a host")
-    if _bool(ALLOW_PRIVATE, False):
+    if settings().webhook_allow_private:
         return
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)

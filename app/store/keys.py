@@ -49,6 +49,22 @@ def hosts_cache(query: str) -> str:
     return f"wp:hosts:{query}"
 
 
+def webhooks(tenant: str) -> str:
+    return f"wp:webhooks:{tenant}"  # hash: webhook id -> record (with its secret)
+
+
+def webhook_deliveries(webhook_id: str) -> str:
+    return f"wp:webhook:{webhook_id}:deliveries"  # list of delivery ids, newest first
+
+
+def delivery(delivery_id: str) -> str:
+    return f"wp:delivery:{delivery_id}"
+
+
+def delivery_claim(delivery_id: str, attempt: int) -> str:
+    return f"wp:delivery:{delivery_id}:attempt:{attempt}"
+
+
 def sweep_slot(n: int) -> str:
     return f"wp:sweep:slot:{n}"
 
@@ -76,3 +92,12 @@ CAPACITY_AT = "wp:capacity:at"
 UNKNOWN_SWEEPS = "wp:metrics:unknown_sweeps"
 SWEEP_SECONDS = "wp:metrics:sweep_seconds"
 ORPHANS = "wp:metrics:orphans"
+# webhook deliveries (app/store/webhooks.py)
+WEBHOOK_OUTBOX = "wp:webhooks:outbox"  # list of delivery ids not yet handed to Celery
+WEBHOOK_RELAYING = "wp:webhooks:relaying"  # lock: one relay at a time
+# metrics that workers count and /metrics reads (app/store/metrics.py)
+METRIC_FAILOVERS = "wp:metrics:failovers"                  # hash: "<trigger>|<result>" -> failovers ended
+METRIC_FAILOVERS_STARTED = "wp:metrics:failovers_started"  # hash: trigger -> failovers started
+METRIC_FAILOVER_SECONDS = "wp:metrics:failover_seconds"    # hash: a histogram's fields (see _observe)
+METRIC_PHASE_SECONDS = "wp:metrics:phase_seconds"          # hash: "<phase>|" + a histogram's fields
+METRIC_PROVIDER_REQUESTS = "wp:metrics:provider_requests"  # hash: "<endpoint>|<code>" -> responses

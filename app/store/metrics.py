@@ -15,12 +15,6 @@ import redis
 
 from app.store import keys
 
-FAILOVERS = "wp:metrics:failovers"                  # hash: "<trigger>|<result>" -> failovers ended so
-FAILOVERS_STARTED = "wp:metrics:failovers_started"  # hash: trigger -> failovers started
-FAILOVER_SECONDS = "wp:metrics:failover_seconds"    # hash: a histogram's fields (see _observe)
-PHASE_SECONDS = "wp:metrics:phase_seconds"          # hash: "<phase>|" + a histogram's fields
-PROVIDER_REQUESTS = "wp:metrics:provider_requests"  # hash: "<endpoint>|<code>" -> responses
-
 # failover and phase durations, in seconds: from milliseconds (taking a lock) to minutes (a slow host)
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0, math.inf)
 
@@ -40,26 +34,26 @@ class MetricsRecords:
         """An event sink: failovers started and ended (by trigger and result), their durations and phases."""
         kind, trigger = record["event"], record.get("trigger") or "unknown"
         if kind == "failover_started":
-            pipe.hincrby(FAILOVERS_STARTED, trigger, 1)
+            pipe.hincrby(keys.METRIC_FAILOVERS_STARTED, trigger, 1)
         elif kind in FAILOVER_RESULTS:
-            pipe.hincrby(FAILOVERS, f"{trigger}|{FAILOVER_RESULTS[kind]}", 1)
+            pipe.hincrby(keys.METRIC_FAILOVERS, f"{trigger}|{FAILOVER_RESULTS[kind]}", 1)
         if kind == "failover_completed":
-            _observe(pipe, FAILOVER_SECONDS, "", record["recovery_time_seconds"])
+            _observe(pipe, keys.METRIC_FAILOVER_SECONDS, "", record["recovery_time_seconds"])
             for phase, seconds in (record.get("phases") or {}).items():
-                _observe(pipe, PHASE_SECONDS, f"{phase}|", seconds)
+                _observe(pipe, keys.METRIC_PHASE_SECONDS, f"{phase}|", seconds)
 
     def count_provider_response(self, endpoint: str, status: int | None) -> None:
         """The provider client's hook: one more response of ``endpoint`` with this status."""
         # a count lost while Redis is away is better than a provider answer lost to it
         with contextlib.suppress(redis.RedisError):
-            self.r.hincrby(PROVIDER_REQUESTS, f"{endpoint}|{NO_RESPONSE if status is None else status}", 1)
+            self.r.hincrby(keys.METRIC_PROVIDER_REQUESTS, f"{endpoint}|{NO_RESPONSE if status is None else status}", 1)
 
     def metrics(self) -> dict:
         """The counters and histograms of every process, and the sweep's figures, in one round trip
         (the pools by state are ``pool_counts()``)."""
-        hashes = ("failovers", FAILOVERS), ("failovers_started", FAILOVERS_STARTED), \
-            ("failover_seconds", FAILOVER_SECONDS), ("phase_seconds", PHASE_SECONDS), \
-            ("provider_requests", PROVIDER_REQUESTS)
+        hashes = ("failovers", keys.METRIC_FAILOVERS), ("failovers_started", keys.METRIC_FAILOVERS_STARTED), \
+            ("failover_seconds", keys.METRIC_FAILOVER_SECONDS), ("phase_seconds", keys.METRIC_PHASE_SECONDS), \
+            ("provider_requests", keys.METRIC_PROVIDER_REQUESTS)
         with self.r.pipeline(transaction=False) as pipe:
             for _, key in hashes:
                 pipe.hgetall(key)

@@ -16,6 +16,7 @@ import uuid
 import redis
 
 from app.pools import now_iso, split_pool_id
+from app.store import keys
 
 # internal event kind (Store.event) -> the webhook event type a subscriber sees; add a row to publish a kind
 WEBHOOK_TYPES = {
@@ -38,27 +39,6 @@ DELIVERY_TTL = 7 * 24 * 3600
 CLAIM_TTL = 120  # longer than one attempt (its HTTP timeouts), shorter than the broker's redelivery
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 
-# the keys of this module, kept here with the records they hold
-OUTBOX = "wp:webhooks:outbox"  # list of delivery ids not yet handed to Celery
-RELAYING = "wp:webhooks:relaying"  # lock: one relay at a time
-
-
-def _subscriptions(tenant: str) -> str:
-    return f"wp:webhooks:{tenant}"  # hash: webhook id -> record (with its secret)
-
-
-def _recent(webhook_id: str) -> str:
-    return f"wp:webhook:{webhook_id}:deliveries"  # list of delivery ids, newest first
-
-
-def _delivery(delivery_id: str) -> str:
-    return f"wp:delivery:{delivery_id}"
-
-
-def _claim(delivery_id: str, attempt: int) -> str:
-    return f"wp:delivery:{delivery_id}:attempt:{attempt}"
-
-
 def new_secret() -> str:
     """A Standard Webhooks secret: ``whsec_`` and base64 of 32 random bytes."""
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
@@ -77,26 +57,26 @@ class WebhookRecords:
 
     def add_webhook(self, tenant: str, url: str, events: list[str] | None) -> dict:
         """Subscribe ``url`` to ``events`` (None: every type, present and future); the record has the secret."""
-        if self.r.hlen(_subscriptions(tenant)) >= MAX_WEBHOOKS:
+        if self.r.hlen(keys.webhooks(tenant)) >= MAX_WEBHOOKS:
             raise TooManyWebhooks(tenant)
         hook = {"id": "wh_" + uuid.uuid4().hex, "url": url, "events": events, "secret": new_secret(),
                 "created_at": now_iso()}
-        self.r.hset(_subscriptions(tenant), hook["id"], json.dumps(hook))
+        self.r.hset(keys.webhooks(tenant), hook["id"], json.dumps(hook))
         return hook
 
     def webhooks(self, tenant: str) -> list[dict]:
-        hooks = [json.loads(raw) for raw in self.r.hvals(_subscriptions(tenant))]
+        hooks = [json.loads(raw) for raw in self.r.hvals(keys.webhooks(tenant))]
         return sorted(hooks, key=lambda hook: hook["created_at"])
 
     def get_webhook(self, tenant: str, webhook_id: str) -> dict | None:
-        raw = self.r.hget(_subscriptions(tenant), webhook_id)
+        raw = self.r.hget(keys.webhooks(tenant), webhook_id)
         return json.loads(raw) if raw else None
 
     def delete_webhook(self, tenant: str, webhook_id: str) -> bool:
         """Unsubscribe; deliveries still queued for it are dropped when their turn comes."""
         with self.r.pipeline() as pipe:
-            pipe.hdel(_subscriptions(tenant), webhook_id)
-            pipe.delete(_recent(webhook_id))
+            pipe.hdel(keys.webhooks(tenant), webhook_id)
+            pipe.delete(keys.webhook_deliveries(webhook_id))
             removed, _ = pipe.execute()
         return bool(removed)
 
@@ -117,13 +97,13 @@ class WebhookRecords:
                               "data": data}, separators=(",", ":"))
         for hook in hooks:
             delivery_id = "msg_" + uuid.uuid4().hex  # the webhook-id header, kept across retries
-            pipe.set(_delivery(delivery_id), json.dumps({
+            pipe.set(keys.delivery(delivery_id), json.dumps({
                 "id": delivery_id, "tenant": tenant, "webhook_id": hook["id"], "type": event_type,
                 "machine_id": machine_id, "payload": payload, "state": PENDING, "attempts": [],
                 "created_at": record["at"]}), ex=DELIVERY_TTL)
-            pipe.lpush(_recent(hook["id"]), delivery_id)
-            pipe.ltrim(_recent(hook["id"]), 0, DELIVERIES_KEPT - 1)
-            pipe.rpush(OUTBOX, delivery_id)
+            pipe.lpush(keys.webhook_deliveries(hook["id"]), delivery_id)
+            pipe.ltrim(keys.webhook_deliveries(hook["id"]), 0, DELIVERIES_KEPT - 1)
+            pipe.rpush(keys.WEBHOOK_OUTBOX, delivery_id)
 
     def relay_outbox(self, send, batch: int = 100) -> int:
         """Hand queued delivery ids to ``send`` (which enqueues them), oldest first; return how many.
@@ -131,15 +111,15 @@ class WebhookRecords:
         One relay at a time, and ids leave the outbox only after ``send`` took them: a relay that dies
         halfway sends some again, which the delivery task's claim makes harmless.
         """
-        lock = self.r.lock(RELAYING, timeout=30)
+        lock = self.r.lock(keys.WEBHOOK_RELAYING, timeout=30)
         if not lock.acquire(blocking=False):
             return 0
         try:
             sent = 0
-            while ids := self.r.lrange(OUTBOX, 0, batch - 1):
+            while ids := self.r.lrange(keys.WEBHOOK_OUTBOX, 0, batch - 1):
                 for delivery_id in ids:
                     send(delivery_id)
-                self.r.ltrim(OUTBOX, len(ids), -1)
+                self.r.ltrim(keys.WEBHOOK_OUTBOX, len(ids), -1)
                 sent += len(ids)
             return sent
         finally:
@@ -148,19 +128,19 @@ class WebhookRecords:
     # -- deliveries ------------------------------------------------------------
 
     def get_delivery(self, delivery_id: str) -> dict | None:
-        raw = self.r.get(_delivery(delivery_id))
+        raw = self.r.get(keys.delivery(delivery_id))
         return json.loads(raw) if raw else None
 
     def deliveries(self, webhook_id: str) -> list[dict]:
         """The webhook's recent deliveries, newest first."""
-        ids = self.r.lrange(_recent(webhook_id), 0, DELIVERIES_KEPT - 1)
+        ids = self.r.lrange(keys.webhook_deliveries(webhook_id), 0, DELIVERIES_KEPT - 1)
         if not ids:
             return []
-        return [json.loads(raw) for raw in self.r.mget([_delivery(i) for i in ids]) if raw]
+        return [json.loads(raw) for raw in self.r.mget([keys.delivery(i) for i in ids]) if raw]
 
     def claim_attempt(self, delivery_id: str, attempt: int) -> bool:
         """Whether this worker makes attempt number ``attempt``: a broker's second copy of it does not."""
-        return bool(self.r.set(_claim(delivery_id, attempt), "1", nx=True, ex=CLAIM_TTL))
+        return bool(self.r.set(keys.delivery_claim(delivery_id, attempt), "1", nx=True, ex=CLAIM_TTL))
 
     def record_attempt(self, delivery_id: str, attempt: dict, state: str) -> None:
         """Add an attempt (at, status_code, error, duration_ms) and the delivery's state after it."""
@@ -169,4 +149,4 @@ class WebhookRecords:
             return
         delivery["attempts"].append(attempt)
         delivery["state"] = state
-        self.r.set(_delivery(delivery_id), json.dumps(delivery), keepttl=True)
+        self.r.set(keys.delivery(delivery_id), json.dumps(delivery), keepttl=True)

@@ -410,7 +410,7 @@ def test_reconciler_reports_then_destroys_orphans(clean_stack):
     assert int(stack.redis.get("wp:metrics:orphans")) == 2
     assert {orphan} <= {i["id"] for i in stack.ledger()["instances"]}  # reported, not destroyed
     stack.worker.stop()
-    stack.worker = stack.new_worker("w-reconcile", RECONCILE_DESTROY_ORPHANS="true")
+    stack.worker = stack.new_worker("w-reconcile", RECONCILE_DESTROY_ORPHANS="true", RECONCILE_GRACE="0")
     wait_until(lambda: orphan not in {i["id"] for i in stack.ledger()["instances"]}
                and volume not in {v["id"] for v in stack.ledger()["volumes"]}, timeout=30,
                message="the orphans to be destroyed")
