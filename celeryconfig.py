@@ -19,7 +19,7 @@ broker_transport_options = {
     "unacked_restore_throttle": 1,
 }
 imports = ("tasks.provision", "tasks.failover", "tasks.cleanup", "tasks.sweep", "tasks.heal", "tasks.reconcile",
-           "tasks.rebuild", "tasks.webhooks")
+           "tasks.rebuild", "tasks.webhooks", "tasks.renewal", "tasks.expiry")
 
 task_serializer = "json"
 result_serializer = "json"
@@ -53,6 +53,9 @@ beat_schedule = {
              "options": {"expires": _settings.heal_interval}},
     "reconcile": {"task": "warmpool.reconcile.reconcile", "schedule": _settings.reconcile_interval,
                   "options": {"expires": 60}},
+    # rentals that end: the primaries' and standbys' end dates, at the capacity check's pace
+    "expiry-check": {"task": "warmpool.health.check_expiry", "schedule": _settings.capacity_check_interval,
+                     "options": {"expires": _settings.capacity_check_interval}},
     # the webhook outbox into delivery tasks: a second at most between an event and its first attempt
     "webhook-relay": {"task": "warmpool.webhooks.relay", "schedule": 1.0, "options": {"expires": 1.0}},
 }

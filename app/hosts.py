@@ -6,6 +6,10 @@ largest offer, its total GPUs follow from the offer's ``gpu_frac``.
 
 from collections import defaultdict
 
+# a host is picked only when its offers can be rented for this many EXPIRY_MARGINs: rentals end
+# (their end_date), and one that ends soon must be replaced before its end
+LASTING_MARGINS = 7
+
 
 def vast_gpu_name(name: str) -> str:
     """Users write RTX_4090; Vast names it "RTX 4090"."""
@@ -17,7 +21,8 @@ def user_gpu_name(name: str) -> str:
 
 
 def offers_query(gpu_name: str | None = None, max_price: float | None = None, verified: bool = True,
-                 machine_id: int | None = None, num_gpus: int | None = None) -> dict:
+                 machine_id: int | None = None, num_gpus: int | None = None,
+                 min_duration: float | None = None) -> dict:
     query: dict = {"rentable": {"eq": True}, "rented": {"eq": False}, "order": [["dph_total", "asc"]]}
     if verified:
         query["verified"] = {"eq": True}
@@ -29,6 +34,8 @@ def offers_query(gpu_name: str | None = None, max_price: float | None = None, ve
         query["machine_id"] = {"eq": machine_id}
     if num_gpus is not None:
         query["num_gpus"] = {"eq": num_gpus}
+    if min_duration is not None:
+        query["duration"] = {"gte": min_duration}  # seconds a rental of the offer can last
     return query
 
 

@@ -94,6 +94,12 @@ class Settings:
     # the reconciler destroys nothing younger than this, and at most this share of what it sees in one run
     reconcile_grace: float = 600.0
     reconcile_max_share: float = 0.2
+    # a primary or standby whose rental ends (its end_date) within this many seconds is replaced before its end
+    expiry_margin: float = 86400.0
+    # seconds between copies of a pool's volume to its replica on another host: the data-loss bound of a host failure
+    replica_copy_interval: float = 300.0
+    # whether a pool keeps a replica when its provision or enable body does not say
+    replica_default: bool = False
     # WARMPOOL_DEV=1: the throwaway Redis of `warmpool dev`, so no warning that it does not persist
     dev: bool = False
     # a killed worker's message is delivered again after this; the healer resumes its operation sooner
@@ -134,6 +140,9 @@ class Settings:
             reconcile_interval=_float("RECONCILE_INTERVAL", cls.reconcile_interval),
             reconcile_grace=_float("RECONCILE_GRACE", cls.reconcile_grace),
             reconcile_max_share=_float("RECONCILE_MAX_SHARE", cls.reconcile_max_share),
+            expiry_margin=_float("EXPIRY_MARGIN", cls.expiry_margin),
+            replica_copy_interval=_float("REPLICA_COPY_INTERVAL", cls.replica_copy_interval),
+            replica_default=_bool("WARMPOOL_REPLICA_DEFAULT", cls.replica_default),
             dev=_bool("WARMPOOL_DEV", cls.dev),
             visibility_timeout=_float("CELERY_VISIBILITY_TIMEOUT", cls.visibility_timeout),
             default_image=os.environ.get("WARMPOOL_DEFAULT_IMAGE", cls.default_image),

@@ -23,6 +23,7 @@ from tasks.failover import (
     stop_primary,
 )
 from tasks.provision import await_primary, create_primary, create_standby, create_volume, find_host
+from tasks.renewal import create_renewal, retire_expiring_standby
 
 
 def provision(pid: str, held: Held, op_id: str | None, search: bool = False) -> None:
@@ -55,7 +56,8 @@ def failover(pid: str, held: Held, trigger: str, op_id: str | None = None, detec
     ctx = Operation.begin(pid, "failover", held, op_id, trigger=trigger, old_primary=pool["primary_gpu_id"],
                           detected_at=detected_at, healthy_at=healthy_at, triggered_at=triggered_at,
                           state_before=state_before)
-    steps = [] if trigger == "manual" else [confirm_failure.s()]
+    # a test, or a planned switchover before a rental ends, has no failure to confirm
+    steps = [] if trigger in ("manual", "expiry") else [confirm_failure.s()]
     chain(*steps, stop_primary.s(), await_stopped.s(), start_standby.s(), await_standby.s(), promote.s(),
           retire_old_primary.s(), create_standby.s()).delay(ctx)
     return op_id
@@ -69,6 +71,12 @@ def finish_failover(pid: str, held: Held, op_id: str | None) -> None:
 def replace_standby(pid: str, held: Held, op_id: str | None, reason: str) -> None:
     """A new stopped standby for a pool whose standby is gone (or was given up)."""
     chain(create_standby.s()).delay(Operation.begin(pid, "provision", held, op_id, reason=reason))
+
+
+def renew_standby(pid: str, held: Held, op_id: str | None, expiring: int, expiring_end: float) -> None:
+    """A fresh stopped standby, then the one whose rental ends (``expiring``, at ``expiring_end``) destroyed."""
+    chain(create_renewal.s(), retire_expiring_standby.s()).delay(
+        Operation.begin(pid, "renew_standby", held, op_id, expiring=expiring, expiring_end=expiring_end))
 
 
 def cleanup(pid: str, held: Held, op_id: str | None) -> None:

@@ -11,7 +11,7 @@ import time
 from celery import shared_task
 
 from app import vast as provider
-from app.hosts import group_hosts, offers_query
+from app.hosts import LASTING_MARGINS, group_hosts, offers_query
 from app.pools import State, label, to_active, volume_name
 from app.runtime import Throttled, settings, store, vast
 from app.store import UNSEEN, FencedOut
@@ -116,10 +116,11 @@ def observe(instance_id: int):
 
 @shared_task(bind=True, base=Step, name="warmpool.provision.find_host")
 def find_host(self, op: Operation):
-    """Pick the best host: verified, 2+ free GPUs, cheapest, most reliable."""
+    """Pick the best host: verified, 2+ free GPUs, rentable for long (rentals end), cheapest, most reliable."""
     op.step("searching")
     pool = op.pool
-    hosts = group_hosts(vast().search_offers(offers_query(pool["gpu_name"], pool["max_price"])))
+    hosts = group_hosts(vast().search_offers(offers_query(
+        pool["gpu_name"], pool["max_price"], min_duration=LASTING_MARGINS * op.settings.expiry_margin)))
     if not hosts:
         raise OperationFailed("no verified host with 2 free GPUs matches")
     best = hosts[0]
