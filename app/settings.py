@@ -66,6 +66,8 @@ class Settings:
     broker_url: str = ""  # empty: the broker is REDIS_URL
     vast_api_url: str = "https://console.vast.ai"
     vast_api_key: str = field(default="", repr=False)
+    # the secret of Vast's account notifications (X-Vast-Signature-256); empty: the receiver is off
+    vast_webhook_secret: str = field(default="", repr=False)
     vast_rate_limits: dict[str, float] = field(default_factory=lambda: dict(VAST_RATE_LIMITS))
     api_keys: dict[str, str] = field(default_factory=dict, repr=False)
     # health sweep: seconds between sweeps; a primary fails over once it failed this many sweeps in a row
@@ -122,6 +124,7 @@ class Settings:
             broker_url=os.environ.get("CELERY_BROKER_URL", ""),
             vast_api_url=os.environ.get("VAST_API_URL", cls.vast_api_url),
             vast_api_key=os.environ.get("VAST_API_KEY", ""),
+            vast_webhook_secret=os.environ.get("VAST_WEBHOOK_SECRET", ""),
             vast_rate_limits=_rate_limits(os.environ.get("VAST_RATE_LIMITS")),
             api_keys=_api_keys(os.environ.get("WARMPOOL_API_KEYS", "")),
             health_check_interval=_float("HEALTH_CHECK_INTERVAL", cls.health_check_interval),

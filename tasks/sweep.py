@@ -102,8 +102,9 @@ def _judge(s, cfg, failed: dict, last_ok: float | None) -> None:
 
 @shared_task(name="warmpool.failover.trigger", acks_late=True)
 def trigger(pid: str, seen_primary: int, detected_at: float, triggered_at: float | None = None,
-            healthy_at: float | None = None) -> str:
-    """A health sweep saw ``seen_primary`` fail: fail over, unless the pool moved on or is busy."""
+            healthy_at: float | None = None, source: str = "health") -> str:
+    """A health sweep (or a notification from Vast) saw ``seen_primary`` fail: fail over, unless the pool moved
+    on or is busy. The failover's first step confirms the failure with the provider."""
     s, cfg = store(), settings()
     held = s.acquire(pid, cfg.lock_ttl)
     if held is None:
@@ -115,7 +116,7 @@ def trigger(pid: str, seen_primary: int, detected_at: float, triggered_at: float
         s.event(pid, "failover_trigger_stale", f"a failover trigger for primary {seen_primary} came after the pool "
                                                f"moved on: nothing done", primary_gpu_id=seen_primary)
         return "stale"
-    return "failover" if operations.failover(pid, held, "health", detected_at=detected_at, healthy_at=healthy_at,
+    return "failover" if operations.failover(pid, held, source, detected_at=detected_at, healthy_at=healthy_at,
                                              triggered_at=triggered_at) else "capped"
 
 

@@ -372,4 +372,6 @@ def test_every_route_of_the_app_is_exercised_here():
 
     ours = {(m, p.replace("{m}", "{machine_id}").replace("{t}", "{task_id}").replace("{w}", "{webhook_id}"))
             for m, p in ROUTES.values()}
-    assert ours == api_routes(create_app()), "a route was added: add it to ROUTES"
+    # Vast's notifications are signed, not keyed: their bad input is tests/api/test_provider_notifications.py's
+    signed = {("POST", "/api/v1/provider/notifications")}
+    assert ours == api_routes(create_app()) - signed, "a route was added: add it to ROUTES"

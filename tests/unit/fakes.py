@@ -30,7 +30,7 @@ VAST_URL = "http://vast.test"
 REAL_VAST = runtime.vast  # the cached factory, before any test replaces it
 
 # every module that imports settings, store or vast from app.runtime (test_fakes.py checks none is missed)
-SEAMS = ("app.runtime", "app.api.auth", "app.api.probes", "app.api.tasks", "app.api.warmpool", "app.api.webhooks",
+SEAMS = ("app.runtime", "app.api.auth", "app.api.probes", "app.api.provider", "app.api.tasks", "app.api.warmpool", "app.api.webhooks",
          "app.commands", "tasks.base", "tasks.operations", "tasks.provision", "tasks.failover", "tasks.cleanup",
          "tasks.sweep", "tasks.heal", "tasks.reconcile", "tasks.rebuild", "tasks.webhooks")
 # the starters whose chains are recorded, and the tasks whose .delay is
@@ -298,8 +298,8 @@ def install(monkeypatch, env: FakeEnv) -> None:
 
     sweep = importlib.import_module("tasks.sweep")
     for task, params in SWEEP_TASKS.items():
-        monkeypatch.setattr(getattr(sweep, task), "delay", lambda *args, _task=task, _params=params: env.enqueued.append(
-            (_task, dict(zip(_params, args)))))
+        monkeypatch.setattr(getattr(sweep, task), "delay", lambda *args, _task=task, _params=params, **kwargs:
+                            env.enqueued.append((_task, {**dict(zip(_params, args)), **kwargs})))
 
     # anything else that would reach the broker is recorded too (and would fail "nothing enqueued")
     def apply_async(self, args=None, kwargs=None, **options):

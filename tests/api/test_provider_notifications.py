@@ -1,0 +1,60 @@
+"""Vast's notifications: only a signed one is taken, and an offline primary gets the failover's direct check."""
+
+import hashlib
+import hmac
+import json
+
+import pytest
+
+SECRET = "vast-notification-secret"
+ROUTE = "/api/v1/provider/notifications"
+
+
+def signed(body: dict, secret: str = SECRET) -> dict:
+    raw = json.dumps(body).encode()
+    return {"data": raw, "content_type": "application/json",
+            "headers": {"X-Vast-Signature-256": "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()}}
+
+
+def test_an_offline_primary_gets_the_failover_check(env):
+    env.configure(vast_webhook_secret=SECRET)
+    pool = env.add_pool(123)
+    rv = env.client.post(ROUTE, **signed({"event": "instance_offline", "instance_id": pool["primary_gpu_id"]}))
+    assert rv.status_code == 200 and rv.json["action"] == "failover check"
+    kind, trigger = env.enqueued[0]
+    assert kind == "trigger" and trigger["pid"] == "acme:123" and trigger["primary"] == pool["primary_gpu_id"]
+    assert trigger["source"] == "notification"
+    assert [e["event"] for e in env.store.events("acme:123")] == ["provider_notice"]
+
+
+def test_other_instances_and_events_start_nothing(env):
+    env.configure(vast_webhook_secret=SECRET)
+    pool = env.add_pool(123)
+    assert env.client.post(ROUTE, **signed({"event": "instance_offline", "instance_id": 999})).json["action"] \
+        .startswith("ignored")
+    assert env.client.post(ROUTE, **signed({"event": "rental_expiring", "instance_id": pool["primary_gpu_id"],
+                                             "end_date": 1.0})).json["action"] == "recorded"
+    assert env.enqueued == []
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-Vast-Signature-256": "sha256=00"}, "wrong secret"])
+def test_an_unsigned_or_badly_signed_notification_is_refused(env, headers):
+    env.configure(vast_webhook_secret=SECRET)
+    pool = env.add_pool(123)
+    body = {"event": "instance_offline", "instance_id": pool["primary_gpu_id"]}
+    request = signed(body, "another") if headers == "wrong secret" else {
+        "data": json.dumps(body), "content_type": "application/json", "headers": headers}
+    rv = env.client.post(ROUTE, **request)
+    assert rv.status_code == 401 and rv.json["code"] == 401
+    assert env.enqueued == [] and env.store.events("acme:123") == []
+
+
+def test_the_receiver_is_off_without_a_secret(env):
+    rv = env.client.post(ROUTE, **signed({"event": "instance_offline", "instance_id": 1}))
+    assert rv.status_code == 404 and "VAST_WEBHOOK_SECRET" in rv.json["message"]
+
+
+def test_a_signed_body_that_is_not_a_notification_is_a_422(env):
+    env.configure(vast_webhook_secret=SECRET)
+    rv = env.client.post(ROUTE, **signed({"instance_id": "x"}))
+    assert rv.status_code == 422 and "event" in rv.json["errors"]["json"]
