@@ -4,6 +4,7 @@ The web app, the workers and beat share them; they read the environment, so a
 forked worker makes its own connections after the fork.
 """
 
+import contextlib
 import contextvars
 import functools
 import random
@@ -42,6 +43,16 @@ urgent: contextvars.ContextVar[bool] = contextvars.ContextVar("urgent", default=
 # the fencing check of the step this thread runs: raises FencedOut when its lock was lost (rule 12)
 fence: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("fence", default=None)
 MUTATING_METHODS = ("PUT", "POST", "DELETE")
+
+
+@contextlib.contextmanager
+def unfenced():
+    """Calls that undo what this step alone made: allowed after its lock was lost (rule 12)."""
+    token = fence.set(None)
+    try:
+        yield
+    finally:
+        fence.reset(token)
 READS_BY_POST = ("search_offers", "search_volumes")
 
 

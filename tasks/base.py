@@ -223,9 +223,11 @@ class Step(Task):
                 try:
                     if compensate:
                         compensate(op)
-                except provider.VastError as exc:
-                    # what stays behind carries our labels: the reconciler finds it
-                    op.event("compensation_incomplete", f"could not undo everything: {exc}")
+                except FencedOut:
+                    raise
+                except Exception as exc:  # the operation must end all the same; what stays carries our labels
+                    log.warning("%s: compensation of %s incomplete: %r", self.name, op.pid, exc)
+                    op.event("compensation_incomplete", f"could not undo everything: {type(exc).__name__}: {exc}")
             op.fail(message)
         except FencedOut:
             pass  # a newer holder decides now

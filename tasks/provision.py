@@ -13,7 +13,7 @@ from celery import shared_task
 from app import vast as provider
 from app.hosts import LASTING_MARGINS, group_hosts, offers_query
 from app.pools import State, label, to_active, volume_name
-from app.runtime import Throttled, settings, store, vast
+from app.runtime import Throttled, settings, store, unfenced, vast
 from app.store import UNSEEN, FencedOut
 from tasks.base import COMPENSATIONS, NotYet, Operation, OperationFailed, Step
 
@@ -53,7 +53,8 @@ def create_once(op: Operation, role: str, create, find, destroy) -> int:
     except FencedOut:
         adopted = store().get_pool(op.pid) or {}
         if made not in (adopted.get("volume_id"), adopted.get("primary_gpu_id"), adopted.get("standby_gpu_id")):
-            destroy(made)  # ours alone: nobody else will ever reference it
+            with unfenced():
+                destroy(made)  # ours alone: nobody else will ever reference it, and it must not bill
         raise
     return made
 

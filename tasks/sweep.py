@@ -27,6 +27,7 @@ DEFINITIVE = {"offline", "exited", "gone", "stopped by someone else"}
 # a sweep that would degrade more than this share of the watched pools (and more than a few) acts on none:
 # the provider's answer is more likely wrong than half the fleet gone
 BRAKE_SHARE, BRAKE_MIN = 0.5, 3
+AUDIT_PAGE = 25  # one page of the v1 list
 
 
 @shared_task(name="warmpool.health.sweep")
@@ -52,14 +53,16 @@ def _sweep(s, cfg) -> str:
     rows = {row["id"]: row for row in listing.instances}
     failed = {pid: (iid, rows[iid].get("actual_status")) for iid, pid in s.primaries(list(rows)).items()
               if rows[iid].get("actual_status") not in TRANSITIONAL}
+    failed.update(_audit(s))
     counts = listing.label_counts
     missing_standby = []
     if counts or not listing.total_instances:  # this provider counts labels
         for pid in watched:
             if pid not in failed and not counts.get(label(*split_pool_id(pid), "primary")):
                 failed[pid] = (None, "gone")
-        missing_standby = [pid for pid in watched
-                           if pid not in failed and not counts.get(label(*split_pool_id(pid), "standby"))]
+        with_standby = s.pools_with_standby()  # a pool known to lack one is the healer's already
+        missing_standby = [pid for pid in watched if pid in with_standby and pid not in failed
+                           and not counts.get(label(*split_pool_id(pid), "standby"))]
     _judge(s, cfg, failed, last_ok)
     if len(missing_standby) > max(BRAKE_MIN, BRAKE_SHARE * len(watched)):
         for pid in missing_standby:
@@ -79,6 +82,20 @@ def _sweep(s, cfg) -> str:
     if s.capacity_check_due(cfg.capacity_check_interval):
         check_capacity.delay()
     return f"{len(failed)} failed of {len(watched)}"
+
+
+def _audit(s) -> dict[str, tuple[int, str]]:
+    """Primaries stopped by someone else: the list of failures above shows only instances meant to run, so a
+    few primaries, in rotation, are looked at directly each sweep (one call, whatever the number of pools)."""
+    audited = s.audit_primaries(AUDIT_PAGE)
+    if not audited:
+        return {}
+    try:
+        rows = vast().list_instances({"id": {"in": sorted(audited)}}, attempts=1).instances
+    except provider.VastError:
+        return {}  # unknown: the next sweeps look again
+    return {audited[row["id"]]: (row["id"], "stopped by someone else") for row in rows
+            if row["id"] in audited and row.get("intended_status") == "stopped"}
 
 
 def _judge(s, cfg, failed: dict, last_ok: float | None) -> None:

@@ -81,6 +81,17 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
         found = self.r.hmget(keys.PRIMARIES, [str(i) for i in instance_ids])
         return {i: pid for i, pid in zip(instance_ids, found) if pid}
 
+    def pools_with_standby(self) -> set[str]:
+        """Watched pools whose record names a standby."""
+        return set(self.r.hvals(keys.STANDBYS))
+
+    def audit_primaries(self, count: int) -> dict[int, str]:
+        """The next few primaries of watched pools, in rotation: each sweep looks at some of them directly, so a
+        primary stopped by someone else is seen within (pools / count) sweeps, at one call per sweep."""
+        cursor, found = self.r.hscan(keys.PRIMARIES, int(self.r.get(keys.AUDIT_CURSOR) or 0), count=count)
+        self.r.set(keys.AUDIT_CURSOR, cursor)
+        return {int(iid): pid for iid, pid in found.items()}
+
     def standbys(self, instance_ids: list[int]) -> dict[int, str]:
         """Map standby instance ids of watched pools to their pool ids."""
         if not instance_ids:

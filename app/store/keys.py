@@ -73,6 +73,7 @@ POOLS = "wp:pools"                      # set of every pool id
 WATCHED = "wp:watched"                  # pools whose primary the sweep watches
 UNSETTLED = "wp:unsettled"              # pools the healer looks at
 PRIMARIES = "wp:primaries"              # hash: primary instance id -> pool id (watched pools)
+AUDIT_CURSOR = "wp:audit:cursor"        # where the sweep's rotating look at primaries goes on
 STANDBYS = "wp:standbys"                # hash: standby instance id -> pool id (watched pools)
 BY_STATE = "wp:pools:by_state"          # hash: state -> number of pools
 FAILOVERS = "wp:failovers"              # sorted set: automatic failovers of the last minute

@@ -204,11 +204,7 @@ def test_a_failed_step_compensates_degrades_fails_the_task_and_frees_the_machine
 
 @pytest.mark.parametrize("error", [
     ProviderUnavailable("Vast is down", 503),
-    pytest.param(Throttled(30.0), marks=pytest.mark.xfail(strict=True, reason=(
-        "tasks/base.py Step.give_up catches only VastError around the compensation: any other exception there "
-        "(Throttled when the rate budget has no slot within 10 s, a bug) escapes Step.__call__, so the operation "
-        "is not ended: the task stays STARTED at step 'compensate', the pool is not degraded and the lock stays "
-        "held until its TTL"))),
+    Throttled(30.0),
 ], ids=["provider-refused", "throttled"])
 def test_a_compensation_that_raises_still_ends_the_operation(env, monkeypatch, error):
     ctx = start(env)
@@ -412,9 +408,6 @@ def late_answer(env, monkeypatch, method: str, adopted: str | None = None):
     monkeypatch.setattr(env.vast, method, late)
 
 
-@pytest.mark.xfail(strict=True, reason="tasks/provision.py create_once destroys what a fenced-out create made "
-                   "from inside the step's fence: the destroy/delete is a mutating call, so app.runtime's guard "
-                   "raises FencedOut before it is sent and the resource leaks (rule 12)")
 def test_a_create_answered_after_the_step_lost_its_lock_destroys_what_it_made(env, creating, monkeypatch):
     late_answer(env, monkeypatch, "create_volume")
     with pytest.raises(Ignore):
