@@ -92,4 +92,4 @@ def test_seed_flow(clean_stack):
         status = stack.api("GET", f"/api/v1/warmpool/status/{MACHINE}").json
         assert status["state"] == "disabled" and status["failover_count"] == 3
         assert (status["primary_gpu_id"], status["standby_gpu_id"], status["volume_id"]) == (None, None, None)
-    assert watch.most_running == 1
+    assert watch.most_running <= 1
