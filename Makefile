@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup dev test bench sim
+.PHONY: setup dev test mutants bench sim
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -18,8 +18,11 @@ dev: setup        ## the whole stack: Redis, simulator, API, worker, beat, Flowe
 sim: setup        ## the Vast.ai simulator alone
 	$(BIN)/warmpool sim
 
-test: setup       ## the whole test suite
+test: mutants     ## the whole test suite (after the mutation check)
 	$(BIN)/pytest
+
+mutants: setup    ## each guarantee's test fails when its guard is broken (tests/mutants.py)
+	$(BIN)/python tests/mutants.py
 
 bench: setup      ## every benchmark, printed as ratios
 	$(BIN)/python -m bench

@@ -56,10 +56,10 @@ def acted(env) -> list:
 # -- what counts as a failure ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("status", sorted(s or "null" for s in sweep.TRANSITIONAL))
+@pytest.mark.parametrize("status", ["loading", "created", "scheduling", "rebooting", None])  # Vast's, not ours
 def test_a_transitional_status_never_counts(env, status):
     pool = protected(env, 123)
-    fail(env, pool, None if status == "null" else status)
+    fail(env, pool, status)
     for _ in range(THRESHOLD * 2):
         assert run_sweep(env) == "0 failed of 1"
     assert triggers(env) == [] and env.r.hgetall(keys.HEALTH_FAILS) == {}
