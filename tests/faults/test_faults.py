@@ -251,7 +251,7 @@ def test_stale_health_trigger_does_not_fail_over_the_new_primary(clean_stack):
 # -- 5. a frozen lock holder ---------------------------------------------------------------------------
 
 
-def freeze_and_take_over(stack, task: str, machine: int):
+def freeze_and_take_over(stack, task: str, machine: int, settles_as: str = "active"):
     """SIGSTOP the worker (its lock then expires: the healer takes the operation over in a new worker), let
     the operation end there, then SIGCONT the frozen one. Return the pool as the new holder left it."""
     frozen = stack.worker
@@ -259,7 +259,7 @@ def freeze_and_take_over(stack, task: str, machine: int):
     stack.worker = stack.new_worker(f"w-takeover{time.monotonic_ns()}")
     try:
         assert stack.wait_task(task, timeout=60)["state"] == "SUCCESS"
-        settled = stack.wait_state(machine, "active", timeout=60)
+        settled = stack.wait_state(machine, settles_as, timeout=60)
     finally:
         frozen.signal(signal.SIGCONT)
     # the woken worker finds itself fenced out: it writes nothing, and sends no mutating call
@@ -301,6 +301,39 @@ def test_answer_held_while_its_worker_is_frozen(clean_stack, route, step):
     freeze_and_take_over(stack, rv.json["task_id"], 31)
     assert labels(stack)["warmpool-acme-31-primary"] == 1 and labels(stack)["warmpool-acme-31-standby"] == 1
     assert stack.sim("GET", "/_sim/stats")["volumes_created_by_name"]["warmpool_acme_31_volume"] == 1
+    assert_nothing_leaked(stack)
+
+
+@pytest.mark.parametrize("operation, route, after", [
+    ("failover", "PUT /api/v0/instances/{id}/", None),  # stop_primary's stop
+    ("failover", "PUT /api/v0/instances/{id}/", "await_stopped"),  # start_standby's start
+    ("failover", "DELETE /api/v0/instances/{id}/", None),  # retire_old_primary's destroy
+    ("cleanup", "DELETE /api/v0/instances/{id}/", None),  # destroy_instances
+    ("cleanup", "DELETE /api/v0/volumes/", None),  # delete_volume
+], ids=["stop_primary", "start_standby", "retire_old_primary", "destroy_instances", "delete_volume"])
+def test_a_worker_frozen_inside_a_mutating_call_is_fenced_out(clean_stack, operation, route, after):
+    """Issue 8: SIGSTOP during every mutating step of a failover and a cleanup, then SIGCONT."""
+    stack = clean_stack
+    provisioned(stack, [41])
+    standby = stack.pool(41)["standby_gpu_id"]
+    held = lambda: stack.sim("GET", "/_sim/stats")["answers_held"]  # noqa: E731
+    before = held()
+    hold = {"routes": {route: {"hold_s": 3, "times": 1}}}
+    if after is None:
+        stack.sim("POST", "/_sim/faults", json=hold)
+    if operation == "failover":
+        task = stack.api("POST", "/api/v1/warmpool/failover/test/41").json["task_id"]
+    else:
+        task = stack.api("DELETE", "/api/v1/warmpool/cleanup/41").json["task_id"]
+    if after is not None:
+        wait_step(stack, [task], after)
+        stack.sim("POST", "/_sim/faults", json=hold)
+    wait_until(lambda: held() > before, message=f"the call to {route} to be held")
+    settled = freeze_and_take_over(stack, task, 41, "active" if operation == "failover" else "disabled")
+    if operation == "failover":
+        assert settled["failover_count"] == 1 and settled["primary_gpu_id"] == standby
+    else:
+        assert (settled["primary_gpu_id"], settled["standby_gpu_id"], settled["volume_id"]) == (None, None, None)
     assert_nothing_leaked(stack)
 
 
