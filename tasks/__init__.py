@@ -3,7 +3,6 @@
 Start a worker with ``celery -A tasks worker -Q failover,provision,health``.
 """
 
-import time
 
 from celery import Celery
 from celery.signals import celeryd_init, heartbeat_sent, setup_logging, task_postrun, task_prerun, worker_ready
@@ -74,4 +73,4 @@ def _seen(**_):
     """Tell /readyz that a worker is consuming."""
     from app.runtime import store
 
-    store().r.set("wp:worker:seen", time.time(), ex=60)
+    store().mark_worker_seen()
