@@ -9,6 +9,10 @@ from app.settings import Settings
 
 _settings = Settings.from_env()
 _sweep = _settings.health_check_interval
+# end dates cost a list call per 25 instances: read them 144 times per EXPIRY_MARGIN (every 10 min by default)
+_expiry = max(_settings.capacity_check_interval, _settings.expiry_margin / 144)
+# copies start when due, and are seen landing, at least twice per copy interval
+_replicas = min(_settings.capacity_check_interval, _settings.replica_copy_interval / 2)
 
 broker_url = _settings.broker_url or _settings.redis_url
 broker_connection_retry_on_startup = True
@@ -19,7 +23,8 @@ broker_transport_options = {
     "unacked_restore_throttle": 1,
 }
 imports = ("tasks.provision", "tasks.failover", "tasks.cleanup", "tasks.sweep", "tasks.heal", "tasks.reconcile",
-           "tasks.rebuild", "tasks.webhooks", "tasks.renewal", "tasks.expiry")
+           "tasks.rebuild", "tasks.webhooks", "tasks.renewal", "tasks.expiry",
+           "tasks.replica", "tasks.hostfailover")
 
 task_serializer = "json"
 result_serializer = "json"
@@ -53,9 +58,10 @@ beat_schedule = {
              "options": {"expires": _settings.heal_interval}},
     "reconcile": {"task": "warmpool.reconcile.reconcile", "schedule": _settings.reconcile_interval,
                   "options": {"expires": 60}},
-    # rentals that end: the primaries' and standbys' end dates, at the capacity check's pace
-    "expiry-check": {"task": "warmpool.health.check_expiry", "schedule": _settings.capacity_check_interval,
-                     "options": {"expires": _settings.capacity_check_interval}},
+    # rentals that end, and replicas on other hosts: on the provision queue, so their calls never go before a
+    # failover's (rule 7)
+    "expiry-check": {"task": "warmpool.expiry.check", "schedule": _expiry, "options": {"expires": _expiry}},
+    "replica-upkeep": {"task": "warmpool.replica.upkeep", "schedule": _replicas, "options": {"expires": _replicas}},
     # the webhook outbox into delivery tasks: a second at most between an event and its first attempt
     "webhook-relay": {"task": "warmpool.webhooks.relay", "schedule": 1.0, "options": {"expires": 1.0}},
 }

@@ -62,6 +62,9 @@ def enable(tenant: str, machine_id: int, spec: dict) -> Started:
     with s.lease(pid, settings().lock_ttl) as lease:
         pool = s.get_pool(pid)
         if pool and (has_resources(pool) or pool["state"] in (State.SEARCHING, State.PROVISIONING, State.FAILOVER)):
+            if spec.get("replica") is not None and pool.get("replica") != spec["replica"]:
+                pool["replica"] = spec["replica"]  # the replica upkeep makes (or deletes) it
+                s.save_pool(pool, lease.held)
             if pool["state"] == State.DISABLED:
                 to_active(pool)
                 s.save_pool(pool, lease.held)

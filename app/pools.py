@@ -32,6 +32,11 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso_at(epoch: float) -> str:
+    """An epoch time as the API shows times."""
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def pool_id(tenant: str, machine_id: int) -> str:
     return f"{tenant}:{machine_id}"
 
@@ -46,12 +51,12 @@ def label(tenant: str, machine_id: int, role: str) -> str:
     return f"warmpool-{tenant}-{machine_id}-{role}"
 
 
-def volume_name(tenant: str, machine_id: int) -> str:
-    """Name of a pool's volume. Vast allows only letters, digits and '_' (64 at most), so a tenant name
-    that does not fit is replaced by a short, stable hash of itself."""
+def volume_name(tenant: str, machine_id: int, kind: str = "volume") -> str:
+    """Name of a pool's volume (``kind`` "replica": its replica on another host). Vast allows only letters,
+    digits and '_' (64 at most), so a tenant name that does not fit is replaced by a short, stable hash of itself."""
     if not re.fullmatch(r"[A-Za-z0-9]{1,32}", tenant):
         tenant = "h" + hashlib.sha256(tenant.encode()).hexdigest()[:16]
-    return f"warmpool_{tenant}_{machine_id}_volume"
+    return f"warmpool_{tenant}_{machine_id}_{kind}"
 
 
 def parse_label(name: str) -> tuple[str, str] | None:
@@ -75,6 +80,9 @@ def new_pool(tenant: str, machine_id: int, **fields) -> dict:
         "image": None, "disk_size": 50, "volume_size": 100,
         "op_id": None, "seq": 0, "creating": None, "retire_gpu_id": None, "heal_attempts": 0,
         "next_heal_at": 0.0, "cleanup_pending": False, "created_at": now_iso(), "updated_at": now_iso(),
+        # a replica of the volume on another host (tasks/replica.py); "replica" None: WARMPOOL_REPLICA_DEFAULT
+        "replica": None, "replica_host_machine_id": None, "replica_volume_id": None, "replica_data_at": None,
+        "replica_copy_started": None,
     }
     pool.update(fields)
     return pool

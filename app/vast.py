@@ -1,7 +1,7 @@
 """Thin Vast.ai REST client: the provider layer of warmpool.
 
 Covers the endpoints the service uses (see docs/vast-api.md): search offers, create, show,
-list, start, stop and destroy instances, search, create, show and delete local volumes.
+list, start, stop and destroy instances, search, create, show and delete local volumes, copy volumes.
 
 One pooled ``requests.Session`` per client, explicit (connect, read) timeouts, retries with
 exponential backoff and full jitter bounded by ``max_attempts`` and ``total_timeout``, and
@@ -261,6 +261,24 @@ class VastClient:
             self._call("volumes", "DELETE", "/api/v0/volumes/", params={"id": int(volume_id)}, json_body={})
         except NotFound:
             pass
+
+    def copy_volume(self, src_id: int, dst_id: int) -> None:
+        """Copy a volume onto another, on any machine (``vastai copy V.<src>:/ V.<dst>:/``); both machines must be
+        online (else RequestRejected, ``error`` machine_offline). Vast reports no progress: the destination's row
+        in ``show_volumes`` is ``copying`` until the copy lands."""
+        self._call("copy", "PUT", "/api/v0/commands/copy_direct/", json_body={
+            "client_id": "me", "src_id": f"V.{int(src_id)}", "dst_id": f"V.{int(dst_id)}",
+            "src_path": "/", "dst_path": "/"})
+
+    def cancel_copy(self, dst_id: int) -> bool:
+        """Stop the copy into a volume (``vastai cancel copy V.<dst>``); False when none was under way."""
+        try:
+            self._call("copy", "DELETE", "/api/v0/commands/copy_direct/", json_body={"dst_id": f"V.{int(dst_id)}"})
+        except RequestRejected as exc:
+            if exc.error is None and exc.status == 200:  # {"success": false, "msg": "No copy in progress ..."}
+                return False
+            raise
+        return True
 
     # ---- transport ------------------------------------------------------------------------
 

@@ -35,8 +35,10 @@ def destroy_instances(self, op: Operation):
 @shared_task(bind=True, base=Step, name="warmpool.cleanup.delete_volume")
 def delete_volume(self, op: Operation):
     op.step("delete_volume")
-    name = volume_name(op.tenant, op.machine_id)
-    ids = ({op.pool["volume_id"]} - {None}) | {v["id"] for v in vast().show_volumes() if v.get("label") == name}
+    # the pool's volume and its replica on another host (after a host failover the volume is a former replica)
+    names = {volume_name(op.tenant, op.machine_id), volume_name(op.tenant, op.machine_id, "replica")}
+    ids = ({op.pool["volume_id"], op.pool.get("replica_volume_id")} - {None}) | {
+        v["id"] for v in vast().show_volumes() if v.get("label") in names}
     try:
         for volume_id in sorted(ids):
             vast().delete_volume(volume_id)
@@ -46,4 +48,5 @@ def delete_volume(self, op: Operation):
             raise OperationFailed(f"volume still in use: {exc}") from exc
     op.event("cleaned_up", f"volume(s) {sorted(ids)} deleted; nothing left on the provider")
     op.finish({"success": True, "message": f"Warm pool for machine {op.machine_id} cleaned up"},
-              volume_id=None, host_machine_id=None, error_message=None, cleanup_pending=False)
+              volume_id=None, host_machine_id=None, error_message=None, cleanup_pending=False,
+              replica_host_machine_id=None, replica_volume_id=None, replica_data_at=None, replica_copy_started=None)

@@ -1,9 +1,10 @@
 """Rentals that end: every Vast instance has an ``end_date``; then it stops and can never start again.
 
 A stopped standby would expire silently, and the pool would have no standby without knowing it.
-Beat runs ``check_expiry`` every CAPACITY_CHECK_INTERVAL seconds: it reads the end dates of the
-primaries and standbys of the active pools (paged list calls by ids, never a call per pool) and,
-for a rental that ends within EXPIRY_MARGIN seconds,
+Beat runs ``check_expiry`` 144 times per EXPIRY_MARGIN (``celeryconfig.py``), on the provision queue
+so that its calls never go before a failover's. It reads the end dates of the primaries and
+standbys of the active pools (paged list calls by ids, never a call per pool) and, for a rental
+that ends within EXPIRY_MARGIN seconds,
 
 - a standby is renewed: a fresh stopped standby on the same host and volume, and only once it
   exists is the old one destroyed (``tasks/renewal.py``);
@@ -20,13 +21,13 @@ import time
 from celery import shared_task
 
 from app import vast as provider
-from app.pools import State, pool_id, split_pool_id
+from app.pools import State, iso_at, pool_id, split_pool_id
 from app.runtime import settings, store
 from tasks import operations
-from tasks.renewal import end_dates, iso
+from tasks.renewal import end_dates
 
 
-@shared_task(name="warmpool.health.check_expiry")
+@shared_task(name="warmpool.expiry.check")
 def check_expiry() -> dict[str, str]:
     """Renew the standbys and switch over the primaries whose rentals end within EXPIRY_MARGIN."""
     s, cfg = store(), settings()
@@ -57,7 +58,7 @@ def _replace(pid: str, role: str, instance_id: int, end_date: float) -> str:
         if not pool or pool["state"] != State.ACTIVE or pool[f"{role}_gpu_id"] != instance_id:
             return "busy or moved on"  # the next check looks again
         what = "a fresh standby replaces it" if role == "standby" else "planned switchover to the standby"
-        s.event(pid, "rental_ending", f"the {role} {instance_id}'s rental ends at {iso(end_date)}: {what}",
+        s.event(pid, "rental_ending", f"the {role} {instance_id}'s rental ends at {iso_at(end_date)}: {what}",
                 role=role, instance_id=instance_id, end_date=end_date)
         if role == "primary":
             started = operations.failover(pid, lease.hand_off(), "expiry")

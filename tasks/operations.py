@@ -22,6 +22,14 @@ from tasks.failover import (
     start_standby,
     stop_primary,
 )
+from tasks.hostfailover import (
+    await_moved_primary,
+    check_host,
+    fence_old_host,
+    promote_moved,
+    rent_on_replica_host,
+    retire_old_host,
+)
 from tasks.provision import await_primary, create_primary, create_standby, create_volume, find_host
 from tasks.renewal import create_renewal, retire_expiring_standby
 
@@ -58,9 +66,18 @@ def failover(pid: str, held: Held, trigger: str, op_id: str | None = None, detec
                           state_before=state_before)
     # a test, or a planned switchover before a rental ends, has no failure to confirm
     steps = [] if trigger in ("manual", "expiry") else [confirm_failure.s()]
+    if pool.get("replica_volume_id") and trigger != "expiry":  # a lost host: move to the replica's instead
+        steps.append(check_host.s())
     chain(*steps, stop_primary.s(), await_stopped.s(), start_standby.s(), await_standby.s(), promote.s(),
           retire_old_primary.s(), create_standby.s()).delay(ctx)
     return op_id
+
+
+def move_to_replica(ctx: dict) -> None:
+    """A failover whose host is lost (``check_host``), on: fence the old host -> rent on the replica's host with
+    the replica volume -> promote it -> retire the old host -> a new standby (tasks/hostfailover.py)."""
+    chain(fence_old_host.s(), rent_on_replica_host.s(), await_moved_primary.s(), promote_moved.s(),
+          retire_old_host.s(), create_standby.s()).delay(ctx)
 
 
 def finish_failover(pid: str, held: Held, op_id: str | None) -> None:

@@ -72,8 +72,10 @@ def create_instance(op: Operation, role: str, target_state: str) -> int:
                        vast().destroy_instance)
 
 
-def rent(op: Operation, role: str, target_state: str, tries: int = 2) -> int:
-    pool = op.pool
+def rent(op: Operation, role: str, target_state: str, tries: int = 2, place: dict | None = None) -> int:
+    """Rent one GPU for ``role`` on the pool's host and volume, or on ``place``'s (``host_machine_id``,
+    ``volume_id``: a move to the replica's host)."""
+    pool = {**op.pool, **(place or {})}
 
     def search() -> int:
         offers = vast().search_offers({**offers_query(pool["gpu_name"], verified=False,
@@ -91,7 +93,7 @@ def rent(op: Operation, role: str, target_state: str, tries: int = 2) -> int:
     except provider.OfferUnavailable:
         if tries <= 1:
             raise
-        return rent(op, role, target_state, tries - 1)  # taken meanwhile by another renter: search again
+        return rent(op, role, target_state, tries - 1, place)  # taken meanwhile by another renter: search again
 
 
 def with_offer(op: Operation, key: str, search, create) -> int:

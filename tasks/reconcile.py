@@ -26,10 +26,12 @@ VOLUME_NAME = re.compile(r"warmpool_([A-Za-z0-9]+)_(\d+)_volume")
 
 def referenced(pool: dict | None) -> set[int]:
     """Every provider id a pool record names, in any role: an instance promoted but not yet relabelled
-    still carries the standby's label."""
+    still carries the standby's label, and a move to the replica's host rents a primary before it is promoted."""
     if not pool:
         return set()
-    return {pool[k] for k in ("primary_gpu_id", "standby_gpu_id", "retire_gpu_id", "volume_id")} - {None}
+    ids = {pool[k] for k in ("primary_gpu_id", "standby_gpu_id", "retire_gpu_id", "volume_id")}
+    ids |= {(pool.get("moving") or {}).get("primary_gpu_id"), pool.get("replica_volume_id")}
+    return ids - {None}
 
 
 def _created(resource: dict) -> float:

@@ -6,11 +6,10 @@ exists on the same host and volume, so the pool is never without a standby it co
 """
 
 import time
-from datetime import datetime, timezone
 
 from celery import shared_task
 
-from app.pools import to_active
+from app.pools import iso_at, to_active
 from app.runtime import vast
 from tasks.base import COMPENSATIONS, Operation, Step
 from tasks.provision import adopt, create_instance
@@ -27,10 +26,6 @@ def end_dates(instance_ids: list[int]) -> dict[int, float]:
         rows = vast().list_instances({"id": {"in": instance_ids[i:i + IDS_PER_CALL]}}, attempts=1).instances
         ends.update({row["id"]: float(row["end_date"]) for row in rows if row.get("end_date")})
     return ends
-
-
-def iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @shared_task(bind=True, base=Step, name="warmpool.provision.create_renewal")
@@ -50,7 +45,7 @@ def retire_expiring_standby(self, op: Operation):
     """Destroy the standby whose rental ends, unless the fresh one ends within the margin as well."""
     op.step("retire_expiring_standby")
     old, new = op.ctx["expiring"], op.pool["standby_gpu_id"]
-    ends = iso(op.ctx["expiring_end"])
+    ends = iso_at(op.ctx["expiring_end"])
     new_end = end_dates([new]).get(new)
     if new_end is not None and new_end < time.time() + op.settings.expiry_margin:
         # the host rents nothing that lasts longer: keep the old one, and look again later
@@ -58,7 +53,7 @@ def retire_expiring_standby(self, op: Operation):
         later = time.time() + op.settings.expiry_margin / 24
         op.event("rental_end_unavoidable", f"host {op.pool['host_machine_id']} rents no GPU whose rental outlasts "
                                            f"the margin: standby {old} (ending at {ends}) kept; next look at "
-                                           f"{iso(later)}", instance_id=old)
+                                           f"{iso_at(later)}", instance_id=old)
         op.finish({"success": False, "message": f"no longer rental on host {op.pool['host_machine_id']}"},
                   standby_gpu_id=old, renew_after=later)
         return None

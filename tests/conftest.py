@@ -49,6 +49,8 @@ ENV = {
     "HEAL_INTERVAL": "0.5",
     "RECONCILE_INTERVAL": "1",
     "CAPACITY_CHECK_INTERVAL": "0.5",
+    "REPLICA_COPY_INTERVAL": "1",  # a pool's replica on another host is copied to every second
+    "EXPIRY_MARGIN": "72",  # rentals ending within 72 s are replaced; end dates are read every 0.5 s
     "HOSTS_CACHE_SECONDS": "0",
     "CELERY_VISIBILITY_TIMEOUT": "30",  # production order: the healer resumes before a redelivery
 }

@@ -37,6 +37,9 @@ class PoolSpecSchema(Schema):
                           metadata={"example": "pytorch/pytorch:2.1.0-cuda12.1-cudnn8-runtime"})
     disk_size = Integer(8, 4096, load_default=50, metadata={"description": "GB"})
     volume_size = Integer(1, 65536, load_default=100, metadata={"description": "GB"})
+    replica = fields.Boolean(load_default=None, allow_none=True, metadata={
+        "description": "keep a copy of the volume on another host, refreshed every REPLICA_COPY_INTERVAL s, so a "
+                       "host failure moves the pool there; absent or null: WARMPOOL_REPLICA_DEFAULT"})
 
 
 class ProvisionSchema(PoolSpecSchema):
@@ -79,6 +82,11 @@ class StatusSchema(Schema):
     fallback = fields.String(allow_none=True)
     gpu_name = fields.String(allow_none=True)
     last_failover = fields.Dict(allow_none=True, metadata={"description": "recovery time and per-phase seconds"})
+    replica = fields.Boolean(allow_none=True, metadata={"description": "the pool's choice; null: the default"})
+    replica_host_machine_id = fields.Integer(allow_none=True, metadata={"description": "the replica's host"})
+    replica_volume_id = fields.Integer(allow_none=True)
+    replica_data_at = fields.String(allow_none=True, metadata={
+        "description": "the replica holds the volume's data as of this time (the start of the last completed copy)"})
     task_id = fields.String(attribute="op_id", allow_none=True,
                             metadata={"description": "the pool's latest operation, at /api/v1/tasks/<task_id>"})
     updated_at = fields.String()

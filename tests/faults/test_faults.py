@@ -64,7 +64,7 @@ def assert_nothing_leaked(stack) -> None:
     referenced = {"instances": set(), "volumes": set()}
     for pool in stack.store.get_pools(stack.store.all_pool_ids()):
         referenced["instances"] |= {pool["primary_gpu_id"], pool["standby_gpu_id"]} - {None}
-        referenced["volumes"] |= {pool["volume_id"]} - {None}
+        referenced["volumes"] |= {pool["volume_id"], pool.get("replica_volume_id")} - {None}
     live = {"instances": {i["id"] for i in ledger["instances"] if i["label"].startswith("warmpool-")},
             "volumes": {v["id"] for v in ledger["volumes"] if v["name"].startswith("warmpool_")}}
     assert live == referenced

@@ -1,0 +1,82 @@
+"""What a replica needs next (tasks/replica.py: next_action), and when a host counts as lost (tasks/hostfailover.py)."""
+
+import dataclasses
+
+import pytest
+
+from app.pools import iso_at, new_pool, volume_name
+from app.settings import Settings
+from tasks.hostfailover import host_lost
+from tasks.replica import COPY_DEADLINE_INTERVALS, COPY_DEADLINE_MIN, next_action, wants_replica
+
+NOW = 1_800_000_000.0
+CFG = Settings(replica_copy_interval=300.0)
+COPY_DEADLINE = max(COPY_DEADLINE_INTERVALS * CFG.replica_copy_interval, COPY_DEADLINE_MIN)
+
+
+def pool(**fields) -> dict:
+    return new_pool("acme", 1, **{"host_machine_id": 10, "volume_id": 100, "replica": True, **fields})
+
+
+def seen(p: dict, replica_status: str | None = "online", volume_status: str = "online") -> dict:
+    """The volume rows upkeep saw for ``p`` (None: the replica is not listed)."""
+    replica = p["replica_volume_id"]
+    return {"replica_volume_id": replica, "unclaimed": [],
+            "replica": None if replica is None or replica_status is None else
+            {"id": replica, "machine_id": 20, "status": replica_status},
+            "volume": {"id": p["volume_id"], "machine_id": 10, "status": volume_status}}
+
+
+def replicated(data_age: float | None = 10.0, copy_started: float | None = None, **fields) -> dict:
+    return pool(replica_host_machine_id=20, replica_volume_id=200, replica_copy_started=copy_started,
+                replica_data_at=None if data_age is None else iso_at(NOW - data_age), **fields)
+
+
+@pytest.mark.parametrize("p, row, expected", [
+    (pool(), {}, "create"),
+    (pool(replica=False), {}, None),
+    (pool(replica=None), {}, None),  # the default is no replica
+    (replicated(replica=False), {}, "remove"),
+    (replicated(), {"replica_status": None}, "lost"),
+    (replicated(), {"replica_status": "offline"}, "lost"),
+    (replicated(), {}, None),  # fresh enough
+    (replicated(data_age=300.0), {}, "copy"),
+    (replicated(data_age=None), {}, "copy"),  # never copied
+    (replicated(data_age=300.0), {"volume_status": "offline"}, None),  # the source's host is down: no copy
+    (replicated(copy_started=NOW - 5), {"replica_status": "copying"}, None),
+    (replicated(copy_started=NOW - 5), {}, "landed"),
+    (replicated(copy_started=NOW - COPY_DEADLINE + 1), {"replica_status": "copying"}, None),
+    (replicated(copy_started=NOW - COPY_DEADLINE - 1), {"replica_status": "copying"}, "stuck"),
+    (replicated(data_age=300.0, replica_retry_at=NOW + 1), {}, None),  # backing off after a failure
+    (replicated(retire_host={"host_machine_id": 10, "volume_id": 99, "instance_ids": [1]}), {}, "retire"),
+])
+def test_next_action(p, row, expected):
+    assert next_action(p, seen(p, **row), CFG, NOW) == expected
+
+
+def test_rows_listed_before_the_pool_moved_on_decide_nothing():
+    p = replicated(data_age=300.0)
+    assert next_action(p, {**seen(p), "replica_volume_id": 199}, CFG, NOW) is None
+
+
+def test_the_default_decides_when_the_pool_did_not_say():
+    on = dataclasses.replace(CFG, replica_default=True)
+    assert wants_replica(pool(replica=None), on) and not wants_replica(pool(replica=False), on)
+    assert next_action(pool(replica=None), seen(pool()), on, NOW) == "create"
+
+
+def test_replica_volume_names_pass_vasts_rule():
+    assert volume_name("acme", 123, "replica") == "warmpool_acme_123_replica"
+    assert volume_name("a-b" * 40, 123, "replica").startswith("warmpool_h")
+
+
+@pytest.mark.parametrize("statuses, lost", [
+    ({1: "offline", 2: "offline"}, True),
+    ({1: "offline"}, True),  # the standby gone with its host
+    ({1: "offline", 2: "stopped"}, False),  # the standby is there: a failover on the same host
+    ({1: "running", 2: "offline"}, False),
+    ({}, False),  # both gone: nothing says the host failed
+])
+def test_host_lost(statuses, lost):
+    rows = {i: {"id": i, "actual_status": s} for i, s in statuses.items()}
+    assert host_lost(rows, [1, 2]) == lost
