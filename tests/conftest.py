@@ -255,6 +255,8 @@ def clean_stack(stack):
     """The stack with empty state: no pools in Redis, nothing rented in the simulator, one worker, Vast's rate
     limits on. After the test: never two instances up on one volume, at any moment (rule 3)."""
     stack.worker.signal(signal.SIGCONT)  # a test may have frozen it
+    if stack.worker.env:  # a test's own settings (orphan destruction...) must not leak into the next test
+        stack.worker.stop()
     if stack.worker.process.poll() is not None:
         stack.worker = stack.new_worker("w1")
     stack.beat.stop()

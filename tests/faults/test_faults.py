@@ -13,7 +13,7 @@ import requests
 
 from tests.conftest import LedgerWatch, wait_until
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = pytest.mark.timeout(300)  # above the sum of a test's own waits, which say what they waited for
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -44,7 +44,7 @@ def provisioned(stack, machines: list[int]) -> None:
 
 def wait_step(stack, tasks, step: str) -> None:
     wait_until(lambda: any((op := stack.store.get_op(t)) and op["step"] == step for t in tasks),
-               timeout=30, interval=0.01, message=f"an operation to reach {step}")
+               timeout=30, message=f"an operation to reach {step}")
 
 
 def kill_worker(stack) -> None:
@@ -251,7 +251,7 @@ def test_stale_health_trigger_does_not_fail_over_the_new_primary(clean_stack):
 # -- 5. a frozen lock holder ---------------------------------------------------------------------------
 
 
-def freeze_and_take_over(stack, task: str, machine: int, settles_as: str = "active"):
+def freeze_and_take_over(stack, task: str, machine: int, settles_as: str = "active", ran_a_step: bool = True):
     """SIGSTOP the worker (its lock then expires: the healer takes the operation over in a new worker), let
     the operation end there, then SIGCONT the frozen one. Return the pool as the new holder left it."""
     frozen = stack.worker
@@ -260,12 +260,13 @@ def freeze_and_take_over(stack, task: str, machine: int, settles_as: str = "acti
     try:
         assert stack.wait_task(task, timeout=60)["state"] == "SUCCESS"
         settled = stack.wait_state(machine, settles_as, timeout=60)
+        frozen.signal(signal.SIGCONT)
+        if ran_a_step:  # the woken worker finds itself fenced out: it writes nothing, sends no mutating call
+            wait_until(lambda: "lost to a newer holder" in frozen.log.read_text(), timeout=30,
+                       message="the woken worker to find itself fenced out")
     finally:
         frozen.signal(signal.SIGCONT)
-    # the woken worker finds itself fenced out: it writes nothing, and sends no mutating call
-    wait_until(lambda: "lost to a newer holder" in frozen.log.read_text(), timeout=30,
-               message="the woken worker to find itself fenced out")
-    frozen.stop()
+        frozen.stop()
     return settled
 
 
@@ -334,6 +335,42 @@ def test_a_worker_frozen_inside_a_mutating_call_is_fenced_out(clean_stack, opera
         assert settled["failover_count"] == 1 and settled["primary_gpu_id"] == standby
     else:
         assert (settled["primary_gpu_id"], settled["standby_gpu_id"], settled["volume_id"]) == (None, None, None)
+    assert_nothing_leaked(stack)
+
+
+def test_a_manual_failover_whose_worker_froze_before_its_first_step_is_resumed(clean_stack):
+    """Issue 15: the API marks the pool `failover` when it accepts the test, so the healer resumes it under its
+    task id even if no step ever ran."""
+    stack = clean_stack
+    provisioned(stack, [42])
+    standby = stack.pool(42)["standby_gpu_id"]
+    stack.worker.signal(signal.SIGSTOP)  # nothing consumes the first step now
+    task = stack.api("POST", "/api/v1/warmpool/failover/test/42").json["task_id"]
+    assert stack.pool(42)["state"] == "failover" and stack.pool(42)["op_id"] == task
+    settled = freeze_and_take_over(stack, task, 42, ran_a_step=False)
+    assert settled["failover_count"] == 1 and settled["primary_gpu_id"] == standby
+    assert_nothing_leaked(stack)
+
+
+def test_a_late_instance_list_racing_a_failover_changes_nothing(clean_stack):
+    """Issue 8: the sweep's list answers arrive after the failover moved on; they must not degrade the pool,
+    fail it over again, or stop anything."""
+    stack = clean_stack
+    provisioned(stack, [43])
+    task = stack.api("POST", "/api/v1/warmpool/failover/test/43").json["task_id"]
+    wait_step(stack, [task], "await_standby")
+    # the next few list answers (the sweep's among them) are computed now and delivered after the failover
+    stack.sim("POST", "/_sim/faults", json={"routes": {"GET /api/v1/instances/": {"hold_s": 2, "times": 4}}})
+    assert stack.wait_task(task, timeout=60)["state"] == "SUCCESS"
+    settled = stack.wait_state(43, "active", timeout=60)
+    wait_until(lambda: stack.sim("GET", "/_sim/faults")["routes"] == {}, timeout=30,
+               message="every held list answer to be taken")
+    for _ in range(2):  # the sweeps that got held answers have judged them, and one more after
+        seen = stack.store.last_sweep()
+        wait_until(lambda s=seen: stack.store.last_sweep() != s, timeout=30, message="a sweep")
+    kinds = [e["event"] for e in stack.store.events("acme:43")]
+    assert not {"degraded", "split_brain_resolved", "primary_failed"} & set(kinds), kinds
+    assert stack.pool(43)["failover_count"] == 1 and stack.pool(43)["primary_gpu_id"] == settled["primary_gpu_id"]
     assert_nothing_leaked(stack)
 
 
