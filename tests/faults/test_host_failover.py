@@ -20,14 +20,19 @@ pytestmark = pytest.mark.timeout(150)
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def replicated(stack, machine: int, volume_size: int = 1) -> dict:
-    """A pool with a replica that holds data (its first copy landed)."""
+def replicated(stack, machine: int, volume_size: int = 1, by_enable: bool = False) -> dict:
+    """A pool with a replica that holds data (its first copy landed), asked for in the provision body or, with
+    ``by_enable``, by an enable of the provisioned pool."""
     host = free_hosts(stack, 1)[0]
     rv = stack.api("POST", "/api/v1/warmpool/provision", json={
         "machine_id": machine, "host_machine_id": host, "gpu_name": "RTX_4090", "volume_size": volume_size,
-        "replica": True})
+        "replica": not by_enable})
     assert rv.status_code == 202, rv.json
     assert stack.wait_task(rv.json["task_id"])["state"] == "SUCCESS"
+    if by_enable:
+        assert stack.pool(machine)["replica_volume_id"] is None
+        rv = stack.api("POST", f"/api/v1/warmpool/enable/{machine}", json={"replica": True})
+        assert rv.status_code == 200 and stack.pool(machine)["replica"] is True, rv.json
     pool = wait_until(lambda: (p := stack.pool(machine))["replica_data_at"] and p, timeout=30,
                       message="the replica's first copy to land")
     assert pool["replica_host_machine_id"] not in (None, host)
@@ -116,6 +121,13 @@ def test_a_whole_host_failure_moves_the_pool_to_its_replica(clean_stack):
     assert volumes(stack)[pool["replica_volume_id"]]["data_version"] == version
     assert_nothing_leaked(stack)
     assert watch.most_running <= 1
+    # turned off: the replica is deleted
+    replica = pool["replica_volume_id"]
+    assert stack.api("POST", f"/api/v1/warmpool/enable/{machine}", json={"replica": False}).status_code == 200
+    wait_until(lambda: stack.pool(machine)["replica_volume_id"] is None and replica not in volumes(stack),
+               timeout=30, message="the replica to be deleted")
+    assert events(stack, machine, "replica_removed") and stack.pool(machine)["replica_host_machine_id"] is None
+    assert_nothing_leaked(stack)
 
 
 def test_a_host_failing_during_a_copy(clean_stack):
@@ -144,7 +156,7 @@ def test_a_host_failing_during_a_copy(clean_stack):
 
 def test_the_old_host_coming_back_after_a_move(clean_stack):
     stack, machine = clean_stack, 53
-    before = replicated(stack, machine)
+    before = replicated(stack, machine, by_enable=True)
     host, replica_host = before["host_machine_id"], before["replica_host_machine_id"]
     old = {before["primary_gpu_id"], before["standby_gpu_id"]}
     with LedgerWatch(stack) as watch:
