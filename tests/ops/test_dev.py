@@ -22,10 +22,10 @@ class Dev:
     """`warmpool dev` started the way a terminal starts it: in a process group of its own, which Ctrl-C
     signals as a whole."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, **settings: str):
         self.port, self.flower_port = free_port(), free_port()
-        self.log = tmp_path / "dev.log"
-        env = {k: v for k, v in os.environ.items() if k not in SESSION_SETTINGS}
+        self.log = tmp_path / f"dev-{self.port}.log"
+        env = {**{k: v for k, v in os.environ.items() if k not in SESSION_SETTINGS}, **settings}
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "dev", "--port", str(self.port), "--sim-port", str(free_port()),
@@ -44,6 +44,10 @@ class Dev:
 
     def ctrl_c(self):
         os.killpg(self.process.pid, signal.SIGINT)
+
+    def stop(self):
+        self.ctrl_c()
+        wait_until(lambda: self.process.poll() is not None, 90, 0.2, "warmpool dev to stop")
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -99,3 +103,30 @@ def test_a_second_ctrl_c_kills_what_is_left(dev):
     assert "warmpool dev: stopping now" in output and "Traceback" not in output, output
     assert dev.left() == []
     assert "Redis is now ready to exit" not in output  # killed, not asked
+
+
+def test_a_restart_looks_like_a_restart_against_vast(tmp_path):
+    """Issue 9: Redis (AOF) and the simulator's world (its state file) both live in the data dir, so after
+    Ctrl-C and `warmpool dev` again every pool still points at instances that exist, with the same ids."""
+    key = {"WARMPOOL_API_KEYS": "dev:restart-key"}
+    headers = {"Authorization": "Bearer restart-key"}
+    first = Dev(tmp_path, **key)
+    try:
+        api = f"http://127.0.0.1:{first.port}/api/v1/warmpool"
+        host = requests.get(f"{api}/hosts?gpu_name=RTX_4090&min_gpus=2", headers=headers, timeout=30).json()
+        rv = requests.post(f"{api}/provision?wait=60", headers=headers, timeout=90, json={
+            "machine_id": 7, "host_machine_id": host["hosts"][0]["machine_id"], "gpu_name": "RTX_4090"})
+        assert rv.status_code == 200 and rv.json()["success"], rv.text
+        before = requests.get(f"{api}/status/7", headers=headers, timeout=10).json()
+    finally:
+        first.stop()
+    second = Dev(tmp_path, **key)
+    try:
+        api = f"http://127.0.0.1:{second.port}/api/v1/warmpool"
+        after = requests.get(f"{api}/status/7", headers=headers, timeout=10).json()
+        same = ("state", "host_machine_id", "volume_id", "primary_gpu_id", "standby_gpu_id")
+        assert {k: after[k] for k in same} == {k: before[k] for k in same}
+        rv = requests.post(f"{api}/failover/test/7?wait=60", headers=headers, timeout=90)
+        assert rv.status_code == 200 and rv.json()["new_primary_gpu_id"] == before["standby_gpu_id"], rv.text
+    finally:
+        second.stop()
