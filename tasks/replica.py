@@ -97,8 +97,8 @@ def upkeep() -> int:
 
 def next_action(pool: dict, seen: dict, cfg: Settings, now: float) -> str | None:
     """What the pool's replica needs, from the pool record and the volume rows ``upkeep`` saw."""
-    replica = pool.get("replica_volume_id")
-    if pool.get("retire_host"):
+    replica, retire = pool.get("replica_volume_id"), pool.get("retire_host")
+    if retire and retire.get("next_at", 0) <= now:
         return "retire"
     if now < pool.get("replica_retry_at", 0) or seen["replica_volume_id"] != replica:
         return None  # backing off, or the pool moved on since the volumes were listed
@@ -169,7 +169,9 @@ def _new_replica(pid: str, pool: dict) -> dict:
     cfg = settings()
     offers = vast().search_offers(offers_query(pool["gpu_name"], pool["max_price"],
                                                min_duration=LASTING_MARGINS * cfg.expiry_margin))
-    hosts = [h["machine_id"] for h in group_hosts(offers) if h["machine_id"] != pool["host_machine_id"]]
+    # not the pool's host, nor one that failed under it
+    failed = (pool["last_failover"] or {}).get("from_host_machine_id")
+    hosts = [h["machine_id"] for h in group_hosts(offers) if h["machine_id"] not in (pool["host_machine_id"], failed)]
     for machine_id in hosts[:HOSTS_TRIED]:
         volume_offers = vast().search_volume_offers({"machine_id": {"eq": machine_id}, "limit": 1})
         if volume_offers:
@@ -225,7 +227,7 @@ def _cancel(volume_id: int) -> None:
 
 def retire_host(pid: str, pool: dict, seen: dict | None = None) -> dict:
     """Destroy the instances a host failover left on the old host and delete its volume. What the provider
-    refuses (its host still offline) stays in ``retire_host`` for the next upkeep."""
+    refuses (its host still offline) stays in ``retire_host``, tried again after REPLICA_COPY_INTERVAL."""
     old = pool["retire_host"]
     left, errors = [], []
     for instance_id in old["instance_ids"]:
@@ -241,12 +243,15 @@ def retire_host(pid: str, pool: dict, seen: dict | None = None) -> dict:
             volume = None
         except provider.RequestRejected as exc:
             errors.append(str(exc))
-    rest = {**old, "instance_ids": left, "volume_id": volume} if left or volume is not None else None
-    message = f"old host {old['host_machine_id']}: instances {old['instance_ids']} destroyed, volume " \
-              f"{old['volume_id']} deleted" if rest is None else f"old host {old['host_machine_id']}: " \
-              f"left for later: instances {left}, volume {volume} ({'; '.join(errors)})"
-    store().event(pid, "old_host_retired" if rest is None else "old_host_retire_postponed", message)
-    return {"retire_host": rest}
+    if not left and volume is None:
+        store().event(pid, "old_host_retired", f"old host {old['host_machine_id']}: instances "
+                                               f"{old['instance_ids']} destroyed, volume {old['volume_id']} deleted")
+        return {"retire_host": None}
+    if "next_at" not in old:  # told once; the old host may stay offline for days
+        store().event(pid, "old_host_retire_postponed", f"old host {old['host_machine_id']}: instances {left} and "
+                                                        f"volume {volume} left for later ({'; '.join(errors)})")
+    later = time.time() + settings().replica_copy_interval
+    return {"retire_host": {**old, "instance_ids": left, "volume_id": volume, "next_at": later}}
 
 
 ACTIONS = {"create": _create, "copy": _copy, "landed": _landed, "stuck": _stuck, "lost": _drop, "remove": _drop,

@@ -32,7 +32,8 @@ REAL_VAST = runtime.vast  # the cached factory, before any test replaces it
 # every module that imports settings, store or vast from app.runtime (test_fakes.py checks none is missed)
 SEAMS = ("app.runtime", "app.api.auth", "app.api.probes", "app.api.provider", "app.api.tasks", "app.api.warmpool", "app.api.webhooks",
          "app.commands", "tasks.base", "tasks.operations", "tasks.provision", "tasks.failover", "tasks.cleanup",
-         "tasks.sweep", "tasks.heal", "tasks.reconcile", "tasks.rebuild", "tasks.renewal", "tasks.webhooks")
+         "tasks.sweep", "tasks.heal", "tasks.reconcile", "tasks.rebuild", "tasks.renewal", "tasks.webhooks",
+         "tasks.expiry", "tasks.replica", "tasks.hostfailover")
 # the starters whose chains are recorded, and the tasks whose .delay is
 STARTERS = ("provision", "failover", "finish_failover", "replace_standby", "cleanup")
 SWEEP_TASKS = {"trigger": ("pid", "primary", "detected_at", "triggered_at", "healthy_at"),

@@ -1,6 +1,7 @@
 """What a replica needs next (tasks/replica.py: next_action), and when a host counts as lost (tasks/hostfailover.py)."""
 
 import dataclasses
+import time
 
 import pytest
 
@@ -49,6 +50,8 @@ def replicated(data_age: float | None = 10.0, copy_started: float | None = None,
     (replicated(copy_started=NOW - COPY_DEADLINE - 1), {"replica_status": "copying"}, "stuck"),
     (replicated(data_age=300.0, replica_retry_at=NOW + 1), {}, None),  # backing off after a failure
     (replicated(retire_host={"host_machine_id": 10, "volume_id": 99, "instance_ids": [1]}), {}, "retire"),
+    (replicated(data_age=300.0, retire_host={"host_machine_id": 10, "volume_id": 99, "instance_ids": [1],
+                                             "next_at": NOW + 1}), {}, "copy"),  # the retire waits; copies go on
 ])
 def test_next_action(p, row, expected):
     assert next_action(p, seen(p, **row), CFG, NOW) == expected
@@ -80,3 +83,74 @@ def test_replica_volume_names_pass_vasts_rule():
 def test_host_lost(statuses, lost):
     rows = {i: {"id": i, "actual_status": s} for i, s in statuses.items()}
     assert host_lost(rows, [1, 2]) == lost
+
+
+# -- on the in-memory provider (tests/unit/fakes.py) ---------------------------------------------------------------
+
+
+def test_a_failover_of_a_pool_with_a_replica_first_checks_its_host(env):
+    from tasks import operations
+
+    for machine in (1, 2):
+        env.add_pool(machine, replica=True, replica_host_machine_id=20, replica_volume_id=200,
+                     replica_data_at=iso_at(NOW))
+    operations.failover("acme:1", env.store.acquire("acme:1", 10), "health")
+    operations.failover("acme:2", env.store.acquire("acme:2", 10), "expiry")
+    health, expiry = env.of("failover")
+    assert health["steps"][:3] == ["warmpool.failover.confirm_failure", "warmpool.failover.check_host",
+                                   "warmpool.failover.stop_primary"]
+    assert expiry["steps"][0] == "warmpool.failover.stop_primary"  # planned: nothing to confirm, the host is fine
+
+
+def test_retiring_an_old_host_that_refuses_is_postponed_then_done(env):
+    from app.vast import RequestRejected
+    from tasks.replica import tend
+
+    old = env.vast.add_instance("warmpool-acme-1-primary", "offline")
+    retire = {"host_machine_id": 77777, "volume_id": env.vast.add_volume("warmpool_acme_1_volume"),
+              "instance_ids": [old]}
+    env.add_pool(1, retire_host=retire)
+    seen = {"replica_volume_id": None, "replica": None, "volume": None, "unclaimed": []}
+    env.vast.fail["destroy_instance"] = RequestRejected("machine offline", 400, "machine_offline", None)
+    assert tend("acme:1", seen) == "retire" and tend("acme:1", seen) == "nothing to do"  # not due again yet
+    left = env.store.get_pool("acme:1")["retire_host"]
+    assert (left["instance_ids"], left["volume_id"]) == ([old], None) and left["next_at"] > time.time()
+    del env.vast.fail["destroy_instance"]
+    pool = env.store.get_pool("acme:1")
+    held = env.store.acquire("acme:1", 10)
+    env.store.save_pool({**pool, "retire_host": {**left, "next_at": 0}}, held)  # due now
+    env.store.release("acme:1", held, 10)
+    assert tend("acme:1", seen) == "retire"
+    assert env.store.get_pool("acme:1")["retire_host"] is None and old not in env.vast.instances
+    kinds = [e["event"] for e in env.store.events("acme:1")]
+    assert kinds.count("old_host_retire_postponed") == 1 and kinds.count("old_host_retired") == 1
+
+
+@pytest.mark.parametrize("ending, expected", [
+    ({"standby"}, "renew standby"),
+    ({"primary"}, "switchover"),
+    ({"primary", "standby"}, "renew standby"),  # the standby first: the switchover must not land on it
+    (set(), None),
+])
+def test_what_a_rental_ending_within_the_margin_starts(env, ending, expected):
+    from tasks.expiry import check_expiry
+
+    env.configure(expiry_margin=3600.0)
+    soon, later = time.time() + 600, time.time() + 30 * 86400
+    primary = env.vast.add_instance("warmpool-acme-1-primary", end_date=soon if "primary" in ending else later)
+    standby = env.vast.add_instance("warmpool-acme-1-standby", "stopped",
+                                    end_date=soon if "standby" in ending else later)
+    env.add_pool(1, primary_gpu_id=primary, standby_gpu_id=standby)
+    assert check_expiry().get("acme:1") == expected
+    started = [(steps, ctx) for steps, ctx in env.chains]
+    if expected == "renew standby":
+        (steps, ctx), = started
+        assert steps == ["warmpool.provision.create_renewal", "warmpool.provision.retire_expiring_standby"]
+        assert (ctx["expiring"], ctx["expiring_end"]) == (standby, soon)
+    if expected == "switchover":
+        assert env.of("failover")[0]["trigger"] == "expiry"
+    if expected:
+        event, = [e for e in env.store.events("acme:1") if e["event"] == "rental_ending"]
+        assert event["instance_id"] == (standby if "standby" in ending else primary)
+    else:
+        assert env.chains == [] and env.of("failover") == []
