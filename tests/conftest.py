@@ -146,13 +146,50 @@ class Worker:
                 self.kill()
 
 
-def worker_args(name: str) -> list[str]:
-    return ["worker", "-Q", "failover,provision,health", "--pool", "threads", "--concurrency", "8",
+def worker_args(name: str, queues: str = "failover,provision,health") -> list[str]:
+    return ["worker", "-Q", queues, "--pool", "threads", "--concurrency", "8",
             "-l", "INFO", "-n", f"{name}@%h", "--without-mingle", "--without-gossip"]
 
 
+class Workers:
+    """The Procfile's worker roles, a process each: `worker` (the provision queue) and `failover` (the failover
+    and health queues). Signals, kills and stops reach both, as they would a machine running both."""
+
+    ROLES = {"provision": "provision", "failover": "failover,health"}
+
+    def __init__(self, name: str, logs: Path, **env: str):
+        self.env = env
+        self.members = [Worker(*worker_args(f"{name}-{role}", queues), log=logs / f"{name}-{role}.log", **env)
+                        for role, queues in self.ROLES.items()]
+        self.log = self  # ``workers.log.read_text()``: what every member logged
+
+    def read_text(self) -> str:
+        return "".join(member.log.read_text() for member in self.members)
+
+    def start(self) -> "Workers":
+        for member in self.members:
+            member.start()
+        return self
+
+    def alive(self) -> bool:
+        return all(member.process.poll() is None for member in self.members)
+
+    def signal(self, signum: int):
+        for member in self.members:
+            if member.process.poll() is None:
+                member.signal(signum)
+
+    def kill(self):
+        for member in self.members:
+            member.kill()
+
+    def stop(self):
+        for member in self.members:
+            member.stop()
+
+
 class Stack:
-    """Redis, the simulator, a worker and beat, plus helpers to drive and inspect them."""
+    """Redis, the simulator, the Procfile's workers and beat, plus helpers to drive and inspect them."""
 
     def __init__(self, redis_server, sim_url, logs: Path):
         from app import create_app
@@ -162,14 +199,14 @@ class Stack:
         self.redis = redis.Redis.from_url(redis_server.url, decode_responses=True)
         self.store = store()
         self.client = create_app().test_client()
-        self.worker = Worker(*worker_args("w1"), log=logs / "worker.log").start()
+        self.worker = Workers("w1", logs).start()
         self.web = None
         self.beat = Worker("beat", "-l", "INFO", "-s", str(logs / "celerybeat-schedule"), log=logs / "beat.log").start()
         wait_until(lambda: self.redis.get("wp:worker:seen"), timeout=30, message="the worker to start")
 
-    def new_worker(self, name: str, **env: str) -> Worker:
-        """Another worker process; ``env`` overrides settings for it alone."""
-        return Worker(*worker_args(name), log=self.logs / f"{name}.log", **env).start()
+    def new_worker(self, name: str, **env: str) -> Workers:
+        """Other worker processes, in the Procfile's layout; ``env`` overrides settings for them alone."""
+        return Workers(name, self.logs, **env).start()
 
     def http(self) -> str:
         """The API under gunicorn, as the Procfile runs it (started on first use)."""
@@ -257,7 +294,8 @@ def clean_stack(stack):
     stack.worker.signal(signal.SIGCONT)  # a test may have frozen it
     if stack.worker.env:  # a test's own settings (orphan destruction...) must not leak into the next test
         stack.worker.stop()
-    if stack.worker.process.poll() is not None:
+    if not stack.worker.alive():
+        stack.worker.stop()
         stack.worker = stack.new_worker("w1")
     stack.beat.stop()
     wait_until(lambda: not any(stack.store.is_locked(pid) for pid in stack.store.all_pool_ids()),

@@ -284,8 +284,10 @@ def _recording_starter(env: FakeEnv, name: str, real):
 def install(monkeypatch, env: FakeEnv) -> None:
     """Point every module at the fakes and record every enqueue instead of sending it."""
     fakes = {"settings": lambda: env.settings, "store": lambda: env.store, "vast": lambda: env.vast}
-    for name in SEAMS:
-        module = importlib.import_module(name)
+    # every module imported before any is patched: one imported after app.runtime was patched would bind the
+    # fakes at import, and the undo would then "restore" them for the rest of the session
+    modules = [importlib.import_module(name) for name in SEAMS]
+    for module in modules:
         for attr, fake in fakes.items():
             if hasattr(module, attr):
                 monkeypatch.setattr(module, attr, fake)
