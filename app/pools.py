@@ -54,9 +54,10 @@ def label(tenant: str, machine_id: int, role: str) -> str:
 def volume_name(tenant: str, machine_id: int, kind: str = "volume") -> str:
     """Name of a pool's volume (``kind`` "replica": its replica on another host). Vast allows only letters,
     digits and '_' (64 at most), so a tenant name that does not fit is replaced by a short, stable hash of itself."""
-    if not re.fullmatch(r"[A-Za-z0-9]{1,32}", tenant):
-        tenant = "h" + hashlib.sha256(tenant.encode()).hexdigest()[:16]
-    return f"warmpool_{tenant}_{machine_id}_{kind}"
+    name = f"warmpool_{tenant}_{machine_id}_{kind}"
+    if not re.fullmatch(r"[A-Za-z0-9]{1,32}", tenant) or len(name) > 64:
+        name = f"warmpool_h{hashlib.sha256(tenant.encode()).hexdigest()[:16]}_{machine_id}_{kind}"
+    return name
 
 
 def parse_label(name: str) -> tuple[str, str] | None:

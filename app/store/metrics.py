@@ -19,8 +19,8 @@ from app.store import keys
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0, math.inf)
 
 # event kind -> the result it ends a failover with
-FAILOVER_RESULTS = {"failover_completed": "success", "failover_failed": "failure",
-                    "failover_cancelled": "cancelled"}
+FAILOVER_RESULTS = {"failover_completed": "success", "host_failover_completed": "success",
+                    "failover_failed": "failure", "failover_cancelled": "cancelled"}
 # the code of a provider call that got no response (connection error, timeout)
 NO_RESPONSE = "none"
 

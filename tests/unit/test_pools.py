@@ -68,6 +68,13 @@ def test_a_tenant_vast_would_refuse_in_a_volume_name_is_replaced_by_a_stable_has
     assert volume_name(tenant, 1) != volume_name(tenant + "x", 1)
 
 
+@pytest.mark.parametrize("kind", ["volume", "replica"])
+def test_a_name_that_would_pass_64_characters_is_hashed_too(kind):
+    tenant, machine = "T" * 32, 9007199254740991  # a tenant Vast takes, and the largest machine id
+    name = volume_name(tenant, machine, kind)
+    assert re.fullmatch(r"[A-Za-z0-9_]{1,64}", name) and name.startswith("warmpool_h"), name
+
+
 # -- the record ---------------------------------------------------------------------------------------
 
 
