@@ -245,7 +245,10 @@ def status(api, out, machine_id):
 
 
 def pool_spec(function):
-    """--image, --disk-size and --volume-size: what a new pool is made of (the service's defaults otherwise)."""
+    """--image, --disk-size, --volume-size and --replica: what a new pool is made of (the service's defaults
+    otherwise)."""
+    function = click.option("--replica/--no-replica", default=None,
+                            help="keep a copy of the volume on another host, to survive a dead host")(function)
     function = click.option("--volume-size", type=click.IntRange(1, 65536), help="GB")(function)
     function = click.option("--disk-size", type=click.IntRange(8, 4096), help="GB")(function)
     return click.option("--image", help="Docker image")(function)
