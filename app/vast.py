@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import re
 import time
@@ -131,15 +130,6 @@ class VastClient:
         self._session.headers["Accept"] = "application/json"
         if api_key:
             self._session.headers["Authorization"] = f"Bearer {api_key}"
-
-    @classmethod
-    def from_env(cls, throttle: Throttle | None = None, guard: Guard | None = None) -> VastClient:
-        return cls(
-            os.environ.get("VAST_API_URL") or DEFAULT_BASE_URL,
-            os.environ.get("VAST_API_KEY", ""),
-            throttle=throttle,
-            guard=guard,
-        )
 
     def __repr__(self) -> str:
         return f"VastClient(base_url={self.base_url!r}, api_key=<hidden>)"

@@ -250,17 +250,6 @@ def test_no_key_no_authorization_header(rsps):
     assert rsps.calls[0].request.url == f"{BASE}/api/v0/bundles/"
 
 
-def test_from_env(monkeypatch):
-    monkeypatch.setenv("VAST_API_URL", "http://sim:8090")
-    monkeypatch.setenv("VAST_API_KEY", KEY)
-    throttle = lambda name: None  # noqa: E731
-    c = VastClient.from_env(throttle=throttle)
-    assert (c.base_url, c.throttle) == ("http://sim:8090", throttle)
-    assert c._session.headers["Authorization"] == f"Bearer {KEY}"
-    monkeypatch.delenv("VAST_API_URL")
-    assert VastClient.from_env().base_url == "https://console.vast.ai"
-
-
 def test_session_is_pooled(rsps, client):
     adapter = client._session.get_adapter(BASE)
     assert adapter._pool_maxsize == 32
