@@ -382,7 +382,7 @@ def test_total_timeout_bounds_the_retries(rsps):
     started = time.monotonic()
     with pytest.raises(ProviderUnavailable):
         c.show_volumes()
-    assert time.monotonic() - started < 0.5  # the last attempt starts before the deadline
+    assert time.monotonic() - started < 5  # the retries stop at the deadline (1000 attempts would take ~25 s)
     assert 2 <= len(rsps.calls) < 1000
 
 
