@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logs", type=Path, help="keep the stack's logs in this directory")
     parser.add_argument("--failovers", type=int, default=3, help="undisturbed failovers on default settings")
     parser.add_argument("--kills", type=int, default=3, help="failovers whose worker is killed")
-    parser.add_argument("--sweeps", type=int, default=1000, help="sweeps of the leak check")
+    parser.add_argument("--sweeps", type=int, default=400, help="sweeps of the leak check")
     parser.add_argument("--rate-scale", type=float, default=0.1,
                         help="Vast's per-endpoint intervals are multiplied by this in the provisioning benchmark")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per API load run")

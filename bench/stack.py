@@ -258,7 +258,7 @@ class Stack:
         for start in range(0, count, 5000):
             rows += self.sim("POST", "/_bench/seed_pools",
                              json={"tenant": tenant, "machines": machines[start:start + 5000]})["rows"]
-        from app.store import ACTIVE, new_pool, pool_id
+        from app.pools import State, new_pool, pool_id
 
         store = self.store()
 
@@ -266,7 +266,7 @@ class Stack:
             machine, host, primary, standby = row
             pid = pool_id(tenant, machine)
             held = store.acquire(pid, 30)
-            pool = new_pool(tenant, machine, state=ACTIVE, host_machine_id=host, primary_gpu_id=primary,
+            pool = new_pool(tenant, machine, state=State.ACTIVE, host_machine_id=host, primary_gpu_id=primary,
                             standby_gpu_id=standby, standby_state="stopped", volume_id=None,
                             primary_ssh_host=f"ssh{primary % 9 + 1}.vast.ai",
                             primary_ssh_port=10_000 + primary % 50_000, gpu_name="RTX_4090", image="bench/image")

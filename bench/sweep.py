@@ -3,7 +3,7 @@
 a) Provider calls per second (every call the service makes, from ``/_sim/stats`` deltas over
    a fixed window, with the worker and beat running) with 500 active pools over 5.
 b) Wall time of one sweep over 10,000 pools (state seeded straight into Redis, the simulator
-   holding 20,000 instances), ``tasks.health.sweep`` called in this process, against 25% of a
+   holding 20,000 instances), ``tasks.sweep.sweep`` called in this process, against 25% of a
    5 s sweep interval. The simulator runs in its own process, so its time to answer counts as
    the provider's, not ours.
 """
@@ -72,7 +72,7 @@ def ensure_big_state(stack: Stack) -> None:
 
 def in_process_sweep(stack: Stack):
     """One sweep, as beat would run it, in this process; returns (result, seconds)."""
-    from tasks.health import sweep
+    from tasks.sweep import sweep
 
     unblock_sweep(stack)
     t = time.perf_counter()
@@ -85,7 +85,7 @@ def sweep_wall_time(stack: Stack, runs: int = 7) -> dict:
     # in this process: a 5 s interval, and no capacity check enqueued by the sweep
     stack.apply_env(HEALTH_CHECK_INTERVAL=5, CAPACITY_CHECK_INTERVAL=1e9, VAST_RATE_LIMITS="{}")
     from app.runtime import vast
-    from tasks.health import UNHEALTHY
+    from tasks.sweep import UNHEALTHY
 
     in_process_sweep(stack)  # warm: connections, imports
     times, results = [], []
@@ -98,7 +98,7 @@ def sweep_wall_time(stack: Stack, runs: int = 7) -> dict:
     provider_s = time.perf_counter() - t
     profile = cProfile.Profile()
     unblock_sweep(stack)
-    from tasks.health import sweep
+    from tasks.sweep import sweep
     profile.runcall(sweep)
     out = io.StringIO()
     pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(12)
