@@ -118,11 +118,8 @@ def cleanup(tenant: str, machine_id: int) -> Started:
     op_id = s.new_op(tenant, machine_id, "cleanup")
     try:
         with s.lease(pid, settings().lock_ttl) as lease:
-            pool = s.get_pool(pid)
-            pool["op_id"] = op_id
-            s.save_pool(pool, lease.held)
             operations.cleanup(pid, lease.hand_off(), op_id)
-            return Started(op_id, pool)
+            return Started(op_id, s.get_pool(pid))
     except Busy:
         operations.when_unlocked.delay(pid, "cleanup", op_id, pool["op_id"])
         return Started(op_id, pool, queued=True)

@@ -51,11 +51,11 @@ def repair(pid: str) -> str:
     s, cfg = store(), settings()
     with s.lease_if_free(pid, cfg.lock_ttl) as lease:
         pool = lease and s.get_pool(pid)
-        if not pool or not (pool["enabled"] or pool["cleanup_pending"]) or pool["state"] == State.ACTIVE:
+        if not pool or not (pool.get("cleanup_pending") or pool["enabled"] and pool["state"] != State.ACTIVE):
             return "nothing to do"
         op = pool["op_id"] and s.get_op(pool["op_id"])
         op_id = op["task_id"] if op and op["state"] not in ENDED else None
-        if pool["cleanup_pending"]:
+        if pool.get("cleanup_pending"):  # asked for, maybe before any step ran: finish it
             operations.cleanup(pid, lease.hand_off(), op_id)
             return "cleanup"
         if pool["retire_gpu_id"] is not None:  # a failover stopped after its promotion

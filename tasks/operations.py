@@ -98,6 +98,11 @@ def renew_standby(pid: str, held: Held, op_id: str | None, expiring: int, expiri
 
 def cleanup(pid: str, held: Held, op_id: str | None) -> None:
     """Destroy every instance, then the volume; the record stays, disabled."""
+    s = store()
+    pool = s.get_pool(pid)
+    if not pool["cleanup_pending"] or pool["op_id"] != op_id:  # from now on the healer finishes it if interrupted
+        pool.update(cleanup_pending=True, op_id=op_id)
+        s.save_pool(pool, held)
     chain(destroy_instances.s(), delete_volume.s()).delay(Operation.begin(pid, "cleanup", held, op_id))
 
 

@@ -66,6 +66,16 @@ def test_repair_finishes_an_unfinished_cleanup(env):
     assert env.store.is_locked(PID)  # handed to the cleanup's steps
 
 
+def test_repair_finishes_a_cleanup_accepted_before_any_step_ran(env):
+    """The cleanup starter marks the pool: a worker killed before the first step leaves an active pool that
+    the healer must not take for settled."""
+    op_id = running_op(env, "cleanup")
+    pool_at(env, state=State.ACTIVE, cleanup_pending=True, op_id=op_id)
+    assert env.store.unsettled_pool_ids() == [PID]
+    assert heal.repair(PID) == "cleanup"
+    assert [name for name, _ in started(env)] == ["cleanup"]
+
+
 def test_repair_of_a_cleanup_whose_task_ended_starts_it_without_one(env):
     op_id = env.store.new_op("acme", 1, "cleanup")
     env.store.update_op(op_id, state="FAILURE", error="volume in use")
