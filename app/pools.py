@@ -29,7 +29,12 @@ ROLES = ("primary", "standby", "volume")
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_at(time.time())
+
+
+def epoch_seconds(at: str) -> float:
+    """An ISO time of ours (``now_iso``) as epoch seconds."""
+    return datetime.fromisoformat(at).timestamp()
 
 
 def iso_at(epoch: float) -> str:

@@ -86,7 +86,7 @@ class OfferUnavailable(RequestRejected):
 class InstanceListing:
     instances: list[dict]
     label_counts: dict[str, int]
-    total_instances: int
+    total_instances: int | None  # None: the provider did not say
 
 
 @dataclass
@@ -202,7 +202,7 @@ class VastClient:
         return InstanceListing(
             instances=instances,
             label_counts=first.get("label_counts") or {},
-            total_instances=int(first.get("total_instances") or len(instances)),
+            total_instances=None if first.get("total_instances") is None else int(first["total_instances"]),
         )
 
     def start_instance(self, instance_id: int) -> None:

@@ -194,9 +194,9 @@ class Step(Task):
             log.warning("%s: lock of %s lost to a newer holder; stopping", self.name, ctx["pid"])
             raise Ignore() from None
         except Throttled as exc:
-            raise self.retry(args=(ctx, *args), kwargs=kwargs, countdown=exc.retry_in) from None
+            raise self.later(ctx, exc.retry_in, *args, **kwargs) from None
         except NotYet:
-            raise self.retry(args=(ctx, *args), kwargs=kwargs, countdown=settings().poll_interval) from None
+            raise self.later(ctx, settings().poll_interval, *args, **kwargs) from None
         except (provider.ProviderUnavailable, provider.RateLimited) as exc:
             # counted in the context, as polls are retries too
             errors = ctx.get("provider_errors", 0)
@@ -204,13 +204,22 @@ class Step(Task):
                 return self.give_up(Operation(ctx), f"provider unavailable: {exc}")
             ctx["provider_errors"] = errors + 1
             countdown = min(30.0, 0.5 * 2 ** errors) * random.uniform(0.5, 1.0)
-            raise self.retry(args=(ctx, *args), kwargs=kwargs, countdown=countdown) from None
+            raise self.later(ctx, countdown, *args, **kwargs) from None
         except (OperationFailed, provider.RequestRejected) as exc:
             return self.give_up(Operation(ctx), str(exc))
         except Exception as exc:  # a bug or a surprise: the operation fails and the healer takes over
             log.exception("%s of %s failed unexpectedly", self.name, ctx["pid"])
             return self.give_up(Operation(ctx), f"unexpected error in {self.name.rsplit('.', 1)[-1]}: "
                                                 f"{type(exc).__name__}")
+
+    def later(self, ctx: Context, countdown: float, *args, **kwargs):
+        """This step again in ``countdown`` seconds, its lock held meanwhile: the pause is the operation's, and
+        the healer must not take it for one whose worker died."""
+        try:
+            store().extend(ctx["pid"], Held(ctx["token"], ctx["epoch"]), settings().lock_ttl + countdown)
+        except FencedOut:
+            return Ignore()  # lost meanwhile: the newer holder goes on
+        return self.retry(args=(ctx, *args), kwargs=kwargs, countdown=countdown)
 
     def give_up(self, op: Operation, message: str):
         """Compensate and end the operation; each operation says how (see COMPENSATIONS)."""
@@ -238,7 +247,7 @@ class Step(Task):
         deadline = op.ctx.setdefault(deadline_key, time.time() + timeout)
         if time.time() > deadline:
             return False
-        raise self.retry(args=(op.ctx,), countdown=interval or op.settings.poll_interval)
+        raise self.later(op.ctx, interval or op.settings.poll_interval)
 
 
 @contextlib.contextmanager

@@ -40,6 +40,8 @@ def confirm_failure(self, op: Operation):
     try:
         instance = vast().show_instance(op.ctx["old_primary"])
     except provider.VastError as exc:
+        if op.ctx.get("state_before") == State.FAILOVER:
+            raise  # resumed: the stop may be sent already, so ask again (retried) rather than go back to active
         verdict = f"provider unavailable ({exc})"
     else:
         if failed_status(instance):
@@ -69,17 +71,17 @@ def stop_primary(self, op: Operation):
 @shared_task(bind=True, base=Step, name="warmpool.failover.await_stopped")
 def await_stopped(self, op: Operation):
     op.step("await_stopped")
-    # every instance carrying the primary's label, not only the one we know: a leaked one must not run either
+    # every instance carrying the primary's label, not only the one we know: a leaked one must not run either,
+    # nor come back later (one offline but meant to run would, with its host)
     rows = vast().list_instances({"label": {"eq": label(op.tenant, op.machine_id, "primary")}}).instances
-    up = [row for row in rows if row.get("actual_status") not in NOT_RUNNING]
-    if not up:
-        op.ctx["fenced_at"] = time.time()
-        return op.ctx
-    for row in up:
+    for row in rows:
         if row["id"] != op.ctx["old_primary"] and row.get("intended_status") != "stopped":
             vast().stop_instance(row["id"])
-            op.event("split_brain_resolved", f"instance {row['id']} also ran as primary: stopped",
+            op.event("split_brain_resolved", f"instance {row['id']} also carried the primary's label: stopped",
                      instance_id=row["id"])
+    if not [row for row in rows if row.get("actual_status") not in NOT_RUNNING]:
+        op.ctx["fenced_at"] = time.time()
+        return op.ctx
     if not self.wait(op, "stop_deadline", op.settings.standby_start_timeout, interval=_fast_poll(op)):
         raise OperationFailed(f"old primary {op.ctx['old_primary']} did not stop; standby not started")
 
@@ -102,9 +104,9 @@ def fresh_standby(op: Operation) -> int:
     """A new instance on any free GPU of the host, on the same volume (once per failover)."""
     if op.ctx.get("fresh"):
         raise OperationFailed("the standby could not start and no fresh instance ran: no free GPU on the host")
-    op.ctx["fresh"] = True
     op.ctx.pop("standby_deadline", None)
     instance_id = create_instance(op, "standby", "running")
+    op.ctx["fresh"] = True  # only once made: a create retried (an outage, a lost answer) is still the first
     op.event("fresh_standby", f"fresh instance {instance_id} created on the same host and volume")
     return instance_id
 
@@ -126,7 +128,7 @@ def await_standby(self, op: Operation):
         op.event("standby_given_up", f"standby {standby} not running after "
                                      f"{op.settings.standby_start_timeout:.0f} s ({instance.get('actual_status')})")
     op.save(standby_gpu_id=fresh_standby(op), creating=None)
-    raise self.retry(args=(op.ctx,), countdown=op.settings.poll_interval)
+    raise self.later(op.ctx, op.settings.poll_interval)
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.promote")

@@ -7,19 +7,18 @@ operation goes on under its original task id.
 """
 
 import time
-from datetime import datetime
 
 from celery import shared_task
 
 from app import vast as provider
 from app.hosts import offers_query
-from app.pools import State, to_active
+from app.pools import State, epoch_seconds, pool_id, to_active
 from app.runtime import settings, store, vast
+from app.store import OP_ENDED
 from tasks import operations
 from tasks.base import Operation
 from tasks.provision import is_running
 
-ENDED = ("SUCCESS", "FAILURE")
 
 
 @shared_task(name="warmpool.heal.heal")
@@ -29,20 +28,16 @@ def heal() -> int:
     now = time.time()
     due = []
     for pool in s.get_pools(s.unsettled_pool_ids()):
-        pid = f"{pool['tenant']}:{pool['machine_id']}"
+        pid = pool_id(pool["tenant"], pool["machine_id"])
         op = pool["op_id"] and s.get_op(pool["op_id"])
         if pool["state"] == State.DEGRADED and pool["next_heal_at"] > now:
             continue
-        if op and op["state"] not in ENDED and now - _epoch(op["updated_at"]) < cfg.lock_ttl:
+        if op and op["state"] not in OP_ENDED and now - epoch_seconds(op["updated_at"]) < cfg.lock_ttl:
             continue  # its next step may just be on its way
         if not s.is_locked(pid):
             due.append(pid)
             repair.delay(pid)
     return len(due)
-
-
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso).timestamp()
 
 
 @shared_task(name="warmpool.heal.repair")
@@ -54,7 +49,7 @@ def repair(pid: str) -> str:
         if not pool or not (pool.get("cleanup_pending") or pool["enabled"] and pool["state"] != State.ACTIVE):
             return "nothing to do"
         op = pool["op_id"] and s.get_op(pool["op_id"])
-        op_id = op["task_id"] if op and op["state"] not in ENDED else None
+        op_id = op["task_id"] if op and op["state"] not in OP_ENDED else None
         if pool.get("cleanup_pending"):  # asked for, maybe before any step ran: finish it
             operations.cleanup(pid, lease.hand_off(), op_id)
             return "cleanup"

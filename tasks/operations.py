@@ -10,7 +10,7 @@ from celery import chain, shared_task
 
 from app.pools import State, split_pool_id, to_disabled
 from app.runtime import settings, store
-from app.store import Held
+from app.store import OP_ENDED, Held
 from tasks.base import Operation
 from tasks.cleanup import delete_volume, destroy_instances
 from tasks.failover import (
@@ -100,7 +100,7 @@ def cleanup(pid: str, held: Held, op_id: str | None) -> None:
     """Destroy every instance, then the volume; the record stays, disabled."""
     s = store()
     pool = s.get_pool(pid)
-    if not pool["cleanup_pending"] or pool["op_id"] != op_id:  # from now on the healer finishes it if interrupted
+    if not pool.get("cleanup_pending") or pool["op_id"] != op_id:  # from now on the healer finishes it if interrupted
         pool.update(cleanup_pending=True, op_id=op_id)
         s.save_pool(pool, held)
     chain(destroy_instances.s(), delete_volume.s()).delay(Operation.begin(pid, "cleanup", held, op_id))
@@ -120,10 +120,11 @@ def when_unlocked(self, pid: str, operation: str, op_id: str, behind: str | None
     """Disable or clean up once the running operation (``behind``) ends; nothing if the pool moved on since."""
     s, cfg = store(), settings()
     op = s.get_op(op_id)
-    if op is None or op["state"] in ("SUCCESS", "FAILURE"):
+    if op is None or op["state"] in OP_ENDED:
         return  # a redelivery of one that ran
-    held = s.acquire(pid, cfg.lock_ttl)
-    if held is None:
+    running = behind and s.get_op(behind)
+    held = None if running and running["state"] not in OP_ENDED else s.acquire(pid, cfg.lock_ttl)
+    if held is None:  # the operation runs still (its lock may lapse between two of its steps): wait for its end
         raise self.retry(countdown=cfg.poll_interval)
     pool = s.get_pool(pid)
     if pool is None or pool["op_id"] not in (behind, op_id):

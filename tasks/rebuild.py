@@ -33,14 +33,13 @@ import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from celery import shared_task, signature
 from celery.signals import worker_ready
 
-from app.pools import label, new_pool, parse_label, split_pool_id, to_active, to_degraded, volume_name
+from app.pools import iso_at, label, new_pool, parse_label, split_pool_id, to_active, to_degraded, volume_name
 from app.runtime import fence, settings, store, vast
-from app.store import Held
+from app.store import FencedOut, Held
 from tasks.provision import is_running
 
 log = logging.getLogger(__name__)
@@ -134,8 +133,7 @@ def form_pool(pid: str, rows: list[dict], volumes: list[dict]) -> dict | None:
         volume_size=size or 100)
     started = [row["start_date"] for row in rows if row.get("start_date")]
     if started:  # the pool is as old as its oldest instance
-        pool["created_at"] = datetime.fromtimestamp(min(started), timezone.utc).isoformat(
-            timespec="milliseconds").replace("+00:00", "Z")
+        pool["created_at"] = iso_at(min(started))
     missing = [what for what, lacking in (
         ("no running primary", not is_running(primary)), ("no stopped standby", standby is None),
         ("a failover stopped after it started the standby", retire is not None)) if lacking]
@@ -188,7 +186,15 @@ def _rebuild(pids: list[str] | None, apply: bool) -> list[Rebuilt]:
 
 
 def _write(pid: str, pool: dict, rows: list[dict]) -> str:
-    """Write one rebuilt record under the machine's lock, if the pool has none still."""
+    """Write one rebuilt record under the machine's lock, if the pool has none still (BUSY when an operation
+    holds the machine, or took it meanwhile)."""
+    try:
+        return _write_held(pid, pool, rows)
+    except FencedOut:
+        return BUSY
+
+
+def _write_held(pid: str, pool: dict, rows: list[dict]) -> str:
     s, cfg = store(), settings()
     with s.lease_if_free(pid, cfg.lock_ttl) as lease:
         if lease is None:

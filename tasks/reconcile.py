@@ -21,7 +21,8 @@ from app.store import FencedOut
 from tasks import rebuild
 
 # volume_name()'s form; the tenant part is the tenant, or a hash of it when the name would not fit
-VOLUME_NAME = re.compile(r"warmpool_([A-Za-z0-9]+)_(\d+)_volume")
+VOLUME_NAME = re.compile(r"warmpool_([A-Za-z0-9]+)_(\d+)_(volume|replica)")
+KINDS = ("volume", "replica")
 
 
 def referenced(pool: dict | None) -> set[int]:
@@ -30,7 +31,8 @@ def referenced(pool: dict | None) -> set[int]:
     if not pool:
         return set()
     ids = {pool[k] for k in ("primary_gpu_id", "standby_gpu_id", "retire_gpu_id", "volume_id")}
-    ids |= {(pool.get("moving") or {}).get("primary_gpu_id"), pool.get("replica_volume_id")}
+    ids |= {(pool.get("moving") or {}).get("primary_gpu_id"), pool.get("replica_volume_id"),
+            (pool.get("retire_host") or {}).get("volume_id")}
     return ids - {None}
 
 
@@ -97,12 +99,12 @@ def _volume_suspects(volumes: list[dict], counts: dict[str, int]) -> list[tuple]
     """Our volumes that their pool does not reference. A volume an instance uses is in use, and one whose
     pool has labelled instances but no record yet is left to the rebuild."""
     s = store()
-    known = {volume_name(*split_pool_id(pid)): pid for pid in s.all_pool_ids()}
-    claimed = {volume_name(*split_pool_id(pid)) for pid in rebuild.labelled_pools(counts)}
+    known = {volume_name(*split_pool_id(pid), kind): pid for pid in s.all_pool_ids() for kind in KINDS}
+    claimed = {volume_name(*split_pool_id(pid), kind) for pid in rebuild.labelled_pools(counts) for kind in KINDS}
     suspects = []
     for volume in volumes:
         name = volume["label"]
-        tenant, machine = VOLUME_NAME.fullmatch(name).groups()
+        tenant, machine, _ = VOLUME_NAME.fullmatch(name).groups()
         # a hashed tenant of no known pool cannot be named: its events go under the hash
         pid = known.get(name) or pool_id(tenant, int(machine))
         pool = s.get_pool(pid)

@@ -28,13 +28,12 @@ A failed action is told once (event ``replica_failed``) and tried again after RE
 """
 
 import time
-from datetime import datetime
 
 from celery import shared_task
 
 from app import vast as provider
 from app.hosts import LASTING_MARGINS, group_hosts, offers_query
-from app.pools import State, iso_at, pool_id, split_pool_id, volume_name
+from app.pools import State, epoch_seconds, iso_at, pool_id, split_pool_id, volume_name
 from app.runtime import settings, store, vast
 from app.settings import Settings
 from app.store import FencedOut
@@ -57,10 +56,6 @@ def wants_replica(pool: dict, cfg: Settings) -> bool:
 
 def replica_name(pid: str) -> str:
     return volume_name(*split_pool_id(pid), "replica")
-
-
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso).timestamp()
 
 
 def _view(row: dict | None) -> dict | None:
@@ -117,7 +112,7 @@ def next_action(pool: dict, seen: dict, cfg: Settings, now: float) -> str | None
         return "stuck" if now - started > deadline else None
     data_at = pool["replica_data_at"]
     source_online = seen["volume"] is not None and seen["volume"]["status"] != "offline"
-    if source_online and (data_at is None or now - _epoch(data_at) >= cfg.replica_copy_interval):
+    if source_online and (data_at is None or now - epoch_seconds(data_at) >= cfg.replica_copy_interval):
         return "copy"
     return None
 

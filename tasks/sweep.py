@@ -11,14 +11,16 @@ The sweep also guards rule 3 on the provider's side: a standby found starting,
 or two instances with one role, is a split brain it resolves.
 """
 
+import contextlib
 import time
 
 from celery import shared_task
 
 from app import vast as provider
 from app.hosts import offers_query
-from app.pools import State, label, parse_label, split_pool_id, to_degraded
+from app.pools import State, label, parse_label, pool_id, split_pool_id, to_degraded
 from app.runtime import settings, store, vast
+from app.store import FencedOut
 from tasks import operations, rebuild
 from tasks.failover import TRANSITIONAL
 
@@ -27,7 +29,8 @@ DEFINITIVE = {"offline", "exited", "gone", "stopped by someone else"}
 # a sweep that would degrade more than this share of the watched pools (and more than a few) acts on none:
 # the provider's answer is more likely wrong than half the fleet gone
 BRAKE_SHARE, BRAKE_MIN = 0.5, 3
-AUDIT_PAGE = 25  # one page of the v1 list
+# one page of the v1 list every 10 s: a tenth of Vast's list budget, leaving the rest to failovers' polls
+AUDIT_PAGE, AUDIT_INTERVAL = 25, 10.0
 
 
 @shared_task(name="warmpool.health.sweep")
@@ -56,7 +59,9 @@ def _sweep(s, cfg) -> str:
     failed.update(_audit(s))
     counts = listing.label_counts
     missing_standby = []
-    if counts or not listing.total_instances:  # this provider counts labels
+    # labels counted, or an account the provider says is empty: a primary without its label is gone; a
+    # provider that does not count labels tells nothing about what vanished (the healer and audit look)
+    if counts or listing.total_instances == 0:
         for pid in watched:
             if pid not in failed and not counts.get(label(*split_pool_id(pid), "primary")):
                 failed[pid] = (None, "gone")
@@ -79,14 +84,17 @@ def _sweep(s, cfg) -> str:
             guard_split_brain.delay(parsed[0], f"{count} instances carry the label {name}")
     s.record_sweep(time.time() - started, counts)
     rebuild.adopt_soon(counts)  # labels of a pool with no record: Redis lost it (rule 13)
-    if s.capacity_check_due(cfg.capacity_check_interval):
+    if s.due("capacity", cfg.capacity_check_interval):
         check_capacity.delay()
     return f"{len(failed)} failed of {len(watched)}"
 
 
 def _audit(s) -> dict[str, tuple[int, str]]:
     """Primaries stopped by someone else: the list of failures above shows only instances meant to run, so a
-    few primaries, in rotation, are looked at directly each sweep (one call, whatever the number of pools)."""
+    page of primaries, in rotation, is looked at directly every AUDIT_INTERVAL seconds (one call, whatever the
+    number of pools: a fleet of N pools is looked through in N / 25 x 10 s)."""
+    if not s.due("audit", AUDIT_INTERVAL):
+        return {}
     audited = s.audit_primaries(AUDIT_PAGE)
     if not audited:
         return {}
@@ -108,8 +116,10 @@ def _judge(s, cfg, failed: dict, last_ok: float | None) -> None:
     if not due:
         return
     s.forget_failures(due)
-    pools = {f"{p['tenant']}:{p['machine_id']}": p for p in s.get_pools(due)}
+    pools = {pool_id(p["tenant"], p["machine_id"]): p for p in s.get_pools(due)}
     for pid in due:
+        if pid not in pools:
+            continue  # its record is gone since the listing: the rebuild decides first
         primary = failed[pid][0] or pools[pid]["primary_gpu_id"]
         _, since, healthy = counted[pid]
         s.event(pid, "primary_failed", f"primary {primary} is {failed[pid][1]} "
@@ -160,17 +170,18 @@ def guard_split_brain(pid: str, reason: str) -> list[int]:
     its primary. A busy pool is left to its operation, which checks the same thing before it starts anything."""
     s, cfg = store(), settings()
     stopped = []
-    with s.lease_if_free(pid, cfg.lock_ttl) as lease:
+    with contextlib.suppress(FencedOut), s.lease_if_free(pid, cfg.lock_ttl) as lease:
         pool = lease and s.get_pool(pid)
         if not pool or pool["state"] not in (State.ACTIVE, State.DEGRADED):
             return stopped
         tenant, machine_id = split_pool_id(pid)
-        for role in ("primary", "standby"):
-            for row in vast().list_instances({"label": {"eq": label(tenant, machine_id, role)}}).instances:
-                if row["id"] != pool["primary_gpu_id"] and row.get("intended_status") == "running":
-                    s.check_fence(pid, lease.held)
-                    vast().stop_instance(row["id"])
-                    stopped.append(row["id"])
+        # the lock kept alive, and each stop sent only while it is still ours (rule 12)
+        with s.heartbeat(pid, lease.held, cfg.lock_ttl), rebuild.fenced_by(pid, lease.held):
+            for role in ("primary", "standby"):
+                for row in vast().list_instances({"label": {"eq": label(tenant, machine_id, role)}}).instances:
+                    if row["id"] != pool["primary_gpu_id"] and row.get("intended_status") == "running":
+                        vast().stop_instance(row["id"])
+                        stopped.append(row["id"])
         if stopped:
             s.event(pid, "split_brain_resolved", f"{reason}: stopped {stopped}, kept primary {pool['primary_gpu_id']}",
                     stopped=stopped)
@@ -192,7 +203,7 @@ def check_capacity() -> int:
     free = {o["machine_id"] for o in offers}
     full = [p for p in pools if p["host_machine_id"] not in free]
     for pool in full:
-        pid = f"{pool['tenant']}:{pool['machine_id']}"
+        pid = pool_id(pool["tenant"], pool["machine_id"])
         with s.lease_if_free(pid, cfg.lock_ttl) as lease:
             pool = lease and s.get_pool(pid)
             if pool and pool["state"] == State.ACTIVE:

@@ -165,9 +165,14 @@ class Enable(MethodView):
         body = {"status": "enabled", "message": f"Warm pool enabled for machine {machine_id}"}
         if started.op_id is None:
             return body
-        if query["wait"]:
-            store().wait_op(started.op_id, query["wait"])
-        return {**body, "task_id": started.op_id}, 202, {"Location": url_for("tasks.Task", task_id=started.op_id)}
+        body["task_id"] = started.op_id
+        op = store().wait_op(started.op_id, query["wait"]) if query["wait"] else None
+        if op and op["state"] == "SUCCESS":
+            return {**body, "message": f"Warm pool enabled and provisioned for machine {machine_id}"}
+        if op and op["state"] == "FAILURE":
+            return {**body, "message": f"Warm pool enabled for machine {machine_id}; provisioning failed: "
+                                       f"{op['error']}"}
+        return body, 202, {"Location": url_for("tasks.Task", task_id=started.op_id)}
 
 
 @blp.route("/disable/" + MACHINE)

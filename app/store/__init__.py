@@ -24,7 +24,7 @@ from app.store.polls import UNSEEN, PollRecords
 from app.store.rebuild import RebuildRecords
 from app.store.webhooks import WebhookRecords
 
-__all__ = ["Store", "Busy", "FencedOut", "Held", "Lease", "UNSEEN"]
+__all__ = ["Store", "Busy", "FencedOut", "Held", "Lease", "UNSEEN", "OP_ENDED"]
 
 EVENTS_KEPT = 200
 OP_TTL = 7 * 24 * 3600
@@ -139,7 +139,7 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
             else:
                 pipe.srem(keys.UNSETTLED, pid)
 
-        self.r.transaction(write, epoch_key)
+        self.r.transaction(write, epoch_key, key)  # the record too: its step counter is checked
 
     def pool_counts(self) -> dict[str, int]:
         """How many pools are in each state (kept by every write, so reading it costs one call)."""

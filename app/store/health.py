@@ -89,12 +89,13 @@ class HealthRecords:
     def label_counts(self) -> dict[str, int]:
         return json.loads(self.r.get(keys.LABEL_COUNTS) or "{}")
 
-    def capacity_check_due(self, interval: float) -> bool:
-        """Whether the standbys' hosts are due for a capacity check; the caller runs it if so."""
+    def due(self, what: str, interval: float) -> bool:
+        """Whether the sweep's less frequent work ``what`` (the capacity check, the audit of primaries) is due;
+        the caller runs it if so."""
         now = time.time()
-        if now - float(self.r.get(keys.CAPACITY_AT) or 0) <= interval:
+        if now - float(self.r.get(keys.due_at(what)) or 0) <= interval:
             return False
-        self.r.set(keys.CAPACITY_AT, now)
+        self.r.set(keys.due_at(what), now)
         return True
 
     def record_orphans(self, count: int) -> None:

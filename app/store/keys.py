@@ -65,6 +65,10 @@ def delivery_claim(delivery_id: str, attempt: int) -> str:
     return f"wp:delivery:{delivery_id}:attempt:{attempt}"
 
 
+def due_at(what: str) -> str:
+    return f"wp:{what}:at"  # when the sweep last did ``what`` (capacity, audit)
+
+
 def sweep_slot(n: int) -> str:
     return f"wp:sweep:slot:{n}"
 
@@ -89,7 +93,6 @@ HEALTH_FAILS = "wp:health:fails"        # hash: pool id -> failed sweeps in a ro
 HEALTH_SINCE = "wp:health:since"        # hash: pool id -> when its first failed sweep was
 PROVIDER_HEALTH = "wp:health:provider"
 LABEL_COUNTS = "wp:label_counts"
-CAPACITY_AT = "wp:capacity:at"
 UNKNOWN_SWEEPS = "wp:metrics:unknown_sweeps"
 SWEEP_SECONDS = "wp:metrics:sweep_seconds"
 ORPHANS = "wp:metrics:orphans"

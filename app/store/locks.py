@@ -104,24 +104,25 @@ class LockRecords:
     @contextlib.contextmanager
     def lease(self, pid: str, ttl: float):
         """``with store.lease(pid, ttl) as lease:`` holds the machine's lock or raises Busy."""
+        with self.lease_if_free(pid, ttl) as lease:
+            if lease is None:
+                raise Busy(pid)
+            yield lease
+
+    @contextlib.contextmanager
+    def lease_if_free(self, pid: str, ttl: float):
+        """The machine's lock for the block, or None when another operation holds it. Released on exit, unless
+        handed off to an operation's steps."""
         held = self.acquire(pid, ttl)
         if held is None:
-            raise Busy(pid)
+            yield None
+            return
         lease = Lease(self, pid, held, ttl)
         try:
             yield lease
         finally:
             if not lease.handed_off:
                 self.release(pid, held, ttl)
-
-    @contextlib.contextmanager
-    def lease_if_free(self, pid: str, ttl: float):
-        """Like ``lease``, but yields None instead of raising when another operation holds the machine."""
-        try:
-            with self.lease(pid, ttl) as lease:
-                yield lease
-        except Busy:
-            yield None
 
     def heartbeat(self, pid: str, held: Held, ttl: float) -> Heartbeat:
         return Heartbeat(self, pid, held, ttl)
