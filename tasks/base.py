@@ -18,7 +18,7 @@ from celery import Task
 from celery.exceptions import Ignore, Retry
 
 from app import vast as provider
-from app.pools import split_pool_id, to_degraded
+from app.pools import now_iso, split_pool_id, to_degraded
 from app.runtime import Throttled, fence, settings, store
 from app.store import FencedOut, Held
 
@@ -122,6 +122,23 @@ class Operation:
         now = time.time()
         self.ctx["phases"][name] = round(now - since, 3)
         return now
+
+    def failover_times(self, fence: str, start: str) -> dict:
+        """A failover's phases up to its promotion (``fence``: the old side stopped, ``start``: the new primary
+        running) and its recovery times: from the failure's detection (the seed's), and from the last check that
+        saw the primary healthy (the outage a user sees)."""
+        ctx = self.ctx
+        phases, lost_at = ctx["phases"], ctx.get("detected_at") or ctx["started"]
+        if ctx.get("detected_at") and ctx.get("triggered_at"):
+            # first failed sweep -> the failure confirmed -> the machine's lock taken
+            phases.update(detect=round(ctx["triggered_at"] - ctx["detected_at"], 3),
+                          lock=round(ctx["started"] - ctx["triggered_at"], 3))
+        phases[fence] = round(ctx["fenced_at"] - ctx["started"], 3)
+        phases[start] = round(ctx["ready_at"] - ctx["fenced_at"], 3)
+        now = self.phase("promote", ctx["ready_at"])
+        return {"at": now_iso(), "lost_at": lost_at, "recovery_time_seconds": round(now - lost_at, 3),
+                "recovery_from_last_healthy_seconds": round(now - (ctx.get("healthy_at") or lost_at), 3),
+                "phases": phases}
 
     def complete(self, result: dict) -> None:
         """Give the task record its result; the lock stays held for the steps still to come."""

@@ -12,7 +12,7 @@ from celery import shared_task
 from celery.exceptions import Ignore
 
 from app import vast as provider
-from app.pools import State, label, now_iso
+from app.pools import State, label
 from app.runtime import vast
 from tasks.base import COMPENSATIONS, Operation, OperationFailed, Step
 from tasks.provision import NOT_RUNNING, create_instance, is_running
@@ -135,22 +135,13 @@ def await_standby(self, op: Operation):
 def promote(self, op: Operation):
     op.step("promote")
     ctx, pool = op.ctx, op.pool
-    started = ctx["detected_at"] or ctx["started"]
-    phases = ctx["phases"]
-    if ctx["detected_at"] and ctx.get("triggered_at"):
-        # first failed sweep -> the failure confirmed -> the machine's lock taken
-        phases["detect"] = round(ctx["triggered_at"] - ctx["detected_at"], 3)
-        phases["lock"] = round(ctx["started"] - ctx["triggered_at"], 3)
-    phases["fence_old_primary"] = round(ctx["fenced_at"] - ctx["started"], 3)
-    phases["start_standby"] = round(ctx["ready_at"] - ctx["fenced_at"], 3)
-    now = op.phase("promote", ctx["ready_at"])
-    recovery = round(now - started, 3)
-    # measured from the last sweep that saw the primary healthy: the user's view of the outage
-    from_healthy = round(now - (ctx.get("healthy_at") or started), 3)
+    times = op.failover_times("fence_old_primary", "start_standby")
+    times.pop("lost_at")  # the detection time, kept in the phases
+    recovery, from_healthy, phases = (times["recovery_time_seconds"], times["recovery_from_last_healthy_seconds"],
+                                      times["phases"])
     new_primary = pool["standby_gpu_id"]
-    last = {"at": now_iso(), "trigger": ctx["trigger"], "old_primary_gpu_id": ctx["old_primary"],
-            "new_primary_gpu_id": new_primary, "recovery_time_seconds": recovery,
-            "recovery_from_last_healthy_seconds": from_healthy, "phases": phases}
+    last = {**times, "trigger": ctx["trigger"], "old_primary_gpu_id": ctx["old_primary"],
+            "new_primary_gpu_id": new_primary}
     op.advance(primary_gpu_id=new_primary, standby_gpu_id=None, standby_state="none", state=State.PROVISIONING,
                retire_gpu_id=ctx["old_primary"],
                failover_count=pool["failover_count"] + 1, last_failover_at=last["at"], last_failover=last,

@@ -25,13 +25,12 @@ tried again from the start.
 """
 
 import time
-from datetime import datetime
 
 from celery import shared_task
 from celery.exceptions import Ignore
 
 from app import vast as provider
-from app.pools import State, label, now_iso
+from app.pools import State, epoch_seconds, label
 from app.runtime import vast
 from tasks.base import COMPENSATIONS, Operation, OperationFailed, Step
 from tasks.provision import NOT_RUNNING, create_once, is_running, rent
@@ -141,23 +140,14 @@ def await_moved_primary(self, op: Operation):
 def promote_moved(self, op: Operation):
     op.step("promote_moved")
     ctx, pool, moving = op.ctx, op.pool, op.pool["moving"]
-    lost_at = ctx.get("detected_at") or ctx["started"]
-    phases = ctx["phases"]
-    if ctx.get("detected_at") and ctx.get("triggered_at"):
-        phases.update(detect=round(ctx["triggered_at"] - ctx["detected_at"], 3),
-                      lock=round(ctx["started"] - ctx["triggered_at"], 3))
-    phases.update(fence_old_host=round(ctx["fenced_at"] - ctx["started"], 3),
-                  start_primary=round(ctx["ready_at"] - ctx["fenced_at"], 3))
-    now = op.phase("promote", ctx["ready_at"])
-    data_age = round(max(0.0, lost_at - datetime.fromisoformat(moving["data_at"]).timestamp()), 3)
+    times = op.failover_times("fence_old_host", "start_primary")
+    data_age = round(max(0.0, times.pop("lost_at") - epoch_seconds(moving["data_at"])), 3)
+    phases = times["phases"]
     new_primary = moving["primary_gpu_id"]
-    last = {"at": now_iso(), "trigger": ctx["trigger"], "host_failover": True,
+    last = {**times, "trigger": ctx["trigger"], "host_failover": True,
             "old_primary_gpu_id": pool["primary_gpu_id"], "new_primary_gpu_id": new_primary,
             "from_host_machine_id": pool["host_machine_id"], "to_host_machine_id": moving["host_machine_id"],
-            "data_at": moving["data_at"], "data_age_seconds": data_age,
-            "recovery_time_seconds": round(now - lost_at, 3),
-            "recovery_from_last_healthy_seconds": round(now - (ctx.get("healthy_at") or lost_at), 3),
-            "phases": phases}
+            "data_at": moving["data_at"], "data_age_seconds": data_age}
     op.advance(**NO_REPLICA, host_machine_id=moving["host_machine_id"], volume_id=moving["volume_id"],
                primary_gpu_id=new_primary, primary_ssh_host=moving["ssh_host"], primary_ssh_port=moving["ssh_port"],
                standby_gpu_id=None, standby_state="none", state=State.PROVISIONING, moving=None,
