@@ -465,6 +465,7 @@ def test_recheck_finds_the_standby_there(env):
 def test_recheck_replaces_a_lost_standby_on_the_same_host(env, status):
     pool = protected(env, 123)
     lost = pool["standby_gpu_id"]
+    hook = env.store.add_webhook("acme", "https://hooks.example/", ["standby.lost"])
     if status == "gone":
         env.vast.destroy_instance(lost)
     else:
@@ -480,6 +481,8 @@ def test_recheck_replaces_a_lost_standby_on_the_same_host(env, status):
     assert replacing["steps"] == ["warmpool.provision.create_standby"] and status in replacing["reason"]
     assert env.store.is_locked("acme:123")  # handed to the replacement's step
     assert env.store.metrics()["standbys_lost"] == {status: "1"}
+    delivery, = env.store.deliveries(hook["id"])
+    assert delivery["type"] == "standby.lost" and json.loads(delivery["payload"])["data"]["status"] == status
 
 
 @pytest.mark.parametrize("status, intended", [("exited", "stopped"), ("created", "stopped"), (None, "stopped"),
