@@ -423,8 +423,9 @@ def test_a_failed_standby_is_replaced_before_it_is_needed(clean_stack):
     assert pool_now["host_machine_id"] == pool["host_machine_id"]
     lost_event, = [e for e in stack.store.events("acme:92") if e["event"] == "standby_lost"]
     assert lost_event["standby_gpu_id"] == lost and lost_event["status"] == "offline"
-    rows = {i["id"]: i for i in stack.ledger()["instances"]}
-    assert lost not in rows and rows[pool_now["standby_gpu_id"]]["actual_status"] == "stopped"
+    assert lost not in {i["id"] for i in stack.ledger()["instances"]}
+    wait_until(lambda: any(i["id"] == pool_now["standby_gpu_id"] and i["actual_status"] == "stopped"
+                           for i in stack.ledger()["instances"]), message="the new standby to show stopped")
     assert_nothing_leaked(stack)
 
 
