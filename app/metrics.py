@@ -58,6 +58,8 @@ class StoreCollector:
             phases.add_metric([phase], *_buckets(figures["phase_seconds"], f"{phase}|"))
         yield phases
 
+        yield _counter("warmpool_standbys_lost", "Stopped standbys found lost and replaced, by the status the provider "
+                       "showed (offline, unknown, gone...)", ["status"], figures["standbys_lost"])
         yield _counter("warmpool_provider_requests", "Responses of the provider's API, by endpoint and HTTP code "
                        "(code none: no response, a connection error or a timeout)",
                        ["endpoint", "code"], figures["provider_requests"])

@@ -130,6 +130,11 @@ def to_active(pool: dict, **fields) -> None:
                 next_heal_at=0.0)
 
 
+def to_replacing_standby(pool: dict) -> None:
+    """The standby is lost (destroyed): the pool keeps its primary and makes a new standby on the same host."""
+    pool.update(state=State.PROVISIONING, standby_gpu_id=None, standby_state="none")
+
+
 def to_disabled(pool: dict, fallback: str | None = "cpu_standby") -> None:
     """No health checks, resources kept; the seed's CPU standby is the fallback."""
     pool.update(state=State.DISABLED, enabled=False, fallback=fallback, error_message=None)

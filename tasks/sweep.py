@@ -8,7 +8,9 @@ definitive status is a failure (rule 14): offline, exited or gone triggers a
 failover at once (its first step confirms with a direct call), anything else
 not running must fail for ``FAILOVER_THRESHOLD`` sweeps and ``FAILOVER_MIN_SECONDS``.
 The sweep also guards rule 3 on the provider's side: a standby found starting,
-or two instances with one role, is a split brain it resolves.
+or two instances with one role, is a split brain it resolves. And it watches the
+standbys as closely (rule 15): one gone, or that the provider shows as anything
+but stopped, is confirmed and replaced before a failover needs it.
 """
 
 import contextlib
@@ -18,7 +20,7 @@ from celery import shared_task
 
 from app import vast as provider
 from app.hosts import offers_query
-from app.pools import State, label, parse_label, pool_id, split_pool_id, to_degraded
+from app.pools import State, label, parse_label, pool_id, split_pool_id, to_degraded, to_replacing_standby
 from app.runtime import settings, store, vast
 from app.store import FencedOut
 from tasks import operations, rebuild
@@ -29,6 +31,9 @@ DEFINITIVE = {"offline", "exited", "gone", "stopped by someone else"}
 # a sweep that would degrade more than this share of the watched pools (and more than a few) acts on none:
 # the provider's answer is more likely wrong than half the fleet gone
 BRAKE_SHARE, BRAKE_MIN = 0.5, 3
+# a stopped instance shows as stopped or exited (Vast's stop ends in either): anything else not on its way is lost
+STOPPED = ("exited", "stopped")
+LOST_STANDBY = {"intended_status": {"eq": "stopped"}, "actual_status": {"notin": list(STOPPED)}}
 # one page of the v1 list every 10 s: a tenth of Vast's list budget, leaving the rest to failovers' polls
 AUDIT_PAGE, AUDIT_INTERVAL = 25, 10.0
 
@@ -68,10 +73,11 @@ def _sweep(s, cfg) -> str:
         with_standby = s.pools_with_standby()  # a pool known to lack one is the healer's already
         missing_standby = [pid for pid in watched if pid in with_standby and pid not in failed
                            and not counts.get(label(*split_pool_id(pid), "standby"))]
+    missing_standby += [pid for pid in _lost_standbys(s, cfg) if pid not in failed and pid not in missing_standby]
     _judge(s, cfg, failed, last_ok)
     if len(missing_standby) > max(BRAKE_MIN, BRAKE_SHARE * len(watched)):
         for pid in missing_standby:
-            s.event(pid, "sweep_brake", f"the provider lists no standby for {len(missing_standby)} of "
+            s.event(pid, "sweep_brake", f"the provider lists no live standby for {len(missing_standby)} of "
                                         f"{len(watched)} pools: the sweep acts on none of them")
     else:
         for pid in missing_standby:
@@ -104,6 +110,31 @@ def _audit(s) -> dict[str, tuple[int, str]]:
         return {}  # unknown: the next sweeps look again
     return {audited[row["id"]]: (row["id"], "stopped by someone else") for row in rows
             if row["id"] in audited and row.get("intended_status") == "stopped"}
+
+
+def _lost_standbys(s, cfg) -> list[str]:
+    """Pools whose standby should be stopped but shows otherwise (offline, unknown...): it could not start when a
+    failover needs it. One list call every CAPACITY_CHECK_INTERVAL asks for every such instance of the account,
+    whatever the number of pools (rule 8); a status on its way somewhere is not a loss (rule 14)."""
+    if not s.due("lost_standbys", cfg.capacity_check_interval):
+        return []
+    try:
+        rows = vast().list_instances(LOST_STANDBY, attempts=1).instances
+    except provider.VastError:
+        return []  # unknown: the next check looks again
+    lost = [row["id"] for row in rows if row.get("actual_status") not in TRANSITIONAL]
+    return sorted(set(s.standbys(lost).values()))
+
+
+def lost_status(instance: dict | None) -> str | None:
+    """Why a standby that should be stopped is lost, or None when it is not (stopped, on its way, or started:
+    a standby that runs is a failover's, or a split brain the guard resolves)."""
+    if instance is None:
+        return "gone"
+    status = instance.get("actual_status")
+    if instance.get("intended_status") != "stopped" or status in STOPPED or status in TRANSITIONAL:
+        return None
+    return status
 
 
 def _judge(s, cfg, failed: dict, last_ok: float | None) -> None:
@@ -149,19 +180,33 @@ def trigger(pid: str, seen_primary: int, detected_at: float, triggered_at: float
 
 @shared_task(name="warmpool.health.recheck_standby")
 def recheck_standby(pid: str) -> str:
-    """The sweep's list showed no standby: ask about that one instance, under the lock, before degrading."""
+    """The sweep found no live standby (none listed, or one not stopped): ask about that one instance, under the
+    lock; a lost one is replaced on the same host (the provision's last step: degraded if the host has no GPU)."""
     s, cfg = store(), settings()
-    with s.lease_if_free(pid, cfg.lock_ttl) as lease:
+    with contextlib.suppress(FencedOut), s.lease_if_free(pid, cfg.lock_ttl) as lease:
         pool = lease and s.get_pool(pid)
         if not pool or pool["state"] != State.ACTIVE or pool["standby_gpu_id"] is None:
             return "moved on"
-        if vast().show_instance(pool["standby_gpu_id"]) is not None:
+        status = lost_status(vast().show_instance(pool["standby_gpu_id"]))
+        if status is None:
             return "there"
-        to_degraded(pool, "the standby no longer exists", cfg.health_check_interval, standby_gpu_id=None,
-                    standby_state="none")
-        s.save_pool(pool, lease.held)
-        s.event(pid, "degraded", "the standby no longer exists")
-        return "degraded"
+        _replace_lost_standby(s, cfg, lease, pool, status)
+        return "replaced"
+    return "moved on"  # fenced out: a newer holder decides
+
+
+def _replace_lost_standby(s, cfg, lease, pool: dict, status: str) -> None:
+    """Destroy the lost standby (an offline one comes back with its host, beside its replacement), then start
+    the replacement under the lock this recheck holds."""
+    pid, lost = pool_id(pool["tenant"], pool["machine_id"]), pool["standby_gpu_id"]
+    with s.heartbeat(pid, lease.held, cfg.lock_ttl), rebuild.fenced_by(pid, lease.held):
+        vast().destroy_instance(lost)
+    to_replacing_standby(pool)
+    s.save_pool(pool, lease.held)
+    reason = f"standby {lost} is {status}"
+    s.event(pid, "standby_lost", f"{reason}: a new one is made on host {pool['host_machine_id']}",
+            standby_gpu_id=lost, status=status)
+    operations.replace_standby(pid, lease.hand_off(), None, reason)
 
 
 @shared_task(name="warmpool.health.guard_split_brain")

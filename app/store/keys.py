@@ -105,3 +105,4 @@ METRIC_FAILOVERS_STARTED = "wp:metrics:failovers_started"  # hash: trigger -> fa
 METRIC_FAILOVER_SECONDS = "wp:metrics:failover_seconds"    # hash: a histogram's fields (see _observe)
 METRIC_PHASE_SECONDS = "wp:metrics:phase_seconds"          # hash: "<phase>|" + a histogram's fields
 METRIC_PROVIDER_REQUESTS = "wp:metrics:provider_requests"  # hash: "<endpoint>|<code>" -> responses
+METRIC_STANDBYS_LOST = "wp:metrics:standbys_lost"          # hash: the provider's status of a lost standby -> count

@@ -31,12 +31,15 @@ class MetricsRecords:
     r: redis.Redis
 
     def count_event(self, pipe: redis.client.Pipeline, pid: str, record: dict) -> None:
-        """An event sink: failovers started and ended (by trigger and result), their durations and phases."""
+        """An event sink: failovers started and ended (by trigger and result), their durations and phases; standbys
+        lost (by the status the provider showed)."""
         kind, trigger = record["event"], record.get("trigger") or "unknown"
         if kind == "failover_started":
             pipe.hincrby(keys.METRIC_FAILOVERS_STARTED, trigger, 1)
         elif kind in FAILOVER_RESULTS:
             pipe.hincrby(keys.METRIC_FAILOVERS, f"{trigger}|{FAILOVER_RESULTS[kind]}", 1)
+        elif kind == "standby_lost":
+            pipe.hincrby(keys.METRIC_STANDBYS_LOST, record.get("status") or "unknown", 1)
         if kind == "failover_completed":
             _observe(pipe, keys.METRIC_FAILOVER_SECONDS, "", record["recovery_time_seconds"])
             for phase, seconds in (record.get("phases") or {}).items():
@@ -53,7 +56,7 @@ class MetricsRecords:
         (the pools by state are ``pool_counts()``)."""
         hashes = ("failovers", keys.METRIC_FAILOVERS), ("failovers_started", keys.METRIC_FAILOVERS_STARTED), \
             ("failover_seconds", keys.METRIC_FAILOVER_SECONDS), ("phase_seconds", keys.METRIC_PHASE_SECONDS), \
-            ("provider_requests", keys.METRIC_PROVIDER_REQUESTS)
+            ("provider_requests", keys.METRIC_PROVIDER_REQUESTS), ("standbys_lost", keys.METRIC_STANDBYS_LOST)
         with self.r.pipeline(transaction=False) as pipe:
             for _, key in hashes:
                 pipe.hgetall(key)

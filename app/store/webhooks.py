@@ -28,6 +28,7 @@ WEBHOOK_TYPES = {
     "healed": "pool.healed",
     "pool_rebuilt": "pool.rebuilt",
     "standby_replaced": "standby.replaced",
+    "standby_lost": "standby.lost",
     "host_failover_completed": "host_failover.completed",
     "split_brain_resolved": "split_brain.resolved",
 }

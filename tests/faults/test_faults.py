@@ -409,6 +409,26 @@ def test_standby_without_gpu_ends_degraded(clean_stack):
     assert stack.running("warmpool-acme-91-") == []
 
 
+def test_a_failed_standby_is_replaced_before_it_is_needed(clean_stack):
+    stack = clean_stack
+    provisioned(stack, [92])
+    pool = stack.pool(92)
+    lost = pool["standby_gpu_id"]
+    stack.sim("POST", f"/_sim/instances/{lost}/fail")  # stopped, then offline: it could never start
+    replaced = wait_until(lambda: (p := stack.pool(92))["standby_gpu_id"] not in (None, lost) and p,
+                          timeout=30, message="a new standby")
+    pool_now = stack.wait_state(92, "active")
+    assert pool_now["standby_gpu_id"] == replaced["standby_gpu_id"] and pool_now["standby_state"] == "stopped"
+    assert pool_now["primary_gpu_id"] == pool["primary_gpu_id"] and pool_now["failover_count"] == 0
+    assert pool_now["host_machine_id"] == pool["host_machine_id"]
+    lost_event, = [e for e in stack.store.events("acme:92") if e["event"] == "standby_lost"]
+    assert lost_event["standby_gpu_id"] == lost and lost_event["status"] == "offline"
+    assert lost not in {i["id"] for i in stack.ledger()["instances"]}
+    wait_until(lambda: any(i["id"] == pool_now["standby_gpu_id"] and i["actual_status"] == "stopped"
+                           for i in stack.ledger()["instances"]), message="the new standby to show stopped")
+    assert_nothing_leaked(stack)
+
+
 # -- 7. two beats ------------------------------------------------------------------------------------------
 
 

@@ -88,6 +88,8 @@ def test_each_outcome_counts_once_with_cumulative_buckets(private_redis):
     store.event("t:2", "failover_failed", "", trigger="manual")
     store.event("t:3", "failover_cancelled", "", trigger="health")
     store.event("t:3", "degraded", "no standby", operation="failover")  # not a failover's end by itself
+    store.event("t:4", "standby_lost", "", standby_gpu_id=7, status="offline")
+    store.event("t:5", "standby_lost", "", standby_gpu_id=8, status="gone")
     store.count_provider_response("show_instance", 200)
     store.count_provider_response("show_instance", 429)
     store.count_provider_response("show_instance", None)
@@ -106,6 +108,8 @@ def test_each_outcome_counts_once_with_cumulative_buckets(private_redis):
     assert sample(phases, "warmpool_failover_phase_seconds_bucket", phase="detect", le="2.5") == 0
     provider = metrics["warmpool_provider_requests"]
     assert {s.labels["code"]: s.value for s in provider.samples} == {"200": 1, "429": 1, "none": 1}
+    lost = metrics["warmpool_standbys_lost"]
+    assert {s.labels["status"]: s.value for s in lost.samples if s.name.endswith("_total")} == {"offline": 1, "gone": 1}
     assert sample(metrics["warmpool_last_sweep_timestamp_seconds"]) == 0  # never swept
 
 

@@ -367,6 +367,21 @@ def test_fail_instance_keeps_gpu_until_stopped(sim):
     assert sim.call("POST", "/_sim/instances/1/fail").status_code == 404
 
 
+def test_fail_a_stopped_instance_shows_it_offline_and_stopped_by_intent(sim):
+    """A stopped standby whose host drops it, as Vast reports a lost host: offline, the user's target unchanged."""
+    _, offer_id = big_4090_host(sim)
+    stopped = sim.create(offer_id, target_state="stopped", label="standby")
+    sim.wait_status(stopped, "stopped")
+    sim.ok("POST", f"/_sim/instances/{stopped}/fail")
+    row = sim.instance(stopped)
+    assert row["actual_status"] == "offline" and row["intended_status"] == "stopped"
+    lost = {"intended_status": {"eq": "stopped"}, "actual_status": {"notin": ["exited", "stopped"]}}
+    listed = sim.ok("GET", "/api/v1/instances/", params={"select_filters": json.dumps(lost)})["instances"]
+    assert [r["id"] for r in listed] == [stopped]  # the sweep's filter for lost standbys finds it
+    sim.ok("DELETE", f"/api/v0/instances/{stopped}/")
+    assert sim.ok("GET", f"/api/v0/instances/{stopped}/")["instances"] is None
+
+
 def test_fail_host_and_restore(sim):
     machine_id, offer_id = big_4090_host(sim)
     a, b = sim.create(offer_id), sim.create(offer_id, target_state="stopped")

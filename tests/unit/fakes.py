@@ -75,7 +75,8 @@ def snapshot(r) -> dict:
 
 def _matches(row: dict, filters: dict) -> bool:
     """The v1 list's ``select_filters``, for the operators the service sends."""
-    tests = {"eq": lambda v, x: v == x, "neq": lambda v, x: v != x, "in": lambda v, x: v in x}
+    tests = {"eq": lambda v, x: v == x, "neq": lambda v, x: v != x, "in": lambda v, x: v in x,
+             "notin": lambda v, x: v not in x}
     return all(tests[op](row.get(column), wanted) for column, ops in filters.items() for op, wanted in ops.items())
 
 

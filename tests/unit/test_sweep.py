@@ -235,16 +235,17 @@ def test_unknown_sweeps_between_failed_ones_count_nothing(wire):
     assert triggers(env) == [] and env.r.hget(keys.HEALTH_FAILS, "acme:123") == "2"
 
 
-def test_the_sweep_costs_two_calls_whatever_the_number_of_healthy_pools(wire):
+def test_the_sweep_costs_three_calls_whatever_the_number_of_healthy_pools(wire):
     env = wire
     pools = [env.add_pool(m, tenant) for tenant in ("acme", "globex") for m in range(1, 41)]
     answer(env, listing([], counts_for(*pools)))
     assert run_sweep(env) == "0 failed of 80"
-    # the instances that should run and do not; then one page of primaries looked at directly, in rotation
-    assert len(env.mock.calls) == 2
-    failing, audit = (json.loads(parse_qs(urlsplit(c.request.url).query)["select_filters"][0])
-                      for c in env.mock.calls)
-    assert failing == sweep.UNHEALTHY
+    # the instances that should run and do not; one page of primaries looked at directly, in rotation; the
+    # standbys that should be stopped and are not
+    assert len(env.mock.calls) == 3
+    failing, audit, lost = (json.loads(parse_qs(urlsplit(c.request.url).query)["select_filters"][0])
+                            for c in env.mock.calls)
+    assert failing == sweep.UNHEALTHY and lost == sweep.LOST_STANDBY
     assert 0 < len(audit["id"]["in"]) <= sweep.AUDIT_PAGE
     assert acted(env) == [] and {p["state"] for p in env.store.get_pools(env.store.all_pool_ids())} == {
         State.ACTIVE}
@@ -256,7 +257,7 @@ def test_a_second_sweep_in_the_same_interval_is_skipped(wire):
     answer(env, listing())
     assert sweep.sweep() != "skipped"
     assert sweep.sweep() == "skipped"  # a second beat, same interval
-    assert len(env.mock.calls) == 2  # the first sweep's two calls, and no more
+    assert len(env.mock.calls) == 3  # the first sweep's three calls, and no more
 
 
 # -- the sweep's own lock --------------------------------------------------------------------------------------
@@ -330,6 +331,36 @@ def test_pools_known_to_lack_a_standby_do_not_pull_the_brake(env):
     run_sweep(env)
     assert env.of("recheck_standby") == [{"pid": "acme:5"}]
     assert not any(e["event"] == "sweep_brake" for m in range(1, 6) for e in env.store.events(f"acme:{m}"))
+
+
+@pytest.mark.parametrize("status", ["offline", "unknown"])
+def test_a_standby_the_provider_shows_lost_is_rechecked_in_one_call_for_the_fleet(env, status):
+    pools = [protected(env, m) for m in range(1, 7)]
+    env.vast.instances[pools[2]["standby_gpu_id"]]["actual_status"] = status
+    env.vast.add_instance("someone else's", status, intended="stopped")  # not a pool's: nothing to do
+    run_sweep(env)
+    assert env.of("recheck_standby") == [{"pid": "acme:3"}] and triggers(env) == []
+    lists = env.vast.called("list_instances")
+    assert len(lists) == 3 and ("list_instances", sweep.LOST_STANDBY) in lists  # unhealthy, audit, lost standbys
+    env.r.delete(keys.due_at("audit"))
+    run_sweep(env)  # not due again before CAPACITY_CHECK_INTERVAL
+    assert len(env.vast.called("list_instances")) == 5 and len(env.of("recheck_standby")) == 1
+
+
+@pytest.mark.parametrize("status", ["stopped", "exited", "created", "loading", "scheduling", None])
+def test_a_standby_stopped_or_on_its_way_is_not_lost(env, status):
+    pool = protected(env, 123)
+    env.vast.instances[pool["standby_gpu_id"]].update(actual_status=status, intended_status="stopped")
+    run_sweep(env)
+    assert acted(env) == []
+
+
+def test_a_lost_standby_waits_while_its_primary_fails_over(env):
+    pool = protected(env, 123)
+    fail(env, pool, "offline")  # the host is lost: both instances with it
+    env.vast.instances[pool["standby_gpu_id"]]["actual_status"] = "offline"
+    run_sweep(env)
+    assert [t["pid"] for t in triggers(env)] == ["acme:123"] and env.of("recheck_standby") == []
 
 
 @pytest.mark.parametrize("status", ["loading", "scheduling", None])
@@ -430,15 +461,47 @@ def test_recheck_finds_the_standby_there(env):
     assert env.vast.called("show_instance") == [("show_instance", pool["standby_gpu_id"])]
 
 
-def test_recheck_degrades_a_pool_whose_standby_is_gone(env):
+@pytest.mark.parametrize("status", ["offline", "unknown", "gone"])
+def test_recheck_replaces_a_lost_standby_on_the_same_host(env, status):
     pool = protected(env, 123)
-    env.vast.destroy_instance(pool["standby_gpu_id"])
-    assert sweep.recheck_standby("acme:123") == "degraded"
-    degraded = env.store.get_pool("acme:123")
-    assert degraded["state"] == State.DEGRADED and "standby" in degraded["error_message"]
-    assert degraded["standby_gpu_id"] is None and degraded["standby_state"] == "none"
-    assert env.store.events("acme:123")[0]["event"] == "degraded" and not env.store.is_locked("acme:123")
-    assert env.store.unsettled_pool_ids() == ["acme:123"]  # the healer makes a new one
+    lost = pool["standby_gpu_id"]
+    hook = env.store.add_webhook("acme", "https://hooks.example/", ["standby.lost"])
+    if status == "gone":
+        env.vast.destroy_instance(lost)
+    else:
+        env.vast.instances[lost]["actual_status"] = status
+    assert sweep.recheck_standby("acme:123") == "replaced"
+    assert lost not in env.vast.instances  # an offline one would come back with its host, beside the new one
+    after = env.store.get_pool("acme:123")
+    assert after["state"] == State.PROVISIONING and after["standby_gpu_id"] is None
+    assert after["primary_gpu_id"] == pool["primary_gpu_id"] and after["standby_state"] == "none"
+    event = env.store.events("acme:123")[0]
+    assert event["event"] == "standby_lost" and event["status"] == status and event["standby_gpu_id"] == lost
+    replacing, = env.of("replace_standby")
+    assert replacing["steps"] == ["warmpool.provision.create_standby"] and status in replacing["reason"]
+    assert env.store.is_locked("acme:123")  # handed to the replacement's step
+    assert env.store.metrics()["standbys_lost"] == {status: "1"}
+    delivery, = env.store.deliveries(hook["id"])
+    assert delivery["type"] == "standby.lost" and json.loads(delivery["payload"])["data"]["status"] == status
+
+
+@pytest.mark.parametrize("status, intended", [("exited", "stopped"), ("created", "stopped"), (None, "stopped"),
+                                              ("loading", "running"), ("offline", "running")])
+def test_recheck_leaves_a_standby_that_is_stopped_on_its_way_or_started(env, status, intended):
+    pool = protected(env, 123)
+    env.vast.instances[pool["standby_gpu_id"]].update(actual_status=status, intended_status=intended)
+    assert sweep.recheck_standby("acme:123") == "there"
+    assert env.store.get_pool("acme:123") == pool and env.vast.called("destroy_instance") == []
+
+
+def test_recheck_that_cannot_destroy_the_lost_standby_changes_nothing(env):
+    pool = protected(env, 123)
+    env.vast.instances[pool["standby_gpu_id"]]["actual_status"] = "offline"
+    env.vast.fail["destroy_instance"] = ProviderUnavailable("down", 503)
+    with pytest.raises(ProviderUnavailable):
+        sweep.recheck_standby("acme:123")
+    assert env.store.get_pool("acme:123") == pool and not env.store.is_locked("acme:123")
+    assert env.of("replace_standby") == []
 
 
 @pytest.mark.parametrize("fields", [{"state": State.DEGRADED}, {"state": State.FAILOVER},
