@@ -68,15 +68,16 @@ def sentinel_address(url: str) -> SentinelAddress | None:
     if not url.startswith(SENTINEL_SCHEME):
         return None
     nodes, dbs, passwords = [], set(), set()
-    for part in filter(None, (p.strip() for p in url.split(";"))):
+    for number, part in enumerate(filter(None, (p.strip() for p in url.split(";"))), 1):
         try:
             parsed = urlsplit(part)
             port, db = parsed.port or 26379, int(parsed.path.strip("/") or 0)
         except ValueError:
             parsed = None
         if parsed is None or parsed.scheme != "sentinel" or not parsed.hostname:
-            raise ValueError("REDIS_URL must be redis://host:port/db or sentinel://host:port[/db];sentinel://... "
-                             f"(got an entry that is neither: {parsed.hostname if parsed else 'unparsable'})")
+            # the entry itself is not shown: it may carry the Redis password
+            raise ValueError(f"REDIS_URL: entry {number} is not sentinel://host:port[/db]; with sentinels "
+                             "the form is sentinel://h1:26379;sentinel://h2:26379;sentinel://h3:26379")
         nodes.append((parsed.hostname, port))
         dbs.add(db)
         passwords.add(parsed.password)
@@ -88,9 +89,9 @@ def sentinel_address(url: str) -> SentinelAddress | None:
     return SentinelAddress(tuple(nodes), dbs.pop(), passwords.pop() if passwords else None)
 
 
-def _sentinel_master(*urls: str) -> str:
+def _sentinel_master(master: str, *urls: str) -> str:
     """REDIS_SENTINEL_MASTER: required with sentinel:// URLs (kombu's worker exits at start without it)."""
-    master = os.environ.get("REDIS_SENTINEL_MASTER", "").strip()
+    master = master.strip()
     if any(sentinel_address(url) for url in urls) and not master:
         raise ValueError("REDIS_SENTINEL_MASTER must name the master the sentinels watch when REDIS_URL "
                          "or CELERY_BROKER_URL is sentinel://...")
@@ -178,7 +179,8 @@ class Settings:
     def from_env(cls) -> "Settings":
         return cls(
             redis_url=os.environ.get("REDIS_URL", cls.redis_url),
-            redis_sentinel_master=_sentinel_master(os.environ.get("REDIS_URL", cls.redis_url),
+            redis_sentinel_master=_sentinel_master(os.environ.get("REDIS_SENTINEL_MASTER", ""),
+                                                   os.environ.get("REDIS_URL", cls.redis_url),
                                                    os.environ.get("CELERY_BROKER_URL", "")),
             redis_sentinel_password=os.environ.get("REDIS_SENTINEL_PASSWORD", ""),
             broker_url=os.environ.get("CELERY_BROKER_URL", ""),

@@ -62,7 +62,9 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
         address = sentinel_address(url)
         if address is None:
             return cls(redis.Redis.from_url(url, **CLIENT_OPTIONS))
-        return cls(sentinel_master_client(address, sentinel_master, sentinel_password))
+        store = cls(sentinel_master_client(address, sentinel_master, sentinel_password))
+        store.replicas_to_wait = 1
+        return store
 
     # -- pools -------------------------------------------------------------
 
