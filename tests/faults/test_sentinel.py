@@ -135,7 +135,7 @@ def test_the_redis_master_killed_mid_failover_is_followed_to_its_replica(sentine
                    message="the sentinels to promote the replica")
         stack.sim("POST", "/_sim/faults", json={})
         # the interrupted failover ends: resumed to its end, or failed and then healed
-        op = stack.wait_task(task, timeout=60)
+        op = stack.wait_task(task, timeout=30)
         pool = stack.wait_state(181, "active", timeout=60)
         assert op["state"] == "SUCCESS" or pool["failover_count"] == 1, op
         assert pool["primary_gpu_id"] == standby
