@@ -63,8 +63,9 @@ class SentinelAddress:
     password: str | None = field(default=None, repr=False)
 
 
-def sentinel_address(url: str) -> SentinelAddress | None:
-    """Parse ``sentinel://[:password@]h1:26379[/db];sentinel://h2:26379;...``; None for a plain Redis URL."""
+def sentinel_address(url: str, variable: str = "REDIS_URL") -> SentinelAddress | None:
+    """Parse ``sentinel://[:password@]h1:26379[/db];sentinel://h2:26379;...``; None for a plain Redis URL.
+    Errors name ``variable``, the setting the URL came from."""
     if not url.startswith(SENTINEL_SCHEME):
         return None
     nodes, dbs, passwords = [], set(), set()
@@ -76,23 +77,24 @@ def sentinel_address(url: str) -> SentinelAddress | None:
             parsed = None
         if parsed is None or parsed.scheme != "sentinel" or not parsed.hostname:
             # the entry itself is not shown: it may carry the Redis password
-            raise ValueError(f"REDIS_URL: entry {number} is not sentinel://host:port[/db]; with sentinels "
+            raise ValueError(f"{variable}: entry {number} is not sentinel://host:port[/db]; with sentinels "
                              "the form is sentinel://h1:26379;sentinel://h2:26379;sentinel://h3:26379")
         nodes.append((parsed.hostname, port))
         dbs.add(db)
         passwords.add(parsed.password)
     if len(dbs) > 1:
-        raise ValueError("REDIS_URL: every sentinel:// entry must name the same /db")
+        raise ValueError(f"{variable}: every sentinel:// entry must name the same /db")
     passwords.discard(None)
     if len(passwords) > 1:
-        raise ValueError("REDIS_URL: the sentinel:// entries carry different Redis passwords")
+        raise ValueError(f"{variable}: the sentinel:// entries carry different Redis passwords")
     return SentinelAddress(tuple(nodes), dbs.pop(), passwords.pop() if passwords else None)
 
 
-def _sentinel_master(master: str, *urls: str) -> str:
-    """REDIS_SENTINEL_MASTER: required with sentinel:// URLs (kombu's worker exits at start without it)."""
+def _sentinel_master(master: str, **urls: str) -> str:
+    """REDIS_SENTINEL_MASTER: required with sentinel:// URLs (kombu's worker exits at start without it);
+    ``urls`` by the variable each came from, so that a malformed one is named."""
     master = master.strip()
-    if any(sentinel_address(url) for url in urls) and not master:
+    if any([sentinel_address(url, variable) for variable, url in urls.items()]) and not master:
         raise ValueError("REDIS_SENTINEL_MASTER must name the master the sentinels watch when REDIS_URL "
                          "or CELERY_BROKER_URL is sentinel://...")
     return master
@@ -170,18 +172,13 @@ class Settings:
     webhook_retry_backoff: int = 5
     webhook_allow_private: bool = False
 
-    @property
-    def redis_sentinel(self) -> SentinelAddress | None:
-        """The sentinels of REDIS_URL, or None when it names one Redis."""
-        return sentinel_address(self.redis_url)
-
     @classmethod
     def from_env(cls) -> "Settings":
         return cls(
             redis_url=os.environ.get("REDIS_URL", cls.redis_url),
             redis_sentinel_master=_sentinel_master(os.environ.get("REDIS_SENTINEL_MASTER", ""),
-                                                   os.environ.get("REDIS_URL", cls.redis_url),
-                                                   os.environ.get("CELERY_BROKER_URL", "")),
+                                                   REDIS_URL=os.environ.get("REDIS_URL", cls.redis_url),
+                                                   CELERY_BROKER_URL=os.environ.get("CELERY_BROKER_URL", "")),
             redis_sentinel_password=os.environ.get("REDIS_SENTINEL_PASSWORD", ""),
             broker_url=os.environ.get("CELERY_BROKER_URL", ""),
             vast_api_url=os.environ.get("VAST_API_URL", cls.vast_api_url),
