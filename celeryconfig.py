@@ -5,7 +5,7 @@ killed worker's message comes back after ``visibility_timeout`` and the step run
 again (steps are idempotent).
 """
 
-from app.settings import Settings
+from app.settings import SENTINEL_SCHEME, Settings
 
 _settings = Settings.from_env()
 _sweep = _settings.health_check_interval
@@ -22,6 +22,12 @@ broker_transport_options = {
     "unacked_restore_interval": 1,
     "unacked_restore_throttle": 1,
 }
+if broker_url.startswith(SENTINEL_SCHEME):
+    # kombu's sentinel transport asks the sentinels for the master on each connection, so the broker follows
+    # a failover of Redis as the store does (app/store); Celery keeps no results, so there is no result backend
+    broker_transport_options["master_name"] = _settings.redis_sentinel_master
+    if _settings.redis_sentinel_password:
+        broker_transport_options["sentinel_kwargs"] = {"password": _settings.redis_sentinel_password}
 imports = ("tasks.provision", "tasks.failover", "tasks.cleanup", "tasks.sweep", "tasks.heal", "tasks.reconcile",
            "tasks.rebuild", "tasks.webhooks", "tasks.renewal", "tasks.expiry",
            "tasks.replica", "tasks.hostfailover")

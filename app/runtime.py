@@ -23,7 +23,8 @@ def settings() -> Settings:
 
 @functools.cache
 def store() -> Store:
-    return Store.from_url(settings().redis_url)
+    cfg = settings()
+    return Store.from_url(cfg.redis_url, cfg.redis_sentinel_master, cfg.redis_sentinel_password)
 
 
 # how long a provider call may wait in its thread for a slot of the budget

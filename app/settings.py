@@ -9,6 +9,7 @@ means the same thing wherever it is used. The Celery configuration
 import json
 import os
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 
 def _float(name: str, default: float) -> float:
@@ -48,6 +49,57 @@ def _api_keys(raw: str) -> dict[str, str]:
     return keys
 
 
+# -- Redis Sentinel -----------------------------------------------------------------------------------------
+
+SENTINEL_SCHEME = "sentinel://"
+
+
+@dataclass(frozen=True)
+class SentinelAddress:
+    """Where the sentinels are (``REDIS_URL`` in Celery's form), which master they watch, and its database.
+    ``password`` is the Redis master's (in the URL, as kombu reads it); the sentinels' own is a setting."""
+    nodes: tuple[tuple[str, int], ...]
+    db: int
+    password: str | None = field(default=None, repr=False)
+
+
+def sentinel_address(url: str, variable: str = "REDIS_URL") -> SentinelAddress | None:
+    """Parse ``sentinel://[:password@]h1:26379[/db];sentinel://h2:26379;...``; None for a plain Redis URL.
+    Errors name ``variable``, the setting the URL came from."""
+    if not url.startswith(SENTINEL_SCHEME):
+        return None
+    nodes, dbs, passwords = [], set(), set()
+    for number, part in enumerate(filter(None, (p.strip() for p in url.split(";"))), 1):
+        try:
+            parsed = urlsplit(part)
+            port, db = parsed.port or 26379, int(parsed.path.strip("/") or 0)
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed.scheme != "sentinel" or not parsed.hostname:
+            # the entry itself is not shown: it may carry the Redis password
+            raise ValueError(f"{variable}: entry {number} is not sentinel://host:port[/db]; with sentinels "
+                             "the form is sentinel://h1:26379;sentinel://h2:26379;sentinel://h3:26379")
+        nodes.append((parsed.hostname, port))
+        dbs.add(db)
+        passwords.add(parsed.password)
+    if len(dbs) > 1:
+        raise ValueError(f"{variable}: every sentinel:// entry must name the same /db")
+    passwords.discard(None)
+    if len(passwords) > 1:
+        raise ValueError(f"{variable}: the sentinel:// entries carry different Redis passwords")
+    return SentinelAddress(tuple(nodes), dbs.pop(), passwords.pop() if passwords else None)
+
+
+def _sentinel_master(master: str, **urls: str) -> str:
+    """REDIS_SENTINEL_MASTER: required with sentinel:// URLs (kombu's worker exits at start without it);
+    ``urls`` by the variable each came from, so that a malformed one is named."""
+    master = master.strip()
+    if any([sentinel_address(url, variable) for variable, url in urls.items()]) and not master:
+        raise ValueError("REDIS_SENTINEL_MASTER must name the master the sentinels watch when REDIS_URL "
+                         "or CELERY_BROKER_URL is sentinel://...")
+    return master
+
+
 # Vast's documented minimum intervals between calls, per endpoint and API key
 VAST_RATE_LIMITS = {"create_instance": 4.5, "destroy_instance": 3.0, "show_instance": 2.0,
                     "list_instances": 1.0, "manage_instance": 1.0, "volumes": 5.5, "search_offers": 6.0}
@@ -63,6 +115,9 @@ def _rate_limits(raw: str | None) -> dict[str, float]:
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # REDIS_URL sentinel://h1:26379;sentinel://h2:26379: the master the sentinels watch, and their own password
+    redis_sentinel_master: str = ""
+    redis_sentinel_password: str = field(default="", repr=False)
     broker_url: str = ""  # empty: the broker is REDIS_URL
     vast_api_url: str = "https://console.vast.ai"
     vast_api_key: str = field(default="", repr=False)
@@ -121,6 +176,10 @@ class Settings:
     def from_env(cls) -> "Settings":
         return cls(
             redis_url=os.environ.get("REDIS_URL", cls.redis_url),
+            redis_sentinel_master=_sentinel_master(os.environ.get("REDIS_SENTINEL_MASTER", ""),
+                                                   REDIS_URL=os.environ.get("REDIS_URL", cls.redis_url),
+                                                   CELERY_BROKER_URL=os.environ.get("CELERY_BROKER_URL", "")),
+            redis_sentinel_password=os.environ.get("REDIS_SENTINEL_PASSWORD", ""),
             broker_url=os.environ.get("CELERY_BROKER_URL", ""),
             vast_api_url=os.environ.get("VAST_API_URL", cls.vast_api_url),
             vast_api_key=os.environ.get("VAST_API_KEY", ""),

@@ -97,14 +97,18 @@ def redis_server():
     server.stop(kill=True)
 
 
+def start_simulator(port: int) -> subprocess.Popen:
+    """The simulator in its own process, as ``warmpool sim`` runs it, once it answers."""
+    process = subprocess.Popen([sys.executable, "-m", "app.cli", "sim", "--port", str(port),
+                                "--time-scale", str(TIME_SCALE), "--seed", "7"], cwd=ROOT, stdout=subprocess.DEVNULL)
+    wait_until(lambda: _answers(f"http://127.0.0.1:{port}/_sim/stats"), message="the simulator to answer")
+    return process
+
+
 @pytest.fixture(scope="session")
 def sim_server():
-    """The simulator in its own process, as ``warmpool sim`` runs it."""
-    process = subprocess.Popen([sys.executable, "-m", "app.cli", "sim", "--port", str(SIM_PORT),
-                                "--time-scale", str(TIME_SCALE), "--seed", "7"], cwd=ROOT, stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{SIM_PORT}"
-    wait_until(lambda: _answers(url + "/_sim/stats"), message="the simulator to answer")
-    yield url
+    process = start_simulator(SIM_PORT)
+    yield f"http://127.0.0.1:{SIM_PORT}"
     process.terminate()
     process.wait(timeout=10)
 
@@ -191,6 +195,8 @@ class Workers:
 class Stack:
     """Redis, the simulator, the Procfile's workers and beat, plus helpers to drive and inspect them."""
 
+    env: dict[str, str] = {}  # settings of every process of the stack, over this one's environment
+
     def __init__(self, redis_server, sim_url, logs: Path):
         from app import create_app
         from app.runtime import store
@@ -199,14 +205,19 @@ class Stack:
         self.redis = redis.Redis.from_url(redis_server.url, decode_responses=True)
         self.store = store()
         self.client = create_app().test_client()
-        self.worker = Workers("w1", logs).start()
+        self.start()
+
+    def start(self) -> None:
+        """The worker and beat processes, once a worker is seen; the API starts on first use (``http``)."""
+        self.worker = self.new_worker("w1")
         self.web = None
-        self.beat = Worker("beat", "-l", "INFO", "-s", str(logs / "celerybeat-schedule"), log=logs / "beat.log").start()
+        self.beat = Worker("beat", "-l", "INFO", "-s", str(self.logs / "celerybeat-schedule"),
+                           log=self.logs / "beat.log", **self.env).start()
         wait_until(lambda: self.redis.get("wp:worker:seen"), timeout=30, message="the worker to start")
 
     def new_worker(self, name: str, **env: str) -> Workers:
         """Other worker processes, in the Procfile's layout; ``env`` overrides settings for them alone."""
-        return Workers(name, self.logs, **env).start()
+        return Workers(name, self.logs, **{**self.env, **env}).start()
 
     def http(self) -> str:
         """The API under gunicorn, as the Procfile runs it (started on first use)."""
@@ -214,7 +225,7 @@ class Stack:
             port = free_port()
             self.web = Worker("--bind", f"127.0.0.1:{port}", "--worker-class", "gthread", "--workers", "2",
                               "--threads", "16", "app:create_app()", log=self.logs / "web.log",
-                              program=(sys.executable, "-m", "gunicorn")).start()
+                              program=(sys.executable, "-m", "gunicorn"), **self.env).start()
             self.web_url = f"http://127.0.0.1:{port}"
             wait_until(lambda: _answers(self.web_url + "/healthz"), message="gunicorn to answer")
         return self.web_url

@@ -107,6 +107,15 @@ MUTANTS = [
            "                raise FencedOut(pid)\n",
            "",
            (f"{UNIT}::test_save_pool_with_an_expected_step_refuses_a_duplicate_delivery",)),
+    Mutant("the store follows the sentinels' master", "app/store/__init__.py",
+           "    return sentinels.master_for(master, db=address.db, password=address.password, **CLIENT_OPTIONS)\n",
+           "    host, port = sentinels.discover_master(master)\n"
+           "    return redis.Redis(host=host, port=port, db=address.db, password=address.password, **CLIENT_OPTIONS)\n",
+           ("tests/faults/test_sentinel.py::test_the_redis_master_killed_mid_failover_is_followed_to_its_replica",)),
+    Mutant("a new lock is on a replica before its holder goes on (Sentinel)", "app/store/locks.py",
+           "        if not self.replicas_to_wait:\n            return script(keys=script_keys, args=args)\n",
+           "        return script(keys=script_keys, args=args)\n",
+           (f"{LOCKS}::test_behind_sentinel_a_new_epoch_waits_for_a_replica_and_a_lone_master_goes_on",)),
 ]
 
 

@@ -13,8 +13,10 @@ import time
 import uuid
 
 import redis
+from redis.sentinel import Sentinel
 
 from app.pools import State, is_unsettled, is_watched, now_iso, pool_id
+from app.settings import SentinelAddress, sentinel_address
 from app.store import keys
 from app.store.budget import BudgetRecords
 from app.store.health import HealthRecords
@@ -25,6 +27,21 @@ from app.store.rebuild import RebuildRecords
 from app.store.webhooks import WebhookRecords
 
 __all__ = ["Store", "Busy", "FencedOut", "Held", "Lease", "UNSEEN", "OP_ENDED"]
+
+# every client: a dead server is noticed within seconds, and a command it did not answer is an error the caller
+# handles like a Redis restart (the healer resumes what a step left)
+CLIENT_OPTIONS = {"decode_responses": True, "health_check_interval": 10, "socket_timeout": 10,
+                  "socket_connect_timeout": 5, "retry_on_timeout": True}
+
+
+def sentinel_master_client(address: SentinelAddress, master: str, sentinel_password: str) -> redis.Redis:
+    """A client of whichever server the sentinels call master now: redis-py's ``Sentinel.master_for`` asks
+    them again on each new connection, and a connection to a master that became a replica is dropped
+    (``ReadOnlyError`` turns into ``ConnectionError``), so a failover of Redis looks like a Redis restart."""
+    sentinels = Sentinel(list(address.nodes), sentinel_kwargs={"password": sentinel_password or None,
+                                                               "socket_timeout": 2, "socket_connect_timeout": 2})
+    return sentinels.master_for(master, db=address.db, password=address.password, **CLIENT_OPTIONS)
+
 
 EVENTS_KEPT = 200
 OP_TTL = 7 * 24 * 3600
@@ -40,9 +57,14 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
         self._register_budget_scripts()
 
     @classmethod
-    def from_url(cls, url: str) -> "Store":
-        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=10,
-                                        socket_timeout=10, socket_connect_timeout=5, retry_on_timeout=True))
+    def from_url(cls, url: str, sentinel_master: str = "", sentinel_password: str = "") -> "Store":
+        """The store at a Redis URL, or behind the sentinels of a ``sentinel://`` URL (``app.settings``)."""
+        address = sentinel_address(url)
+        if address is None:
+            return cls(redis.Redis.from_url(url, **CLIENT_OPTIONS))
+        store = cls(sentinel_master_client(address, sentinel_master, sentinel_password))
+        store.replicas_to_wait = 1
+        return store
 
     # -- pools -------------------------------------------------------------
 

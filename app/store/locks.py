@@ -81,6 +81,24 @@ class LockRecords:
     """The lock half of the store (mixed into ``Store``)."""
 
     r: redis.Redis
+    # replicas that must have a new lock and epoch before its holder goes on: 1 behind Sentinel (app/store)
+    replicas_to_wait: int = 0
+
+    def _replicated(self, script, script_keys: list[str], args: list | None = None):
+        """Run a script that takes a lock's epoch; behind Sentinel, then wait (bounded) until a replica has it.
+
+        Replication is asynchronous: a lock and epoch only the dead master had would be free again on the
+        promoted replica while their holder still works, with nothing but the epoch check to stop it. WAIT
+        waits for this connection's last write, so the script and the WAIT share one connection (a pipeline); the
+        lock's SET came earlier in the master's replication stream, so it is covered too. With no replica in time
+        the holder goes on: a master alone has no replica to fail over to."""
+        if not self.replicas_to_wait:
+            return script(keys=script_keys, args=args)
+        with self.r.pipeline(transaction=False) as pipe:
+            script(keys=script_keys, args=args, client=pipe)
+            pipe.wait(self.replicas_to_wait, REPLICA_WAIT_MS)
+            result, _replicas = pipe.execute()
+        return result
 
     def _register_lock_scripts(self) -> None:
         self._new_epoch = self.r.register_script(_NEXT_EPOCH)
@@ -99,7 +117,7 @@ class LockRecords:
             return None
         token = lock.local.token
         token = token.decode() if isinstance(token, bytes) else token
-        return Held(token=token, epoch=int(self._new_epoch(keys=[keys.epoch(pid)])))
+        return Held(token=token, epoch=int(self._replicated(self._new_epoch, [keys.epoch(pid)])))
 
     @contextlib.contextmanager
     def lease(self, pid: str, ttl: float):
@@ -155,8 +173,8 @@ class LockRecords:
         """For a redelivered step: hold the lock under a new token and epoch, so that the first
         delivery, if its worker was only frozen, is fenced out when it wakes."""
         token = uuid.uuid4().hex
-        epoch = self._take_over(keys=[keys.lock(pid), keys.epoch(pid)],
-                                args=[held.token, token, held.epoch, int(ttl * 1000)])
+        epoch = self._replicated(self._take_over, [keys.lock(pid), keys.epoch(pid)],
+                                 [held.token, token, held.epoch, int(ttl * 1000)])
         if not epoch:
             raise FencedOut(pid)
         return Held(token=token, epoch=int(epoch))
@@ -173,6 +191,9 @@ class LockRecords:
     def epoch(self, pid: str) -> int:
         return int(self.r.get(keys.epoch(pid)) or 0)
 
+
+# how long taking a lock waits for a replica to have it (Sentinel only)
+REPLICA_WAIT_MS = 500
 
 # the next epoch: above the last one, and above the server clock in microseconds, so that it is higher
 # than any epoch handed out before, even if the counter was lost

@@ -289,3 +289,25 @@ def test_two_writers_racing_on_a_real_redis_exactly_one_wins_each_round(real_red
     assert stores[0].epoch(PID) == holders[-1].epoch
     for s in stores:
         s.r.close()
+
+
+def test_behind_sentinel_a_new_epoch_waits_for_a_replica_and_a_lone_master_goes_on(real_redis, monkeypatch):
+    """Taking a lock or taking it over sends WAIT after the epoch's script, bounded: with no replica to answer
+    (this server has none) the holder still gets its lock. A plain Redis sends no WAIT at all."""
+    monkeypatch.setattr("app.store.locks.REPLICA_WAIT_MS", 20)
+    store = Store.from_url(real_redis.url)
+    store.r.flushall()
+
+    def waits() -> int:
+        return store.r.info("commandstats").get("cmdstat_wait", {}).get("calls", 0)
+
+    store.r.config_resetstat()
+    held = store.acquire(PID, 30)
+    assert waits() == 0 and store.epoch(PID) == held.epoch
+    store.release(PID, held, 30)
+    store.replicas_to_wait = 1
+    held = store.acquire(PID, 30)
+    assert held is not None and store.epoch(PID) == held.epoch and waits() == 1
+    taken = store.take_over(PID, held, 30)
+    assert taken.epoch > held.epoch and store.epoch(PID) == taken.epoch and waits() == 2
+    store.check_fence(PID, taken)
