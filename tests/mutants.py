@@ -2,9 +2,11 @@
 
 For every mutant below, the guard's code is changed (removed or inverted) in a copy of the tree, the
 tests named for it are run there, and they must FAIL. A mutant whose tests still pass is a guarantee
-that nothing proves: this script then exits 1. Run it with ``make mutants`` (CI does).
+that nothing proves: this script then exits 1. Run it with ``make mutants`` (CI does);
+``tests/mutants.py -k WORDS`` runs only the mutants whose guarantee contains WORDS (case-insensitive).
 """
 
+import argparse
 import shutil
 import subprocess
 import sys
@@ -116,19 +118,26 @@ def run(tree: Path, mutant: Mutant) -> bool:
     return result.returncode == 1  # 1: tests failed; anything else (collection error, usage) is no proof
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-k", dest="words", default="",
+                        help="run only the mutants whose guarantee contains this text (case-insensitive)")
+    words = parser.parse_args(argv).words.lower()
+    chosen = [m for m in MUTANTS if words in m.guarantee.lower()]
+    if not chosen:
+        parser.error(f"no mutant's guarantee contains {words!r}")
     survivors = []
     tree = Path(tempfile.mkdtemp(prefix="warmpool-mutants-"))
     shutil.copytree(ROOT, tree, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "var", "*.egg-info"))
-    for mutant in MUTANTS:
+    for mutant in chosen:
         started = time.monotonic()
         caught = run(tree, mutant)
         print(f"{'killed ' if caught else 'SURVIVED'}  {mutant.guarantee}  ({time.monotonic() - started:.0f} s)",
               flush=True)
         if not caught:
             survivors.append(mutant)
-    print(f"{len(MUTANTS) - len(survivors)} killed, {len(survivors)} survived")
+    print(f"{len(chosen) - len(survivors)} killed, {len(survivors)} survived")
     shutil.rmtree(tree, ignore_errors=True)
     return 1 if survivors else 0
 
