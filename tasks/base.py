@@ -184,8 +184,9 @@ class Step(Task):
     """A provider step of an operation.
 
     Provider outages are retried with backoff (and Celery's retry keeps the rest
-    of the chain); a step that lost its lock stops the chain and writes nothing;
-    any other error ends the operation as failed, compensated, never stuck.
+    of the chain), and a step that meets Redis away (a restart) runs again; a
+    step that lost its lock stops the chain and writes nothing; any other error
+    ends the operation as failed, compensated, never stuck.
     """
 
     abstract = True
