@@ -20,7 +20,7 @@ from celery.exceptions import Ignore, Retry
 from app import vast as provider
 from app.pools import now_iso, split_pool_id, to_degraded
 from app.runtime import Throttled, fence, settings, store
-from app.store import FencedOut, Held
+from app.store import STORE_AWAY, FencedOut, Held
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +184,9 @@ class Step(Task):
     """A provider step of an operation.
 
     Provider outages are retried with backoff (and Celery's retry keeps the rest
-    of the chain); a step that lost its lock stops the chain and writes nothing;
-    any other error ends the operation as failed, compensated, never stuck.
+    of the chain), and a step that meets Redis away (a restart) runs again; a
+    step that lost its lock stops the chain and writes nothing; any other error
+    ends the operation as failed, compensated, never stuck.
     """
 
     abstract = True
@@ -224,6 +225,11 @@ class Step(Task):
             raise self.later(ctx, countdown, *args, **kwargs) from None
         except (OperationFailed, provider.RequestRejected) as exc:
             return self.give_up(Operation(ctx), str(exc))
+        except STORE_AWAY as exc:
+            # Redis restarting longer than redis-py's own retries: nothing is known to have failed, and steps
+            # are idempotent, so the step runs again (its lock renewed) instead of failing the operation
+            log.warning("%s of %s: the store is away (%s); running the step again", self.name, ctx["pid"], exc)
+            raise self.later(ctx, settings().poll_interval, *args, **kwargs) from None
         except Exception as exc:  # a bug or a surprise: the operation fails and the healer takes over
             log.exception("%s of %s failed unexpectedly", self.name, ctx["pid"])
             return self.give_up(Operation(ctx), f"unexpected error in {self.name.rsplit('.', 1)[-1]}: "
@@ -267,11 +273,17 @@ class Step(Task):
         raise self.later(op.ctx, interval or op.settings.poll_interval)
 
 
+def step_heartbeat(op: Operation):
+    """The heartbeat that keeps a step's lock alive while it works, started on entry: a step longer than
+    LOCK_TTL keeps its lock, and the healer does not run the operation beside it (rule 12)."""
+    return op.store.heartbeat(op.pid, op.held, op.settings.lock_ttl)
+
+
 @contextlib.contextmanager
 def fenced(op: Operation):
     """While a step works: a heartbeat keeps its lock alive, and its mutating provider calls are fenced
     (``app.runtime.fence`` is checked right before each request leaves)."""
-    with op.store.heartbeat(op.pid, op.held, op.settings.lock_ttl) as op.heartbeat:
+    with step_heartbeat(op) as op.heartbeat:
         token = fence.set(op.fence)
         try:
             yield

@@ -33,20 +33,26 @@ def failed_status(instance: dict | None) -> str | None:
     return status
 
 
-@shared_task(bind=True, base=Step, name="warmpool.failover.confirm_failure")
-def confirm_failure(self, op: Operation):
-    """Ask the provider about the primary once more; only a clear failure goes on."""
-    op.step("confirm_failure")
+def unconfirmed(op: Operation) -> str | None:
+    """Why the primary's failure is not confirmed (the failover is cancelled), or None when it is. A provider
+    that does not answer confirms nothing (rule 6): one offline reading and a blip must not stop a healthy
+    primary."""
     try:
         instance = vast().show_instance(op.ctx["old_primary"])
     except provider.VastError as exc:
         if op.ctx.get("state_before") == State.FAILOVER:
             raise  # resumed: the stop may be sent already, so ask again (retried) rather than go back to active
-        verdict = f"provider unavailable ({exc})"
-    else:
-        if failed_status(instance):
-            return op.ctx
-        verdict = f"the primary is {instance.get('actual_status')}"
+        return f"provider unavailable ({exc})"
+    return None if failed_status(instance) else f"the primary is {instance.get('actual_status')}"
+
+
+@shared_task(bind=True, base=Step, name="warmpool.failover.confirm_failure")
+def confirm_failure(self, op: Operation):
+    """Ask the provider about the primary once more; only a clear failure goes on."""
+    op.step("confirm_failure")
+    verdict = unconfirmed(op)
+    if verdict is None:
+        return op.ctx
     op.event("failover_cancelled", f"no failover: {verdict}", trigger=op.ctx["trigger"])
     before = op.ctx.get("state_before")
     op.finish({"success": False, "message": f"Failover cancelled: {verdict}"},
@@ -71,9 +77,7 @@ def stop_primary(self, op: Operation):
 @shared_task(bind=True, base=Step, name="warmpool.failover.await_stopped")
 def await_stopped(self, op: Operation):
     op.step("await_stopped")
-    # every instance carrying the primary's label, not only the one we know: a leaked one must not run either,
-    # nor come back later (one offline but meant to run would, with its host)
-    rows = vast().list_instances({"label": {"eq": label(op.tenant, op.machine_id, "primary")}}).instances
+    rows = primary_labelled(op)
     for row in rows:
         if row["id"] != op.ctx["old_primary"] and row.get("intended_status") != "stopped":
             vast().stop_instance(row["id"])
@@ -84,6 +88,13 @@ def await_stopped(self, op: Operation):
         return op.ctx
     if not self.wait(op, "stop_deadline", op.settings.standby_start_timeout, interval=_fast_poll(op)):
         raise OperationFailed(f"old primary {op.ctx['old_primary']} did not stop; standby not started")
+
+
+def primary_labelled(op: Operation) -> list[dict]:
+    """Every instance carrying the pool's primary label, not only the old primary we know: a leaked or duplicate
+    one must not run beside the standby either, nor come back later (one offline but meant to run would, with
+    its host). Rule 3."""
+    return vast().list_instances({"label": {"eq": label(op.tenant, op.machine_id, "primary")}}).instances
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.start_standby")
@@ -123,12 +134,17 @@ def await_standby(self, op: Operation):
         return op.ctx
     if instance is not None:
         self.wait(op, "standby_deadline", op.settings.standby_start_timeout, interval=_fast_poll(op))
-        # given up: destroy it so it can never start beside the replacement
-        vast().destroy_instance(standby)
-        op.event("standby_given_up", f"standby {standby} not running after "
-                                     f"{op.settings.standby_start_timeout:.0f} s ({instance.get('actual_status')})")
+        give_up_standby(op, standby, instance.get("actual_status"))
     op.save(standby_gpu_id=fresh_standby(op), creating=None)
     raise self.later(op.ctx, op.settings.poll_interval)
+
+
+def give_up_standby(op: Operation, standby: int, status: str | None) -> None:
+    """A standby that did not start in time is destroyed, not left meant-to-run: it could start beside the new
+    primary once a GPU frees (rules 3 and 10)."""
+    vast().destroy_instance(standby)
+    op.event("standby_given_up", f"standby {standby} not running after "
+                                 f"{op.settings.standby_start_timeout:.0f} s ({status})")
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.promote")

@@ -45,13 +45,19 @@ def host_lost(rows: dict[int, dict], ids: list[int]) -> bool:
     return "offline" in statuses and set(statuses) <= {"offline", "gone"}
 
 
+def has_replica_data(pool: dict) -> bool:
+    """Whether the pool's replica holds data: a replica that never completed a copy has nothing to move to, so
+    the failover stays on the pool's own host."""
+    return bool(pool.get("replica_volume_id") and pool.get("replica_data_at"))
+
+
 @shared_task(bind=True, base=Step, name="warmpool.failover.check_host")
 def check_host(self, op: Operation):
     """In the failover of a pool with a replica: when the host is lost, move to the replica's host instead."""
     op.step("check_host")
     pool = op.pool
     if pool.get("moving") is None:  # a move decided before (and interrupted) goes on
-        if not (pool.get("replica_volume_id") and pool.get("replica_data_at")):
+        if not has_replica_data(pool):
             return op.ctx  # no replica holding data yet: the failover on the same host is all there is
         ids = [i for i in (pool["primary_gpu_id"], pool["standby_gpu_id"]) if i is not None]
         rows = {row["id"]: row for row in vast().list_instances({"id": {"in": ids}}).instances}

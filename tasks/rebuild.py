@@ -101,6 +101,12 @@ def _order(row: dict) -> tuple:
     return not _up(row), _role(row) != "primary", row.get("start_date") or math.inf, row["id"]
 
 
+def _oldest_standby(stopped: list[dict]) -> dict | None:
+    """The standby of a rebuilt pool: the oldest stopped standby-labelled instance, the one the pool has had
+    longest (a younger one is more likely what an interrupted create left)."""
+    return min((row for row in stopped if _role(row) == "standby"), key=_order, default=None)
+
+
 def form_pool(pid: str, rows: list[dict], volumes: list[dict]) -> dict | None:
     """The pool record that a pool's labelled instances (and the account's volumes) form; None if they form
     none. Pure: it decides, it writes nothing."""
@@ -119,7 +125,7 @@ def form_pool(pid: str, rows: list[dict], volumes: list[dict]) -> dict | None:
     stopped = [row for row in rows if row is not primary and not _up(row)]
     retire = next((row for row in sorted(stopped, key=_order) if _role(row) == "primary"), None) \
         if primary and _role(primary) == "standby" else None
-    standby = min((row for row in stopped if _role(row) == "standby"), key=_order, default=None)
+    standby = _oldest_standby(stopped)
     some = primary or standby
     size = next((v.get("disk_space") for v in volumes if v["id"] == volume_id), None) or \
         next((i.get("total_space") for row in rows for i in row.get("volume_info") or [] if i.get("id") == volume_id),
@@ -195,19 +201,22 @@ def _write(pid: str, pool: dict, rows: list[dict]) -> str:
 
 
 def _write_held(pid: str, pool: dict, rows: list[dict]) -> str:
+    """The record is written only if there is none, checked in the write's own transaction (``create_pool``):
+    a record written since the rebuild found it missing (a cleanup ending during a long listing) stays."""
     s, cfg = store(), settings()
     with s.lease_if_free(pid, cfg.lock_ttl) as lease:
         if lease is None:
             return BUSY
-        if s.get_pool(pid) is not None:
-            return HAS_RECORD
         primary = next((row for row in rows if row["id"] == pool["primary_gpu_id"]), None)
         if primary and _role(primary) == "standby" and pool["retire_gpu_id"] is None:
+            if s.get_pool(pid) is not None:
+                return HAS_RECORD  # its operation owns its instances: no relabel
             # a failover retired the old primary, then stopped before relabelling the new one: the sweep
             # would count no primary label and take the pool's primary for gone
             with fenced_by(pid, lease.held):
                 vast().label_instance(primary["id"], label(*split_pool_id(pid), "primary"))
-        s.save_pool(pool, lease.held)
+        if not s.create_pool(pool, lease.held):
+            return HAS_RECORD
         s.event(pid, "pool_rebuilt", "rebuilt from the provider after Redis lost its record",
                 **{k: pool[k] for k in ("state", "host_machine_id", "volume_id", "primary_gpu_id", "standby_gpu_id",
                                         "retire_gpu_id")})

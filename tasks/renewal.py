@@ -28,6 +28,12 @@ def end_dates(instance_ids: list[int]) -> dict[int, float]:
     return ends
 
 
+def ends_within_margin(end: float | None, margin: float) -> bool:
+    """Whether a rental ending at ``end`` (epoch seconds; None: no end known) ends within ``margin`` seconds: a
+    fresh standby that does too is no renewal, and the old one is kept."""
+    return end is not None and end < time.time() + margin
+
+
 @shared_task(bind=True, base=Step, name="warmpool.provision.create_renewal")
 def create_renewal(self, op: Operation):
     """A fresh stopped standby beside the one whose rental ends, which stays the pool's until this exists."""
@@ -46,8 +52,7 @@ def retire_expiring_standby(self, op: Operation):
     op.step("retire_expiring_standby")
     old, new = op.ctx["expiring"], op.pool["standby_gpu_id"]
     ends = iso_at(op.ctx["expiring_end"])
-    new_end = end_dates([new]).get(new)
-    if new_end is not None and new_end < time.time() + op.settings.expiry_margin:
+    if ends_within_margin(end_dates([new]).get(new), op.settings.expiry_margin):
         # the host rents nothing that lasts longer: keep the old one, and look again later
         vast().destroy_instance(new)
         later = time.time() + op.settings.expiry_margin / 24

@@ -2,9 +2,12 @@
 
 For every mutant below, the guard's code is changed (removed or inverted) in a copy of the tree, the
 tests named for it are run there, and they must FAIL. A mutant whose tests still pass is a guarantee
-that nothing proves: this script then exits 1. Run it with ``make mutants`` (CI does).
+that nothing proves: this script then exits 1. Run it with ``make mutants`` (CI does);
+``tests/mutants.py -k WORDS [-k WORDS ...]`` runs only the mutants whose guarantee contains one of them
+(case-insensitive).
 """
 
+import argparse
 import shutil
 import subprocess
 import sys
@@ -16,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 UNIT, STEPS, SWEEP, LOCKS = ("tests/unit/test_store.py", "tests/unit/test_steps.py", "tests/unit/test_sweep.py",
                              "tests/unit/test_locks.py")
+OPS = "tests/unit/test_operations.py"
 
 
 @dataclass
@@ -116,6 +120,49 @@ MUTANTS = [
            "        if not self.replicas_to_wait:\n            return script(keys=script_keys, args=args)\n",
            "        return script(keys=script_keys, args=args)\n",
            (f"{LOCKS}::test_behind_sentinel_a_new_epoch_waits_for_a_replica_and_a_lone_master_goes_on",)),
+    # issue 22: guards that no test protected (each mutant breaks a small named function's body)
+    Mutant("every primary-labelled instance is stopped before the standby starts (rule 3)", "tasks/failover.py",
+           "    return vast().list_instances({\"label\": {\"eq\": label(op.tenant, op.machine_id, \"primary\")}}).instances\n",
+           "    return vast().list_instances({\"id\": {\"eq\": op.ctx[\"old_primary\"]}}).instances\n",
+           (f"{OPS}::test_a_failover_stops_every_primary_labelled_instance_before_the_standby_starts",)),
+    Mutant("a confirmation that cannot reach the provider cancels (rule 6)", "tasks/failover.py",
+           "        return f\"provider unavailable ({exc})\"",
+           "        return None",
+           (f"{OPS}::test_a_confirmation_that_cannot_reach_the_provider_cancels",)),
+    Mutant("a confirmation that sees a transitional status cancels (rule 14)", "tasks/failover.py",
+           "    if is_running(instance) or status in TRANSITIONAL:",
+           "    if is_running(instance):",
+           (f"{OPS}::test_a_confirmation_that_sees_a_transitional_status_cancels",)),
+    Mutant("a step's heartbeat runs while the step works (rule 12)", "tasks/base.py",
+           "    return op.store.heartbeat(op.pid, op.held, op.settings.lock_ttl)",
+           "    return contextlib.nullcontext(op.store.heartbeat(op.pid, op.held, op.settings.lock_ttl))",
+           (f"{STEPS}::test_a_step_longer_than_the_lock_ttl_keeps_its_lock",)),
+    Mutant("a replica that never completed a copy is not moved to", "tasks/hostfailover.py",
+           "    return bool(pool.get(\"replica_volume_id\") and pool.get(\"replica_data_at\"))",
+           "    return bool(pool.get(\"replica_volume_id\"))",
+           ("tests/unit/test_replica.py::"
+            "test_a_host_lost_with_a_replica_that_never_completed_a_copy_fails_over_on_its_own_host",)),
+    Mutant("a standby given up is destroyed (rules 3 and 10)", "tasks/failover.py",
+           "    vast().destroy_instance(standby)\n",
+           "",
+           (f"{OPS}::test_a_standby_given_up_is_destroyed_before_a_fresh_one_is_made",)),
+    Mutant("a renewal on a host with only short rentals keeps the old standby", "tasks/renewal.py",
+           "    return end is not None and end < time.time() + margin",
+           "    return False",
+           (f"{OPS}::test_a_renewal_on_a_host_with_only_short_rentals_keeps_the_old_standby",)),
+    Mutant("the rebuild writes a record only where there is none, atomically (rule 13)", "app/store/__init__.py",
+           "            self.save_pool(pool, held, only_new=True)",
+           "            self.save_pool(pool, held)",
+           ("tests/unit/test_rebuild.py::test_a_record_written_during_the_listing_is_never_overwritten",
+            f"{UNIT}::test_create_pool_writes_only_where_there_is_no_record")),
+    Mutant("the rebuild keeps the oldest stopped standby", "tasks/rebuild.py",
+           "    return min((row for row in stopped if _role(row) == \"standby\"), key=_order, default=None)",
+           "    return max((row for row in stopped if _role(row) == \"standby\"), key=_order, default=None)",
+           ("tests/integration/test_rebuild.py::test_of_two_stopped_standbys_the_oldest_is_the_standby",)),
+    Mutant("a step that meets Redis away runs again, the operation not failed", "app/store/__init__.py",
+           "STORE_AWAY = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)",
+           "STORE_AWAY = ()",
+           (f"{STEPS}::test_a_store_restart_during_a_step_runs_the_step_again",)),
 ]
 
 
@@ -135,19 +182,27 @@ def run(tree: Path, mutant: Mutant) -> bool:
     return result.returncode == 1  # 1: tests failed; anything else (collection error, usage) is no proof
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-k", dest="words", action="append", metavar="WORDS",
+                        help="run only the mutants whose guarantee contains this text (case-insensitive); "
+                             "given more than once, those that contain any of them")
+    words = [w.lower() for w in parser.parse_args(argv).words or [""]]
+    chosen = [m for m in MUTANTS if any(w in m.guarantee.lower() for w in words)]
+    if not chosen:
+        parser.error(f"no mutant's guarantee contains any of {words}")
     survivors = []
     tree = Path(tempfile.mkdtemp(prefix="warmpool-mutants-"))
     shutil.copytree(ROOT, tree, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "var", "*.egg-info"))
-    for mutant in MUTANTS:
+    for mutant in chosen:
         started = time.monotonic()
         caught = run(tree, mutant)
         print(f"{'killed ' if caught else 'SURVIVED'}  {mutant.guarantee}  ({time.monotonic() - started:.0f} s)",
               flush=True)
         if not caught:
             survivors.append(mutant)
-    print(f"{len(MUTANTS) - len(survivors)} killed, {len(survivors)} survived")
+    print(f"{len(chosen) - len(survivors)} killed, {len(survivors)} survived")
     shutil.rmtree(tree, ignore_errors=True)
     return 1 if survivors else 0
 

@@ -26,7 +26,7 @@ from app.store.polls import UNSEEN, PollRecords
 from app.store.rebuild import RebuildRecords
 from app.store.webhooks import WebhookRecords
 
-__all__ = ["Store", "Busy", "FencedOut", "Held", "Lease", "UNSEEN", "OP_ENDED"]
+__all__ = ["Store", "Busy", "FencedOut", "Held", "Lease", "PoolExists", "UNSEEN", "OP_ENDED", "STORE_AWAY"]
 
 # every client: a dead server is noticed within seconds, and a command it did not answer is an error the caller
 # handles like a Redis restart (the healer resumes what a step left)
@@ -46,6 +46,12 @@ def sentinel_master_client(address: SentinelAddress, master: str, sentinel_passw
 EVENTS_KEPT = 200
 OP_TTL = 7 * 24 * 3600
 OP_ENDED = ("SUCCESS", "FAILURE")
+# Redis unreachable, after redis-py's own retries (about 3 s of backoff): a restart, not a bug of the caller
+STORE_AWAY = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+class PoolExists(Exception):
+    """A write meant to create a pool record found one there."""
 
 
 class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecords, MetricsRecords, RebuildRecords):
@@ -121,9 +127,19 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
         found = self.r.hmget(keys.STANDBYS, [str(i) for i in instance_ids])
         return {i: pid for i, pid in zip(instance_ids, found) if pid}
 
-    def save_pool(self, pool: dict, held: Held, expect_seq: int | None = None) -> None:
-        """Write a pool record if ``held`` is still the newest lock holder (fencing) and, given
-        ``expect_seq``, if the record is still at that step (a duplicate delivery of a step is not)."""
+    def create_pool(self, pool: dict, held: Held) -> bool:
+        """Write a pool record only if there is none (fenced as any write); False when there is one. The check
+        and the write are one transaction: a record written by anyone in between is never overwritten."""
+        try:
+            self.save_pool(pool, held, only_new=True)
+        except PoolExists:
+            return False
+        return True
+
+    def save_pool(self, pool: dict, held: Held, expect_seq: int | None = None, only_new: bool = False) -> None:
+        """Write a pool record if ``held`` is still the newest lock holder (fencing), given ``expect_seq``, if
+        the record is still at that step (a duplicate delivery of a step is not), and given ``only_new``, if
+        there is no record yet (else PoolExists)."""
         pid = pool_id(pool["tenant"], pool["machine_id"])
         pool["updated_at"] = now_iso()
         key, epoch_key = keys.pool(pid), keys.epoch(pid)
@@ -132,6 +148,8 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
             if int(pipe.get(epoch_key) or 0) != held.epoch:
                 raise FencedOut(pid)
             old = json.loads(pipe.get(key) or "null")
+            if only_new and old is not None:
+                raise PoolExists(pid)
             if expect_seq is not None and (old or {}).get("seq", 0) != expect_seq:
                 raise FencedOut(pid)
             old_primary = old["primary_gpu_id"] if old else None

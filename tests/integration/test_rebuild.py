@@ -87,6 +87,13 @@ def test_a_lone_stopped_standby_is_the_standby_not_the_primary():
         "state": "degraded", "volume_id": VOLUME, "primary_gpu_id": None, "standby_gpu_id": 2, "retire_gpu_id": None}
 
 
+def test_of_two_stopped_standbys_the_oldest_is_the_standby():
+    # the younger one has the lower id and comes first: only the start dates decide
+    rows = [row(1, "primary", up=True), row(2, "standby", up=False, started=3000.0),
+            row(3, "standby", up=False, started=2000.0), row(4, "standby", up=False, started=2500.0)]
+    assert formed(rows)["standby_gpu_id"] == 3
+
+
 # -- on the real stack ------------------------------------------------------------------------------------------------
 
 

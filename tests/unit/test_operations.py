@@ -1,6 +1,8 @@
 """Operations (tasks/operations.py): what each starter writes and sends, a whole chain run step by step on the
 in-memory provider, and the disable or cleanup queued behind a running operation (``when_unlocked``)."""
 
+import time
+
 import pytest
 from celery.exceptions import Ignore, Retry
 
@@ -20,12 +22,21 @@ def deliver(task, *args):
         task.pop_request()
 
 
-def run_chain(env, kind: str) -> dict:
-    """Deliver every step of the chain the last ``kind`` starter sent, in order, as the broker would."""
+def run_chain(env, kind: str, polls: int = 0) -> dict:
+    """Deliver every step of the chain the last ``kind`` starter sent, in order, as the broker would; a step that
+    polls again (a retry) is delivered again with the context it sent, up to ``polls`` times in all."""
     record = env.of(kind)[-1]
     ctx = {k: v for k, v in record.items() if k not in ("steps", "search")}
     for name in record["steps"]:
-        ctx = deliver(celery_app.tasks[name], ctx) or ctx
+        while True:
+            try:
+                ctx = deliver(celery_app.tasks[name], ctx) or ctx
+                break
+            except Retry:
+                polls -= 1
+                if polls < 0:
+                    raise
+                ctx = env.of("apply_async")[-1]["args"][0]
     return ctx
 
 
@@ -180,3 +191,93 @@ def test_a_redelivered_queued_operation_that_ran_does_nothing(env):
     env.store.update_op(op_id, state="SUCCESS")
     deliver(operations.when_unlocked, PID, "disable", op_id, "b" * 32)
     assert env.store.get_pool(PID)["state"] == State.ACTIVE and not env.store.is_locked(PID)
+
+
+# -- failover guards (rules 3, 6, 10 and 14) -------------------------------------------------------------------------
+
+
+def test_a_failover_stops_every_primary_labelled_instance_before_the_standby_starts(env, monkeypatch):
+    pool = protected(env)
+    leaked = env.vast.add_instance(label("acme", 1, "primary"))  # a duplicate primary, running
+    at_start = []
+    start_instance = env.vast.start_instance
+
+    def start_recording_what_runs(instance_id):
+        at_start.append(sorted(i["id"] for i in env.vast.instances.values() if i["intended_status"] == "running"))
+        start_instance(instance_id)
+
+    monkeypatch.setattr(env.vast, "start_instance", start_recording_what_runs)
+    env.api("POST", "/api/v1/warmpool/failover/test/1")
+    run_chain(env, "failover", polls=1)  # the stops are seen at the next poll
+    assert at_start == [[]]  # neither the old primary nor the leaked one meant to run when the standby started
+    assert env.vast.called("stop_instance")[:2] == [("stop_instance", pool["primary_gpu_id"]),
+                                                    ("stop_instance", leaked)]
+    assert [e for e in env.store.events(PID) if e["event"] == "split_brain_resolved"][0]["instance_id"] == leaked
+
+
+def test_a_confirmation_that_cannot_reach_the_provider_cancels(env):
+    from app.vast import ProviderUnavailable
+
+    pool = protected(env)
+    env.vast.fail["show_instance"] = ProviderUnavailable("502 from Vast", 502)
+    operations.failover(PID, env.store.acquire(PID, 10), "health")
+    with pytest.raises(Ignore):
+        run_chain(env, "failover")
+    after = env.store.get_pool(PID)
+    assert (after["state"], after["primary_gpu_id"]) == (State.ACTIVE, pool["primary_gpu_id"])
+    assert env.vast.called("stop_instance", "start_instance") == [] and not env.store.is_locked(PID)
+    cancelled = env.store.events(PID)[0]
+    assert cancelled["event"] == "failover_cancelled" and "provider unavailable" in cancelled["message"]
+
+
+@pytest.mark.parametrize("status", ["loading", "rebooting"])
+def test_a_confirmation_that_sees_a_transitional_status_cancels(env, status):
+    pool = protected(env)
+    env.vast.instances[pool["primary_gpu_id"]]["actual_status"] = status
+    operations.failover(PID, env.store.acquire(PID, 10), "health")
+    with pytest.raises(Ignore):
+        run_chain(env, "failover")
+    assert env.store.get_pool(PID)["state"] == State.ACTIVE and env.vast.called("stop_instance") == []
+    assert env.store.events(PID)[0]["event"] == "failover_cancelled"
+
+
+def test_a_standby_given_up_is_destroyed_before_a_fresh_one_is_made(env):
+    from tasks.failover import await_standby
+
+    pool = protected(env)
+    env.vast.instances[pool["standby_gpu_id"]].update(actual_status="loading", intended_status="running")
+    operations.failover(PID, env.store.acquire(PID, 10), "manual")
+    ctx = {k: v for k, v in env.of("failover")[-1].items() if k != "steps"}
+    ctx["standby_deadline"] = time.time() - 1  # it had STANDBY_START_TIMEOUT to run
+    with pytest.raises(Retry):  # polls the fresh one next
+        deliver(await_standby, ctx)
+    fresh = env.store.get_pool(PID)["standby_gpu_id"]
+    assert pool["standby_gpu_id"] not in env.vast.instances  # never left meant to run beside the new primary
+    assert fresh in env.vast.instances and fresh != pool["standby_gpu_id"]
+    assert [e["event"] for e in env.store.events(PID)][:2] == ["fresh_standby", "standby_given_up"]
+
+
+# -- renewal of a standby whose rental ends --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fresh_lasts", [False, True])
+def test_a_renewal_on_a_host_with_only_short_rentals_keeps_the_old_standby(env, fresh_lasts):
+    from tasks.renewal import retire_expiring_standby
+
+    env.configure(expiry_margin=3600.0)
+    soon, later = time.time() + 600, time.time() + 30 * 86400
+    pool = protected(env)
+    old = pool["standby_gpu_id"]
+    fresh = env.vast.add_instance(label("acme", 1, "standby"), "stopped", end_date=later if fresh_lasts else soon)
+    op_id = env.store.new_op("acme", 1, "renew_standby")
+    held = env.store.acquire(PID, 10)
+    env.store.save_pool({**env.store.get_pool(PID), "standby_gpu_id": fresh}, held)
+    ctx = operations.Operation.begin(PID, "renew_standby", held, op_id, expiring=old, expiring_end=soon)
+    deliver(retire_expiring_standby, ctx)
+    after, kinds = env.store.get_pool(PID), [e["event"] for e in env.store.events(PID)]
+    if fresh_lasts:
+        assert after["standby_gpu_id"] == fresh and old not in env.vast.instances and "standby_replaced" in kinds
+    else:  # the fresh one ends as soon: no churn, the old one stays, and the operator is told
+        assert after["standby_gpu_id"] == old and old in env.vast.instances and fresh not in env.vast.instances
+        assert "rental_end_unavoidable" in kinds and after["renew_after"] > time.time()
+    assert not env.store.is_locked(PID)

@@ -102,6 +102,30 @@ def test_a_failover_of_a_pool_with_a_replica_first_checks_its_host(env):
     assert expiry["steps"][0] == "warmpool.failover.stop_primary"  # planned: nothing to confirm, the host is fine
 
 
+@pytest.mark.parametrize("data_at", [None, iso_at(NOW)])
+def test_a_host_lost_with_a_replica_that_never_completed_a_copy_fails_over_on_its_own_host(env, data_at):
+    from celery.exceptions import Ignore
+
+    from tasks import operations
+    from tasks.hostfailover import check_host
+    from tests.unit.test_operations import deliver
+
+    primary = env.vast.add_instance("warmpool-acme-1-primary", "offline")
+    standby = env.vast.add_instance("warmpool-acme-1-standby", "offline", intended="stopped")
+    env.add_pool(1, primary_gpu_id=primary, standby_gpu_id=standby, replica=True, replica_host_machine_id=20,
+                 replica_volume_id=200, replica_data_at=data_at)
+    operations.failover("acme:1", env.store.acquire("acme:1", 10), "health")
+    ctx = {k: v for k, v in env.of("failover")[-1].items() if k != "steps"}
+    if data_at is None:  # nothing to move to: the failover goes on on the same host
+        assert deliver(check_host, ctx)["operation"] == "failover"
+        assert env.store.get_pool("acme:1").get("moving") is None and len(env.chains) == 1
+    else:  # the replica holds data: the move to its host
+        with pytest.raises(Ignore):
+            deliver(check_host, ctx)
+        assert env.store.get_pool("acme:1")["moving"]["host_machine_id"] == 20
+        assert env.chains[-1][0][0] == "warmpool.failover.fence_old_host"
+
+
 def test_retiring_an_old_host_that_refuses_is_postponed_then_done(env):
     from app.vast import RequestRejected
     from tasks.replica import tend

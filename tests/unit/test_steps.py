@@ -10,6 +10,7 @@ import copy
 import time
 
 import pytest
+import redis
 import responses
 from celery import shared_task
 from celery.exceptions import Ignore, Retry
@@ -20,6 +21,7 @@ from app.store import FencedOut, Held
 from app.vast import ProviderUnavailable, RateLimited, RequestRejected
 from tasks import base, provision
 from tasks.base import MAX_PROVIDER_ERRORS, NotYet, Operation, OperationFailed, Step
+from tests.conftest import wait_until
 from tests.unit.fakes import VAST_URL, real_client, snapshot
 
 PID = "acme:1"
@@ -310,6 +312,41 @@ def test_a_step_fenced_out_before_its_provider_call_sends_nothing(env):
         with pytest.raises(Ignore):
             deliver(probe, ctx)
         assert len(mock.calls) == 0
+
+
+def test_a_step_longer_than_the_lock_ttl_keeps_its_lock(env):
+    env.configure(lock_ttl=0.6)
+    ctx = start(env)
+    primary = env.vast.add_instance(label("acme", 1, "primary"))
+
+    def long_step(op):
+        outlived = time.monotonic() + 1.5 * op.settings.lock_ttl
+        # the lock still there once its TTL has passed (renewed by the step's heartbeat, nothing else)
+        wait_until(lambda: time.monotonic() > outlived and env.store.is_locked(PID), timeout=5,
+                   message="the lock alive past its TTL")
+        env.vast.stop_instance(primary)  # a mutating call, fenced: it leaves only while the lock is held
+        return op.ctx
+
+    Probe.run = staticmethod(long_step)
+    seq = ctx["seq"]
+    assert deliver(probe, ctx)["seq"] == seq + 1  # done, not fenced out
+    assert env.vast.called("stop_instance") == [("stop_instance", primary)]
+    assert env.store.r.get(f"wp:lock:{PID}") == ctx["token"] and env.compensated == []
+
+
+def test_a_store_restart_during_a_step_runs_the_step_again(env):
+    ctx = start(env)
+
+    def store_away(op):
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    Probe.run = staticmethod(store_away)
+    with pytest.raises(Retry):
+        deliver(probe, ctx)
+    assert retried(env)["countdown"] == env.settings.poll_interval
+    pool, op = env.store.get_pool(PID), env.store.get_op(ctx["op_id"])
+    assert pool["state"] == State.PROVISIONING and op["state"] == "STARTED" and env.compensated == []
+    assert env.store.is_locked(PID) and "degraded" not in [e["event"] for e in env.store.events(PID)]
 
 
 def test_a_lost_heartbeat_fences_without_asking_redis(env):

@@ -129,6 +129,14 @@ def test_save_pool_with_an_expected_step_refuses_a_duplicate_delivery(store):
     assert snapshot(store.r) == before and store.get_pool(PID)["volume_id"] == 7
 
 
+def test_create_pool_writes_only_where_there_is_no_record(store):
+    held = store.acquire(PID, 10)
+    assert store.create_pool(new_pool("acme", 123, volume_id=7), held)
+    before = snapshot(store.r)
+    assert not store.create_pool(new_pool("acme", 123, volume_id=8, state=DISABLED), held)
+    assert snapshot(store.r) == before and store.get_pool(PID)["volume_id"] == 7
+
+
 # -- operations ---------------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,39 @@
+"""The rebuild's write (tasks/rebuild.py) on the in-memory provider: a record is written only where there is none,
+checked in the write's own transaction. What the provider's rows form is tested in tests/integration/test_rebuild.py."""
+
+from app.pools import State, label
+from tasks import rebuild
+
+PID = "acme:1"
+
+
+def test_a_record_written_during_the_listing_is_never_overwritten(env, monkeypatch):
+    volume = env.vast.add_volume("warmpool_acme_1_volume")
+    link = {"volume_info": [{"id": volume}]}
+    env.vast.add_instance(label("acme", 1, "primary"), **link)
+    env.vast.add_instance(label("acme", 1, "standby"), "stopped", **link)
+    listing = env.vast.show_volumes
+
+    def cleanup_ends_meanwhile():
+        # a cleanup finishes while the rebuild lists (80 s at 1,000 pools): its record, disabled, is back
+        env.add_pool(1, state=State.DISABLED, enabled=False, volume_id=None, primary_gpu_id=None,
+                     standby_gpu_id=None)
+        return listing()
+
+    monkeypatch.setattr(env.vast, "show_volumes", cleanup_ends_meanwhile)
+    done, = rebuild.rebuild([PID])
+    assert done.outcome == rebuild.HAS_RECORD
+    pool = env.store.get_pool(PID)
+    assert (pool["state"], pool["enabled"], pool["volume_id"]) == (State.DISABLED, False, None)
+    assert "pool_rebuilt" not in [e["event"] for e in env.store.events(PID)] and not env.store.is_locked(PID)
+
+
+def test_a_missing_record_is_rebuilt(env):
+    volume = env.vast.add_volume("warmpool_acme_1_volume")
+    link = {"volume_info": [{"id": volume}]}
+    primary = env.vast.add_instance(label("acme", 1, "primary"), **link)
+    standby = env.vast.add_instance(label("acme", 1, "standby"), "stopped", **link)
+    done, = rebuild.rebuild([PID])
+    pool = env.store.get_pool(PID)
+    assert done.outcome == rebuild.REBUILT and (pool["state"], pool["primary_gpu_id"], pool["standby_gpu_id"]) == (
+        State.ACTIVE, primary, standby)
