@@ -39,7 +39,7 @@ class Dev:
         try:
             return (requests.get(f"http://127.0.0.1:{self.port}/readyz", timeout=2).ok
                     and requests.get(f"http://127.0.0.1:{self.flower_port}/healthcheck", timeout=2).ok)
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still starting
             return False
 
     def ctrl_c(self):
