@@ -46,8 +46,8 @@ class OperationFields(logging.Filter):
         return True
 
 
-# where Celery logs each task that beat sends, a worker receives and a task finishes, at INFO
-CELERY_TASK_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.app.trace")
+# where Celery logs, at INFO, each task that beat sends, a worker receives, discards (expired) and finishes
+CELERY_TASK_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.worker.request", "celery.app.trace")
 
 
 class RoutineAtDebug(logging.Filter):
