@@ -27,7 +27,9 @@ def create_app(config: dict | None = None) -> Flask:
         OPENAPI_SWAGGER_UI_URL=f"{SWAGGER_UI_ASSETS}/",
         API_SPEC_OPTIONS={
             "info": {"description": "GPU warm pool: a running primary and a stopped standby on one "
-                                    "Vast.ai host, sharing a volume; failover in 30-60 s."},
+                                    "Vast.ai host, sharing a volume. A failover takes about 1.4 x "
+                                    "Vast's own start of the stopped standby: about 14 s from the failure "
+                                    "to the promoted standby at Vast-like delays (docs/benchmarks.md)."},
             "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
             "security": [{"bearerAuth": []}],
         },

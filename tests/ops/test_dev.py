@@ -1,5 +1,5 @@
 """`warmpool dev` on Ctrl-C: its children stop in order, with no traceback and nothing left behind;
-a second Ctrl-C stops what is left at once."""
+a second Ctrl-C stops what is left at once. A restart keeps the pools and the dev key."""
 
 import os
 import signal
@@ -39,7 +39,7 @@ class Dev:
         try:
             return (requests.get(f"http://127.0.0.1:{self.port}/readyz", timeout=2).ok
                     and requests.get(f"http://127.0.0.1:{self.flower_port}/healthcheck", timeout=2).ok)
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still starting
             return False
 
     def ctrl_c(self):
@@ -107,10 +107,11 @@ def test_a_second_ctrl_c_kills_what_is_left(dev):
 
 def test_a_restart_looks_like_a_restart_against_vast(tmp_path):
     """Issue 9: Redis (AOF) and the simulator's world (its state file) both live in the data dir, so after
-    Ctrl-C and `warmpool dev` again every pool still points at instances that exist, with the same ids."""
-    key = {"WARMPOOL_API_KEYS": "dev:restart-key"}
-    headers = {"Authorization": "Bearer restart-key"}
-    first = Dev(tmp_path, **key)
+    Ctrl-C and `warmpool dev` again every pool still points at instances that exist, with the same ids.
+    Issue 21: the dev key is kept there too, so the key the banner showed still works after the restart."""
+    first = Dev(tmp_path)
+    key = (tmp_path / "var" / "dev-api-key").read_text().strip()
+    headers = {"Authorization": f"Bearer {key}"}
     try:
         api = f"http://127.0.0.1:{first.port}/api/v1/warmpool"
         host = requests.get(f"{api}/hosts?gpu_name=RTX_4090&min_gpus=2", headers=headers, timeout=30).json()
@@ -120,7 +121,12 @@ def test_a_restart_looks_like_a_restart_against_vast(tmp_path):
         before = requests.get(f"{api}/status/7", headers=headers, timeout=10).json()
     finally:
         first.stop()
-    second = Dev(tmp_path, **key)
+    output = first.output()
+    assert f"/dashboard#key={key}" in output and "export PATH=" in output, output
+    # a quiet first hour: no line per routine sweep or relay, no Flower warning about a worker not up yet
+    assert "warmpool.webhooks.relay" not in output and "warmpool.health.sweep" not in output, output
+    assert "Inspect method" not in output, output
+    second = Dev(tmp_path)
     try:
         api = f"http://127.0.0.1:{second.port}/api/v1/warmpool"
         after = requests.get(f"{api}/status/7", headers=headers, timeout=10).json()

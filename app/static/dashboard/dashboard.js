@@ -154,6 +154,7 @@
     $("#login").hidden = view !== "login";
     $("#pools-section").hidden = view !== "pools";
     $("#timeline-section").hidden = view !== "pools" || !selected;
+    $("#select-hint").hidden = Boolean(selected);  // a hint while nothing is selected, then out of the way
     $("#forget").hidden = view !== "pools";
   }
 

