@@ -58,12 +58,13 @@ def repair(pid: str) -> str:
             return "finish failover"
         if pool["state"] == State.FAILOVER:  # a failover decided, then interrupted
             trigger = (op or {}).get("trigger") or "heal"
-            started = operations.failover(pid, lease.hand_off(), trigger, op_id=op_id)
-            return "resume failover" if started else "capped"
+            operations.failover(pid, lease.hand_off(), trigger, op_id=op_id)
+            return "resume failover"
         try:
             primary = pool["primary_gpu_id"] and vast().show_instance(pool["primary_gpu_id"])
             if pool["primary_ssh_host"] and not is_running(primary):
-                return "failover" if operations.failover(pid, lease.hand_off(), "heal", op_id=op_id) else "capped"
+                operations.failover(pid, lease.hand_off(), "heal", op_id=op_id)
+                return "failover"
             if pool["host_machine_id"] and pool["standby_gpu_id"] and is_running(primary):
                 if not vast().search_offers(offers_query(verified=False, machine_id=pool["host_machine_id"])):
                     return _retry_later(pid, lease, f"host {pool['host_machine_id']} still has no free GPU")

@@ -103,13 +103,6 @@ def test_repair_resumes_a_failover_decided_then_interrupted(env, trigger, expect
     assert env.store.get_op(op_id)["state"] == "STARTED"
 
 
-def test_repair_of_a_failover_over_the_cap_waits(env):
-    env.configure(failovers_per_minute=0)
-    pool_at(env, state=State.FAILOVER)
-    assert heal.repair(PID) == "capped"
-    assert env.of("failover") == [] and not env.store.is_locked(PID)
-
-
 # -- repair: degraded pools ------------------------------------------------------------------------------------------
 
 
@@ -122,13 +115,6 @@ def test_repair_fails_over_a_primary_that_does_not_run(env, status):
     launched, = env.of("failover")
     assert launched["trigger"] == "heal" and launched["old_primary"] == pool["primary_gpu_id"]
     assert env.store.get_pool(PID)["state"] == State.FAILOVER
-
-
-def test_repair_of_a_failover_it_may_not_start_waits(env):
-    env.configure(failovers_per_minute=0)
-    pool_at(env, primary="exited")
-    assert heal.repair(PID) == "capped"
-    assert env.store.events(PID)[0]["event"] == "failover_deferred" and not env.store.is_locked(PID)
 
 
 def test_repair_makes_a_pool_active_again_when_its_host_has_a_free_gpu(env):
