@@ -18,6 +18,7 @@ from app.pools import State, is_unsettled, is_watched, now_iso, pool_id
 from app.store import keys
 from app.store.budget import BudgetRecords
 from app.store.health import HealthRecords
+from app.store.ingress import IngressRecords
 from app.store.locks import Busy, FencedOut, Held, Lease, LockRecords
 from app.store.metrics import MetricsRecords
 from app.store.polls import UNSEEN, PollRecords
@@ -31,13 +32,15 @@ OP_TTL = 7 * 24 * 3600
 OP_ENDED = ("SUCCESS", "FAILURE")
 
 
-class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecords, MetricsRecords, RebuildRecords):
+class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecords, MetricsRecords, RebuildRecords,
+            IngressRecords):
     def __init__(self, client: redis.Redis):
         self.r = client
         # what else an event feeds, in the same Redis transaction: functions (pipeline, pid, record)
         self.event_sinks: list = [self.queue_webhook_deliveries, self.count_event]
         self._register_lock_scripts()
         self._register_budget_scripts()
+        self._register_ingress_scripts()
 
     @classmethod
     def from_url(cls, url: str) -> "Store":
@@ -211,8 +214,46 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
     def add_api_key(self, tenant: str, key: str) -> None:
         self.r.hset(keys.API_KEYS, _digest(key), tenant)
 
-    def tenant_for_key(self, key: str) -> str | None:
-        return self.r.hget(keys.API_KEYS, _digest(key))
+    def tenant_for_key(self, key: str, configured: dict[str, str]) -> str | None:
+        """The tenant of a key, created (stored hashed) or ``configured`` (WARMPOOL_API_KEYS); None once revoked."""
+        digest = _digest(key)
+        with self.r.pipeline(transaction=False) as pipe:
+            stored, revoked = pipe.hget(keys.API_KEYS, digest).sismember(keys.REVOKED_KEYS, digest).execute()
+        return None if revoked else configured.get(key) or stored
+
+    def api_keys(self, configured: dict[str, str]) -> list[dict]:
+        """Every key that works, by id (the start of its hash: the key itself is never stored)."""
+        revoked = self.r.smembers(keys.REVOKED_KEYS)
+        found = [{"id": key_id(digest), "tenant": tenant, "source": "created"}
+                 for digest, tenant in self.r.hgetall(keys.API_KEYS).items()]
+        found += [{"id": key_id(_digest(key)), "tenant": tenant, "source": "WARMPOOL_API_KEYS"}
+                  for key, tenant in configured.items() if _digest(key) not in revoked]
+        return sorted(found, key=lambda k: (k["tenant"], k["id"]))
+
+    def revoke_api_key(self, id_or_key: str, configured: dict[str, str]) -> dict | None:
+        """Revoke the one key whose id (or which) this is: it gets 401 from the next request. None if no key or
+        several match (ask with a longer id)."""
+        if len(id_or_key) < MIN_KEY_ID:
+            return None
+        given = _digest(id_or_key)
+        stored = self.r.hgetall(keys.API_KEYS)
+        digests = {**stored, **{_digest(key): tenant for key, tenant in configured.items()}}
+        matches = [d for d in digests if d == given or d.startswith(id_or_key.lower())]
+        if len(matches) != 1:
+            return None
+        digest, = matches
+        with self.r.pipeline() as pipe:
+            pipe.sadd(keys.REVOKED_KEYS, digest)
+            pipe.hdel(keys.API_KEYS, digest)
+            pipe.execute()
+        return {"id": key_id(digest), "tenant": digests[digest]}
+
+
+KEY_ID_LENGTH, MIN_KEY_ID = 12, 6  # ids as listed; the shortest start of one that revoke-key takes
+
+
+def key_id(digest: str) -> str:
+    return digest[:KEY_ID_LENGTH]
 
 
 def _digest(key: str) -> str:

@@ -443,3 +443,16 @@ def test_every_operation_is_recorded_with_the_pool_id(env):
     pid = pool_id("acme", 123)
     provision(env)
     assert env.enqueued[0][1]["pid"] == pid
+
+
+def test_a_key_from_the_setting_can_be_revoked(env):
+    """WARMPOOL_API_KEYS keys are listed and revoked like created ones ."""
+    listed = env.store.api_keys(env.settings.api_keys)
+    acme, = [k for k in listed if k["tenant"] == "acme"]
+    assert acme["source"] == "WARMPOOL_API_KEYS" and "acme-key" not in repr(listed)
+    assert env.store.revoke_api_key(acme["id"], env.settings.api_keys) == {"id": acme["id"], "tenant": "acme"}
+    assert env.api("GET", "/api/v1/warmpool/pools").status_code == 401
+    assert env.api("GET", "/api/v1/warmpool/pools", tenant="globex").status_code == 200
+    assert [k["tenant"] for k in env.store.api_keys(env.settings.api_keys)] == ["globex"]
+    assert env.store.revoke_api_key(acme["id"][:3], env.settings.api_keys) is None  # too short to name one key
+    assert env.store.revoke_api_key("no-such-key", env.settings.api_keys) is None
