@@ -34,8 +34,11 @@ def create_app(config: dict | None = None) -> Flask:
     )
     app.config.from_mapping(config or {})
 
-    from app import dashboard
+    from app import dashboard, runtime
     from app.api import probes, provider, tasks, warmpool, webhooks
+
+    # read (and so validated) at start: a bad setting, or the placeholder key, stops the web process at once
+    app.config.setdefault("MAX_CONTENT_LENGTH", runtime.settings().max_content_length)
 
     api.init_app(app)
     api.register_blueprint(warmpool.blp)

@@ -125,14 +125,25 @@ def cleanup(tenant: str, machine_id: int) -> Started:
         return Started(op_id, pool, queued=True)
 
 
-def provider_notice(event: str, instance_id: int | None) -> str:
-    """A verified notification from Vast: an offline primary gets the failover path's direct check at once."""
-    s = store()
+def provider_notice(event: str, instance_id: int | None, body_digest: str) -> str:
+    """A verified notification from Vast: an offline primary gets the failover path's direct check at once.
+
+    A signature never expires, so a captured notification can be sent again at will: an identical body within
+    NOTIFICATION_REPLAY_WINDOW is dropped (Vast's own redeliveries too), and notifications trigger one pool's
+    check at most once per NOTIFICATION_CHECK_INTERVAL. Neither can delay a real failure: the sweep watches
+    every primary anyway, and the failover cap counts only failures the provider confirms.
+    """
+    s, cfg = store(), settings()
+    if not s.first_notification(body_digest, cfg.notification_replay_window):
+        return "dropped: the same notification came before"
     pid = s.primaries([instance_id]).get(instance_id) if instance_id is not None else None
     if pid is None:
         return "ignored: not a primary warmpool watches"
+    checks = event == "instance_offline"
+    if checks and not s.notification_check_due(pid, cfg.notification_check_interval):
+        return "dropped: this pool was checked on a notification lately"
     s.event(pid, "provider_notice", f"Vast says instance {instance_id}: {event}", notice=event)
-    if event != "instance_offline":
+    if not checks:
         return "recorded"
     now = time.time()
     sweep.trigger.delay(pid, instance_id, now, now, s.last_sweep_time(), source="notification")
