@@ -2,7 +2,7 @@
 
 Views are thin: they validate, call one command of ``app.commands`` (which owns
 every decision about a pool's state) or read the store, and shape the answer.
-They never call the provider for writes and never wait, except for ``?wait=``.
+They never call the provider for writes and never wait, except for ``?wait=`` (capped: ``waited``).
 """
 
 import contextlib
@@ -66,15 +66,25 @@ def answers(machine_id: int):
         abort(409, message=str(exc))
 
 
+def waited(op_id: str, wait: float) -> dict | None:
+    """The operation's record once it ends or ``wait`` s pass; None at once when there is no wait, or when
+    WAIT_MAX_HOLDERS (or a tenant's WAIT_MAX_HOLDERS_PER_TENANT) requests already wait: a waiting request holds
+    a web thread, so the caps keep threads free for /healthz and for every other tenant."""
+    if not wait:
+        return None
+    cfg = settings()
+    with store().wait_slot(g.tenant, wait, cfg.wait_max_holders, cfg.wait_max_holders_per_tenant) as holding:
+        return store().wait_op(op_id, wait) if holding else None
+
+
 def accepted(started: commands.Started, body: dict, wait: float):
     """202 with the task's Location, or, when the operation ends within ``wait`` s, 200 and its result."""
     op_id = started.op_id
-    if wait:
-        op = store().wait_op(op_id, wait)
-        if op["state"] == "SUCCESS":
-            return op["result"], 200
-        if op["state"] == "FAILURE":
-            return {"success": False, "message": op["error"], "task_id": op_id}, 200
+    op = waited(op_id, wait)
+    if op and op["state"] == "SUCCESS":
+        return op["result"], 200
+    if op and op["state"] == "FAILURE":
+        return {"success": False, "message": op["error"], "task_id": op_id}, 200
     return {**body, "task_id": op_id}, 202, {"Location": url_for("tasks.Task", task_id=op_id)}
 
 
@@ -166,7 +176,7 @@ class Enable(MethodView):
         if started.op_id is None:
             return body
         body["task_id"] = started.op_id
-        op = store().wait_op(started.op_id, query["wait"]) if query["wait"] else None
+        op = waited(started.op_id, query["wait"])
         if op and op["state"] == "SUCCESS":
             return {**body, "message": f"Warm pool enabled and provisioned for machine {machine_id}"}
         if op and op["state"] == "FAILURE":

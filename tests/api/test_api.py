@@ -1,5 +1,6 @@
 """The HTTP API with the Flask test client: fakeredis for the store, enqueueing recorded (tests/unit/fakes.py)."""
 
+import contextlib
 import importlib
 import time
 
@@ -275,6 +276,32 @@ def test_provision_wait_answers_202_when_it_does_not_end_in_time(env):
     rv = provision(env, query="?wait=0.3")
     assert rv.status_code == 202 and rv.headers["Location"].endswith(rv.json["task_id"])
     assert 0.25 < time.monotonic() - started < 5
+
+
+def test_past_the_wait_caps_the_202_answers_at_once(env, monkeypatch):
+    env.configure(wait_max_holders=3, wait_max_holders_per_tenant=2)
+    finish_at_once(env, monkeypatch, {"success": True, "message": "done"})  # a request that waits gets 200
+    with contextlib.ExitStack() as holding:
+        for _ in range(2):  # acme's two waiting requests
+            assert holding.enter_context(env.store.wait_slot("acme", 60, 3, 2))
+        rv = provision(env, 1, query="?wait=30")
+        assert rv.status_code == 202 and rv.headers["Location"].endswith(rv.json["task_id"])
+        assert provision(env, 2, tenant="globex", query="?wait=30").status_code == 200  # another tenant waits
+        assert holding.enter_context(env.store.wait_slot("initech", 60, 3, 2))  # now 3 wait overall
+        assert provision(env, 3, tenant="globex", query="?wait=30").status_code == 202
+        rv = env.api("POST", "/api/v1/warmpool/enable/4?wait=30", tenant="globex", json={})
+        assert rv.status_code == 202 and rv.headers["Location"].endswith(rv.json["task_id"])
+    assert env.store.wait_holders() == 0 and env.store.wait_holders("acme") == 0  # every slot given back
+    assert provision(env, 5, query="?wait=30").status_code == 200
+
+
+def test_a_wait_slot_of_a_killed_holder_frees_itself(env):
+    with env.store.wait_slot("acme", 0.05, 1, 1) as holding:
+        assert holding
+        env.r.zadd("wp:waits", {"stale": 0})  # a web worker killed while waiting: its deadline is long gone
+        env.r.zadd("wp:waits:acme", {"stale": 0})
+    with env.store.wait_slot("acme", 1, 1, 1) as holding:
+        assert holding
 
 
 # -- enable / disable ------------------------------------------------------------------------------------------------
