@@ -23,6 +23,19 @@ class Conflict(Exception):
     """The pool's state does not allow what was asked."""
 
 
+class TooManyPools(Exception):
+    """The tenant has WARMPOOL_MAX_POOLS_PER_TENANT pools already."""
+
+
+def _claim(tenant: str, machine_id: int) -> None:
+    """A new machine counts against its tenant's pool limit (a bounded share of Redis and of the provider); asked
+    before the machine's lock, so a refused request writes nothing."""
+    limit = settings().max_pools_per_tenant
+    if not store().claim_machine(tenant, machine_id, limit):
+        raise TooManyPools(f"Tenant {tenant} has {limit} warm pools, the most WARMPOOL_MAX_POOLS_PER_TENANT allows; "
+                           f"provision again on one of its machines instead")
+
+
 @dataclass
 class Started:
     """What a command did: the operation it started (or queued), if any, and the pool as it left it."""
@@ -41,6 +54,7 @@ def _pool(tenant: str, machine_id: int) -> dict:
 def provision(tenant: str, machine_id: int, spec: dict) -> Started:
     """A volume, a running primary and a stopped standby on ``spec["host_machine_id"]``."""
     s, pid = store(), pool_id(tenant, machine_id)
+    _claim(tenant, machine_id)
     with s.lease(pid, settings().lock_ttl) as lease:
         pool = s.get_pool(pid)
         if refuses_provision(pool, spec["host_machine_id"]):
@@ -59,6 +73,7 @@ def enable(tenant: str, machine_id: int, spec: dict) -> Started:
     """Protect the machine again; one without resources gets a host searched (when it has none rented) and
     provisioned."""
     s, pid = store(), pool_id(tenant, machine_id)
+    _claim(tenant, machine_id)
     with s.lease(pid, settings().lock_ttl) as lease:
         pool = s.get_pool(pid)
         if pool and (has_resources(pool) or pool["state"] in (State.SEARCHING, State.PROVISIONING, State.FAILOVER)):

@@ -64,6 +64,8 @@ def answers(machine_id: int):
         abort(409, message=f"An operation is in flight for machine {machine_id}; try again when it ends")
     except commands.Conflict as exc:
         abort(409, message=str(exc))
+    except commands.TooManyPools as exc:
+        abort(403, message=str(exc))
 
 
 def waited(op_id: str, wait: float) -> dict | None:
@@ -150,6 +152,7 @@ class Provision(MethodView):
     @blp.alt_response(401, response="DEFAULT_ERROR")
     @blp.alt_response(200, schema=OperationSchema, success=True, description="the operation ended within ?wait")
     @blp.alt_response(409, response="DEFAULT_ERROR")
+    @blp.alt_response(403, response="DEFAULT_ERROR", description="the tenant has WARMPOOL_MAX_POOLS_PER_TENANT pools")
     def post(self, spec, query):
         """Provision a warm pool on a host: volume, running primary, stopped standby"""
         machine_id = spec.pop("machine_id")
@@ -168,6 +171,7 @@ class Enable(MethodView):
                       description="a provision started (or its result, with ?wait)")
     @blp.alt_response(401, response="DEFAULT_ERROR")
     @blp.alt_response(409, response="DEFAULT_ERROR")
+    @blp.alt_response(403, response="DEFAULT_ERROR", description="the tenant has WARMPOOL_MAX_POOLS_PER_TENANT pools")
     def post(self, spec, query, machine_id):
         """Enable the warm pool; a machine without resources gets a host searched and provisioned"""
         with answers(machine_id):

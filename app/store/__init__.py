@@ -41,6 +41,7 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
         self._register_lock_scripts()
         self._register_budget_scripts()
         self._register_ingress_scripts()
+        self._claim_machine = self.r.register_script(_CLAIM_MACHINE)
 
     @classmethod
     def from_url(cls, url: str) -> "Store":
@@ -66,6 +67,11 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
     def tenant_pools(self, tenant: str) -> list[dict]:
         machines = sorted(int(m) for m in self.r.smembers(keys.tenant_pools(tenant)))
         return self.get_pools([pool_id(tenant, m) for m in machines])
+
+    def claim_machine(self, tenant: str, machine_id: int, limit: int) -> bool:
+        """Count a machine among its tenant's pools, unless the tenant has ``limit`` already (atomic: parallel
+        requests never pass it). A machine counted already is always True; a cleaned-up pool keeps its count."""
+        return bool(self._claim_machine(keys=[keys.tenant_pools(tenant)], args=[machine_id, limit]))
 
     def all_pool_ids(self) -> list[str]:
         return sorted(self.r.smembers(keys.POOLS))
@@ -248,6 +254,13 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
             pipe.execute()
         return {"id": key_id(digest), "tenant": digests[digest]}
 
+
+_CLAIM_MACHINE = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+return 1
+"""
 
 KEY_ID_LENGTH, MIN_KEY_ID = 12, 6  # ids as listed; the shortest start of one that revoke-key takes
 

@@ -278,6 +278,18 @@ def test_provision_wait_answers_202_when_it_does_not_end_in_time(env):
     assert 0.25 < time.monotonic() - started < 5
 
 
+def test_a_tenant_past_its_pool_limit_gets_a_clear_403(env):
+    env.configure(max_pools_per_tenant=2)
+    assert [provision(env, m).status_code for m in (1, 2)] == [202, 202]
+    before = snapshot(env.r)
+    for rv in (provision(env, 3), env.api("POST", "/api/v1/warmpool/enable/3", json={})):
+        assert rv.status_code == 403 and "WARMPOOL_MAX_POOLS_PER_TENANT" in rv.json["message"]
+    assert snapshot(env.r) == before  # nothing written, nothing enqueued
+    assert provision(env, 3, tenant="globex").status_code == 202  # another tenant has its own limit
+    assert env.api("POST", "/api/v1/warmpool/disable/1").status_code == 200  # its own pools stay usable
+    assert env.store.claim_machine("acme", 1, 2) and not env.store.claim_machine("acme", 4, 2)
+
+
 def test_past_the_wait_caps_the_202_answers_at_once(env, monkeypatch):
     env.configure(wait_max_holders=3, wait_max_holders_per_tenant=2)
     finish_at_once(env, monkeypatch, {"success": True, "message": "done"})  # a request that waits gets 200
