@@ -12,13 +12,16 @@ from celery import shared_task
 
 from app import vast as provider
 from app.hosts import offers_query
-from app.pools import State, epoch_seconds, pool_id, to_active
+from app.pools import State, epoch_seconds, never_held, pool_id, to_active, to_given_up
 from app.runtime import settings, store, vast
 from app.store import OP_ENDED
 from tasks import operations
 from tasks.base import Operation
 from tasks.provision import is_running
 
+# a pool that never held anything stops being healed after this many failed provisions: its spec cannot be met
+# (a GPU name no host has), and each retry spends the shared rate budget
+NEVER_HELD_ATTEMPTS = 3
 
 
 @shared_task(name="warmpool.heal.heal")
@@ -74,6 +77,13 @@ def repair(pid: str) -> str:
                 return "active"
         except provider.VastError as exc:
             return _retry_later(pid, lease, f"provider unavailable ({exc})")
+        if never_held(pool) and pool["heal_attempts"] >= NEVER_HELD_ATTEMPTS:
+            reason = (f"healing stopped: it never held an instance and {pool['heal_attempts']} provisions failed "
+                      f"(last: {pool['error_message']}); enable it again to retry")
+            to_given_up(pool, reason)
+            s.save_pool(pool, lease.held)
+            s.event(pid, "heal_given_up", reason)
+            return "given up"
         search = pool["host_machine_id"] is None
         if search and pool["state"] != State.SEARCHING:
             pool.update(state=State.SEARCHING)

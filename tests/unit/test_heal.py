@@ -162,6 +162,28 @@ def test_repair_of_a_pool_without_a_host_searches_one(env):
     assert env.of("provision")[0]["search"] is True and env.vast.calls == []
 
 
+def test_a_pool_that_never_held_anything_stops_being_healed_after_a_few_failures(env):
+    never = {"primary": None, "standby": False, "host_machine_id": None, "volume_id": None,
+             "error_message": "no host has RTX_9999"}
+    pool_at(env, **never, heal_attempts=heal.NEVER_HELD_ATTEMPTS - 1)
+    assert heal.repair(PID) == "provision"  # a few tries first
+    env.reset()
+    pool_at(env, **never, heal_attempts=heal.NEVER_HELD_ATTEMPTS)
+    assert heal.repair(PID) == "given up"
+    pool = env.store.get_pool(PID)
+    assert pool["state"] == State.DEGRADED and "healing stopped" in pool["error_message"]
+    assert "no host has RTX_9999" in pool["error_message"] and not env.store.is_locked(PID)
+    assert env.store.events(PID)[0]["event"] == "heal_given_up"
+    assert env.store.unsettled_pool_ids() == [] and heal.heal() == 0 and env.enqueued == []  # never visited again
+    rv = env.api("POST", "/api/v1/warmpool/enable/1", json={"gpu_name": "RTX_4090"})  # an operator starts over
+    assert rv.status_code == 202 and env.store.unsettled_pool_ids() == [PID]
+
+
+def test_a_pool_that_held_resources_is_healed_however_often_it_failed(env):
+    pool_at(env, primary=None, standby=False, host_machine_id=None, heal_attempts=10)  # its volume is left
+    assert heal.repair(PID) == "provision"
+
+
 # -- heal: which pools are visited --------------------------------------------------------------------------------------
 
 
