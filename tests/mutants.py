@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 UNIT, STEPS, SWEEP, LOCKS = ("tests/unit/test_store.py", "tests/unit/test_steps.py", "tests/unit/test_sweep.py",
                              "tests/unit/test_locks.py")
+OPS, API, NOTICES = "tests/unit/test_operations.py", "tests/api/test_api.py", "tests/api/test_provider_notifications.py"
 
 
 @dataclass
@@ -79,11 +80,55 @@ MUTANTS = [
            "                    vast().stop_instance(row[\"id\"])\n",
            "",
            (f"{SWEEP}::test_guard_stops_every_instance_the_pool_does_not_name_as_primary",)),
-    Mutant("automatic failovers are capped per minute (rule 9)", "app/store/budget.py",
+    Mutant("confirmed failures are capped per minute (rule 9)", "app/store/budget.py",
            "        return bool(self._failover_slot(keys=[keys.FAILOVERS], args=[per_minute, uuid.uuid4().hex]))",
            "        return True",
            ("tests/unit/test_budget.py::test_failover_slots_are_capped_over_the_last_minute",
-            f"{SWEEP}::test_automatic_failovers_per_minute_are_capped")),
+            f"{OPS}::test_a_confirmed_failure_past_the_cap_is_confirmed_once_more_and_never_deferred")),
+    Mutant("the failover cap counts only failures the provider confirmed ", "tasks/failover.py",
+           "        if failed_status(instance) and not within_failover_cap(op):",
+           "        if not within_failover_cap(op) and failed_status(instance):",
+           (f"{OPS}::test_the_cap_counts_only_failures_the_provider_confirms",)),
+    Mutant("past the cap a failure is asked about once more, directly ", "tasks/failover.py",
+           "            instance = vast().show_instance(op.ctx[\"old_primary\"])  # past the cap: its own direct call once more",
+           "            pass",
+           (f"{OPS}::test_a_provider_answering_garbage_for_the_whole_fleet_fails_nothing_over",)),
+    Mutant("past the cap a confirmed failure is never deferred (rule 9)", "tasks/failover.py",
+           "            instance = vast().show_instance(op.ctx[\"old_primary\"])  # past the cap: its own direct call once more",
+           "            raise Ignore()",
+           (f"{OPS}::test_a_confirmed_failure_past_the_cap_is_confirmed_once_more_and_never_deferred",)),
+    Mutant("a replayed notification is dropped ", "app/store/ingress.py",
+           "        return bool(self.r.set(keys.notification_seen(digest), 1, nx=True, px=max(1, int(window * 1000))))",
+           "        return True",
+           (f"{NOTICES}::test_a_replayed_notification_is_dropped_and_checks_are_limited_per_pool",)),
+    Mutant("notifications check one pool at most once per interval ", "app/store/ingress.py",
+           "        return bool(self.r.set(keys.notification_check(pid), 1, nx=True, px=max(1, int(interval * 1000))))",
+           "        return True",
+           (f"{NOTICES}::test_a_replayed_notification_is_dropped_and_checks_are_limited_per_pool",)),
+    Mutant("?wait holders are capped overall and per tenant ", "app/api/warmpool.py",
+           "        return store().wait_op(op_id, wait) if holding else None",
+           "        return store().wait_op(op_id, wait)",
+           (f"{API}::test_past_the_wait_caps_the_202_answers_at_once",)),
+    Mutant("a body past MAX_CONTENT_LENGTH is refused on every route ", "app/__init__.py",
+           "            raise RequestEntityTooLarge()",
+           "            pass",
+           ("tests/api/test_bad_input.py::test_a_body_past_max_content_length_is_413_on_every_route",)),
+    Mutant("a revoked key gets 401 at once", "app/store/__init__.py",
+           "        return None if revoked else configured.get(key) or stored",
+           "        return configured.get(key) or stored",
+           (f"{API}::test_a_key_from_the_setting_can_be_revoked",)),
+    Mutant("a tenant's pools are capped ", "app/store/__init__.py",
+           "        return bool(self._claim_machine(keys=[keys.tenant_pools(tenant)], args=[machine_id, limit]))",
+           "        return True",
+           (f"{API}::test_a_tenant_past_its_pool_limit_gets_a_clear_403",)),
+    Mutant("a pool that never held anything stops being healed", "tasks/heal.py",
+           "NEVER_HELD_ATTEMPTS = 3",
+           "NEVER_HELD_ATTEMPTS = 10**9",
+           ("tests/unit/test_heal.py::test_a_pool_that_never_held_anything_stops_being_healed_after_a_few_failures",)),
+    Mutant("the placeholder key change-me stops the service", "app/settings.py",
+           "PLACEHOLDER_KEYS = {\"change-me\", \"changeme\"}",
+           "PLACEHOLDER_KEYS = set()",
+           ("tests/unit/test_settings_hosts.py::test_the_placeholder_key_is_refused",)),
     Mutant("a provisioning backlog never reserves the budget ahead of a failover (rule 7)", "app/runtime.py",
            "        horizon = -1 if urgent.get() else 2 * interval",
            "        horizon = -1",
@@ -117,18 +162,24 @@ def run(tree: Path, mutant: Mutant) -> bool:
 
 
 def main() -> int:
+    """``tests/mutants.py [WORD ...]``: only the mutants whose guarantee has one of the words (default: all)."""
+    words = sys.argv[1:]
+    if words and words[0] in ("-h", "--help"):
+        print(main.__doc__)
+        return 0
+    chosen = [m for m in MUTANTS if not words or any(w in m.guarantee for w in words)]
     survivors = []
     tree = Path(tempfile.mkdtemp(prefix="warmpool-mutants-"))
     shutil.copytree(ROOT, tree, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "var", "*.egg-info"))
-    for mutant in MUTANTS:
+    for mutant in chosen:
         started = time.monotonic()
         caught = run(tree, mutant)
         print(f"{'killed ' if caught else 'SURVIVED'}  {mutant.guarantee}  ({time.monotonic() - started:.0f} s)",
               flush=True)
         if not caught:
             survivors.append(mutant)
-    print(f"{len(MUTANTS) - len(survivors)} killed, {len(survivors)} survived")
+    print(f"{len(chosen) - len(survivors)} killed, {len(survivors)} survived")
     shutil.rmtree(tree, ignore_errors=True)
     return 1 if survivors else 0
 
