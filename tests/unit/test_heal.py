@@ -165,10 +165,10 @@ def test_repair_of_a_pool_without_a_host_searches_one(env):
 def test_a_pool_that_never_held_anything_stops_being_healed_after_a_few_failures(env):
     never = {"primary": None, "standby": False, "host_machine_id": None, "volume_id": None,
              "error_message": "no host has RTX_9999"}
-    pool_at(env, **never, heal_attempts=heal.NEVER_HELD_ATTEMPTS - 1)
+    pool_at(env, **never, heal_attempts=2)
     assert heal.repair(PID) == "provision"  # a few tries first
     env.reset()
-    pool_at(env, **never, heal_attempts=heal.NEVER_HELD_ATTEMPTS)
+    pool_at(env, **never, heal_attempts=3)  # the third failed: given up
     assert heal.repair(PID) == "given up"
     pool = env.store.get_pool(PID)
     assert pool["state"] == State.DEGRADED and "healing stopped" in pool["error_message"]
