@@ -6,8 +6,8 @@ enqueues work for the Celery workers in ``tasks/``, and answers.
 
 import redis
 import swagger_ui_bundle
-from flask import Blueprint, Flask
-from werkzeug.exceptions import MethodNotAllowed
+from flask import Blueprint, Flask, request
+from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge
 
 from app.api import api
 
@@ -36,8 +36,12 @@ def create_app(config: dict | None = None) -> Flask:
     )
     app.config.from_mapping(config or {})
 
-    from app import dashboard
+    from app import dashboard, runtime
     from app.api import probes, provider, tasks, warmpool, webhooks
+
+    if "MAX_CONTENT_LENGTH" not in (config or {}):  # Flask's own: 413 from the Content-Length, before any read
+        # read (and so validated) at start: a bad setting, or the placeholder key, stops the web process at once
+        app.config["MAX_CONTENT_LENGTH"] = runtime.settings().max_content_length
 
     api.init_app(app)
     api.register_blueprint(warmpool.blp)
@@ -56,6 +60,19 @@ def create_app(config: dict | None = None) -> Flask:
         allowed = ", ".join(sorted(exc.valid_methods or ()))
         return {"code": 405, "status": "Method Not Allowed", "message": f"Allowed methods: {allowed}"}, \
             405, {"Allow": allowed}
+
+    @app.before_request
+    def refuse_large_bodies():
+        # Flask checks MAX_CONTENT_LENGTH only when a view reads the body: a route that never reads it refuses too
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        if limit is not None and (request.content_length or 0) > limit:
+            raise RequestEntityTooLarge()
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc):
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        return {"code": 413, "status": "Request Entity Too Large",
+                "message": f"The body is larger than {limit} bytes (MAX_CONTENT_LENGTH)"}, 413
 
     @app.errorhandler(redis.RedisError)
     def state_store_unavailable(exc):

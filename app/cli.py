@@ -66,6 +66,28 @@ def create_key(tenant):
     click.echo(key)
 
 
+@main.command("list-keys")
+def list_keys():
+    """The API keys that work, by id and tenant (the keys themselves are never stored)."""
+    from app.runtime import settings, store
+
+    for key in store().api_keys(settings().api_keys):
+        click.echo(f"{key['id']}  {key['tenant']}  ({key['source']})")
+
+
+@main.command("revoke-key")
+@click.argument("key_id")
+def revoke_key(key_id):
+    """Revoke the key with KEY_ID (as list-keys shows it, or the key itself): it gets 401 from its next request.
+    A key from WARMPOOL_API_KEYS is revoked too; take it out of the setting at the next deploy."""
+    from app.runtime import settings, store
+
+    revoked = store().revoke_api_key(key_id, settings().api_keys)
+    if revoked is None:
+        raise click.ClickException(f"no single key has the id {key_id!r}: see warmpool list-keys")
+    click.echo(f"revoked {revoked['id']} ({revoked['tenant']})")
+
+
 @main.command()
 @click.option("--apply", is_flag=True, help="write the records (without it: only show what would be written)")
 def rebuild(apply):

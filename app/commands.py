@@ -23,6 +23,19 @@ class Conflict(Exception):
     """The pool's state does not allow what was asked."""
 
 
+class TooManyPools(Exception):
+    """The tenant has WARMPOOL_MAX_POOLS_PER_TENANT pools already."""
+
+
+def _claim(tenant: str, machine_id: int) -> None:
+    """A new machine counts against its tenant's pool limit (a bounded share of Redis and of the provider); asked
+    before the machine's lock, so a refused request writes nothing."""
+    limit = settings().max_pools_per_tenant
+    if not store().claim_machine(tenant, machine_id, limit):
+        raise TooManyPools(f"Tenant {tenant} has {limit} warm pools, the most WARMPOOL_MAX_POOLS_PER_TENANT allows; "
+                           f"provision again on one of its machines instead")
+
+
 @dataclass
 class Started:
     """What a command did: the operation it started (or queued), if any, and the pool as it left it."""
@@ -41,6 +54,7 @@ def _pool(tenant: str, machine_id: int) -> dict:
 def provision(tenant: str, machine_id: int, spec: dict) -> Started:
     """A volume, a running primary and a stopped standby on ``spec["host_machine_id"]``."""
     s, pid = store(), pool_id(tenant, machine_id)
+    _claim(tenant, machine_id)
     with s.lease(pid, settings().lock_ttl) as lease:
         pool = s.get_pool(pid)
         if refuses_provision(pool, spec["host_machine_id"]):
@@ -59,6 +73,7 @@ def enable(tenant: str, machine_id: int, spec: dict) -> Started:
     """Protect the machine again; one without resources gets a host searched (when it has none rented) and
     provisioned."""
     s, pid = store(), pool_id(tenant, machine_id)
+    _claim(tenant, machine_id)
     with s.lease(pid, settings().lock_ttl) as lease:
         pool = s.get_pool(pid)
         if pool and (has_resources(pool) or pool["state"] in (State.SEARCHING, State.PROVISIONING, State.FAILOVER)):
@@ -125,14 +140,25 @@ def cleanup(tenant: str, machine_id: int) -> Started:
         return Started(op_id, pool, queued=True)
 
 
-def provider_notice(event: str, instance_id: int | None) -> str:
-    """A verified notification from Vast: an offline primary gets the failover path's direct check at once."""
-    s = store()
+def provider_notice(event: str, instance_id: int | None, body_digest: str) -> str:
+    """A verified notification from Vast: an offline primary gets the failover path's direct check at once.
+
+    A signature never expires, so a captured notification can be sent again at will: an identical body within
+    NOTIFICATION_REPLAY_WINDOW is dropped (Vast's own redeliveries too), and notifications trigger one pool's
+    check at most once per NOTIFICATION_CHECK_INTERVAL. Neither can delay a real failure: the sweep watches
+    every primary anyway, and the failover cap counts only failures the provider confirms.
+    """
+    s, cfg = store(), settings()
+    if not s.first_notification(body_digest, cfg.notification_replay_window):
+        return "dropped: the same notification came before"
     pid = s.primaries([instance_id]).get(instance_id) if instance_id is not None else None
     if pid is None:
         return "ignored: not a primary warmpool watches"
+    checks = event == "instance_offline"
+    if checks and not s.notification_check_due(pid, cfg.notification_check_interval):
+        return "dropped: this pool was checked on a notification lately"
     s.event(pid, "provider_notice", f"Vast says instance {instance_id}: {event}", notice=event)
-    if event != "instance_offline":
+    if not checks:
         return "recorded"
     now = time.time()
     sweep.trigger.delay(pid, instance_id, now, now, s.last_sweep_time(), source="notification")

@@ -85,7 +85,7 @@ def new_pool(tenant: str, machine_id: int, **fields) -> dict:
         "error_message": None, "fallback": None, "gpu_name": None, "max_price": None,
         "image": None, "disk_size": 50, "volume_size": 100,
         "op_id": None, "seq": 0, "creating": None, "retire_gpu_id": None, "heal_attempts": 0,
-        "next_heal_at": 0.0, "cleanup_pending": False, "created_at": now_iso(), "updated_at": now_iso(),
+        "next_heal_at": 0.0, "heal_given_up": False, "cleanup_pending": False, "created_at": now_iso(), "updated_at": now_iso(),
         # a replica of the volume on another host (tasks/replica.py); "replica" None: WARMPOOL_REPLICA_DEFAULT
         "replica": None, "replica_host_machine_id": None, "replica_volume_id": None, "replica_data_at": None,
         "replica_copy_started": None,
@@ -103,7 +103,12 @@ def is_unsettled(pool: dict) -> bool:
     """Whether the healer should look at this pool: enabled, and degraded or in the middle of an operation;
     or a cleanup that has not finished."""
     return bool(pool.get("cleanup_pending")) or (
-        pool["enabled"] and pool["state"] not in (State.ACTIVE, State.DISABLED))
+        pool["enabled"] and pool["state"] not in (State.ACTIVE, State.DISABLED) and not pool.get("heal_given_up"))
+
+
+def never_held(pool: dict) -> bool:
+    """Nothing was ever rented for it: no volume, no primary, no standby (a GPU name no host has, say)."""
+    return pool["volume_id"] is None and pool["primary_gpu_id"] is None and pool["standby_gpu_id"] is None
 
 
 def has_resources(pool: dict) -> bool:
@@ -122,12 +127,12 @@ def refuses_provision(pool: dict | None, host_machine_id: int) -> bool:
 def to_provisioning(pool: dict, search: bool, **spec) -> None:
     """An operator asked for a pool (provision or enable): protect it again, from scratch where needed."""
     pool.update(spec, state=State.SEARCHING if search else State.PROVISIONING, enabled=True, fallback=None,
-                error_message=None)
+                error_message=None, heal_given_up=False)
 
 
 def to_active(pool: dict, **fields) -> None:
     pool.update(fields, state=State.ACTIVE, enabled=True, error_message=None, fallback=None, heal_attempts=0,
-                next_heal_at=0.0)
+                next_heal_at=0.0, heal_given_up=False)
 
 
 def to_replacing_standby(pool: dict) -> None:
@@ -138,6 +143,11 @@ def to_replacing_standby(pool: dict) -> None:
 def to_disabled(pool: dict, fallback: str | None = "cpu_standby") -> None:
     """No health checks, resources kept; the seed's CPU standby is the fallback."""
     pool.update(state=State.DISABLED, enabled=False, fallback=fallback, error_message=None)
+
+
+def to_given_up(pool: dict, reason: str) -> None:
+    """Degraded, and no longer healed (it left the healer's index): an operator's enable or provision starts over."""
+    pool.update(state=State.DEGRADED, error_message=reason, heal_given_up=True)
 
 
 def to_degraded(pool: dict, reason: str, retry_in: float, **fields) -> None:

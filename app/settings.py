@@ -20,6 +20,13 @@ def _int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
+def _positive_int(name: str, default: int) -> int:
+    value = _int(name, default)
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return value
+
+
 def _bool(name: str, default: bool) -> bool:
     value = os.environ.get(name)
     if value is None:
@@ -38,6 +45,10 @@ def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+# keys that examples and tutorials print: a service taking one is open to anyone who read them
+PLACEHOLDER_KEYS = {"change-me", "changeme"}
+
+
 def _api_keys(raw: str) -> dict[str, str]:
     """Parse ``tenant1:key1,tenant2:key2`` into ``{key: tenant}``."""
     keys = {}
@@ -45,6 +56,9 @@ def _api_keys(raw: str) -> dict[str, str]:
         tenant, sep, key = pair.partition(":")
         if not sep or not tenant or not key:
             raise ValueError("WARMPOOL_API_KEYS entries must look like tenant:key")
+        if key.lower() in PLACEHOLDER_KEYS:
+            raise ValueError(f"WARMPOOL_API_KEYS: tenant {tenant}'s key is the placeholder {key!r}; "
+                             f"make a real one with `warmpool create-key {tenant}`")
         keys[key] = tenant
     return keys
 
@@ -171,6 +185,17 @@ class Settings:
     webhook_max_attempts: int = 8
     webhook_retry_backoff: int = 5
     webhook_allow_private: bool = False
+    # a request body past this many bytes is answered 413 before it is read
+    max_content_length: int = 1024 * 1024
+    # requests held by ?wait, overall and per tenant; past either, the 202 answers at once. Keep the overall cap
+    # below one web worker's threads (the Procfile: 16), so /healthz and other tenants always find a thread
+    wait_max_holders: int = 8
+    wait_max_holders_per_tenant: int = 4
+    # Vast's notifications: an identical body within this many seconds is a replay or a redelivery, dropped;
+    # and one pool's failover check is triggered by notifications at most once per interval
+    notification_replay_window: float = 3600.0
+    notification_check_interval: float = 10.0
+    max_pools_per_tenant: int = 100
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -213,4 +238,10 @@ class Settings:
             webhook_max_attempts=_int("WEBHOOK_MAX_ATTEMPTS", cls.webhook_max_attempts),
             webhook_retry_backoff=_int("WEBHOOK_RETRY_BACKOFF", cls.webhook_retry_backoff),
             webhook_allow_private=_bool("WARMPOOL_WEBHOOK_ALLOW_PRIVATE", cls.webhook_allow_private),
+            max_content_length=_positive_int("MAX_CONTENT_LENGTH", cls.max_content_length),
+            wait_max_holders=_positive_int("WAIT_MAX_HOLDERS", cls.wait_max_holders),
+            wait_max_holders_per_tenant=_positive_int("WAIT_MAX_HOLDERS_PER_TENANT", cls.wait_max_holders_per_tenant),
+            notification_replay_window=_float("NOTIFICATION_REPLAY_WINDOW", cls.notification_replay_window),
+            notification_check_interval=_float("NOTIFICATION_CHECK_INTERVAL", cls.notification_check_interval),
+            max_pools_per_tenant=_positive_int("WARMPOOL_MAX_POOLS_PER_TENANT", cls.max_pools_per_tenant),
         )

@@ -35,6 +35,7 @@ BASE_ENV = {
     "VAST_API_KEY": "sim-key",
     "WARMPOOL_API_KEYS": ",".join(f"{t}:{k}" for t, k in API_KEYS.items()),
     "PYTHONUNBUFFERED": "1",
+    "WARMPOOL_MAX_POOLS_PER_TENANT": "100000",  # one tenant provisions hundreds of pools here
 }
 # settings tuned for a simulator at a compressed time scale (benchmarks on defaults set none of them)
 TUNED_ENV = {

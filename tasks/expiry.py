@@ -61,8 +61,8 @@ def _replace(pid: str, role: str, instance_id: int, end_date: float) -> str:
         s.event(pid, "rental_ending", f"the {role} {instance_id}'s rental ends at {iso_at(end_date)}: {what}",
                 role=role, instance_id=instance_id, end_date=end_date)
         if role == "primary":
-            started = operations.failover(pid, lease.hand_off(), "expiry")
-            return "switchover" if started else "capped"
+            operations.failover(pid, lease.hand_off(), "expiry")
+            return "switchover"
         op_id = s.new_op(*split_pool_id(pid), "renew_standby")
         operations.renew_standby(pid, lease.hand_off(), op_id, instance_id, end_date)
         return "renew standby"

@@ -39,6 +39,8 @@ def unconfirmed(op: Operation) -> str | None:
     primary."""
     try:
         instance = vast().show_instance(op.ctx["old_primary"])
+        if failed_status(instance) and not within_failover_cap(op):
+            instance = vast().show_instance(op.ctx["old_primary"])  # past the cap: its own direct call once more
     except provider.VastError as exc:
         if op.ctx.get("state_before") == State.FAILOVER:
             raise  # resumed: the stop may be sent already, so ask again (retried) rather than go back to active
@@ -58,6 +60,23 @@ def confirm_failure(self, op: Operation):
     op.finish({"success": False, "message": f"Failover cancelled: {verdict}"},
               state=State.ACTIVE if before in (None, State.FAILOVER) else before)
     raise Ignore()  # ends the chain
+
+
+def within_failover_cap(op: Operation) -> bool:
+    """Count a failure the provider confirmed against FAILOVERS_PER_MINUTE (rule 9); False past the cap.
+
+    Only confirmed failures count, so a stream of false triggers (replayed notifications, a list answering
+    garbage) never uses up the cap for a real failure. Past the cap - most of the fleet failing at once - a
+    failure is never deferred: ``confirm_failure`` asks about it once more with its own direct call and goes on,
+    as the sweep's standby brake checks each missing standby directly rather than acting on one answer.
+    """
+    cap = op.settings.failovers_per_minute
+    if op.store.take_failover_slot(cap):
+        return True
+    if op.store.first_cap_notice(op.pid):
+        op.event("failover_cap_exceeded", f"more than {cap} confirmed failures in the last minute: this one is "
+                                          f"confirmed once more, directly, before the failover goes on")
+    return False
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.stop_primary")

@@ -12,13 +12,16 @@ from celery import shared_task
 
 from app import vast as provider
 from app.hosts import offers_query
-from app.pools import State, epoch_seconds, pool_id, to_active
+from app.pools import State, epoch_seconds, never_held, pool_id, to_active, to_given_up
 from app.runtime import settings, store, vast
 from app.store import OP_ENDED
 from tasks import operations
 from tasks.base import Operation
 from tasks.provision import is_running
 
+# a pool that never held anything stops being healed after this many failed provisions: its spec cannot be met
+# (a GPU name no host has), and each retry spends the shared rate budget
+NEVER_HELD_ATTEMPTS = 3
 
 
 @shared_task(name="warmpool.heal.heal")
@@ -58,12 +61,13 @@ def repair(pid: str) -> str:
             return "finish failover"
         if pool["state"] == State.FAILOVER:  # a failover decided, then interrupted
             trigger = (op or {}).get("trigger") or "heal"
-            started = operations.failover(pid, lease.hand_off(), trigger, op_id=op_id)
-            return "resume failover" if started else "capped"
+            operations.failover(pid, lease.hand_off(), trigger, op_id=op_id)
+            return "resume failover"
         try:
             primary = pool["primary_gpu_id"] and vast().show_instance(pool["primary_gpu_id"])
             if pool["primary_ssh_host"] and not is_running(primary):
-                return "failover" if operations.failover(pid, lease.hand_off(), "heal", op_id=op_id) else "capped"
+                operations.failover(pid, lease.hand_off(), "heal", op_id=op_id)
+                return "failover"
             if pool["host_machine_id"] and pool["standby_gpu_id"] and is_running(primary):
                 if not vast().search_offers(offers_query(verified=False, machine_id=pool["host_machine_id"])):
                     return _retry_later(pid, lease, f"host {pool['host_machine_id']} still has no free GPU")
@@ -73,6 +77,13 @@ def repair(pid: str) -> str:
                 return "active"
         except provider.VastError as exc:
             return _retry_later(pid, lease, f"provider unavailable ({exc})")
+        if never_held(pool) and pool["heal_attempts"] >= NEVER_HELD_ATTEMPTS:
+            reason = (f"healing stopped: it never held an instance and {pool['heal_attempts']} provisions failed "
+                      f"(last: {pool['error_message']}); enable it again to retry")
+            to_given_up(pool, reason)
+            s.save_pool(pool, lease.held)
+            s.event(pid, "heal_given_up", reason)
+            return "given up"
         search = pool["host_machine_id"] is None
         if search and pool["state"] != State.SEARCHING:
             pool.update(state=State.SEARCHING)

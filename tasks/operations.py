@@ -42,18 +42,13 @@ def provision(pid: str, held: Held, op_id: str | None, search: bool = False) -> 
 
 
 def failover(pid: str, held: Held, trigger: str, op_id: str | None = None, detected_at: float | None = None,
-             healthy_at: float | None = None, triggered_at: float | None = None) -> str | None:
+             healthy_at: float | None = None, triggered_at: float | None = None) -> str:
     """Stop the old primary -> start the standby -> promote it -> retire the old one -> a new standby.
 
-    An automatic failover (not a manual test) first confirms the failure with the provider, and beyond
-    the cap per minute is not started at all (None; the lock is released).
+    An automatic failover (not a manual test) first confirms the failure with the provider; the cap per
+    minute counts only failures so confirmed (``confirm_failure``), so no trigger is ever deferred here.
     """
-    s, cap = store(), settings().failovers_per_minute
-    if trigger != "manual" and not s.take_failover_slot(cap):
-        if s.first_deferral(pid):
-            s.event(pid, "failover_deferred", f"{cap} failovers started in the last minute: the cap")
-        s.release(pid, held, settings().lock_ttl)
-        return None
+    s = store()
     pool = s.get_pool(pid)
     op_id = op_id or s.new_op(*split_pool_id(pid), "failover")
     s.update_op(op_id, trigger=trigger)

@@ -174,8 +174,8 @@ def trigger(pid: str, seen_primary: int, detected_at: float, triggered_at: float
         s.event(pid, "failover_trigger_stale", f"a failover trigger for primary {seen_primary} came after the pool "
                                                f"moved on: nothing done", primary_gpu_id=seen_primary)
         return "stale"
-    return "failover" if operations.failover(pid, held, source, detected_at=detected_at, healthy_at=healthy_at,
-                                             triggered_at=triggered_at) else "capped"
+    operations.failover(pid, held, source, detected_at=detected_at, healthy_at=healthy_at, triggered_at=triggered_at)
+    return "failover"
 
 
 @shared_task(name="warmpool.health.recheck_standby")

@@ -53,6 +53,7 @@ ENV = {
     "EXPIRY_MARGIN": "72",  # rentals ending within 72 s are replaced; end dates are read every 0.5 s
     "HOSTS_CACHE_SECONDS": "0",
     "CELERY_VISIBILITY_TIMEOUT": "30",  # production order: the healer resumes before a redelivery
+    "VAST_WEBHOOK_SECRET": "vast-notification-secret",  # Vast's notifications reach the API (tests/faults/test_ingress.py)
 }
 os.environ.update(ENV)
 

@@ -12,7 +12,7 @@ def authenticate() -> None:
     key = key.strip()
     tenant = None
     if scheme.lower() == "bearer" and key:
-        tenant = settings().api_keys.get(key) or store().tenant_for_key(key)
+        tenant = store().tenant_for_key(key, settings().api_keys)
     if not tenant:
         abort(401, message="Missing or invalid API key: send Authorization: Bearer <key>",
               headers={"WWW-Authenticate": "Bearer"})

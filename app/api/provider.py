@@ -3,7 +3,9 @@
 Vast POSTs events (an instance offline, a rental expiring...) signed with HMAC-SHA256 of the raw
 body in ``X-Vast-Signature-256``, at least once. A verified "instance offline" for a watched
 primary starts the same path as a failed health sweep: the failover's first step asks the provider
-directly, and only a definitive answer goes on (rule 14 in docs/architecture.md).
+directly, and only a definitive answer goes on (rule 14 in docs/architecture.md). A replayed body is
+dropped, and notifications check one pool at most once per NOTIFICATION_CHECK_INTERVAL
+(``commands.provider_notice``). A body past MAX_CONTENT_LENGTH is refused (413) before it is read.
 """
 
 import hashlib
@@ -60,4 +62,5 @@ class Notifications(MethodView):
     @blp.alt_response(404, response="DEFAULT_ERROR")
     def post(self, notice):
         """Take a notification from Vast.ai"""
-        return {"accepted": True, "action": commands.provider_notice(notice["event"], notice["instance_id"])}
+        digest = hashlib.sha256(request.get_data(cache=True)).hexdigest()
+        return {"accepted": True, "action": commands.provider_notice(notice["event"], notice["instance_id"], digest)}

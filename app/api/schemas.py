@@ -53,7 +53,8 @@ class EnableSchema(PoolSpecSchema):
 
 class WaitSchema(Schema):
     wait = fields.Float(load_default=0, allow_nan=False, validate=validate.Range(0, 120),
-                        metadata={"description": "seconds to wait for the operation to end (at most 120)"})
+                        metadata={"description": "seconds to wait for the operation to end (at most 120); "
+                                                 "when too many requests wait already, the 202 answers at once"})
 
 
 class HostsQuerySchema(Schema):

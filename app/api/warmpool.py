@@ -2,7 +2,7 @@
 
 Views are thin: they validate, call one command of ``app.commands`` (which owns
 every decision about a pool's state) or read the store, and shape the answer.
-They never call the provider for writes and never wait, except for ``?wait=``.
+They never call the provider for writes and never wait, except for ``?wait=`` (capped: ``waited``).
 """
 
 import contextlib
@@ -64,17 +64,29 @@ def answers(machine_id: int):
         abort(409, message=f"An operation is in flight for machine {machine_id}; try again when it ends")
     except commands.Conflict as exc:
         abort(409, message=str(exc))
+    except commands.TooManyPools as exc:
+        abort(403, message=str(exc))
+
+
+def waited(op_id: str, wait: float) -> dict | None:
+    """The operation's record once it ends or ``wait`` s pass; None at once when there is no wait, or when
+    WAIT_MAX_HOLDERS (or a tenant's WAIT_MAX_HOLDERS_PER_TENANT) requests already wait: a waiting request holds
+    a web thread, so the caps keep threads free for /healthz and for every other tenant."""
+    if not wait:
+        return None
+    cfg = settings()
+    with store().wait_slot(g.tenant, wait, cfg.wait_max_holders, cfg.wait_max_holders_per_tenant) as holding:
+        return store().wait_op(op_id, wait) if holding else None
 
 
 def accepted(started: commands.Started, body: dict, wait: float):
     """202 with the task's Location, or, when the operation ends within ``wait`` s, 200 and its result."""
     op_id = started.op_id
-    if wait:
-        op = store().wait_op(op_id, wait)
-        if op["state"] == "SUCCESS":
-            return op["result"], 200
-        if op["state"] == "FAILURE":
-            return {"success": False, "message": op["error"], "task_id": op_id}, 200
+    op = waited(op_id, wait)
+    if op and op["state"] == "SUCCESS":
+        return op["result"], 200
+    if op and op["state"] == "FAILURE":
+        return {"success": False, "message": op["error"], "task_id": op_id}, 200
     return {**body, "task_id": op_id}, 202, {"Location": url_for("tasks.Task", task_id=op_id)}
 
 
@@ -140,6 +152,7 @@ class Provision(MethodView):
     @blp.alt_response(401, response="DEFAULT_ERROR")
     @blp.alt_response(200, schema=OperationSchema, success=True, description="the operation ended within ?wait")
     @blp.alt_response(409, response="DEFAULT_ERROR")
+    @blp.alt_response(403, response="DEFAULT_ERROR", description="the tenant has WARMPOOL_MAX_POOLS_PER_TENANT pools")
     def post(self, spec, query):
         """Provision a warm pool on a host: volume, running primary, stopped standby"""
         machine_id = spec.pop("machine_id")
@@ -158,6 +171,7 @@ class Enable(MethodView):
                       description="a provision started (or its result, with ?wait)")
     @blp.alt_response(401, response="DEFAULT_ERROR")
     @blp.alt_response(409, response="DEFAULT_ERROR")
+    @blp.alt_response(403, response="DEFAULT_ERROR", description="the tenant has WARMPOOL_MAX_POOLS_PER_TENANT pools")
     def post(self, spec, query, machine_id):
         """Enable the warm pool; a machine without resources gets a host searched and provisioned"""
         with answers(machine_id):
@@ -166,7 +180,7 @@ class Enable(MethodView):
         if started.op_id is None:
             return body
         body["task_id"] = started.op_id
-        op = store().wait_op(started.op_id, query["wait"]) if query["wait"] else None
+        op = waited(started.op_id, query["wait"])
         if op and op["state"] == "SUCCESS":
             return {**body, "message": f"Warm pool enabled and provisioned for machine {machine_id}"}
         if op and op["state"] == "FAILURE":

@@ -20,6 +20,7 @@ from app.settings import SentinelAddress, sentinel_address
 from app.store import keys
 from app.store.budget import BudgetRecords
 from app.store.health import HealthRecords
+from app.store.ingress import IngressRecords
 from app.store.locks import Busy, FencedOut, Held, Lease, LockRecords
 from app.store.metrics import MetricsRecords
 from app.store.polls import UNSEEN, PollRecords
@@ -54,13 +55,16 @@ class PoolExists(Exception):
     """A write meant to create a pool record found one there."""
 
 
-class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecords, MetricsRecords, RebuildRecords):
+class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecords, MetricsRecords, RebuildRecords,
+            IngressRecords):
     def __init__(self, client: redis.Redis):
         self.r = client
         # what else an event feeds, in the same Redis transaction: functions (pipeline, pid, record)
         self.event_sinks: list = [self.queue_webhook_deliveries, self.count_event]
         self._register_lock_scripts()
         self._register_budget_scripts()
+        self._register_ingress_scripts()
+        self._claim_machine = self.r.register_script(_CLAIM_MACHINE)
 
     @classmethod
     def from_url(cls, url: str, sentinel_master: str = "", sentinel_password: str = "") -> "Store":
@@ -91,6 +95,11 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
     def tenant_pools(self, tenant: str) -> list[dict]:
         machines = sorted(int(m) for m in self.r.smembers(keys.tenant_pools(tenant)))
         return self.get_pools([pool_id(tenant, m) for m in machines])
+
+    def claim_machine(self, tenant: str, machine_id: int, limit: int) -> bool:
+        """Count a machine among its tenant's pools, unless the tenant has ``limit`` already (atomic: parallel
+        requests never pass it). A machine counted already is always True; a cleaned-up pool keeps its count."""
+        return bool(self._claim_machine(keys=[keys.tenant_pools(tenant)], args=[machine_id, limit]))
 
     def all_pool_ids(self) -> list[str]:
         return sorted(self.r.smembers(keys.POOLS))
@@ -251,8 +260,53 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
     def add_api_key(self, tenant: str, key: str) -> None:
         self.r.hset(keys.API_KEYS, _digest(key), tenant)
 
-    def tenant_for_key(self, key: str) -> str | None:
-        return self.r.hget(keys.API_KEYS, _digest(key))
+    def tenant_for_key(self, key: str, configured: dict[str, str]) -> str | None:
+        """The tenant of a key, created (stored hashed) or ``configured`` (WARMPOOL_API_KEYS); None once revoked."""
+        digest = _digest(key)
+        with self.r.pipeline(transaction=False) as pipe:
+            stored, revoked = pipe.hget(keys.API_KEYS, digest).sismember(keys.REVOKED_KEYS, digest).execute()
+        return None if revoked else configured.get(key) or stored
+
+    def api_keys(self, configured: dict[str, str]) -> list[dict]:
+        """Every key that works, by id (the start of its hash: the key itself is never stored)."""
+        revoked = self.r.smembers(keys.REVOKED_KEYS)
+        found = [{"id": key_id(digest), "tenant": tenant, "source": "created"}
+                 for digest, tenant in self.r.hgetall(keys.API_KEYS).items()]
+        found += [{"id": key_id(_digest(key)), "tenant": tenant, "source": "WARMPOOL_API_KEYS"}
+                  for key, tenant in configured.items() if _digest(key) not in revoked]
+        return sorted(found, key=lambda k: (k["tenant"], k["id"]))
+
+    def revoke_api_key(self, id_or_key: str, configured: dict[str, str]) -> dict | None:
+        """Revoke the one key whose id (or which) this is: it gets 401 from the next request. None if no key or
+        several match (ask with a longer id)."""
+        if len(id_or_key) < MIN_KEY_ID:
+            return None
+        given = _digest(id_or_key)
+        stored = self.r.hgetall(keys.API_KEYS)
+        digests = {**stored, **{_digest(key): tenant for key, tenant in configured.items()}}
+        matches = [d for d in digests if d == given or d.startswith(id_or_key.lower())]
+        if len(matches) != 1:
+            return None
+        digest, = matches
+        with self.r.pipeline() as pipe:
+            pipe.sadd(keys.REVOKED_KEYS, digest)
+            pipe.hdel(keys.API_KEYS, digest)
+            pipe.execute()
+        return {"id": key_id(digest), "tenant": digests[digest]}
+
+
+_CLAIM_MACHINE = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+return 1
+"""
+
+KEY_ID_LENGTH, MIN_KEY_ID = 12, 6  # ids as listed; the shortest start of one that revoke-key takes
+
+
+def key_id(digest: str) -> str:
+    return digest[:KEY_ID_LENGTH]
 
 
 def _digest(key: str) -> str:

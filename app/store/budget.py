@@ -25,12 +25,12 @@ class BudgetRecords:
         return float(self._reserve(keys=[keys.rate(endpoint)], args=[interval, horizon]))
 
     def take_failover_slot(self, per_minute: int) -> bool:
-        """Count an automatic failover against the cap across all pools, over the last 60 s (rule 9)."""
+        """Count a confirmed failure against the cap across all pools, over the last 60 s (rule 9)."""
         return bool(self._failover_slot(keys=[keys.FAILOVERS], args=[per_minute, uuid.uuid4().hex]))
 
-    def first_deferral(self, pid: str) -> bool:
-        """Whether a capped failover of this pool is the first in a minute (said once a minute, not every sweep)."""
-        return bool(self.r.set(keys.deferred(pid), 1, nx=True, ex=60))
+    def first_cap_notice(self, pid: str) -> bool:
+        """Whether this pool's failover past the cap is its first in a minute (said once a minute, not every sweep)."""
+        return bool(self.r.set(keys.cap_notice(pid), 1, nx=True, ex=60))
 
 
 # one clock for every worker: Redis's own TIME

@@ -37,8 +37,20 @@ def seen(instance_id: int) -> str:
     return f"wp:seen:{instance_id}"
 
 
-def deferred(pid: str) -> str:
-    return f"wp:deferred:{pid}"
+def cap_notice(pid: str) -> str:
+    return f"wp:cap-notice:{pid}"  # a failover past the cap was said this minute
+
+
+def notification_seen(digest: str) -> str:
+    return f"wp:notification:{digest}"  # a Vast notification's body was taken (its sha256)
+
+
+def notification_check(pid: str) -> str:
+    return f"wp:notification-check:{pid}"  # a notification triggered this pool's check lately
+
+
+def wait_holders(tenant: str) -> str:
+    return f"wp:waits:{tenant}"  # sorted set: one tenant's ?wait requests holding a slot, by deadline
 
 
 def rebuild_tried(pid: str) -> str:
@@ -82,6 +94,8 @@ STANDBYS = "wp:standbys"                # hash: standby instance id -> pool id (
 BY_STATE = "wp:pools:by_state"          # hash: state -> number of pools
 FAILOVERS = "wp:failovers"              # sorted set: automatic failovers of the last minute
 API_KEYS = "wp:apikeys"                 # hash: sha256 of a key -> tenant
+REVOKED_KEYS = "wp:apikeys:revoked"     # set: sha256 of keys revoked (WARMPOOL_API_KEYS ones too)
+WAIT_HOLDERS = "wp:waits"               # sorted set: every ?wait request holding a slot, by deadline
 WORKER_SEEN = "wp:worker:seen"
 AWAITED = "wp:awaited"                  # sorted set: instances that steps wait on, by last interest
 AWAITED_ROUND = "wp:awaited:round"

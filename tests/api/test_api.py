@@ -1,5 +1,6 @@
 """The HTTP API with the Flask test client: fakeredis for the store, enqueueing recorded (tests/unit/fakes.py)."""
 
+import contextlib
 import importlib
 import time
 
@@ -277,6 +278,44 @@ def test_provision_wait_answers_202_when_it_does_not_end_in_time(env):
     assert 0.25 < time.monotonic() - started < 5
 
 
+def test_a_tenant_past_its_pool_limit_gets_a_clear_403(env):
+    env.configure(max_pools_per_tenant=2)
+    assert [provision(env, m).status_code for m in (1, 2)] == [202, 202]
+    before = snapshot(env.r)
+    for rv in (provision(env, 3), env.api("POST", "/api/v1/warmpool/enable/3", json={})):
+        assert rv.status_code == 403 and "WARMPOOL_MAX_POOLS_PER_TENANT" in rv.json["message"]
+    assert snapshot(env.r) == before  # nothing written, nothing enqueued
+    assert provision(env, 3, tenant="globex").status_code == 202  # another tenant has its own limit
+    assert env.api("POST", "/api/v1/warmpool/disable/1").status_code == 200  # its own pools stay usable
+    assert env.store.claim_machine("acme", 1, 2) and not env.store.claim_machine("acme", 4, 2)
+
+
+def test_past_the_wait_caps_the_202_answers_at_once(env, monkeypatch):
+    env.configure(wait_max_holders=3, wait_max_holders_per_tenant=2)
+    finish_at_once(env, monkeypatch, {"success": True, "message": "done"})  # a request that waits gets 200
+    with contextlib.ExitStack() as holding:
+        for _ in range(2):  # acme's two waiting requests
+            assert holding.enter_context(env.store.wait_slot("acme", 60, 3, 2))
+        rv = provision(env, 1, query="?wait=30")
+        assert rv.status_code == 202 and rv.headers["Location"].endswith(rv.json["task_id"])
+        assert provision(env, 2, tenant="globex", query="?wait=30").status_code == 200  # another tenant waits
+        assert holding.enter_context(env.store.wait_slot("initech", 60, 3, 2))  # now 3 wait overall
+        assert provision(env, 3, tenant="globex", query="?wait=30").status_code == 202
+        rv = env.api("POST", "/api/v1/warmpool/enable/4?wait=30", tenant="globex", json={})
+        assert rv.status_code == 202 and rv.headers["Location"].endswith(rv.json["task_id"])
+    assert env.store.wait_holders() == 0 and env.store.wait_holders("acme") == 0  # every slot given back
+    assert provision(env, 5, query="?wait=30").status_code == 200
+
+
+def test_a_wait_slot_of_a_killed_holder_frees_itself(env):
+    with env.store.wait_slot("acme", 0.05, 1, 1) as holding:
+        assert holding
+        env.r.zadd("wp:waits", {"stale": 0})  # a web worker killed while waiting: its deadline is long gone
+        env.r.zadd("wp:waits:acme", {"stale": 0})
+    with env.store.wait_slot("acme", 1, 1, 1) as holding:
+        assert holding
+
+
 # -- enable / disable ------------------------------------------------------------------------------------------------
 
 
@@ -443,3 +482,16 @@ def test_every_operation_is_recorded_with_the_pool_id(env):
     pid = pool_id("acme", 123)
     provision(env)
     assert env.enqueued[0][1]["pid"] == pid
+
+
+def test_a_key_from_the_setting_can_be_revoked(env):
+    """WARMPOOL_API_KEYS keys are listed and revoked like created ones ."""
+    listed = env.store.api_keys(env.settings.api_keys)
+    acme, = [k for k in listed if k["tenant"] == "acme"]
+    assert acme["source"] == "WARMPOOL_API_KEYS" and "acme-key" not in repr(listed)
+    assert env.store.revoke_api_key(acme["id"], env.settings.api_keys) == {"id": acme["id"], "tenant": "acme"}
+    assert env.api("GET", "/api/v1/warmpool/pools").status_code == 401
+    assert env.api("GET", "/api/v1/warmpool/pools", tenant="globex").status_code == 200
+    assert [k["tenant"] for k in env.store.api_keys(env.settings.api_keys)] == ["globex"]
+    assert env.store.revoke_api_key(acme["id"][:3], env.settings.api_keys) is None  # too short to name one key
+    assert env.store.revoke_api_key("no-such-key", env.settings.api_keys) is None

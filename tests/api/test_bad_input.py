@@ -190,7 +190,18 @@ def test_a_trailing_newline_is_not_a_valid_name(seeded, route, body):
 def test_a_huge_body_is_rejected(seeded):
     before = snapshot(seeded.r)
     rv = call(seeded, "provision", json={**PROVISION, "gpu_name": "A" * 2_000_000})
-    assert_rejected(seeded, before, rv, 422, 413, named="gpu_name")
+    assert_rejected(seeded, before, rv, 413, named="MAX_CONTENT_LENGTH")
+
+
+@pytest.mark.parametrize("route", ["provision", "enable", "subscribe", "failover", "cleanup", "notifications"])
+def test_a_body_past_max_content_length_is_413_on_every_route(seeded, route):
+    """Flask's MAX_CONTENT_LENGTH answers from the Content-Length, before the body is read: even unsigned."""
+    seeded.configure(vast_webhook_secret="notification-secret")
+    before = snapshot(seeded.r)
+    body = {"data": b"x" * (5 << 20), "content_type": "application/json"}
+    rv = seeded.client.post("/api/v1/provider/notifications", **body) if route == "notifications" else \
+        call(seeded, route, **body)
+    assert_rejected(seeded, before, rv, 413, named="MAX_CONTENT_LENGTH")
 
 
 # -- query strings -------------------------------------------------------------------------------------------------

@@ -58,3 +58,18 @@ def test_a_signed_body_that_is_not_a_notification_is_a_422(env):
     env.configure(vast_webhook_secret=SECRET)
     rv = env.client.post(ROUTE, **signed({"instance_id": "x"}))
     assert rv.status_code == 422 and "event" in rv.json["errors"]["json"]
+
+
+def test_a_replayed_notification_is_dropped_and_checks_are_limited_per_pool(env):
+    env.configure(vast_webhook_secret=SECRET, notification_check_interval=60.0)
+    pool, other = env.add_pool(123), env.add_pool(7, tenant="globex")
+    offline = {"event": "instance_offline", "instance_id": pool["primary_gpu_id"]}
+    answers = [env.client.post(ROUTE, **signed(offline)).json["action"] for _ in range(12)]
+    assert answers == ["failover check"] + ["dropped: the same notification came before"] * 11
+    # another body about the same pool (Vast's fields vary): within the interval, no second check
+    again = env.client.post(ROUTE, **signed({**offline, "at": "later"}))
+    assert again.status_code == 200 and again.json["action"].startswith("dropped: this pool was checked")
+    assert env.client.post(ROUTE, **signed({"event": "instance_offline", "instance_id": other["primary_gpu_id"]})) \
+        .json["action"] == "failover check"  # another pool's check is never held back by this one's
+    assert [t["pid"] for kind, t in env.enqueued if kind == "trigger"] == ["acme:123", "globex:7"]
+    assert [e["event"] for e in env.store.events("acme:123")] == ["provider_notice"]

@@ -455,7 +455,7 @@ def test_two_beats(clean_stack, tmp_path):
 # -- 8. a whole host fails ---------------------------------------------------------------------------------
 
 
-def test_host_failure_is_capped(clean_stack):
+def test_host_failure_past_the_cap_is_confirmed_again_never_deferred(clean_stack):
     stack = clean_stack
     stack.worker.stop()
     stack.worker = stack.new_worker("w-capped", FAILOVERS_PER_MINUTE="2")
@@ -471,11 +471,12 @@ def test_host_failure_is_capped(clean_stack):
     stack.sim("POST", f"/_sim/hosts/{host}/fail")
     for machine in machines:
         stack.wait_state(machine, "degraded", timeout=60)
-    wait_until(lambda: any(e["event"] == "failover_deferred" for m in machines
-                           for e in stack.store.events(f"acme:{m}")), timeout=30, message="the cap to defer one")
+    wait_until(lambda: any(e["event"] == "failover_cap_exceeded" for m in machines
+                           for e in stack.store.events(f"acme:{m}")), timeout=30, message="a failure past the cap")
     failovers = [op for op in map(stack.store.get_op, (k[len("wp:op:"):] for k in stack.redis.scan_iter("wp:op:*")))
                  if op["operation"] == "failover"]
-    assert 1 <= len(failovers) <= 2  # the cap per minute
+    assert {op["machine_id"] for op in failovers} == set(machines)  # past the cap: confirmed again, not deferred
+    assert not any(e["event"] == "failover_cancelled" for m in machines for e in stack.store.events(f"acme:{m}"))
     other = stack.pool(114)
     assert other["state"] == "active" and other["failover_count"] == 0
     assert stack.running(f"warmpool-acme-{114}-")

@@ -4,7 +4,7 @@ The service reads its settings, store and provider through ``functools.cache``
 functions imported into each module (``from app.runtime import store``), so the
 fakes are put in place by replacing those module attributes in every module
 that has them (``SEAMS``). Operations are started for real up to the broker:
-the starters of ``tasks.operations`` run (they take a failover slot, write the
+the starters of ``tasks.operations`` run (they write the
 pool, build the context) and the chain they would send is recorded instead.
 Every other way of enqueueing work is recorded too, including any
 ``Task.apply_async`` nobody expected.

@@ -107,7 +107,7 @@ def test_failover_slots_are_capped_over_the_last_minute(store):
     assert store.take_failover_slot(3) and not store.take_failover_slot(3)
 
 
-def test_a_deferred_failover_is_said_once_a_minute(store):
-    assert store.first_deferral("acme:1") and not store.first_deferral("acme:1")
-    assert store.first_deferral("acme:2")
-    assert 0 < store.r.ttl("wp:deferred:acme:1") <= 60
+def test_a_failover_past_the_cap_is_said_once_a_minute(store):
+    assert store.first_cap_notice("acme:1") and not store.first_cap_notice("acme:1")
+    assert store.first_cap_notice("acme:2")
+    assert 0 < store.r.ttl("wp:cap-notice:acme:1") <= 60

@@ -103,13 +103,6 @@ def test_repair_resumes_a_failover_decided_then_interrupted(env, trigger, expect
     assert env.store.get_op(op_id)["state"] == "STARTED"
 
 
-def test_repair_of_a_failover_over_the_cap_waits(env):
-    env.configure(failovers_per_minute=0)
-    pool_at(env, state=State.FAILOVER)
-    assert heal.repair(PID) == "capped"
-    assert env.of("failover") == [] and not env.store.is_locked(PID)
-
-
 # -- repair: degraded pools ------------------------------------------------------------------------------------------
 
 
@@ -122,13 +115,6 @@ def test_repair_fails_over_a_primary_that_does_not_run(env, status):
     launched, = env.of("failover")
     assert launched["trigger"] == "heal" and launched["old_primary"] == pool["primary_gpu_id"]
     assert env.store.get_pool(PID)["state"] == State.FAILOVER
-
-
-def test_repair_of_a_failover_it_may_not_start_waits(env):
-    env.configure(failovers_per_minute=0)
-    pool_at(env, primary="exited")
-    assert heal.repair(PID) == "capped"
-    assert env.store.events(PID)[0]["event"] == "failover_deferred" and not env.store.is_locked(PID)
 
 
 def test_repair_makes_a_pool_active_again_when_its_host_has_a_free_gpu(env):
@@ -174,6 +160,28 @@ def test_repair_of_a_pool_without_a_host_searches_one(env):
     assert heal.repair(PID) == "provision"
     assert env.store.get_pool(PID)["state"] == State.SEARCHING
     assert env.of("provision")[0]["search"] is True and env.vast.calls == []
+
+
+def test_a_pool_that_never_held_anything_stops_being_healed_after_a_few_failures(env):
+    never = {"primary": None, "standby": False, "host_machine_id": None, "volume_id": None,
+             "error_message": "no host has RTX_9999"}
+    pool_at(env, **never, heal_attempts=2)
+    assert heal.repair(PID) == "provision"  # a few tries first
+    env.reset()
+    pool_at(env, **never, heal_attempts=3)  # the third failed: given up
+    assert heal.repair(PID) == "given up"
+    pool = env.store.get_pool(PID)
+    assert pool["state"] == State.DEGRADED and "healing stopped" in pool["error_message"]
+    assert "no host has RTX_9999" in pool["error_message"] and not env.store.is_locked(PID)
+    assert env.store.events(PID)[0]["event"] == "heal_given_up"
+    assert env.store.unsettled_pool_ids() == [] and heal.heal() == 0 and env.enqueued == []  # never visited again
+    rv = env.api("POST", "/api/v1/warmpool/enable/1", json={"gpu_name": "RTX_4090"})  # an operator starts over
+    assert rv.status_code == 202 and env.store.unsettled_pool_ids() == [PID]
+
+
+def test_a_pool_that_held_resources_is_healed_however_often_it_failed(env):
+    pool_at(env, primary=None, standby=False, host_machine_id=None, heal_attempts=10)  # its volume is left
+    assert heal.repair(PID) == "provision"
 
 
 # -- heal: which pools are visited --------------------------------------------------------------------------------------

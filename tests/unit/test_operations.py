@@ -7,7 +7,8 @@ import pytest
 from celery.exceptions import Ignore, Retry
 
 from app.pools import State, label
-from tasks import celery_app, operations
+from app.vast import ProviderUnavailable
+from tasks import celery_app, failover, operations
 
 PID = "acme:1"
 
@@ -67,15 +68,6 @@ def test_a_failover_starter_marks_the_pool_and_the_task(env):
     assert env.store.get_op(op_id)["trigger"] == "health" and env.store.watched_pool_ids() == []
 
 
-def test_a_failover_over_the_cap_is_not_started_and_frees_the_machine(env):
-    env.configure(failovers_per_minute=0)
-    protected(env)
-    held = env.store.acquire(PID, 10)
-    assert operations.failover(PID, held, "health") is None
-    assert env.of("failover") == [] and not env.store.is_locked(PID)
-    assert env.store.get_pool(PID)["state"] == State.ACTIVE
-
-
 def test_a_new_standby_is_asked_for_with_its_reason(env):
     protected(env, standby_gpu_id=None)
     operations.replace_standby(PID, env.store.acquire(PID, 10), None, "the standby was given up")
@@ -115,6 +107,65 @@ def test_a_health_failover_of_a_primary_that_runs_again_is_cancelled(env):
     assert after["state"] == State.ACTIVE and after["primary_gpu_id"] == pool["primary_gpu_id"]
     assert env.vast.called("stop_instance") == [] and not env.store.is_locked(PID)
     assert env.store.events(PID)[0]["event"] == "failover_cancelled"
+
+
+def confirming(env, pid: str, **fields):
+    """Run the failover's first step for a pool whose health failover was just triggered."""
+    operations.failover(pid, env.store.acquire(pid, 10), "health")
+    record = env.of("failover")[-1]
+    return deliver(failover.confirm_failure, {k: v for k, v in record.items() if k not in ("steps", "search")})
+
+
+def test_the_cap_counts_only_failures_the_provider_confirms(env):
+    env.configure(failovers_per_minute=1)
+    protected(env)
+    for _ in range(3):  # false triggers (a replayed notification, a wrong list): each cancelled, none counted
+        with pytest.raises(Ignore):
+            confirming(env, PID)
+    assert env.store.r.zcard("wp:failovers") == 0
+    env.vast.instances[env.store.get_pool(PID)["primary_gpu_id"]]["actual_status"] = "offline"
+    assert confirming(env, PID)["old_primary"]  # the real failure goes on, and takes the slot
+    assert env.store.r.zcard("wp:failovers") == 1 and len(env.vast.called("show_instance")) == 4
+
+
+def test_a_confirmed_failure_past_the_cap_is_confirmed_once_more_and_never_deferred(env):
+    env.configure(failovers_per_minute=0)
+    pool = protected(env)
+    env.vast.instances[pool["primary_gpu_id"]]["actual_status"] = "offline"
+    assert confirming(env, PID)["old_primary"] == pool["primary_gpu_id"]
+    assert len(env.vast.called("show_instance")) == 2  # its own second direct call
+    assert env.store.events(PID)[0]["event"] == "failover_cap_exceeded"
+
+
+def test_a_provider_answering_garbage_for_the_whole_fleet_fails_nothing_over(env):
+    """Every primary listed failed, and past the cap each direct answer says failed once, then loading."""
+    env.configure(failovers_per_minute=1)
+    env.vast.offers = [{"id": 1, "machine_id": 88888}]
+    for machine in range(1, 6):
+        primary = env.vast.add_instance(label("acme", machine, "primary"), "offline")
+        env.add_pool(machine, primary_gpu_id=primary,
+                     standby_gpu_id=env.vast.add_instance(label("acme", machine, "standby"), "stopped"))
+    answers = {}
+
+    def flapping(instance_id):
+        answers[instance_id] = answers.get(instance_id, 0) + 1
+        return {**env.vast.instances[instance_id], "actual_status": "offline" if answers[instance_id] == 1 else
+                "loading"}
+
+    env.vast.show_instance = flapping
+    env.vast.fail["stop_instance"] = AssertionError("nothing may be stopped")
+    confirmed = 0
+    for machine in range(1, 6):
+        try:
+            confirming(env, f"acme:{machine}")
+            confirmed += 1
+        except Ignore:
+            pass
+    assert confirmed == 1  # the one within the cap; the other four were asked again and cancelled
+    assert [env.store.get_pool(f"acme:{m}")["state"] for m in range(2, 6)] == [State.ACTIVE] * 4
+    env.vast.show_instance = lambda instance_id: (_ for _ in ()).throw(ProviderUnavailable("garbage 2xx"))
+    with pytest.raises(Ignore):  # an answer that cannot be read is unknown: cancelled, never a failure
+        confirming(env, "acme:2")
 
 
 def test_a_provision_runs_to_the_end(env):

@@ -36,7 +36,9 @@ def test_every_variable_is_read(clean_env):
            "PROVIDER_POLL_INTERVAL": "0.5", "STANDBY_START_TIMEOUT": "7", "INSTANCE_READY_TIMEOUT": "8",
            "LOCK_TTL": "9", "FAILOVERS_PER_MINUTE": "4", "HEAL_INTERVAL": "11", "RECONCILE_INTERVAL": "12",
            "RECONCILE_DESTROY_ORPHANS": "yes", "CAPACITY_CHECK_INTERVAL": "13", "HOSTS_CACHE_SECONDS": "0",
-           "WARMPOOL_DEFAULT_IMAGE": "img:1"}
+           "WARMPOOL_DEFAULT_IMAGE": "img:1", "MAX_CONTENT_LENGTH": "2048", "WAIT_MAX_HOLDERS": "6",
+           "WAIT_MAX_HOLDERS_PER_TENANT": "2", "NOTIFICATION_REPLAY_WINDOW": "60", "NOTIFICATION_CHECK_INTERVAL": "5",
+           "WARMPOOL_MAX_POOLS_PER_TENANT": "7"}
     for name, value in env.items():
         clean_env.setenv(name, value)
     s = Settings.from_env()
@@ -47,6 +49,15 @@ def test_every_variable_is_read(clean_env):
     assert s.failovers_per_minute == 4
     assert s.reconcile_destroy_orphans is True
     assert (s.capacity_check_interval, s.hosts_cache_seconds, s.default_image) == (13.0, 0.0, "img:1")
+    assert (s.max_content_length, s.wait_max_holders, s.wait_max_holders_per_tenant) == (2048, 6, 2)
+    assert (s.notification_replay_window, s.notification_check_interval, s.max_pools_per_tenant) == (60.0, 5.0, 7)
+
+
+@pytest.mark.parametrize("name", ["MAX_CONTENT_LENGTH", "WAIT_MAX_HOLDERS", "WARMPOOL_MAX_POOLS_PER_TENANT"])
+def test_a_limit_below_one_is_refused_by_name(clean_env, name):
+    clean_env.setenv(name, "0")
+    with pytest.raises(ValueError, match=name):
+        Settings.from_env()
 
 
 def test_secrets_are_not_in_the_repr(clean_env):
@@ -65,6 +76,13 @@ def test_secrets_are_not_in_the_repr(clean_env):
 def test_api_keys_parse(clean_env, raw, keys):
     clean_env.setenv("WARMPOOL_API_KEYS", raw)
     assert Settings.from_env().api_keys == keys
+
+
+@pytest.mark.parametrize("raw", ["tenant1:change-me", "acme:k1,globex:CHANGE-ME"])
+def test_the_placeholder_key_is_refused(clean_env, raw):
+    clean_env.setenv("WARMPOOL_API_KEYS", raw)
+    with pytest.raises(ValueError, match="WARMPOOL_API_KEYS.*placeholder"):
+        Settings.from_env()
 
 
 @pytest.mark.parametrize("raw", ["acme", "acme:", ":key", "acme:k1,globex", "acme:k1,,:k2"])

@@ -225,8 +225,8 @@ def test_events_newest_first_and_capped(store):
 def test_api_keys_are_stored_hashed(store):
     raw = "s3cret-key-Zq9"
     store.add_api_key("acme", raw)
-    assert store.tenant_for_key(raw) == "acme"
-    assert store.tenant_for_key("s3cret-key-Zq8") is None and store.tenant_for_key("") is None
+    assert store.tenant_for_key(raw, {}) == "acme"
+    assert store.tenant_for_key("s3cret-key-Zq8", {}) is None and store.tenant_for_key("", {}) is None
     dump = repr(snapshot(store.r))
     assert raw not in dump and "acme" in dump
 

@@ -434,13 +434,12 @@ def test_trigger_while_an_operation_runs_is_dropped(env):
     assert env.of("failover") == []
 
 
-def test_automatic_failovers_per_minute_are_capped(env):
+def test_triggers_past_the_cap_are_never_deferred_and_take_no_slot(env):
     pools = [protected(env, m) for m in (1, 2, 3)]
     results = [sweep.trigger(pool_id("acme", p["machine_id"]), p["primary_gpu_id"], time.time()) for p in pools]
-    assert results == ["failover", "failover", "capped"]  # at most 2 a minute here
-    assert env.store.events("acme:3")[0]["event"] == "failover_deferred"
-    assert not env.store.is_locked("acme:3") and env.store.get_pool("acme:3")["state"] == State.ACTIVE
-    assert env.store.is_locked("acme:1") and env.store.is_locked("acme:2")
+    assert results == ["failover"] * 3  # 2 a minute here: the cap counts confirmed failures (confirm_failure)
+    assert env.store.r.zcard("wp:failovers") == 0
+    assert all(started["steps"][0] == "warmpool.failover.confirm_failure" for started in env.of("failover"))
 
 
 def test_a_manual_failover_is_not_counted_against_the_cap(env):
