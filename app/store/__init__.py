@@ -38,6 +38,7 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
         self.event_sinks: list = [self.queue_webhook_deliveries, self.count_event]
         self._register_lock_scripts()
         self._register_budget_scripts()
+        self._register_webhook_scripts()
 
     @classmethod
     def from_url(cls, url: str) -> "Store":

@@ -17,7 +17,7 @@ from tests.conftest import API_KEYS, Worker
 
 ALLOW_PRIVATE = {"WARMPOOL_WEBHOOK_ALLOW_PRIVATE": "1"}
 # a delivery retried fast, three attempts in all, so a test sees the whole story in seconds
-FAST_RETRIES = {"WEBHOOK_RETRY_BACKOFF": "1", "WEBHOOK_MAX_ATTEMPTS": "3"}
+FAST_RETRIES = {"WEBHOOK_RETRY_SCHEDULE": "0,1,1"}
 
 
 @pytest.fixture(scope="session")

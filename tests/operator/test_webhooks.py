@@ -88,7 +88,7 @@ def test_private_addresses_are_refused_unless_allowed(clean_stack, url):
 
 def test_a_delivery_checks_the_address_again_when_it_is_sent(receiver):
     """A name may resolve elsewhere after it was registered: each attempt checks it (this process is not allowed)."""
-    outcome = post(receiver.url + "/rebound", "whsec_" + "A" * 44, "msg_x", "{}")
+    outcome = post(receiver.url + "/rebound", ["whsec_" + "A" * 44], "msg_x", "{}")
     assert outcome["status_code"] is None and "loopback, private or link-local" in outcome["error"]
     assert receiver.at("/rebound") == []
 
