@@ -36,6 +36,7 @@ from app.urls import DeadlineExceeded, UnsafeDestination, check_destination, pos
 log = logging.getLogger(__name__)
 
 DEFERRED_RETRY_SECONDS = 1.0  # an attempt over its tenant's in-flight cap waits this long
+RETRY_AFTER_MAX = 10 * 3600  # a receiver's Retry-After is honoured up to this (the default schedule's longest step)
 JITTER = 0.1  # a retry waits up to this share of its delay longer, so retries after an outage spread out
 GONE = 410
 
@@ -82,15 +83,15 @@ def parse_retry_after(value: str | None) -> float | None:
 def next_attempt_at(attempt: int, retry_after: float | None, now: float) -> float | None:
     """When attempt ``attempt + 1`` is due (epoch s), or None when ``attempt`` was the schedule's last.
 
-    The schedule's delay, jittered, or the receiver's Retry-After if that is longer; never longer than
-    the schedule's longest step, so a receiver cannot push its deliveries past their lifetime.
+    The schedule's delay, jittered, or the receiver's Retry-After if that is longer, up to
+    RETRY_AFTER_MAX, so a receiver cannot push its deliveries past their lifetime.
     """
     schedule = settings().webhook_retry_schedule
     if attempt >= len(schedule):
         return None
     delay = schedule[attempt] * (1 + random.uniform(0, JITTER))
     if retry_after is not None:
-        delay = max(delay, min(retry_after, max(schedule)))
+        delay = max(delay, min(retry_after, RETRY_AFTER_MAX))
     return now + delay
 
 

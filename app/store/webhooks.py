@@ -285,7 +285,8 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])))
+local hold = math.ceil(tonumber(ARGV[2]))
+if redis.call('TTL', KEYS[1]) < hold then redis.call('EXPIRE', KEYS[1], hold) end
 return 1
 """
 
