@@ -1,6 +1,7 @@
 """Webhooks (issue 12): subscriptions per tenant, deliveries signed per Standard Webhooks, retried with the
 same webhook-id, on their own queue; the SSRF guard. Real gunicorn, Redis, beat and a webhooks worker."""
 
+import json
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -8,13 +9,16 @@ from datetime import datetime
 
 import pytest
 import requests
+from click.testing import CliRunner
 from standardwebhooks import Webhook
 
+from app.cli import main
+from app.client import NOT_FOUND, OK, USAGE
 from app.store.webhooks import EVENT_TYPES, MAX_WEBHOOKS
 from app.urls import DeadlineExceeded, check_destination, post_pinned
 from tasks import celery_app
 from tasks.webhooks import post
-from tests.conftest import wait_until
+from tests.conftest import API_KEYS, wait_until
 from tests.operator.conftest import DELIVERY_LIMITS, provisioned
 
 MACHINE = 123
@@ -360,3 +364,37 @@ def test_a_410_disables_the_webhook_and_retry_after_is_honoured(clean_stack, web
     waited = datetime.fromisoformat(delivery["next_attempt_at"]) - datetime.fromisoformat(attempt["at"])
     assert waited.total_seconds() >= 119  # not the schedule's 1 s
     assert web.api("PATCH", f"/api/v1/webhooks/{gone['id']}", json={"enabled": True}).json()["enabled"] is True
+
+
+@pytest.mark.timeout(60)
+def test_the_webhooks_commands(clean_stack, web, webhooks_worker, receiver):
+    """warmpool webhooks add, list, test, deliveries, resend, rotate, rm against the API under gunicorn."""
+    runner = CliRunner(env={"WARMPOOL_URL": web.url, "WARMPOOL_API_KEY": API_KEYS["acme"]})
+
+    def warmpool(*args: str, code: int = OK) -> str:
+        result = runner.invoke(main, ["webhooks", *args], catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result.output
+
+    added = json.loads(warmpool("add", receiver.url + "/cli?token=sekrit", "--event", "pool.healed", "--json"))
+    receiver.secrets["/cli?token=sekrit"] = added["secret"]
+    hook_id = added["id"]
+    listed = warmpool("list")
+    assert hook_id in listed and "pool.healed" in listed and "sekrit" not in listed and "/cli?…" in listed
+    assert "webhook.test" not in warmpool("add", "ftp://example.com/", code=USAGE)
+
+    assert "queued" in warmpool("test", hook_id)
+    [request] = wait_until(lambda: receiver.at("/cli?token=sekrit"), message="the test event")
+    msg = request["headers"]["webhook-id"]
+    wait_until(lambda: "delivered" in warmpool("deliveries", hook_id), message="the delivery listed as delivered")
+    assert msg in warmpool("deliveries", hook_id)
+    assert "queued again" in warmpool("resend", hook_id, msg)
+    wait_until(lambda: len(receiver.at("/cli?token=sekrit")) == 2, message="the resent delivery")
+    assert warmpool("resend", hook_id, "msg_" + "0" * 32, code=NOT_FOUND)
+
+    rotated = warmpool("rotate", hook_id)
+    secret = rotated.split()[1]
+    assert secret.startswith("whsec_") and secret != added["secret"]
+    assert "deleted" in warmpool("rm", hook_id)
+    warmpool("rm", hook_id, code=NOT_FOUND)
+    assert "0 webhooks" in warmpool("list")
