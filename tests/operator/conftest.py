@@ -124,11 +124,12 @@ def receiver():
 
 class Trickler:
     """A slow-loris receiver: it reads a request, sends a status line, then one header byte every
-    ``pace`` seconds until closed; it counts the connections it holds open, and their most at once."""
+    ``pace`` seconds until the sender hangs up (or ``limit`` bytes); it counts the connections it holds
+    open, their most at once, and the most bytes it trickled into one."""
 
-    def __init__(self, pace: float = 0.5):
+    def __init__(self, pace: float = 0.5, limit: int = 40):
         self.lock, self.closing = threading.Lock(), threading.Event()
-        self.open = self.most_open = self.requests = 0
+        self.open = self.most_open = self.requests = self.most_trickled = 0
         trickler = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -140,8 +141,12 @@ class Trickler:
                 try:
                     self.request.recv(65536)
                     self.request.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-                    while not trickler.closing.wait(pace):
+                    for trickled in range(1, limit + 1):
+                        if trickler.closing.wait(pace):
+                            break
                         self.request.sendall(b"x")
+                        with trickler.lock:
+                            trickler.most_trickled = max(trickler.most_trickled, trickled)
                 except OSError:
                     pass  # the sender gave up: what this receiver is for
                 finally:
