@@ -10,6 +10,14 @@ import click
 
 from app.client import EXIT_CODES, client_command
 
+def show(out, body: dict, text: str) -> None:
+    """The API's JSON with --json, else one line."""
+    if out.as_json:
+        out.json(body)
+    else:
+        out.line(text)
+
+
 def shown_url(url: str) -> str:
     """The URL without its query string, which may carry a token."""
     parts = urlsplit(url)
@@ -39,10 +47,8 @@ def list_webhooks(api, out):
 def add(api, out, webhook_url, events):
     """Subscribe URL to pool events; prints the signing secret, shown only this once."""
     body = api.call("POST", "/webhooks", json={"url": webhook_url, "events": list(events) or None})
-    if out.as_json:
-        return out.json(body)
-    out.line(f"webhook {body['id']}")
-    out.line(f"secret {body['secret']}  (verify deliveries with it; it is not shown again)")
+    show(out, body, f"webhook {body['id']}\nsecret {body['secret']}  (verify deliveries with it; it is not shown "
+                    "again)")
 
 
 @client_command("rm")
@@ -50,9 +56,7 @@ def add(api, out, webhook_url, events):
 def remove(api, out, webhook_id):
     """Unsubscribe a webhook; deliveries not yet made are dropped."""
     api.call("DELETE", f"/webhooks/{webhook_id}")
-    if out.as_json:
-        return out.json({"id": webhook_id, "deleted": True})
-    out.line(f"webhook {webhook_id} deleted")
+    show(out, {"id": webhook_id, "deleted": True}, f"webhook {webhook_id} deleted")
 
 
 @client_command("test")
@@ -60,9 +64,7 @@ def remove(api, out, webhook_id):
 def test(api, out, webhook_id):
     """Send a webhook a webhook.test event."""
     body = api.call("POST", f"/webhooks/{webhook_id}/test")
-    if out.as_json:
-        return out.json(body)
-    out.line(f"delivery {body['id']} queued; see it with: warmpool webhooks deliveries {webhook_id}")
+    show(out, body, f"delivery {body['id']} queued; see it with: warmpool webhooks deliveries {webhook_id}")
 
 
 @client_command("deliveries")
@@ -87,9 +89,7 @@ def deliveries(api, out, webhook_id):
 def resend(api, out, webhook_id, delivery_id):
     """Attempt a delivery again, now."""
     body = api.call("POST", f"/webhooks/{webhook_id}/deliveries/{delivery_id}/resend")
-    if out.as_json:
-        return out.json(body)
-    out.line(f"delivery {body['id']} queued again")
+    show(out, body, f"delivery {body['id']} queued again")
 
 
 @client_command("rotate")
@@ -97,9 +97,7 @@ def resend(api, out, webhook_id, delivery_id):
 def rotate(api, out, webhook_id):
     """A new signing secret; the old one still signs deliveries, beside it, for 24 h."""
     body = api.call("POST", f"/webhooks/{webhook_id}/rotate-secret")
-    if out.as_json:
-        return out.json(body)
-    out.line(f"secret {body['secret']}  (the previous one also signs deliveries for 24 h)")
+    show(out, body, f"secret {body['secret']}  (the previous one also signs deliveries for 24 h)")
 
 
 for command in (list_webhooks, add, remove, test, deliveries, resend, rotate):

@@ -1,7 +1,7 @@
 """The webhook resource: a tenant's subscriptions to pool events, and their recent deliveries; a test
 event, a resend, a secret rotation and a change of a subscription."""
 
-from flask import g
+from flask import g, url_for
 from flask.views import MethodView
 from flask_smorest import abort
 from marshmallow import Schema, fields, validate
@@ -18,6 +18,8 @@ blp.before_request(authenticate)
 
 WEBHOOK = "<string(length=35):webhook_id>"  # wh_ and 32 hex digits
 DELIVERY = "<string(length=36):delivery_id>"  # msg_ and 32 hex digits
+LOCATION = {"Location": {"description": "the webhook's deliveries, to follow this one",
+                         "schema": {"type": "string"}}}
 
 
 def url_field(**kwargs) -> fields.Url:
@@ -95,6 +97,15 @@ class DeliveryListSchema(Schema):
     count = fields.Integer()
 
 
+def errors(*codes: int):
+    """Document these error answers of a route (each a JSON error)."""
+    def decorate(function):
+        for code in codes:
+            function = blp.alt_response(code, response="DEFAULT_ERROR")(function)
+        return function
+    return decorate
+
+
 def get_webhook(webhook_id: str) -> dict:
     hook = store().get_webhook(g.tenant, webhook_id)
     if hook is None:
@@ -114,7 +125,7 @@ def checked_url(url: str) -> str:
 @blp.route("")
 class Webhooks(MethodView):
     @blp.response(200, WebhookListSchema)
-    @blp.alt_response(401, response="DEFAULT_ERROR")
+    @errors(401)
     def get(self):
         """This tenant's webhooks (their secrets are never shown again)"""
         hooks = store().webhooks(g.tenant)
@@ -122,8 +133,7 @@ class Webhooks(MethodView):
 
     @blp.arguments(WebhookCreateSchema)
     @blp.response(201, WebhookCreatedSchema)
-    @blp.alt_response(401, response="DEFAULT_ERROR")
-    @blp.alt_response(409, response="DEFAULT_ERROR")
+    @errors(401, 409)
     def post(self, spec):
         """Subscribe a URL to pool events; the answer holds the signing secret, once"""
         url = checked_url(spec["url"])
@@ -138,8 +148,7 @@ class Webhooks(MethodView):
 class WebhookById(MethodView):
     @blp.arguments(WebhookPatchSchema)
     @blp.response(200, WebhookSchema)
-    @blp.alt_response(401, response="DEFAULT_ERROR")
-    @blp.alt_response(404, response="DEFAULT_ERROR")
+    @errors(401, 404)
     def patch(self, changes, webhook_id):
         """Change the url, the events or whether it is enabled; what is left out stays"""
         if "url" in changes:
@@ -160,8 +169,7 @@ class WebhookById(MethodView):
         return hook
 
     @blp.response(204)
-    @blp.alt_response(401, response="DEFAULT_ERROR")
-    @blp.alt_response(404, response="DEFAULT_ERROR")
+    @errors(401, 404)
     def delete(self, webhook_id):
         """Unsubscribe; deliveries not yet made are dropped"""
         if not store().delete_webhook(g.tenant, webhook_id):
@@ -171,8 +179,7 @@ class WebhookById(MethodView):
 @blp.route("/" + WEBHOOK + "/deliveries")
 class Deliveries(MethodView):
     @blp.response(200, DeliveryListSchema)
-    @blp.alt_response(401, response="DEFAULT_ERROR")
-    @blp.alt_response(404, response="DEFAULT_ERROR")
+    @errors(401, 404)
     def get(self, webhook_id):
         """A webhook's recent deliveries, newest first, with every attempt"""
         get_webhook(webhook_id)
@@ -182,41 +189,41 @@ class Deliveries(MethodView):
 
 @blp.route("/" + WEBHOOK + "/test")
 class WebhookTest(MethodView):
-    @blp.response(202, DeliverySchema)
-    @blp.alt_response(401, response="DEFAULT_ERROR")
-    @blp.alt_response(404, response="DEFAULT_ERROR")
-    @blp.alt_response(409, response="DEFAULT_ERROR")
+    @blp.response(202, DeliverySchema, headers=LOCATION)
+    @errors(401, 404, 409)
     def post(self, webhook_id):
         """Send this webhook a webhook.test event; follow it in its deliveries"""
-        return store().queue_test_delivery(g.tenant, enabled_webhook(webhook_id))
+        return accepted(store().queue_test_delivery(g.tenant, enabled_webhook(webhook_id)))
 
 
 @blp.route("/" + WEBHOOK + "/deliveries/" + DELIVERY + "/resend")
 class Resend(MethodView):
-    @blp.response(202, DeliverySchema)
-    @blp.alt_response(401, response="DEFAULT_ERROR")
-    @blp.alt_response(404, response="DEFAULT_ERROR")
-    @blp.alt_response(409, response="DEFAULT_ERROR")
+    @blp.response(202, DeliverySchema, headers=LOCATION)
+    @errors(401, 404, 409)
     def post(self, webhook_id, delivery_id):
         """Attempt a delivery again, now (once; a delivery still retrying gets its next attempt now)"""
         enabled_webhook(webhook_id)
         delivery = store().get_delivery(delivery_id)
         if delivery is None or delivery["tenant"] != g.tenant or delivery["webhook_id"] != webhook_id:
             abort(404, message=f"No delivery {delivery_id} of webhook {webhook_id}")
-        return store().resend_delivery(delivery_id)
+        return accepted(store().resend_delivery(delivery_id))
 
 
 @blp.route("/" + WEBHOOK + "/rotate-secret")
 class RotateSecret(MethodView):
     @blp.response(200, SecretSchema)
-    @blp.alt_response(401, response="DEFAULT_ERROR")
-    @blp.alt_response(404, response="DEFAULT_ERROR")
+    @errors(401, 404)
     def post(self, webhook_id):
         """A new signing secret, shown once; the previous one still signs deliveries (beside it) for 24 h"""
         hook = store().rotate_secret(g.tenant, webhook_id)
         if hook is None:
             abort(404, message=f"No webhook {webhook_id}")
         return {"id": hook["id"], "secret": hook["secret"]}
+
+
+def accepted(delivery: dict) -> tuple[dict, int, dict]:
+    """202, the delivery, and where its attempts show."""
+    return delivery, 202, {"Location": url_for("webhooks.Deliveries", webhook_id=delivery["webhook_id"])}
 
 
 def enabled_webhook(webhook_id: str) -> dict:
