@@ -6,6 +6,7 @@ until it ends). Tables go to stdout; progress and errors go to stderr, so
 """
 
 import functools
+import importlib
 import json
 import shutil
 import time
@@ -324,3 +325,4 @@ def register(group: click.Group) -> None:
     for command in COMMANDS:
         group.add_command(command)
     group.epilog = EXIT_CODES
+    group.add_command(importlib.import_module("app.client_webhooks").webhooks)  # imports this module

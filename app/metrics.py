@@ -64,6 +64,11 @@ class StoreCollector:
                        "(code none: no response, a connection error or a timeout)",
                        ["endpoint", "code"], figures["provider_requests"])
 
+        yield _counter("warmpool_webhook_deliveries", "Webhook delivery attempts, by result (delivered; retrying: "
+                       "failed, another attempt scheduled; failed: the last attempt failed; gone: a 410 disabled "
+                       "the webhook; deferred: not made yet, the tenant had its cap of attempts in flight)",
+                       ["result"], figures["webhook_deliveries"])
+
         last = figures["last_sweep"]
         yield GaugeMetricFamily("warmpool_last_sweep_timestamp_seconds",
                                 "When the last health sweep that reached the provider ended (0: never)",

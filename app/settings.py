@@ -114,6 +114,30 @@ def _sentinel_master(master: str, **urls: str) -> str:
     return master
 
 
+def _schedule(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    """Parse ``0,5,300`` (seconds, one a step) into a tuple; an empty or negative step is an error."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        steps = tuple(float(step) for step in raw.split(","))
+    except ValueError:
+        steps = ()
+    if not steps or any(step < 0 for step in steps):
+        raise ValueError(f"{name} must be comma-separated seconds, like 0,5,300, got {raw!r}")
+    return steps
+
+
+def _positive(name: str, value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return value
+
+
+# Standard Webhooks' example schedule: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (about 27.6 h)
+WEBHOOK_RETRY_SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+
+
 # Vast's documented minimum intervals between calls, per endpoint and API key
 VAST_RATE_LIMITS = {"create_instance": 4.5, "destroy_instance": 3.0, "show_instance": 2.0,
                     "list_instances": 1.0, "manage_instance": 1.0, "volumes": 5.5, "search_offers": 6.0}
@@ -180,10 +204,12 @@ class Settings:
     log_format: str = "text"
     # the bearer token /metrics asks for; empty: /metrics is open
     metrics_token: str = field(default="", repr=False)
-    # webhook deliveries: attempts in all, seconds before the first retry (doubling), and whether loopback,
-    # private and link-local destinations are allowed (a test or a lab; never on a shared service)
-    webhook_max_attempts: int = 8
-    webhook_retry_backoff: int = 5
+    # webhook deliveries: the delay before each attempt (one attempt per step), the hard deadline of one
+    # attempt's whole exchange, the attempts in flight per tenant, and whether loopback, private and
+    # link-local destinations are allowed (a test or a lab; never on a shared service)
+    webhook_retry_schedule: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE
+    webhook_timeout: float = 15.0
+    webhook_concurrency_per_tenant: int = 4
     webhook_allow_private: bool = False
     # a request body past this many bytes is answered 413 before it is read
     max_content_length: int = 1024 * 1024
@@ -235,8 +261,10 @@ class Settings:
             default_image=os.environ.get("WARMPOOL_DEFAULT_IMAGE", cls.default_image),
             log_format=_choice("WARMPOOL_LOG_FORMAT", cls.log_format, ("text", "json")),
             metrics_token=os.environ.get("WARMPOOL_METRICS_TOKEN", ""),
-            webhook_max_attempts=_int("WEBHOOK_MAX_ATTEMPTS", cls.webhook_max_attempts),
-            webhook_retry_backoff=_int("WEBHOOK_RETRY_BACKOFF", cls.webhook_retry_backoff),
+            webhook_retry_schedule=_schedule("WEBHOOK_RETRY_SCHEDULE", WEBHOOK_RETRY_SCHEDULE),
+            webhook_timeout=_positive("WEBHOOK_TIMEOUT", _float("WEBHOOK_TIMEOUT", cls.webhook_timeout)),
+            webhook_concurrency_per_tenant=_positive_int("WEBHOOK_CONCURRENCY_PER_TENANT",
+                                                         cls.webhook_concurrency_per_tenant),
             webhook_allow_private=_bool("WARMPOOL_WEBHOOK_ALLOW_PRIVATE", cls.webhook_allow_private),
             max_content_length=_positive_int("MAX_CONTENT_LENGTH", cls.max_content_length),
             wait_max_holders=_positive_int("WAIT_MAX_HOLDERS", cls.wait_max_holders),

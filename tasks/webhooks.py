@@ -1,124 +1,155 @@
 """Webhook deliveries, signed as the Standard Webhooks spec says, on their own ``webhooks`` queue.
 
-Beat runs ``relay`` every second: it moves delivery ids from the outbox (written in
-the same transaction as their event, app/store/webhooks.py) into ``deliver`` tasks.
-The sink itself cannot enqueue: it runs before its transaction commits, in whatever
-process recorded the event. ``deliver`` makes one attempt and, on a non-2xx answer,
-a timeout or a refused connection, retries with exponential backoff and jitter, at
-most ``WEBHOOK_MAX_ATTEMPTS`` attempts in all; every attempt keeps the delivery's
-``webhook-id`` and is signed afresh (the timestamp is the attempt's).
+Beat runs ``relay`` every second: it hands each delivery that is due (app/store/webhooks.py keeps
+them in Redis, written in the same transaction as their event) to a ``deliver`` task. ``deliver``
+makes one attempt. A 2xx answer delivers it; anything else (another status, a refused connection,
+the deadline) schedules the next attempt by ``WEBHOOK_RETRY_SCHEDULE`` - by default the spec's
+example: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h - or later if the receiver's
+``Retry-After`` asks; after the last, the delivery has failed. A 410 Gone disables the webhook,
+with a ``webhook_disabled`` event. Every attempt keeps the delivery's ``webhook-id`` and is signed
+afresh (the timestamp is the attempt's), with both secrets for a day after a rotation.
 
-The destination is checked on every attempt, not only when it was registered, as
-its name may resolve elsewhere by then: http(s) only, no loopback, private or
-link-local address unless ``WARMPOOL_WEBHOOK_ALLOW_PRIVATE=1``, no redirects, no
-proxy from the environment.
+No tenant can hold the delivery threads: an attempt's whole exchange has a hard deadline
+(``WEBHOOK_TIMEOUT``, app/urls.py), and at most ``WEBHOOK_CONCURRENCY_PER_TENANT`` of a tenant's
+attempts are in flight; past that an attempt waits a second in Redis, not in a thread.
+
+The destination is checked on every attempt, not only when it was registered, and the connection
+goes to the address checked (app/urls.py): http(s) only, no loopback, private or link-local address
+unless ``WARMPOOL_WEBHOOK_ALLOW_PRIVATE=1``, no redirects, no proxy from the environment.
 """
 
-import ipaddress
+import email.utils
+import http.client
 import logging
-import socket
+import random
 import time
 from datetime import datetime, timezone
-from urllib.parse import urlsplit
 
-import requests
 from celery import shared_task
 from standardwebhooks import Webhook
 
-from app.pools import now_iso
+from app.pools import now_iso, pool_id
 from app.runtime import settings, store
-from app.store.webhooks import DELIVERED, FAILED, PENDING
+from app.store.webhooks import DELIVERED, FAILED, PENDING, signing_secrets
+from app.urls import DeadlineExceeded, UnsafeDestination, check_destination, post_pinned
 
 log = logging.getLogger(__name__)
 
-ALLOW_PRIVATE = "WARMPOOL_WEBHOOK_ALLOW_PRIVATE"
-MAX_ATTEMPTS = settings().webhook_max_attempts
-# seconds before the first retry; each next one waits twice as long (at most 10 min), jittered:
-# with the defaults, the last of 8 attempts is at most about 11 minutes after the first
-RETRY_BACKOFF = settings().webhook_retry_backoff
-TIMEOUTS = (5, 10)  # connect, read (s)
+DEFERRED_RETRY_SECONDS = 1.0  # an attempt over its tenant's in-flight cap waits this long
+RETRY_AFTER_MAX = 10 * 3600  # a receiver's Retry-After is honoured up to this (the default schedule's longest step)
+JITTER = 0.1  # a retry waits up to this share of its delay longer, so retries after an outage spread out
+GONE = 410
 
 
-class UnsafeDestination(ValueError):
-    """A webhook URL warmpool will not call."""
-
-
-class DeliveryFailed(Exception):
-    """An attempt got no 2xx answer: Celery retries it with backoff."""
-
-
-def check_destination(url: str) -> None:
-    """Raise UnsafeDestination unless ``url`` is http(s) to public addresses only (or private ones are allowed)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UnsafeDestination("Not an http(s) URL with a host")
-    if settings().webhook_allow_private:
-        return
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        infos = socket.getaddrinfo(parts.hostname, port, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError, ValueError):
-        raise UnsafeDestination(f"Cannot resolve host {parts.hostname}") from None
-    for *_, sockaddr in infos:
-        address = ipaddress.ip_address(sockaddr[0].split("%")[0])
-        address = getattr(address, "ipv4_mapped", None) or address
-        if not address.is_global:
-            raise UnsafeDestination(f"Host {parts.hostname} resolves to a loopback, private or link-local "
-                                    f"address; set {ALLOW_PRIVATE}=1 to allow that")
-
-
-def post(url: str, secret: str, delivery_id: str, payload: str) -> dict:
-    """One signed attempt; what happened: at, status_code (None without an answer), error, duration_ms."""
+def post(url: str, secrets: list[str], delivery_id: str, payload: str) -> dict:
+    """One signed attempt; what happened: at, status_code (None without an answer), error, duration_ms,
+    retry_after (seconds the receiver asked us to wait, or None)."""
+    cfg = settings()
     at, started = now_iso(), time.monotonic()
-    status_code = error = None
+    status_code = error = retry_after = None
     try:
-        check_destination(url)
+        destination = check_destination(url, cfg.webhook_allow_private)
         sent_at = datetime.now(timezone.utc)
         headers = {"webhook-id": delivery_id, "webhook-timestamp": str(int(sent_at.timestamp())),
-                   "webhook-signature": Webhook(secret).sign(delivery_id, sent_at, payload),
+                   "webhook-signature": " ".join(Webhook(secret).sign(delivery_id, sent_at, payload)
+                                                 for secret in secrets),
                    "Content-Type": "application/json", "User-Agent": "warmpool-webhooks"}
-        with requests.Session() as session:
-            session.trust_env = False  # a proxy from the environment would pass the address check by
-            with session.post(url, data=payload.encode(), headers=headers, timeout=TIMEOUTS,
-                              allow_redirects=False, stream=True) as response:
-                status_code = response.status_code
+        answer = post_pinned(destination, payload.encode(), headers, cfg.webhook_timeout)
+        status_code = answer.status
         if not 200 <= status_code < 300:
             error = f"HTTP {status_code}"
-    except UnsafeDestination as exc:
+            retry_after = parse_retry_after(answer.headers.get("retry-after"))
+    except (UnsafeDestination, DeadlineExceeded) as exc:
         error = str(exc)
-    except requests.RequestException as exc:
-        error = type(exc).__name__  # its text names the URL, which may carry a token
-    return {"at": at, "status_code": status_code, "error": error,
+    except (OSError, http.client.HTTPException) as exc:
+        error = type(exc).__name__  # its text may name the address
+    return {"at": at, "status_code": status_code, "error": error, "retry_after": retry_after,
             "duration_ms": round((time.monotonic() - started) * 1000, 1)}
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if absent or unreadable."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def next_attempt_at(attempt: int, retry_after: float | None, now: float) -> float | None:
+    """When attempt ``attempt + 1`` is due (epoch s), or None when ``attempt`` was the schedule's last.
+
+    The schedule's delay, jittered, or the receiver's Retry-After if that is longer, up to
+    RETRY_AFTER_MAX, so a receiver cannot push its deliveries past their lifetime.
+    """
+    schedule = settings().webhook_retry_schedule
+    if attempt >= len(schedule):
+        return None
+    delay = schedule[attempt] * (1 + random.uniform(0, JITTER))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, RETRY_AFTER_MAX))
+    return now + delay
+
+
+def claim_seconds() -> float:
+    """How long an attempt's claim lasts: past the broker's visibility timeout, when it hands the message out again."""
+    cfg = settings()
+    return cfg.visibility_timeout + cfg.webhook_timeout
 
 
 @shared_task(name="warmpool.webhooks.relay")
 def relay() -> int:
-    """Beat, every second: enqueue a delivery for each id in the outbox."""
-    return store().relay_outbox(deliver.delay)
+    """Beat, every second: enqueue an attempt of each delivery that is due."""
+    return store().relay_outbox(lambda delivery_id, attempt: deliver.delay(delivery_id, attempt))
 
 
-@shared_task(bind=True, name="warmpool.webhooks.deliver", acks_late=True, autoretry_for=(DeliveryFailed,),
-             max_retries=MAX_ATTEMPTS - 1, retry_backoff=RETRY_BACKOFF, retry_backoff_max=600, retry_jitter=True)
-def deliver(self, delivery_id: str) -> str:
-    """Make one attempt of a delivery; raise DeliveryFailed for Celery to retry it later."""
-    s = store()
-    attempt = self.request.retries + 1
+@shared_task(name="warmpool.webhooks.deliver", acks_late=True)
+def deliver(delivery_id: str, attempt: int) -> str:
+    """Make attempt number ``attempt`` of a delivery, and schedule the next if it failed."""
+    s, cfg = store(), settings()
     delivery = s.get_delivery(delivery_id)
-    # a delivery done, expired, or already being attempted by a broker's second copy of this message
-    if delivery is None or delivery["state"] != PENDING or not s.claim_attempt(delivery_id, attempt):
+    # a delivery done or expired, or this attempt already made (a broker's second copy of the message)
+    if delivery is None or delivery["state"] != PENDING or len(delivery["attempts"]) + 1 != attempt:
         return "skipped"
-    hook = s.get_webhook(delivery["tenant"], delivery["webhook_id"])
-    if hook is None:
+    tenant = delivery["tenant"]
+    hook = s.get_webhook(tenant, delivery["webhook_id"])
+    if hook is None or not hook["enabled"]:
         return "unsubscribed"
-    outcome = {"attempt": attempt, **post(hook["url"], hook["secret"], delivery_id, delivery["payload"])}
+    if not s.claim_attempt(delivery_id, attempt, claim_seconds()):
+        return "skipped"  # another copy of this message is making it
+    if not s.take_delivery_slot(tenant, delivery_id, cfg.webhook_concurrency_per_tenant, cfg.webhook_timeout + 5):
+        s.release_claim(delivery_id, attempt, DEFERRED_RETRY_SECONDS)
+        return "deferred"
+    try:
+        outcome = post(hook["url"], signing_secrets(hook, time.time()), delivery_id, delivery["payload"])
+    finally:
+        s.give_back_delivery_slot(tenant, delivery_id)
+    outcome = {"attempt": attempt, **outcome}
     if outcome["error"] is None:
-        state = DELIVERED
-    else:
-        state = FAILED if attempt >= MAX_ATTEMPTS else PENDING
-    s.record_attempt(delivery_id, outcome, state)
-    if state == PENDING:
-        raise DeliveryFailed(f"{delivery_id} attempt {attempt}: {outcome['error']}")
-    if state == FAILED:
+        s.record_attempt(delivery_id, outcome, DELIVERED, "delivered")
+        return DELIVERED
+    if outcome["status_code"] == GONE:
+        s.record_attempt(delivery_id, outcome, FAILED, "gone")
+        disable_gone_webhook(tenant, hook["id"], delivery["machine_id"])
+        return "gone"
+    next_at = next_attempt_at(attempt, outcome["retry_after"], time.time())
+    if next_at is None:
+        s.record_attempt(delivery_id, outcome, FAILED, "failed")
         log.warning("webhook delivery %s given up after %d attempts: %s", delivery_id, attempt, outcome["error"])
-    return state
+        return FAILED
+    s.record_attempt(delivery_id, outcome, PENDING, "retrying", next_at)
+    return "retrying"
+
+
+def disable_gone_webhook(tenant: str, webhook_id: str, machine_id: int | None) -> None:
+    """A receiver that answered 410 Gone wants no more: the webhook is disabled until PATCHed back on."""
+    reason = "the receiver answered 410 Gone"
+    store().update_webhook(tenant, webhook_id, lambda hook: {**hook, "enabled": False, "disabled_reason": reason})
+    log.warning("webhook %s of tenant %s disabled: %s", webhook_id, tenant, reason)
+    if machine_id is not None:
+        store().event(pool_id(tenant, machine_id), "webhook_disabled", f"webhook {webhook_id} disabled: {reason}",
+                      webhook_id=webhook_id)

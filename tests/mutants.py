@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 UNIT, STEPS, SWEEP, LOCKS = ("tests/unit/test_store.py", "tests/unit/test_steps.py", "tests/unit/test_sweep.py",
                              "tests/unit/test_locks.py")
 OPS, API, NOTICES = "tests/unit/test_operations.py", "tests/api/test_api.py", "tests/api/test_provider_notifications.py"
+HOOKS = "tests/operator/test_webhooks.py"
 
 
 @dataclass
@@ -207,6 +208,23 @@ MUTANTS = [
            "STORE_AWAY = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)",
            "STORE_AWAY = ()",
            (f"{STEPS}::test_a_store_restart_during_a_step_runs_the_step_again",)),
+    Mutant("a webhook attempt's whole exchange has one hard deadline", "app/urls.py",
+           "    timer = threading.Timer(deadline, cut)",
+           "    timer = threading.Timer(3600, cut)",
+           (f"{HOOKS}::test_an_attempt_has_one_deadline_for_the_whole_exchange",)),
+    Mutant("a tenant's webhook attempts in flight are capped", "app/store/webhooks.py",
+           "if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end\n",
+           "",
+           ("tests/unit/test_webhooks.py::test_attempts_in_flight_are_capped_per_tenant",
+            f"{HOOKS}::test_one_tenants_slow_receivers_hold_no_other_tenants_deliveries")),
+    Mutant("a webhook is sent to the address that was checked (no DNS rebinding)", "app/urls.py",
+           "socket.create_connection((self.destination.address, self.destination.port)",
+           "socket.create_connection((self.destination.host, self.destination.port)",
+           (f"{HOOKS}::test_dns_rebinding_cannot_move_a_delivery_past_the_check",)),
+    Mutant("a webhook attempt's claim outlives the broker's visibility timeout", "tasks/webhooks.py",
+           "    return cfg.visibility_timeout + cfg.webhook_timeout",
+           "    return 120",
+           ("tests/unit/test_webhooks.py::test_an_attempts_claim_outlives_the_brokers_visibility_timeout",)),
 ]
 
 

@@ -1,29 +1,48 @@
-"""The webhook resource: a tenant's subscriptions to pool events, and their recent deliveries."""
+"""The webhook resource: a tenant's subscriptions to pool events, and their recent deliveries; a test
+event, a resend, a secret rotation and a change of a subscription."""
 
-from flask import g
+from flask import g, url_for
 from flask.views import MethodView
 from flask_smorest import abort
 from marshmallow import Schema, fields, validate
 
 from app.api import Blueprint
 from app.api.auth import authenticate
-from app.runtime import store
-from app.store.webhooks import EVENT_TYPES, MAX_WEBHOOKS, TooManyWebhooks
-from tasks.webhooks import UnsafeDestination, check_destination
+from app.runtime import settings, store
+from app.store.webhooks import EVENT_TYPES, MAX_WEBHOOKS, PREVIOUS_SECRET_SECONDS, TEST_TYPE, TooManyWebhooks
+from app.urls import UnsafeDestination, check_destination
 
 blp = Blueprint("webhooks", __name__, url_prefix="/api/v1/webhooks",
                 description="Signed notifications of pool events (Standard Webhooks).")
 blp.before_request(authenticate)
 
 WEBHOOK = "<string(length=35):webhook_id>"  # wh_ and 32 hex digits
+DELIVERY = "<string(length=36):delivery_id>"  # msg_ and 32 hex digits
+LOCATION = {"Location": {"description": "the webhook's deliveries, to follow this one",
+                         "schema": {"type": "string"}}}
+
+
+def url_field(**kwargs) -> fields.Url:
+    return fields.Url(schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=2048),
+                      metadata={"example": "https://example.com/hooks/warmpool"}, **kwargs)
+
+
+def events_field(**kwargs) -> fields.List:
+    return fields.List(fields.String(validate=validate.OneOf(EVENT_TYPES)), allow_none=True,
+                       validate=validate.Length(min=1, max=len(EVENT_TYPES)),
+                       metadata={"description": "event types to send; null for all"}, **kwargs)
 
 
 class WebhookCreateSchema(Schema):
-    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False,
-                     validate=validate.Length(max=2048), metadata={"example": "https://example.com/hooks/warmpool"})
-    events = fields.List(fields.String(validate=validate.OneOf(EVENT_TYPES)), load_default=None, allow_none=True,
-                         validate=validate.Length(min=1, max=len(EVENT_TYPES)),
-                         metadata={"description": "event types to send; leave out (or null) for all"})
+    url = url_field(required=True)
+    events = events_field(load_default=None)
+
+
+class WebhookPatchSchema(Schema):
+    url = url_field()
+    events = events_field()
+    enabled = fields.Boolean(metadata={"description": "false: no deliveries; true: deliveries again "
+                                                      "(after a 410 Gone disabled it, say)"})
 
 
 class WebhookSchema(Schema):
@@ -31,12 +50,20 @@ class WebhookSchema(Schema):
     url = fields.String()
     events = fields.List(fields.String(metadata={"enum": EVENT_TYPES}), allow_none=True,
                          metadata={"description": "null: every event type"})
+    enabled = fields.Boolean()
+    disabled_reason = fields.String(metadata={"description": "why warmpool disabled it (a 410 Gone)"})
     created_at = fields.String()
 
 
 class WebhookCreatedSchema(WebhookSchema):
     secret = fields.String(metadata={"description": "whsec_...: verifies the deliveries' signatures. "
                                                     "Shown only in this answer."})
+
+
+class SecretSchema(Schema):
+    id = fields.String()
+    secret = fields.String(metadata={"description": f"the new whsec_... secret; deliveries are signed with it "
+                                                    f"and the previous one for {PREVIOUS_SECRET_SECONDS // 3600} h"})
 
 
 class WebhookListSchema(Schema):
@@ -50,13 +77,16 @@ class DeliveryAttemptSchema(Schema):
     status_code = fields.Integer(allow_none=True, metadata={"description": "null: no answer"})
     error = fields.String(allow_none=True, metadata={"description": "null: a 2xx answer"})
     duration_ms = fields.Float()
+    retry_after = fields.Float(allow_none=True, metadata={"description": "the receiver's Retry-After, in seconds"})
 
 
 class DeliverySchema(Schema):
     id = fields.String(metadata={"description": "the webhook-id header, the same on every attempt"})
-    type = fields.String(metadata={"enum": EVENT_TYPES})
-    machine_id = fields.Integer()
+    type = fields.String(metadata={"enum": EVENT_TYPES + [TEST_TYPE]})
+    machine_id = fields.Integer(allow_none=True, metadata={"description": "null: a webhook.test event"})
     state = fields.String(metadata={"enum": ["pending", "delivered", "failed"]})
+    next_attempt_at = fields.String(allow_none=True, metadata={"description": "when a pending delivery is "
+                                                                              "tried again"})
     created_at = fields.String()
     attempts = fields.List(fields.Nested(DeliveryAttemptSchema))
 
@@ -67,6 +97,15 @@ class DeliveryListSchema(Schema):
     count = fields.Integer()
 
 
+def errors(*codes: int):
+    """Document these error answers of a route (each a JSON error)."""
+    def decorate(function):
+        for code in codes:
+            function = blp.alt_response(code, response="DEFAULT_ERROR")(function)
+        return function
+    return decorate
+
+
 def get_webhook(webhook_id: str) -> dict:
     hook = store().get_webhook(g.tenant, webhook_id)
     if hook is None:
@@ -74,10 +113,19 @@ def get_webhook(webhook_id: str) -> dict:
     return hook
 
 
+def checked_url(url: str) -> str:
+    """``url``, or a 422 naming the field if warmpool will not call it."""
+    try:
+        check_destination(url, settings().webhook_allow_private)
+    except UnsafeDestination as exc:
+        abort(422, message="The webhook URL is not allowed", errors={"json": {"url": [str(exc)]}})
+    return url
+
+
 @blp.route("")
 class Webhooks(MethodView):
     @blp.response(200, WebhookListSchema)
-    @blp.alt_response(401, response="DEFAULT_ERROR")
+    @errors(401)
     def get(self):
         """This tenant's webhooks (their secrets are never shown again)"""
         hooks = store().webhooks(g.tenant)
@@ -85,26 +133,43 @@ class Webhooks(MethodView):
 
     @blp.arguments(WebhookCreateSchema)
     @blp.response(201, WebhookCreatedSchema)
-    @blp.alt_response(401, response="DEFAULT_ERROR")
-    @blp.alt_response(409, response="DEFAULT_ERROR")
+    @errors(401, 409)
     def post(self, spec):
         """Subscribe a URL to pool events; the answer holds the signing secret, once"""
-        try:
-            check_destination(spec["url"])
-        except UnsafeDestination as exc:
-            abort(422, message="The webhook URL is not allowed", errors={"json": {"url": [str(exc)]}})
+        url = checked_url(spec["url"])
         events = sorted(set(spec["events"])) if spec["events"] else None
         try:
-            return store().add_webhook(g.tenant, spec["url"], events)
+            return store().add_webhook(g.tenant, url, events)
         except TooManyWebhooks:
             abort(409, message=f"At most {MAX_WEBHOOKS} webhooks per tenant; delete one first")
 
 
 @blp.route("/" + WEBHOOK)
 class WebhookById(MethodView):
+    @blp.arguments(WebhookPatchSchema)
+    @blp.response(200, WebhookSchema)
+    @errors(401, 404)
+    def patch(self, changes, webhook_id):
+        """Change the url, the events or whether it is enabled; what is left out stays"""
+        if "url" in changes:
+            checked_url(changes["url"])
+        if "events" in changes:
+            changes["events"] = sorted(set(changes["events"])) if changes["events"] else None
+        if changes.get("enabled"):
+            changes["disabled_reason"] = None
+
+        def change(hook: dict) -> dict:
+            hook = {**hook, **changes}
+            if hook.get("disabled_reason") is None:
+                hook.pop("disabled_reason", None)
+            return hook
+        hook = store().update_webhook(g.tenant, webhook_id, change)
+        if hook is None:
+            abort(404, message=f"No webhook {webhook_id}")
+        return hook
+
     @blp.response(204)
-    @blp.alt_response(401, response="DEFAULT_ERROR")
-    @blp.alt_response(404, response="DEFAULT_ERROR")
+    @errors(401, 404)
     def delete(self, webhook_id):
         """Unsubscribe; deliveries not yet made are dropped"""
         if not store().delete_webhook(g.tenant, webhook_id):
@@ -114,10 +179,55 @@ class WebhookById(MethodView):
 @blp.route("/" + WEBHOOK + "/deliveries")
 class Deliveries(MethodView):
     @blp.response(200, DeliveryListSchema)
-    @blp.alt_response(401, response="DEFAULT_ERROR")
-    @blp.alt_response(404, response="DEFAULT_ERROR")
+    @errors(401, 404)
     def get(self, webhook_id):
         """A webhook's recent deliveries, newest first, with every attempt"""
         get_webhook(webhook_id)
         deliveries = store().deliveries(webhook_id)
         return {"webhook_id": webhook_id, "deliveries": deliveries, "count": len(deliveries)}
+
+
+@blp.route("/" + WEBHOOK + "/test")
+class WebhookTest(MethodView):
+    @blp.response(202, DeliverySchema, headers=LOCATION)
+    @errors(401, 404, 409)
+    def post(self, webhook_id):
+        """Send this webhook a webhook.test event; follow it in its deliveries"""
+        return accepted(store().queue_test_delivery(g.tenant, enabled_webhook(webhook_id)))
+
+
+@blp.route("/" + WEBHOOK + "/deliveries/" + DELIVERY + "/resend")
+class Resend(MethodView):
+    @blp.response(202, DeliverySchema, headers=LOCATION)
+    @errors(401, 404, 409)
+    def post(self, webhook_id, delivery_id):
+        """Attempt a delivery again, now (once; a delivery still retrying gets its next attempt now)"""
+        enabled_webhook(webhook_id)
+        delivery = store().get_delivery(delivery_id)
+        if delivery is None or delivery["tenant"] != g.tenant or delivery["webhook_id"] != webhook_id:
+            abort(404, message=f"No delivery {delivery_id} of webhook {webhook_id}")
+        return accepted(store().resend_delivery(delivery_id))
+
+
+@blp.route("/" + WEBHOOK + "/rotate-secret")
+class RotateSecret(MethodView):
+    @blp.response(200, SecretSchema)
+    @errors(401, 404)
+    def post(self, webhook_id):
+        """A new signing secret, shown once; the previous one still signs deliveries (beside it) for 24 h"""
+        hook = store().rotate_secret(g.tenant, webhook_id)
+        if hook is None:
+            abort(404, message=f"No webhook {webhook_id}")
+        return {"id": hook["id"], "secret": hook["secret"]}
+
+
+def accepted(delivery: dict) -> tuple[dict, int, dict]:
+    """202, the delivery, and where its attempts show."""
+    return delivery, 202, {"Location": url_for("webhooks.Deliveries", webhook_id=delivery["webhook_id"])}
+
+
+def enabled_webhook(webhook_id: str) -> dict:
+    hook = get_webhook(webhook_id)
+    if not hook["enabled"]:
+        abort(409, message=f"Webhook {webhook_id} is disabled; PATCH it with enabled true first")
+    return hook

@@ -65,6 +65,7 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
         self._register_budget_scripts()
         self._register_ingress_scripts()
         self._claim_machine = self.r.register_script(_CLAIM_MACHINE)
+        self._register_webhook_scripts()
 
     @classmethod
     def from_url(cls, url: str, sentinel_master: str = "", sentinel_password: str = "") -> "Store":

@@ -73,6 +73,10 @@ def delivery(delivery_id: str) -> str:
     return f"wp:delivery:{delivery_id}"
 
 
+def webhooks_in_flight(tenant: str) -> str:
+    return f"wp:deliveries:in_flight:{tenant}"  # sorted set: delivery id -> when its slot lapses (epoch s)
+
+
 def delivery_claim(delivery_id: str, attempt: int) -> str:
     return f"wp:delivery:{delivery_id}:attempt:{attempt}"
 
@@ -111,7 +115,7 @@ UNKNOWN_SWEEPS = "wp:metrics:unknown_sweeps"
 SWEEP_SECONDS = "wp:metrics:sweep_seconds"
 ORPHANS = "wp:metrics:orphans"
 # webhook deliveries (app/store/webhooks.py)
-WEBHOOK_OUTBOX = "wp:webhooks:outbox"  # list of delivery ids not yet handed to Celery
+WEBHOOK_DUE = "wp:deliveries:due"  # sorted set: delivery id -> when its next attempt is due (epoch s)
 WEBHOOK_RELAYING = "wp:webhooks:relaying"  # lock: one relay at a time
 # metrics that workers count and /metrics reads (app/store/metrics.py)
 METRIC_FAILOVERS = "wp:metrics:failovers"                  # hash: "<trigger>|<result>" -> failovers ended
@@ -120,3 +124,4 @@ METRIC_FAILOVER_SECONDS = "wp:metrics:failover_seconds"    # hash: a histogram's
 METRIC_PHASE_SECONDS = "wp:metrics:phase_seconds"          # hash: "<phase>|" + a histogram's fields
 METRIC_PROVIDER_REQUESTS = "wp:metrics:provider_requests"  # hash: "<endpoint>|<code>" -> responses
 METRIC_STANDBYS_LOST = "wp:metrics:standbys_lost"          # hash: the provider's status of a lost standby -> count
+METRIC_WEBHOOK_DELIVERIES = "wp:metrics:webhook_deliveries"  # hash: result -> webhook attempts

@@ -56,7 +56,8 @@ class MetricsRecords:
         (the pools by state are ``pool_counts()``)."""
         hashes = ("failovers", keys.METRIC_FAILOVERS), ("failovers_started", keys.METRIC_FAILOVERS_STARTED), \
             ("failover_seconds", keys.METRIC_FAILOVER_SECONDS), ("phase_seconds", keys.METRIC_PHASE_SECONDS), \
-            ("provider_requests", keys.METRIC_PROVIDER_REQUESTS), ("standbys_lost", keys.METRIC_STANDBYS_LOST)
+            ("provider_requests", keys.METRIC_PROVIDER_REQUESTS), ("standbys_lost", keys.METRIC_STANDBYS_LOST), \
+            ("webhook_deliveries", keys.METRIC_WEBHOOK_DELIVERIES)
         with self.r.pipeline(transaction=False) as pipe:
             for _, key in hashes:
                 pipe.hgetall(key)

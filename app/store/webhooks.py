@@ -5,13 +5,19 @@ whose kind has a webhook type (``WEBHOOK_TYPES``), ``queue_webhook_deliveries`` 
 event sink) writes one delivery per matching subscription and puts its id in the
 outbox, in the same Redis transaction as the event itself: an event recorded is an
 event delivered (at least once), and a delivery never exists without its event.
-The relay task moves the outbox into Celery; the delivery task signs and sends.
+The outbox is a sorted set of delivery ids by when their next attempt is due: a new delivery is
+due at once, a retry when its schedule (or the receiver's Retry-After) says. The relay task, every
+second, hands what is due to Celery; the delivery task signs and sends one attempt. Retries wait in
+Redis, never in the broker: a message held for hours past the broker's visibility timeout would be
+handed out again and again.
 """
 
 import base64
 import json
 import secrets
+import time
 import uuid
+from datetime import datetime, timezone
 
 import redis
 
@@ -31,18 +37,28 @@ WEBHOOK_TYPES = {
     "standby_lost": "standby.lost",
     "host_failover_completed": "host_failover.completed",
     "split_brain_resolved": "split_brain.resolved",
+    "webhook_disabled": "webhook.disabled",
 }
+TEST_TYPE = "webhook.test"  # sent only by POST /api/v1/webhooks/<id>/test, to that webhook alone
 EVENT_TYPES = sorted(set(WEBHOOK_TYPES.values()))
 
 MAX_WEBHOOKS = 20  # per tenant: bounds the fan-out of one event
 DELIVERIES_KEPT = 50  # per webhook, for GET .../deliveries
-DELIVERY_TTL = 7 * 24 * 3600
-CLAIM_TTL = 120  # longer than one attempt (its HTTP timeouts), shorter than the broker's redelivery
+DELIVERY_TTL = 7 * 24 * 3600  # longer than the longest retry schedule worth configuring
+PREVIOUS_SECRET_SECONDS = 24 * 3600  # after a rotation, deliveries are signed with both secrets this long
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
 
 def new_secret() -> str:
     """A Standard Webhooks secret: ``whsec_`` and base64 of 32 random bytes."""
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def signing_secrets(hook: dict, now: float) -> list[str]:
+    """The secrets a delivery is signed with: the current one, and the one before it for a day after a rotation."""
+    if hook.get("previous_secret") and hook.get("previous_secret_until", 0) > now:
+        return [hook["secret"], hook["previous_secret"]]
+    return [hook["secret"]]
 
 
 class TooManyWebhooks(Exception):
@@ -54,74 +70,102 @@ class WebhookRecords:
 
     r: redis.Redis
 
+    def _register_webhook_scripts(self) -> None:
+        self._add_capped = self.r.register_script(_ADD_CAPPED)
+        self._delete_own = self.r.register_script(_DELETE_OWN)
+        self._take_slot = self.r.register_script(_TAKE_SLOT)
+        self._unqueue = self.r.register_script(_UNQUEUE_IF_UNCHANGED)
+
     # -- subscriptions ---------------------------------------------------------
 
     def add_webhook(self, tenant: str, url: str, events: list[str] | None) -> dict:
-        """Subscribe ``url`` to ``events`` (None: every type, present and future); the record has the secret."""
-        if self.r.hlen(keys.webhooks(tenant)) >= MAX_WEBHOOKS:
+        """Subscribe ``url`` to ``events`` (None: every type, present and future); the record has the secret.
+        The cap is checked and the webhook added in one step, so parallel requests cannot pass it."""
+        hook = {"id": "wh_" + uuid.uuid4().hex, "url": url, "events": events, "enabled": True,
+                "secret": new_secret(), "created_at": now_iso()}
+        if not self._add_capped(keys=[keys.webhooks(tenant)], args=[MAX_WEBHOOKS, hook["id"], json.dumps(hook)]):
             raise TooManyWebhooks(tenant)
-        hook = {"id": "wh_" + uuid.uuid4().hex, "url": url, "events": events, "secret": new_secret(),
-                "created_at": now_iso()}
-        self.r.hset(keys.webhooks(tenant), hook["id"], json.dumps(hook))
         return hook
 
     def webhooks(self, tenant: str) -> list[dict]:
-        hooks = [json.loads(raw) for raw in self.r.hvals(keys.webhooks(tenant))]
+        hooks = [_with_defaults(json.loads(raw)) for raw in self.r.hvals(keys.webhooks(tenant))]
         return sorted(hooks, key=lambda hook: hook["created_at"])
 
     def get_webhook(self, tenant: str, webhook_id: str) -> dict | None:
         raw = self.r.hget(keys.webhooks(tenant), webhook_id)
-        return json.loads(raw) if raw else None
+        return _with_defaults(json.loads(raw)) if raw else None
+
+    def update_webhook(self, tenant: str, webhook_id: str, change) -> dict | None:
+        """Apply ``change`` (a function of the record, returning it) atomically; None if there is no such webhook."""
+        def transaction(pipe: redis.client.Pipeline):
+            raw = pipe.hget(keys.webhooks(tenant), webhook_id)
+            if raw is None:
+                return None
+            hook = change(_with_defaults(json.loads(raw)))
+            pipe.multi()
+            pipe.hset(keys.webhooks(tenant), webhook_id, json.dumps(hook))
+            return hook
+        return self.r.transaction(transaction, keys.webhooks(tenant), value_from_callable=True)
+
+    def rotate_secret(self, tenant: str, webhook_id: str) -> dict | None:
+        """A new secret; the one it replaces still signs deliveries (beside it) for PREVIOUS_SECRET_SECONDS."""
+        def rotate(hook: dict) -> dict:
+            return {**hook, "secret": new_secret(), "previous_secret": hook["secret"],
+                    "previous_secret_until": time.time() + PREVIOUS_SECRET_SECONDS}
+        return self.update_webhook(tenant, webhook_id, rotate)
 
     def delete_webhook(self, tenant: str, webhook_id: str) -> bool:
-        """Unsubscribe; deliveries still queued for it are dropped when their turn comes."""
-        with self.r.pipeline() as pipe:
-            pipe.hdel(keys.webhooks(tenant), webhook_id)
-            pipe.delete(keys.webhook_deliveries(webhook_id))
-            removed, _ = pipe.execute()
-        return bool(removed)
+        """Unsubscribe this tenant's webhook and drop its delivery history, in one step; another tenant's
+        webhook of that id is left alone. Deliveries still queued for it are dropped when their turn comes."""
+        return bool(self._delete_own(keys=[keys.webhooks(tenant), keys.webhook_deliveries(webhook_id)],
+                                     args=[webhook_id]))
 
     # -- the outbox ------------------------------------------------------------
 
     def queue_webhook_deliveries(self, pipe: redis.client.Pipeline, pid: str, record: dict) -> None:
-        """The event sink: a delivery per subscription of the pool's tenant that wants this event type."""
+        """The event sink: a delivery per enabled subscription of the pool's tenant that wants this event type."""
         event_type = WEBHOOK_TYPES.get(record["event"])
         if event_type is None:
             return
         tenant, machine_id = split_pool_id(pid)
-        hooks = [hook for hook in self.webhooks(tenant) if hook["events"] is None or event_type in hook["events"]]
+        hooks = [hook for hook in self.webhooks(tenant)
+                 if hook["enabled"] and (hook["events"] is None or event_type in hook["events"])]
         if not hooks:
             return
         data = {k: v for k, v in record.items() if k not in ("at", "event")}
-        # the exact bytes signed and sent, the same on every attempt
-        payload = json.dumps({"type": event_type, "timestamp": record["at"], "machine_id": machine_id,
-                              "data": data}, separators=(",", ":"))
         for hook in hooks:
-            delivery_id = "msg_" + uuid.uuid4().hex  # the webhook-id header, kept across retries
-            pipe.set(keys.delivery(delivery_id), json.dumps({
-                "id": delivery_id, "tenant": tenant, "webhook_id": hook["id"], "type": event_type,
-                "machine_id": machine_id, "payload": payload, "state": PENDING, "attempts": [],
-                "created_at": record["at"]}), ex=DELIVERY_TTL)
-            pipe.lpush(keys.webhook_deliveries(hook["id"]), delivery_id)
-            pipe.ltrim(keys.webhook_deliveries(hook["id"]), 0, DELIVERIES_KEPT - 1)
-            pipe.rpush(keys.WEBHOOK_OUTBOX, delivery_id)
+            _queue_delivery(pipe, tenant, hook, event_type, machine_id, data, record["at"])
+
+    def queue_test_delivery(self, tenant: str, hook: dict) -> dict:
+        """A ``webhook.test`` delivery to this webhook alone, due at once."""
+        with self.r.pipeline() as pipe:
+            delivery = _queue_delivery(pipe, tenant, hook, TEST_TYPE, None,
+                                       {"message": "a test event from warmpool"}, now_iso())
+            pipe.execute()
+        return delivery
 
     def relay_outbox(self, send, batch: int = 100) -> int:
-        """Hand queued delivery ids to ``send`` (which enqueues them), oldest first; return how many.
+        """Hand each delivery that is due to ``send(delivery_id, attempt)`` (which enqueues it), earliest
+        first; return how many.
 
-        One relay at a time, and ids leave the outbox only after ``send`` took them: a relay that dies
-        halfway sends some again, which the delivery task's claim makes harmless.
+        One relay at a time, and an id leaves the outbox only after ``send`` took it, and only if nothing
+        rescheduled it meanwhile: a relay that dies halfway sends some again, which the delivery task's
+        claim makes harmless.
         """
         lock = self.r.lock(keys.WEBHOOK_RELAYING, timeout=30)
         if not lock.acquire(blocking=False):
             return 0
         try:
             sent = 0
-            while ids := self.r.lrange(keys.WEBHOOK_OUTBOX, 0, batch - 1):
-                for delivery_id in ids:
-                    send(delivery_id)
-                self.r.ltrim(keys.WEBHOOK_OUTBOX, len(ids), -1)
-                sent += len(ids)
+            while due := self.r.zrangebyscore(keys.WEBHOOK_DUE, "-inf", time.time(), start=0, num=batch,
+                                              withscores=True):
+                records = self.r.mget([keys.delivery(delivery_id) for delivery_id, _ in due])
+                for (delivery_id, score), raw in zip(due, records):
+                    delivery = json.loads(raw) if raw else None
+                    if delivery is not None and delivery["state"] == PENDING:
+                        send(delivery_id, len(delivery["attempts"]) + 1)
+                    self._unqueue(keys=[keys.WEBHOOK_DUE], args=[delivery_id, repr(score)])
+                sent += len(due)
             return sent
         finally:
             lock.release()
@@ -139,15 +183,117 @@ class WebhookRecords:
             return []
         return [json.loads(raw) for raw in self.r.mget([keys.delivery(i) for i in ids]) if raw]
 
-    def claim_attempt(self, delivery_id: str, attempt: int) -> bool:
-        """Whether this worker makes attempt number ``attempt``: a broker's second copy of it does not."""
-        return bool(self.r.set(keys.delivery_claim(delivery_id, attempt), "1", nx=True, ex=CLAIM_TTL))
+    def claim_attempt(self, delivery_id: str, attempt: int, ttl: float) -> bool:
+        """Whether this worker makes attempt number ``attempt``: a broker's second copy of it does not.
 
-    def record_attempt(self, delivery_id: str, attempt: dict, state: str) -> None:
-        """Add an attempt (at, status_code, error, duration_ms) and the delivery's state after it."""
+        ``ttl`` must outlive the broker's visibility timeout, after which it hands the message out again.
+        Should this worker die mid-attempt, the delivery comes due again once the claim has lapsed.
+        """
+        if not self.r.set(keys.delivery_claim(delivery_id, attempt), "1", nx=True, ex=int(ttl) + 1):
+            return False
+        self.r.zadd(keys.WEBHOOK_DUE, {delivery_id: time.time() + int(ttl) + 2})
+        return True
+
+    def release_claim(self, delivery_id: str, attempt: int, retry_in: float) -> None:
+        """Give the attempt back, unmade: it comes due again in ``retry_in`` seconds."""
+        with self.r.pipeline() as pipe:
+            pipe.delete(keys.delivery_claim(delivery_id, attempt))
+            pipe.zadd(keys.WEBHOOK_DUE, {delivery_id: time.time() + retry_in})
+            pipe.hincrby(keys.METRIC_WEBHOOK_DELIVERIES, "deferred", 1)
+            pipe.execute()
+
+    def take_delivery_slot(self, tenant: str, delivery_id: str, limit: int, hold: float) -> bool:
+        """One of the tenant's ``limit`` slots for an attempt in flight; one not given back lapses in ``hold`` s."""
+        return bool(self._take_slot(keys=[keys.webhooks_in_flight(tenant)], args=[limit, hold, delivery_id]))
+
+    def give_back_delivery_slot(self, tenant: str, delivery_id: str) -> None:
+        self.r.zrem(keys.webhooks_in_flight(tenant), delivery_id)
+
+    def record_attempt(self, delivery_id: str, attempt: dict, state: str, result: str,
+                       next_at: float | None = None) -> None:
+        """Add an attempt (at, status_code, error, duration_ms), the delivery's state after it, and when
+        the next attempt is due (``next_at``, epoch seconds, for a delivery still pending)."""
         delivery = self.get_delivery(delivery_id)
         if delivery is None:
             return
         delivery["attempts"].append(attempt)
         delivery["state"] = state
-        self.r.set(keys.delivery(delivery_id), json.dumps(delivery), keepttl=True)
+        delivery["next_attempt_at"] = _iso(next_at) if next_at is not None else None
+        with self.r.pipeline() as pipe:
+            pipe.set(keys.delivery(delivery_id), json.dumps(delivery), keepttl=True)
+            if next_at is None:
+                pipe.zrem(keys.WEBHOOK_DUE, delivery_id)
+            else:
+                pipe.zadd(keys.WEBHOOK_DUE, {delivery_id: next_at})
+            pipe.hincrby(keys.METRIC_WEBHOOK_DELIVERIES, result, 1)
+            pipe.execute()
+
+    def resend_delivery(self, delivery_id: str) -> dict:
+        """Make the delivery pending and due now: one more attempt, or, for one still retrying, its next at once."""
+        delivery = self.get_delivery(delivery_id)
+        delivery["state"] = PENDING
+        with self.r.pipeline() as pipe:
+            pipe.set(keys.delivery(delivery_id), json.dumps(delivery), keepttl=True)
+            pipe.zadd(keys.WEBHOOK_DUE, {delivery_id: time.time()})
+            pipe.execute()
+        return delivery
+
+
+def _with_defaults(hook: dict) -> dict:
+    """A record written before webhooks could be disabled is enabled."""
+    return {"enabled": True, **hook}
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
+
+
+def _queue_delivery(pipe: redis.client.Pipeline, tenant: str, hook: dict, event_type: str,
+                    machine_id: int | None, data: dict, at: str) -> dict:
+    """Write one delivery of an event to a webhook, due at once (in ``pipe``, the caller's transaction)."""
+    # the exact bytes signed and sent, the same on every attempt
+    payload = json.dumps({"type": event_type, "timestamp": at, "machine_id": machine_id, "data": data},
+                         separators=(",", ":"))
+    delivery = {"id": "msg_" + uuid.uuid4().hex,  # the webhook-id header, kept across retries
+                "tenant": tenant, "webhook_id": hook["id"], "type": event_type, "machine_id": machine_id,
+                "payload": payload, "state": PENDING, "attempts": [], "next_attempt_at": None, "created_at": at}
+    pipe.set(keys.delivery(delivery["id"]), json.dumps(delivery), ex=DELIVERY_TTL)
+    pipe.lpush(keys.webhook_deliveries(hook["id"]), delivery["id"])
+    pipe.ltrim(keys.webhook_deliveries(hook["id"]), 0, DELIVERIES_KEPT - 1)
+    pipe.zadd(keys.WEBHOOK_DUE, {delivery["id"]: time.time()})
+    return delivery
+
+
+# KEYS: the tenant's webhooks; ARGV: the cap, the new id, its record
+_ADD_CAPPED = """
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+return 1
+"""
+
+# KEYS: the tenant's webhooks, the webhook's delivery list; ARGV: the webhook id
+_DELETE_OWN = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+# KEYS: the tenant's attempts in flight; ARGV: the limit, how long a slot lasts, the delivery id.
+# Redis's own clock, so every worker agrees when a slot lapses.
+_TAKE_SLOT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+local hold = math.ceil(tonumber(ARGV[2]))
+if redis.call('TTL', KEYS[1]) < hold then redis.call('EXPIRE', KEYS[1], hold) end
+return 1
+"""
+
+# KEYS: the outbox; ARGV: the delivery id, the score the relay read
+_UNQUEUE_IF_UNCHANGED = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+"""

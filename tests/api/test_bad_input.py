@@ -18,6 +18,7 @@ from tests.unit.fakes import make_env, snapshot
 
 TASK = "f" * 32  # acme's task, seeded below
 WEBHOOK = "wh_" + "e" * 32  # acme's webhook, seeded below
+DELIVERY = "msg_" + "d" * 32  # a delivery of it
 MACHINE = 123  # acme's active pool; globex has none of that id
 PROVISION = {"machine_id": 456, "host_machine_id": 88888}
 
@@ -37,12 +38,16 @@ ROUTES = {
     "subscribe": ("POST", "/api/v1/webhooks"),
     "unsubscribe": ("DELETE", "/api/v1/webhooks/{w}"),
     "deliveries": ("GET", "/api/v1/webhooks/{w}/deliveries"),
+    "change_webhook": ("PATCH", "/api/v1/webhooks/{w}"),
+    "test_webhook": ("POST", "/api/v1/webhooks/{w}/test"),
+    "resend": ("POST", "/api/v1/webhooks/{w}/deliveries/{d}/resend"),
+    "rotate_secret": ("POST", "/api/v1/webhooks/{w}/rotate-secret"),
 }
 METHODS = {path: {m for m, p in ROUTES.values() if p == path} for _, path in ROUTES.values()}
 
 
-def url(route: str, m=MACHINE, t=TASK, w=WEBHOOK) -> str:
-    return ROUTES[route][1].format(m=m, t=t, w=w)
+def url(route: str, m=MACHINE, t=TASK, w=WEBHOOK, d=DELIVERY) -> str:
+    return ROUTES[route][1].format(m=m, t=t, w=w, d=d)
 
 
 def seed(env):
@@ -250,7 +255,8 @@ def test_bad_task_ids(seeded, task):
     assert_rejected(seeded, before, call(seeded, "task", t=task), 404)
 
 
-@pytest.mark.parametrize("route", ["unsubscribe", "deliveries"])
+@pytest.mark.parametrize("route", ["unsubscribe", "deliveries", "change_webhook", "test_webhook", "resend",
+                                   "rotate_secret"])
 @pytest.mark.parametrize("webhook", ["wh_" + "e" * 31, "wh_" + "e" * 33, "e" * 35, "wh_" + "0" * 32, "%00" * 35])
 def test_bad_webhook_ids(seeded, route, webhook):
     before = snapshot(seeded.r)
@@ -381,7 +387,7 @@ def test_every_route_of_the_app_is_exercised_here():
     from app import create_app
     from tests.api.test_openapi import api_routes
 
-    ours = {(m, p.replace("{m}", "{machine_id}").replace("{t}", "{task_id}").replace("{w}", "{webhook_id}"))
+    ours = {(m, p.replace("{m}", "{machine_id}").replace("{t}", "{task_id}").replace("{w}", "{webhook_id}").replace("{d}", "{delivery_id}"))
             for m, p in ROUTES.values()}
     # Vast's notifications are signed, not keyed: their bad input is tests/api/test_provider_notifications.py's
     signed = {("POST", "/api/v1/provider/notifications")}

@@ -30,12 +30,16 @@ CODES = {
     ("POST", "/api/v1/webhooks"): {"201", "409", "422"},
     ("DELETE", "/api/v1/webhooks/{webhook_id}"): {"204", "404"},
     ("GET", "/api/v1/webhooks/{webhook_id}/deliveries"): {"200", "404"},
+    ("PATCH", "/api/v1/webhooks/{webhook_id}"): {"200", "404", "422"},
+    ("POST", "/api/v1/webhooks/{webhook_id}/test"): {"202", "404", "409"},
+    ("POST", "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/resend"): {"202", "404", "409"},
+    ("POST", "/api/v1/webhooks/{webhook_id}/rotate-secret"): {"200", "404"},
     ("POST", "/api/v1/provider/notifications"): {"200", "401", "404", "422"},
 }
 # signed by Vast with a shared secret instead of an API key (404 while no secret is configured)
 SIGNED = {("POST", "/api/v1/provider/notifications")}
 ACCEPTED = {key for key, codes in CODES.items() if "202" in codes}
-SAMPLE = {"machine_id": "123", "task_id": "a" * 32, "webhook_id": "wh_" + "a" * 32}
+SAMPLE = {"machine_id": "123", "task_id": "a" * 32, "webhook_id": "wh_" + "a" * 32, "delivery_id": "msg_" + "a" * 32}
 
 
 @pytest.fixture(scope="module")

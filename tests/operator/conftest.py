@@ -3,6 +3,7 @@
 checks every delivery with standardwebhooks' own verify.
 """
 
+import socketserver
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,8 +17,10 @@ from app.processes import free_port, listening, wait_until
 from tests.conftest import API_KEYS, Worker
 
 ALLOW_PRIVATE = {"WARMPOOL_WEBHOOK_ALLOW_PRIVATE": "1"}
-# a delivery retried fast, three attempts in all, so a test sees the whole story in seconds
-FAST_RETRIES = {"WEBHOOK_RETRY_BACKOFF": "1", "WEBHOOK_MAX_ATTEMPTS": "3"}
+# a delivery retried fast, three attempts in all, so a test sees the whole story in seconds; an attempt's
+# deadline and the attempts in flight per tenant small enough for a slow receiver to reach both
+FAST_RETRIES = {"WEBHOOK_RETRY_SCHEDULE": "0,1,1"}
+DELIVERY_LIMITS = {"WEBHOOK_TIMEOUT": "4", "WEBHOOK_CONCURRENCY_PER_TENANT": "2"}
 
 
 @pytest.fixture(scope="session")
@@ -46,19 +49,21 @@ def webhooks_worker(stack):
     """A worker on the webhooks queue alone, as the Procfile's ``webhooks`` line runs it."""
     worker = Worker("worker", "-Q", "webhooks", "--pool", "threads", "--concurrency", "4", "-l", "INFO",
                     "-n", "webhooks@%h", "--without-mingle", "--without-gossip",
-                    log=stack.logs / "webhooks-worker.log", **ALLOW_PRIVATE, **FAST_RETRIES).start()
+                    log=stack.logs / "webhooks-worker.log", **ALLOW_PRIVATE, **FAST_RETRIES,
+                    **DELIVERY_LIMITS).start()
     yield worker
     worker.stop()
 
 
 class Receiver:
-    """A webhook endpoint: each path answers the status codes it is given in turn (then 204), verifies
-    each request with the secret registered for it, and keeps what came."""
+    """A webhook endpoint: each path answers the status codes it is given in turn (then 204; a
+    ``(status, headers)`` pair adds headers), verifies each request with the secret registered for it,
+    and keeps what came."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.requests: list[dict] = []
-        self.answers: dict[str, list[int]] = {}
+        self.answers: dict[str, list[int | tuple[int, dict]]] = {}
         self.secrets: dict[str, str] = {}
         receiver = self
 
@@ -68,8 +73,11 @@ class Receiver:
                 receiver.receive(self.path, dict(self.headers), body)
                 with receiver.lock:
                     answers = receiver.answers.get(self.path) or [204]
-                    status = answers.pop(0) if len(answers) > 1 else answers[0]
+                    answer = answers.pop(0) if len(answers) > 1 else answers[0]
+                status, headers = answer if isinstance(answer, tuple) else (answer, {})
                 self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 if 300 <= status < 400:
                     self.send_header("Location", "/redirected")
                 self.send_header("Content-Length", "0")
@@ -112,6 +120,57 @@ def receiver():
     r = Receiver()
     yield r
     r.close()
+
+
+class Trickler:
+    """A slow-loris receiver: it reads a request, sends a status line, then one header byte every
+    ``pace`` seconds until the sender hangs up (or ``limit`` bytes); it counts the connections it holds
+    open, their most at once, and the most bytes it trickled into one."""
+
+    def __init__(self, pace: float = 0.5, limit: int = 40):
+        self.lock, self.closing = threading.Lock(), threading.Event()
+        self.open = self.most_open = self.requests = self.most_trickled = 0
+        trickler = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                with trickler.lock:
+                    trickler.open += 1
+                    trickler.requests += 1
+                    trickler.most_open = max(trickler.most_open, trickler.open)
+                try:
+                    self.request.recv(65536)
+                    self.request.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                    for trickled in range(1, limit + 1):
+                        if trickler.closing.wait(pace):
+                            break
+                        self.request.sendall(b"x")
+                        with trickler.lock:
+                            trickler.most_trickled = max(trickler.most_trickled, trickled)
+                except OSError:
+                    pass  # the sender gave up: what this receiver is for
+                finally:
+                    with trickler.lock:
+                        trickler.open -= 1
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads, block_on_close, allow_reuse_address = True, False, True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.closing.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def trickler():
+    t = Trickler()
+    yield t
+    t.close()
 
 
 def provisioned(web: Web, stack, machine_id: int, tenant: str = "acme", failovers: int = 0) -> dict:

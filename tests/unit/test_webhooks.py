@@ -1,0 +1,123 @@
+"""Webhook deliveries' guards, on the fakes: tenants' webhooks apart, the in-flight cap, claims, the schedule."""
+
+import json
+import time
+
+import pytest
+
+from app.settings import WEBHOOK_RETRY_SCHEDULE, Settings
+from app.store import keys
+from app.store.webhooks import PENDING, PREVIOUS_SECRET_SECONDS, signing_secrets
+from tasks.webhooks import RETRY_AFTER_MAX, claim_seconds, deliver, next_attempt_at, parse_retry_after
+
+
+def queued(env, tenant: str = "acme", url: str = "https://93.184.216.34/hook") -> tuple[dict, dict]:
+    """A webhook of ``tenant`` and one delivery of an event to it."""
+    hook = env.store.add_webhook(tenant, url, None)
+    env.store.event(f"{tenant}:1", "healed", "the host has a free GPU again")
+    [delivery] = env.store.deliveries(hook["id"])
+    return hook, delivery
+
+
+def test_a_delete_of_another_tenants_webhook_touches_nothing(env):
+    hook, delivery = queued(env)
+    rv = env.api("DELETE", f"/api/v1/webhooks/{hook['id']}", tenant="globex")
+    assert rv.status_code == 404
+    assert env.store.get_webhook("acme", hook["id"]) is not None
+    assert [d["id"] for d in env.store.deliveries(hook["id"])] == [delivery["id"]]
+    assert env.api("DELETE", f"/api/v1/webhooks/{hook['id']}").status_code == 204
+    assert env.store.deliveries(hook["id"]) == [] and env.store.webhooks("acme") == []
+
+
+def test_attempts_in_flight_are_capped_per_tenant(env):
+    s = env.store
+    assert s.take_delivery_slot("acme", "msg_1", 2, 30) and s.take_delivery_slot("acme", "msg_2", 2, 30)
+    assert not s.take_delivery_slot("acme", "msg_3", 2, 30)
+    assert s.take_delivery_slot("globex", "msg_4", 2, 30)  # another tenant's slots are its own
+    s.give_back_delivery_slot("acme", "msg_1")
+    assert s.take_delivery_slot("acme", "msg_3", 2, 30)
+    assert s.take_delivery_slot("initech", "msg_5", 2, 0.001) and s.take_delivery_slot("initech", "msg_6", 2, 30)
+    time.sleep(0.01)  # a slot its worker never gave back (killed) lapses after its hold
+    assert s.take_delivery_slot("initech", "msg_7", 2, 30)
+    assert not s.take_delivery_slot("initech", "msg_8", 2, 30)
+
+
+def test_an_attempt_over_its_tenants_cap_waits_unmade(env):
+    env.configure(webhook_concurrency_per_tenant=1)
+    hook, delivery = queued(env)
+    assert env.store.take_delivery_slot("acme", "msg_busy", 1, 30)
+    assert deliver(delivery["id"], 1) == "deferred"
+    assert env.store.get_delivery(delivery["id"])["attempts"] == []
+    due = env.r.zscore(keys.WEBHOOK_DUE, delivery["id"])
+    assert time.time() < due <= time.time() + 1.5  # due again in a second, and claimable again
+    assert env.store.claim_attempt(delivery["id"], 1, 60)
+
+
+def test_an_attempts_claim_outlives_the_brokers_visibility_timeout(env):
+    """The broker hands an unacknowledged message out again after the visibility timeout: the claim
+    must still be there then, so the second copy does not send the attempt again."""
+    hook, delivery = queued(env)
+    assert env.store.claim_attempt(delivery["id"], 1, claim_seconds())
+    assert env.r.ttl(keys.delivery_claim(delivery["id"], 1)) > env.settings.visibility_timeout
+    assert deliver(delivery["id"], 1) == "skipped"
+    # and should the claimer die, the delivery comes due again once the claim has lapsed
+    assert env.r.zscore(keys.WEBHOOK_DUE, delivery["id"]) > time.time() + env.settings.visibility_timeout
+
+
+def test_a_message_for_an_attempt_already_made_is_skipped(env):
+    hook, delivery = queued(env)
+    env.store.record_attempt(delivery["id"], {"attempt": 1, "error": "HTTP 500"}, PENDING, "retrying", time.time())
+    assert deliver(delivery["id"], 1) == "skipped"
+
+
+def test_the_relay_sends_what_is_due_with_its_attempt_number(env):
+    hook, delivery = queued(env)
+    later = env.store.add_webhook("acme", "https://93.184.216.34/later", None)
+    env.store.event("acme:2", "healed", "the host has a free GPU again")
+    [waiting] = env.store.deliveries(later["id"])
+    env.store.record_attempt(waiting["id"], {"attempt": 1, "error": "HTTP 500"}, PENDING, "retrying",
+                             time.time() + 60)
+    sent = []
+    env.store.relay_outbox(lambda delivery_id, attempt: sent.append((delivery_id, attempt)))
+    assert (delivery["id"], 1) in sent and waiting["id"] not in {d for d, _ in sent}
+    assert env.r.zscore(keys.WEBHOOK_DUE, waiting["id"]) is not None
+
+
+def test_the_retry_schedule_is_the_specs_example_and_retry_after_may_lengthen_it(env):
+    assert WEBHOOK_RETRY_SCHEDULE == (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+    assert 5 <= next_attempt_at(1, None, 0) <= 5.5
+    assert 36000 <= next_attempt_at(7, None, 0) <= 39600
+    assert next_attempt_at(8, None, 0) is None  # the eighth attempt was the last
+    assert next_attempt_at(1, 120, 0) == 120
+    assert next_attempt_at(1, 10 ** 9, 0) == RETRY_AFTER_MAX == 36000
+    assert 300 <= next_attempt_at(2, 1, 0) <= 330  # a shorter Retry-After does not hurry it
+    assert parse_retry_after("120") == 120 and parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert 50 < parse_retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))) <= 60
+
+
+def test_the_schedule_setting_is_read_and_checked(monkeypatch):
+    monkeypatch.setenv("WEBHOOK_RETRY_SCHEDULE", "0, 1,2.5")
+    assert Settings.from_env().webhook_retry_schedule == (0, 1, 2.5)
+    for bad in ("", "1,,2", "5,-1", "soon"):
+        monkeypatch.setenv("WEBHOOK_RETRY_SCHEDULE", bad)
+        with pytest.raises(ValueError, match="WEBHOOK_RETRY_SCHEDULE"):
+            Settings.from_env()
+    monkeypatch.delenv("WEBHOOK_RETRY_SCHEDULE")
+    monkeypatch.setenv("WEBHOOK_CONCURRENCY_PER_TENANT", "0")
+    with pytest.raises(ValueError, match="WEBHOOK_CONCURRENCY_PER_TENANT"):
+        Settings.from_env()
+
+
+def test_a_rotated_secret_signs_beside_the_new_one_for_a_day(env):
+    hook = env.store.add_webhook("acme", "https://93.184.216.34/hook", None)
+    rotated = env.store.rotate_secret("acme", hook["id"])
+    assert rotated["secret"] != hook["secret"]
+    now = time.time()
+    assert signing_secrets(rotated, now) == [rotated["secret"], hook["secret"]]
+    assert signing_secrets(rotated, now + PREVIOUS_SECRET_SECONDS + 1) == [rotated["secret"]]
+    assert env.store.rotate_secret("globex", hook["id"]) is None
+    stored = json.loads(env.r.hget(keys.webhooks("acme"), hook["id"]))
+    assert stored["secret"] == rotated["secret"]
+    listed = env.api("GET", "/api/v1/webhooks").json["webhooks"][0]
+    assert not {"secret", "previous_secret", "previous_secret_until"} & set(listed)
