@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import requests
 from celery import shared_task
+from celery.utils.time import get_exponential_backoff_interval
 from standardwebhooks import Webhook
 
 from app.pools import now_iso
@@ -32,10 +33,9 @@ from app.store.webhooks import DELIVERED, FAILED, PENDING
 log = logging.getLogger(__name__)
 
 ALLOW_PRIVATE = "WARMPOOL_WEBHOOK_ALLOW_PRIVATE"
-MAX_ATTEMPTS = settings().webhook_max_attempts
-# seconds before the first retry; each next one waits twice as long (at most 10 min), jittered:
+# a retry waits WEBHOOK_RETRY_BACKOFF seconds, each next one twice as long up to this, jittered:
 # with the defaults, the last of 8 attempts is at most about 11 minutes after the first
-RETRY_BACKOFF = settings().webhook_retry_backoff
+RETRY_BACKOFF_MAX = 600
 TIMEOUTS = (5, 10)  # connect, read (s)
 
 
@@ -98,11 +98,13 @@ def relay() -> int:
     return store().relay_outbox(deliver.delay)
 
 
-@shared_task(bind=True, name="warmpool.webhooks.deliver", acks_late=True, autoretry_for=(DeliveryFailed,),
-             max_retries=MAX_ATTEMPTS - 1, retry_backoff=RETRY_BACKOFF, retry_backoff_max=600, retry_jitter=True)
+@shared_task(bind=True, name="warmpool.webhooks.deliver", acks_late=True)
 def deliver(self, delivery_id: str) -> str:
-    """Make one attempt of a delivery; raise DeliveryFailed for Celery to retry it later."""
-    s = store()
+    """Make one attempt of a delivery; on a failure, Celery retries it later with exponential backoff.
+
+    The retries are Celery's ``retry`` with its own backoff function, not ``autoretry_for``: that one fixes
+    its options when the module is imported, and the settings are read when a delivery runs."""
+    s, cfg = store(), settings()
     attempt = self.request.retries + 1
     delivery = s.get_delivery(delivery_id)
     # a delivery done, expired, or already being attempted by a broker's second copy of this message
@@ -115,10 +117,13 @@ def deliver(self, delivery_id: str) -> str:
     if outcome["error"] is None:
         state = DELIVERED
     else:
-        state = FAILED if attempt >= MAX_ATTEMPTS else PENDING
+        state = FAILED if attempt >= cfg.webhook_max_attempts else PENDING
     s.record_attempt(delivery_id, outcome, state)
     if state == PENDING:
-        raise DeliveryFailed(f"{delivery_id} attempt {attempt}: {outcome['error']}")
+        wait = get_exponential_backoff_interval(cfg.webhook_retry_backoff, self.request.retries, RETRY_BACKOFF_MAX,
+                                                full_jitter=True)
+        raise self.retry(exc=DeliveryFailed(f"{delivery_id} attempt {attempt}: {outcome['error']}"), countdown=wait,
+                         max_retries=cfg.webhook_max_attempts - 1)
     if state == FAILED:
         log.warning("webhook delivery %s given up after %d attempts: %s", delivery_id, attempt, outcome["error"])
     return state

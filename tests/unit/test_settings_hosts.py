@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from app import runtime
 from app.hosts import group_hosts, offers_query, user_gpu_name, vast_gpu_name
 from app.settings import Settings
 
@@ -135,6 +136,20 @@ def test_bad_rate_limits_are_refused_naming_the_variable(clean_env, raw):
     clean_env.setenv("VAST_RATE_LIMITS", raw)
     with pytest.raises(ValueError, match="^VAST_RATE_LIMITS must be a JSON object of seconds >= 0"):
         Settings.from_env()
+
+
+def test_a_process_builds_its_settings_once_and_reset_reads_the_environment_again(clean_env):
+    runtime.reset()
+    try:
+        clean_env.setenv("LOCK_TTL", "7")
+        built = runtime.settings()
+        clean_env.setenv("LOCK_TTL", "8")
+        assert runtime.settings() is built and built.lock_ttl == 7
+        runtime.reset()
+        assert runtime.settings().lock_ttl == 8
+    finally:
+        clean_env.undo()
+        runtime.reset()  # the next test's settings come from the session's environment
 
 
 # -- hosts -----------------------------------------------------------------------------------------------
