@@ -1,13 +1,14 @@
-"""Celery settings, read from the environment (``python -m celeryconfig`` checks the syntax).
+"""Celery settings, built from this process's ``Settings`` (``python -m celeryconfig`` checks the syntax).
 
 Every task is short: one provider step. Waits are retries with a countdown, so a
 killed worker's message comes back after ``visibility_timeout`` and the step runs
 again (steps are idempotent).
 """
 
-from app.settings import SENTINEL_SCHEME, Settings
+from app import runtime
+from app.settings import SENTINEL_SCHEME
 
-_settings = Settings.from_env()
+_settings = runtime.settings()
 _sweep = _settings.health_check_interval
 # end dates cost a list call per 25 instances: read them 144 times per EXPIRY_MARGIN (every 10 min by default)
 _expiry = max(_settings.capacity_check_interval, _settings.expiry_margin / 144)

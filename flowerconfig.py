@@ -3,12 +3,14 @@
 
 FLOWER_ADDRESS is where operators reach Flower: 127.0.0.1 unless set. Flower shows every task's
 arguments and can revoke tasks, so it refuses to be reachable from anywhere else without
-FLOWER_BASIC_AUTH (``user:password``, comma-separated for more users).
+FLOWER_BASIC_AUTH (``user:password``, comma-separated for more users). Both are read through
+``Settings`` (app/settings.py), as every other setting is.
 """
 
 import ipaddress
-import os
 import sys
+
+from app import runtime
 
 
 def is_loopback(host: str) -> bool:
@@ -18,7 +20,8 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-address = os.environ.get("FLOWER_ADDRESS") or "127.0.0.1"
-if not is_loopback(address) and not os.environ.get("FLOWER_BASIC_AUTH"):
+_settings = runtime.settings()
+address = _settings.flower_address
+if not is_loopback(address) and not _settings.flower_basic_auth:
     sys.exit(f"flower: FLOWER_ADDRESS={address} makes Flower reachable from other machines; "
              "set FLOWER_BASIC_AUTH=user:password too")

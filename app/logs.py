@@ -11,7 +11,7 @@ import logging
 import logging.config
 import re
 
-from app.settings import Settings
+from app import runtime
 
 # the fields of the operation this thread works on; set around each task (tasks/__init__.py)
 operation: contextvars.ContextVar[dict] = contextvars.ContextVar("operation", default={})
@@ -21,7 +21,7 @@ POOL_ID = re.compile(r"(?P<tenant>.+):(?P<machine_id>\d+)")
 
 def log_format() -> str:
     """``text`` or ``json`` (WARMPOOL_LOG_FORMAT), read before anything logs: by gunicorn's and Celery's set-up."""
-    return Settings.from_env().log_format
+    return runtime.settings().log_format
 
 
 def operation_fields(args: tuple | list) -> dict:

@@ -1,7 +1,8 @@
 """This process's settings, state store and provider client, made once on first use.
 
-The web app, the workers and beat share them; they read the environment, so a
-forked worker makes its own connections after the fork.
+The web app, the workers, beat and Flower share them; they read the environment, so a
+forked worker makes its own connections after the fork. Tests and benchmarks that change
+the environment call ``reset()``, and the next use reads it again.
 """
 
 import contextlib
@@ -18,6 +19,7 @@ from app.vast import VastClient
 
 @functools.cache
 def settings() -> Settings:
+    """The one ``Settings`` of this process (app/settings.py)."""
     return Settings.from_env()
 
 
@@ -86,3 +88,9 @@ def vast() -> VastClient:
 
     return VastClient(cfg.vast_api_url, cfg.vast_api_key, throttle=throttle, guard=guard,
                       observe=store().count_provider_response)
+
+
+def reset() -> None:
+    """Forget this process's settings, store and client: the next use of each reads the environment again."""
+    for made_once in (settings, store, vast):
+        made_once.cache_clear()

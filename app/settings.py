@@ -1,30 +1,51 @@
 """Settings, read from the environment once per process: the one source of configuration.
 
-The web app, the workers and beat all read the same variables, so a setting
-means the same thing wherever it is used. The Celery configuration
-(``celeryconfig.py``) and the provider client (``app.runtime``) are built from
-``Settings``; nothing else reads the environment.
+The web app, the workers, beat and Flower read the same variables, so a setting means the same
+thing wherever it is used. ``Settings.from_env`` checks every value and names the variable and
+its allowed range when one is wrong (``HEALTH_CHECK_INTERVAL must be a number > 0, got 'abc'``),
+so a process stops at its start rather than misbehaving later. Each process builds it once:
+``app.runtime.settings()``, which ``celeryconfig.py``, ``flowerconfig.py``, ``gunicorn.conf.py``
+(through ``app.logs``) and the service's modules share.
+
+Nothing else in ``app/``, ``tasks/``, ``sim/`` and the config files reads the environment, except
+``warmpool dev``, which hands its environment on to the processes it starts (the simulator takes
+its options from ``warmpool sim``'s). The command line's own options are not the service's settings:
+click reads them through its documented ``envvar`` option (``--url``/``WARMPOOL_URL`` and
+``--key``/``WARMPOOL_API_KEY`` in ``app/client.py``; the ports and ``WARMPOOL_TIME_SCALE`` of
+``warmpool dev`` and ``warmpool sim`` in ``app/cli.py``).
 """
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 
-def _float(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
-
-
-def _int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
-def _positive_int(name: str, default: int) -> int:
-    value = _int(name, default)
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
+def _number(name: str, default: float, convert: type, low: float, low_allowed: bool, high: float | None):
+    """The variable as ``convert`` (int or float) within its range; an error names the variable and the range."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = convert(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and (value >= low if low_allowed else value > low)
+            and (high is None or value <= high)):
+        allowed = f"{'>=' if low_allowed else '>'} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+        raise ValueError(f"{name} must be {'a whole number' if convert is int else 'a number'} {allowed}, "
+                         f"got {raw!r}")
     return value
+
+
+def _float(name: str, default: float, *, at_least: float | None = None, at_most: float | None = None) -> float:
+    """Seconds, counts or shares: > 0 unless ``at_least`` lets it be as low as that (0: none, off)."""
+    return _number(name, default, float, at_least or 0.0, at_least is not None, at_most)
+
+
+def _int(name: str, default: int, *, at_least: int = 1) -> int:
+    return _number(name, default, int, at_least, True, None)
 
 
 def _bool(name: str, default: bool) -> bool:
@@ -128,12 +149,6 @@ def _schedule(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
     return steps
 
 
-def _positive(name: str, value: float) -> float:
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return value
-
-
 # Standard Webhooks' example schedule: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (about 27.6 h)
 WEBHOOK_RETRY_SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
 
@@ -144,9 +159,13 @@ VAST_RATE_LIMITS = {"create_instance": 4.5, "destroy_instance": 3.0, "show_insta
 
 
 def _rate_limits(raw: str | None) -> dict[str, float]:
-    limits = json.loads(raw) if raw else VAST_RATE_LIMITS
-    if not isinstance(limits, dict) or not all(isinstance(v, (int, float)) for v in limits.values()):
-        raise ValueError('VAST_RATE_LIMITS must be a JSON object of seconds, like {"create_instance": 4.5}')
+    try:
+        limits = json.loads(raw) if raw else VAST_RATE_LIMITS
+    except ValueError:
+        limits = None
+    if not isinstance(limits, dict) or not all(isinstance(v, (int, float)) and 0 <= v < math.inf
+                                               for v in limits.values()):
+        raise ValueError('VAST_RATE_LIMITS must be a JSON object of seconds >= 0, like {"create_instance": 4.5}')
     return limits
 
 
@@ -222,6 +241,10 @@ class Settings:
     notification_replay_window: float = 3600.0
     notification_check_interval: float = 10.0
     max_pools_per_tenant: int = 100
+    # where Flower can be reached, and its users (user:password,...); flowerconfig.py refuses a reachable Flower
+    # without them (Flower reads FLOWER_BASIC_AUTH itself too: its own FLOWER_* options)
+    flower_address: str = "127.0.0.1"
+    flower_basic_auth: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -239,20 +262,20 @@ class Settings:
             api_keys=_api_keys(os.environ.get("WARMPOOL_API_KEYS", "")),
             health_check_interval=_float("HEALTH_CHECK_INTERVAL", cls.health_check_interval),
             failover_threshold=_int("FAILOVER_THRESHOLD", cls.failover_threshold),
-            failover_min_seconds=_float("FAILOVER_MIN_SECONDS", cls.failover_min_seconds),
+            failover_min_seconds=_float("FAILOVER_MIN_SECONDS", cls.failover_min_seconds, at_least=0),
             poll_interval=_float("PROVIDER_POLL_INTERVAL", cls.poll_interval),
             standby_start_timeout=_float("STANDBY_START_TIMEOUT", cls.standby_start_timeout),
             instance_ready_timeout=_float("INSTANCE_READY_TIMEOUT", cls.instance_ready_timeout),
             lock_ttl=_float("LOCK_TTL", cls.lock_ttl),
-            create_grace=_float("CREATE_GRACE", cls.create_grace),
+            create_grace=_float("CREATE_GRACE", cls.create_grace, at_least=0),
             failovers_per_minute=_int("FAILOVERS_PER_MINUTE", cls.failovers_per_minute),
             reconcile_destroy_orphans=_bool("RECONCILE_DESTROY_ORPHANS", cls.reconcile_destroy_orphans),
             capacity_check_interval=_float("CAPACITY_CHECK_INTERVAL", cls.capacity_check_interval),
-            hosts_cache_seconds=_float("HOSTS_CACHE_SECONDS", cls.hosts_cache_seconds),
+            hosts_cache_seconds=_float("HOSTS_CACHE_SECONDS", cls.hosts_cache_seconds, at_least=0),
             heal_interval=_float("HEAL_INTERVAL", cls.heal_interval),
             reconcile_interval=_float("RECONCILE_INTERVAL", cls.reconcile_interval),
-            reconcile_grace=_float("RECONCILE_GRACE", cls.reconcile_grace),
-            reconcile_max_share=_float("RECONCILE_MAX_SHARE", cls.reconcile_max_share),
+            reconcile_grace=_float("RECONCILE_GRACE", cls.reconcile_grace, at_least=0),
+            reconcile_max_share=_float("RECONCILE_MAX_SHARE", cls.reconcile_max_share, at_least=0, at_most=1),
             expiry_margin=_float("EXPIRY_MARGIN", cls.expiry_margin),
             replica_copy_interval=_float("REPLICA_COPY_INTERVAL", cls.replica_copy_interval),
             replica_default=_bool("WARMPOOL_REPLICA_DEFAULT", cls.replica_default),
@@ -262,14 +285,15 @@ class Settings:
             log_format=_choice("WARMPOOL_LOG_FORMAT", cls.log_format, ("text", "json")),
             metrics_token=os.environ.get("WARMPOOL_METRICS_TOKEN", ""),
             webhook_retry_schedule=_schedule("WEBHOOK_RETRY_SCHEDULE", WEBHOOK_RETRY_SCHEDULE),
-            webhook_timeout=_positive("WEBHOOK_TIMEOUT", _float("WEBHOOK_TIMEOUT", cls.webhook_timeout)),
-            webhook_concurrency_per_tenant=_positive_int("WEBHOOK_CONCURRENCY_PER_TENANT",
-                                                         cls.webhook_concurrency_per_tenant),
+            webhook_timeout=_float("WEBHOOK_TIMEOUT", cls.webhook_timeout),
+            webhook_concurrency_per_tenant=_int("WEBHOOK_CONCURRENCY_PER_TENANT", cls.webhook_concurrency_per_tenant),
             webhook_allow_private=_bool("WARMPOOL_WEBHOOK_ALLOW_PRIVATE", cls.webhook_allow_private),
-            max_content_length=_positive_int("MAX_CONTENT_LENGTH", cls.max_content_length),
-            wait_max_holders=_positive_int("WAIT_MAX_HOLDERS", cls.wait_max_holders),
-            wait_max_holders_per_tenant=_positive_int("WAIT_MAX_HOLDERS_PER_TENANT", cls.wait_max_holders_per_tenant),
+            max_content_length=_int("MAX_CONTENT_LENGTH", cls.max_content_length),
+            wait_max_holders=_int("WAIT_MAX_HOLDERS", cls.wait_max_holders),
+            wait_max_holders_per_tenant=_int("WAIT_MAX_HOLDERS_PER_TENANT", cls.wait_max_holders_per_tenant),
             notification_replay_window=_float("NOTIFICATION_REPLAY_WINDOW", cls.notification_replay_window),
             notification_check_interval=_float("NOTIFICATION_CHECK_INTERVAL", cls.notification_check_interval),
-            max_pools_per_tenant=_positive_int("WARMPOOL_MAX_POOLS_PER_TENANT", cls.max_pools_per_tenant),
+            max_pools_per_tenant=_int("WARMPOOL_MAX_POOLS_PER_TENANT", cls.max_pools_per_tenant),
+            flower_address=os.environ.get("FLOWER_ADDRESS") or cls.flower_address,
+            flower_basic_auth=os.environ.get("FLOWER_BASIC_AUTH", ""),
         )

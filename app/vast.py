@@ -1,7 +1,8 @@
 """Thin Vast.ai REST client: the provider layer of warmpool.
 
-Covers the endpoints the service uses (see docs/vast-api.md): search offers, create, show,
-list, start, stop and destroy instances, search, create, show and delete local volumes, copy volumes.
+Covers the endpoints the service uses: search offers, create, show, list, start, stop and destroy
+instances, search, create, show and delete local volumes, copy volumes (the routes and answers are
+those the simulator speaks, docs/simulator.md).
 
 One pooled ``requests.Session`` per client, explicit (connect, read) timeouts, retries with
 exponential backoff and full jitter bounded by ``max_attempts`` and ``total_timeout``, and

@@ -149,8 +149,7 @@ class Stack:
         os.environ.update(self.env)
         from app import runtime
 
-        for cached in (runtime.settings, runtime.store, runtime.vast):
-            cached.cache_clear()
+        runtime.reset()
 
     def reset_env(self, defaults: bool = False) -> None:
         """Back to the environment the stack started with: tuned, or (``defaults``) with none of the

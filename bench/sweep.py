@@ -50,15 +50,18 @@ def calls_per_second(stack: Stack, pools: int, window: float, interval: float) -
 def unblock_sweep(stack: Stack) -> None:
     """Let the next in-process sweep run now: drop the once-per-interval guard keys."""
     from app.runtime import settings
+    from app.store import keys
 
     slot = int(time.time() / settings().health_check_interval)
-    stack.redis.delete("wp:sweep:lock", *(f"wp:sweep:slot:{n}" for n in range(slot - 1, slot + 2)))
+    stack.redis.delete(keys.SWEEP_RUNNING, *(keys.sweep_slot(n) for n in range(slot - 1, slot + 2)))
 
 
 def ensure_big_state(stack: Stack) -> None:
     """10,000 active pools in Redis and 20,000 instances in the simulator (kept between benchmarks)."""
+    from app.store import keys
+
     if (getattr(stack, "big_state", False) and stack.sim_proc and stack.sim_proc.alive()
-            and stack.redis.scard("wp:pools") == BIG):
+            and stack.redis.scard(keys.POOLS) == BIG):
         return
     stack.stop_all_but_redis()
     stack.redis.flushdb()

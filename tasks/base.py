@@ -37,7 +37,7 @@ class Context(TypedDict, total=False):
     phases: dict[str, float]    # failover phases, seconds
     provider_errors: int        # provider outages met so far (retries are bounded)
     # failover
-    trigger: str                # manual, health, heal, expiry
+    trigger: str                # manual, health, notification, heal, expiry
     old_primary: int | None
     detected_at: float | None   # the failure first seen ...
     healthy_at: float | None    # ... and the last check that saw the primary healthy

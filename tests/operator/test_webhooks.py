@@ -173,7 +173,7 @@ def test_redirects_are_not_followed_and_retries_end(clean_stack, web, webhooks_w
     clean_stack.store.event("acme:8", "failover_started", "failover of primary 1 (manual)", trigger="manual")
     delivery = wait_until(lambda: (d := deliveries(web, hook)) and d[0]["state"] == "failed" and d[0], timeout=30,
                           message="the delivery given up")
-    assert [a["status_code"] for a in delivery["attempts"]] == [302, 302, 302]  # WEBHOOK_MAX_ATTEMPTS=3
+    assert [a["status_code"] for a in delivery["attempts"]] == [302, 302, 302]  # WEBHOOK_RETRY_SCHEDULE has 3 steps
     assert len(receiver.at("/moved")) == 3 and receiver.at("/redirected") == []
 
 

@@ -36,7 +36,7 @@ def test_every_setting_has_a_row_in_the_readme():
 
 def test_the_readmes_defaults_are_the_settings_defaults():
     table, defaults = settings_table(), Settings()
-    typed = re.findall(r'_(float|int|bool)\("([A-Z][A-Z0-9_]+)", cls\.(\w+)\)', SETTINGS_SOURCE)
+    typed = re.findall(r'_(float|int|bool)\("([A-Z][A-Z0-9_]+)", cls\.(\w+)[,)]', SETTINGS_SOURCE)
     assert len(typed) > 10
     for kind, name, field in typed:
         expected = getattr(defaults, field)

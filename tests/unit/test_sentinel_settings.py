@@ -6,6 +6,7 @@ import importlib
 import pytest
 from redis.sentinel import SentinelConnectionPool
 
+from app import runtime
 from app.settings import SentinelAddress, Settings, sentinel_address
 from app.store import Store
 
@@ -71,6 +72,7 @@ def test_the_broker_behind_sentinels_gets_the_master_name_and_the_sentinel_passw
     sentinel_env.setenv("REDIS_URL", SENTINELS)
     sentinel_env.setenv("REDIS_SENTINEL_MASTER", "mymaster")
     sentinel_env.setenv("REDIS_SENTINEL_PASSWORD", "sentinel-secret")
+    runtime.reset()  # the settings are built once per process: read the environment again
     try:
         config = importlib.reload(celeryconfig)
         assert config.broker_url == SENTINELS
@@ -79,5 +81,6 @@ def test_the_broker_behind_sentinels_gets_the_master_name_and_the_sentinel_passw
         assert config.broker_transport_options["visibility_timeout"] > 0
     finally:
         sentinel_env.undo()
+        runtime.reset()
         importlib.reload(celeryconfig)
     assert "master_name" not in celeryconfig.broker_transport_options

@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from app import runtime
 from app.hosts import group_hosts, offers_query, user_gpu_name, vast_gpu_name
 from app.settings import Settings
 
@@ -106,12 +107,67 @@ def test_bad_booleans_raise(clean_env, raw):
         Settings.from_env()
 
 
-@pytest.mark.parametrize("name, raw", [("FAILOVER_THRESHOLD", "three"), ("FAILOVER_THRESHOLD", "2.5"),
-                                       ("HEALTH_CHECK_INTERVAL", "fast"), ("LOCK_TTL", "")])
-def test_bad_numbers_raise(clean_env, name, raw):
+NUMBERS = re.findall(r'_(?:float|int)\("([A-Z][A-Z0-9_]+)"', inspect.getsource(Settings.from_env))
+
+
+@pytest.mark.parametrize("name, raw, message", [
+    ("HEALTH_CHECK_INTERVAL", "abc", "HEALTH_CHECK_INTERVAL must be a number > 0, got 'abc'"),
+    ("HEALTH_CHECK_INTERVAL", "-1", "HEALTH_CHECK_INTERVAL must be a number > 0, got '-1'"),
+    ("LOCK_TTL", "0", "LOCK_TTL must be a number > 0, got '0'"),
+    ("LOCK_TTL", "", "LOCK_TTL must be a number > 0, got ''"),
+    ("LOCK_TTL", "nan", "LOCK_TTL must be a number > 0, got 'nan'"),
+    ("STANDBY_START_TIMEOUT", "inf", "STANDBY_START_TIMEOUT must be a number > 0, got 'inf'"),
+    ("FAILOVER_THRESHOLD", "three", "FAILOVER_THRESHOLD must be a whole number >= 1, got 'three'"),
+    ("FAILOVER_THRESHOLD", "2.5", "FAILOVER_THRESHOLD must be a whole number >= 1, got '2.5'"),
+    ("FAILOVERS_PER_MINUTE", "0", "FAILOVERS_PER_MINUTE must be a whole number >= 1, got '0'"),
+    ("CREATE_GRACE", "-0.5", "CREATE_GRACE must be a number >= 0, got '-0.5'"),
+    ("RECONCILE_MAX_SHARE", "1.5", "RECONCILE_MAX_SHARE must be a number >= 0 and <= 1, got '1.5'"),
+])
+def test_a_bad_number_is_refused_naming_the_variable_and_its_range(clean_env, name, raw, message):
     clean_env.setenv(name, raw)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as refused:
         Settings.from_env()
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize("name", NUMBERS)
+def test_every_number_refuses_a_negative_and_a_word(clean_env, name):
+    assert len(NUMBERS) > 15  # the pattern finds them
+    for raw in ("-1", "soon"):
+        clean_env.setenv(name, raw)
+        with pytest.raises(ValueError, match=f"^{name} must be .*, got '{raw}'$"):
+            Settings.from_env()
+
+
+def test_zero_and_the_upper_bound_are_taken_where_they_mean_something(clean_env):
+    for name in ("FAILOVER_MIN_SECONDS", "CREATE_GRACE", "HOSTS_CACHE_SECONDS", "RECONCILE_GRACE"):
+        clean_env.setenv(name, "0")
+    clean_env.setenv("RECONCILE_MAX_SHARE", "1")
+    clean_env.setenv("FAILOVER_THRESHOLD", " 1 ")
+    s = Settings.from_env()
+    assert (s.failover_min_seconds, s.create_grace, s.hosts_cache_seconds, s.reconcile_grace) == (0, 0, 0, 0)
+    assert (s.reconcile_max_share, s.failover_threshold) == (1.0, 1)
+
+
+@pytest.mark.parametrize("raw", ["{not json", "[4.5]", '{"create_instance": -1}', '{"create_instance": "4.5"}'])
+def test_bad_rate_limits_are_refused_naming_the_variable(clean_env, raw):
+    clean_env.setenv("VAST_RATE_LIMITS", raw)
+    with pytest.raises(ValueError, match="^VAST_RATE_LIMITS must be a JSON object of seconds >= 0"):
+        Settings.from_env()
+
+
+def test_a_process_builds_its_settings_once_and_reset_reads_the_environment_again(clean_env):
+    runtime.reset()
+    try:
+        clean_env.setenv("LOCK_TTL", "7")
+        built = runtime.settings()
+        clean_env.setenv("LOCK_TTL", "8")
+        assert runtime.settings() is built and built.lock_ttl == 7
+        runtime.reset()
+        assert runtime.settings().lock_ttl == 8
+    finally:
+        clean_env.undo()
+        runtime.reset()  # the next test's settings come from the session's environment
 
 
 # -- hosts -----------------------------------------------------------------------------------------------
