@@ -145,10 +145,11 @@ def provider_notice(event: str, instance_id: int | None, body_digest: str) -> st
     offline standby the sweep's lost-standby recheck (a direct call under the lock; a lost one is replaced).
 
     A signature never expires, so a captured notification can be sent again at will: an identical body within
-    NOTIFICATION_REPLAY_WINDOW is dropped (Vast's own redeliveries too), and notifications trigger one pool's
-    check at most once per NOTIFICATION_CHECK_INTERVAL, whichever of its instances they name. Neither can delay
-    a real failure: the sweep watches every primary and standby anyway, and the failover cap counts only
-    failures the provider confirms.
+    NOTIFICATION_REPLAY_WINDOW is dropped (Vast's own redeliveries too), and notifications trigger at most one
+    check of a pool's primary and one of its standby per NOTIFICATION_CHECK_INTERVAL (apart, so that a host
+    failing, which Vast tells of for both, still gets its failover check at once). Neither can delay a real
+    failure: the sweep watches every primary and standby anyway, the failover cap counts only failures the
+    provider confirms, and the standby's recheck leaves a pool whose primary is down to its failover.
     """
     s, cfg = store(), settings()
     if not s.first_notification(body_digest, cfg.notification_replay_window):
@@ -157,7 +158,7 @@ def provider_notice(event: str, instance_id: int | None, body_digest: str) -> st
     if pid is None:
         return "ignored: not an instance warmpool watches"
     checks = event == "instance_offline"
-    if checks and not s.notification_check_due(pid, cfg.notification_check_interval):
+    if checks and not s.notification_check_due(pid, role, cfg.notification_check_interval):
         return "dropped: this pool was checked on a notification lately"
     s.event(pid, "provider_notice", f"Vast says {role} {instance_id}: {event}", notice=event, role=role)
     if not checks:
