@@ -68,7 +68,7 @@ def resolve_within(host: str, port: int, seconds: float) -> list[str]:
     def lookup():
         try:
             answer.set_result(resolve(host, port))
-        except BaseException as exc:  # handed to the caller, who decides
+        except Exception as exc:  # handed to the caller, who decides
             answer.set_exception(exc)
     threading.Thread(target=lookup, name="dns-lookup", daemon=True).start()
     try:
