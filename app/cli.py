@@ -114,9 +114,20 @@ def rebuild(apply):
         click.echo("dry run: nothing written (run with --apply to write)")
 
 
-def redis_answers(url: str) -> bool:
+def dev_store(env: dict[str, str]):
+    """The store at ``env``'s REDIS_URL, reached as the service's processes reach it (``Store.from_url``: a
+    ``sentinel://`` URL through its sentinels, to the master REDIS_SENTINEL_MASTER names)."""
+    from app.store import Store
+
+    return Store.from_url(env["REDIS_URL"], env.get("REDIS_SENTINEL_MASTER", ""),
+                          env.get("REDIS_SENTINEL_PASSWORD", ""))
+
+
+def redis_answers(env: dict[str, str]) -> bool:
+    """Whether the Redis of ``env``'s REDIS_URL answers (for a ``sentinel://`` URL: the master the sentinels
+    name now)."""
     try:
-        return redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        return dev_store(env).r.ping()
     except (redis.RedisError, ValueError):
         return False
 
@@ -128,12 +139,10 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
         raise click.ClickException(str(exc)) from None
 
 
-def wait_for_worker(redis_url: str, since: float, timeout: float = 60.0) -> None:
+def wait_for_worker(env: dict[str, str], since: float, timeout: float = 60.0) -> None:
     """Until a worker started after ``since`` consumes. Flower asks the workers what they run as soon as it
     starts and warns for each question that none answers, so `warmpool dev` starts it after this."""
-    from app.store import Store
-
-    seen = Store.from_url(redis_url)
+    seen = dev_store(env)
     try:
         wait_until(lambda: seen.worker_seen_at() >= since, timeout, 0.2, "the worker to start")
     except TimeoutError as exc:
@@ -279,8 +288,9 @@ def dev(port, sim_port, flower_port, time_scale, data_dir, log_level):
         if taken := [p for p in ports if listening(p)]:
             raise click.ClickException(f"port {taken[0]} is in use (another warmpool dev?); choose others with "
                                        "--port, --sim-port and --flower-port")
-        if env.get("REDIS_URL") and not redis_answers(env["REDIS_URL"]):
-            raise click.ClickException("REDIS_URL is set but Redis does not answer there; "
+        if env.get("REDIS_URL") and not redis_answers(env):
+            raise click.ClickException("REDIS_URL is set but Redis does not answer there (behind sentinels: the "
+                                       "master REDIS_SENTINEL_MASTER names); "
                                        "unset it and warmpool dev starts a Redis of its own")
         if not env.get("REDIS_URL"):
             redis_port = free_port()
@@ -309,7 +319,7 @@ def dev(port, sim_port, flower_port, time_scale, data_dir, log_level):
         children.start("worker", *celery, "worker", "-Q", "failover,provision,health,webhooks", "--pool", "threads",
                        "--concurrency", "16", "-l", log_level, "-n", "warmpool@%h")
         children.start("beat", *celery, "beat", "-l", log_level, "-s", str(data_dir / "celerybeat-schedule"))
-        wait_for_worker(env["REDIS_URL"], started)
+        wait_for_worker(env, started)
         children.start("flower", *celery, "flower", f"--port={flower_port}", "--address=127.0.0.1")
         wait_for_port(port)
         if "simulator" in children.processes:

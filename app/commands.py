@@ -141,25 +141,42 @@ def cleanup(tenant: str, machine_id: int) -> Started:
 
 
 def provider_notice(event: str, instance_id: int | None, body_digest: str) -> str:
-    """A verified notification from Vast: an offline primary gets the failover path's direct check at once.
+    """A verified notification from Vast: an offline primary gets the failover path's direct check at once, an
+    offline standby the sweep's lost-standby recheck (a direct call under the lock; a lost one is replaced).
 
     A signature never expires, so a captured notification can be sent again at will: an identical body within
-    NOTIFICATION_REPLAY_WINDOW is dropped (Vast's own redeliveries too), and notifications trigger one pool's
-    check at most once per NOTIFICATION_CHECK_INTERVAL. Neither can delay a real failure: the sweep watches
-    every primary anyway, and the failover cap counts only failures the provider confirms.
+    NOTIFICATION_REPLAY_WINDOW is dropped (Vast's own redeliveries too), and notifications trigger at most one
+    check of a pool's primary and one of its standby per NOTIFICATION_CHECK_INTERVAL (apart, so that a host
+    failing, which Vast tells of for both, still gets its failover check at once). Neither can delay a real
+    failure: the sweep watches every primary and standby anyway, the failover cap counts only failures the
+    provider confirms, and the standby's recheck leaves a pool whose primary is down to its failover.
     """
     s, cfg = store(), settings()
     if not s.first_notification(body_digest, cfg.notification_replay_window):
         return "dropped: the same notification came before"
-    pid = s.primaries([instance_id]).get(instance_id) if instance_id is not None else None
+    role, pid = _watched_instance(instance_id)
     if pid is None:
-        return "ignored: not a primary warmpool watches"
+        return "ignored: not an instance warmpool watches"
     checks = event == "instance_offline"
-    if checks and not s.notification_check_due(pid, cfg.notification_check_interval):
+    if checks and not s.notification_check_due(pid, role, cfg.notification_check_interval):
         return "dropped: this pool was checked on a notification lately"
-    s.event(pid, "provider_notice", f"Vast says instance {instance_id}: {event}", notice=event)
+    s.event(pid, "provider_notice", f"Vast says {role} {instance_id}: {event}", notice=event, role=role)
     if not checks:
         return "recorded"
+    if role == "standby":
+        sweep.recheck_standby.delay(pid)
+        return "standby check"
     now = time.time()
     sweep.trigger.delay(pid, instance_id, now, now, s.last_sweep_time(), source="notification")
     return "failover check"
+
+
+def _watched_instance(instance_id: int | None) -> tuple[str | None, str | None]:
+    """``(role, pool id)`` of the watched pool whose primary or standby this is; ``(None, None)`` if none."""
+    if instance_id is None:
+        return None, None
+    s = store()
+    for role, found in (("primary", s.primaries), ("standby", s.standbys)):
+        if pid := found([instance_id]).get(instance_id):
+            return role, pid
+    return None, None

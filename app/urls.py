@@ -9,6 +9,9 @@ rebinding past the check), while the Host header and TLS SNI keep the name; the 
 connect, request, status line, headers and body - has one hard deadline, enforced by a timer that
 shuts the socket down, so a receiver that trickles a byte every few seconds cannot hold a thread; and
 nothing logs the URL (urllib3 logs whole URLs, tokens in query strings included).
+
+The DNS lookup is under the same deadline: ``check_destination`` is given the time left, and
+``resolve_within`` gives up on the lookup when it runs out (see there why a thread of its own).
 """
 
 import http.client
@@ -17,6 +20,7 @@ import socket
 import ssl
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -49,9 +53,34 @@ def resolve(host: str, port: int) -> list[str]:
     return [sockaddr[0].split("%")[0] for *_, sockaddr in infos]
 
 
-def check_destination(url: str, allow_private: bool) -> Destination:
+def resolve_within(host: str, port: int, seconds: float) -> list[str]:
+    """``resolve(host, port)``, or DeadlineExceeded once ``seconds`` have passed without an answer.
+
+    ``getaddrinfo`` takes no timeout and cannot be interrupted (the system resolver retries as resolv.conf
+    says), so the lookup runs on a daemon thread of its own and the caller waits only the time it has left:
+    a lookup given up on ends on that thread when the resolver gives up, holding no delivery thread. A thread
+    per lookup rather than a shared executor, because a small executor is a queue one tenant's slow name
+    server could fill, making other tenants' lookups wait; and a resolver library with its own timeout
+    (dnspython) would skip /etc/hosts and the system's other name sources.
+    """
+    answer: Future = Future()
+
+    def lookup():
+        try:
+            answer.set_result(resolve(host, port))
+        except Exception as exc:  # handed to the caller, who decides
+            answer.set_exception(exc)
+    threading.Thread(target=lookup, name="dns-lookup", daemon=True).start()
+    try:
+        return answer.result(timeout=max(0.0, seconds))
+    except TimeoutError:
+        raise DeadlineExceeded(f"no DNS answer for {host} within {seconds:g} s") from None
+
+
+def check_destination(url: str, allow_private: bool, within: float) -> Destination:
     """The destination to connect to, or UnsafeDestination unless ``url`` is http(s) and every address
-    its host resolves to is public (or private ones are allowed)."""
+    its host resolves to is public (or private ones are allowed); DeadlineExceeded when the name has no
+    answer ``within`` seconds."""
     parts = urlsplit(url)
     try:
         scheme, host, port = parts.scheme, parts.hostname, parts.port
@@ -61,7 +90,7 @@ def check_destination(url: str, allow_private: bool) -> Destination:
         raise UnsafeDestination("Not an http(s) URL with a host")
     port = port or (443 if scheme == "https" else 80)
     try:
-        addresses = resolve(host, port)
+        addresses = resolve_within(host, port, within)
     except (OSError, UnicodeError, ValueError):
         raise UnsafeDestination(f"Cannot resolve host {host}") from None
     if not allow_private:
@@ -102,6 +131,8 @@ class Answer:
 def post_pinned(destination: Destination, body: bytes, headers: dict[str, str], deadline: float) -> Answer:
     """POST ``body`` to ``destination`` and read the answer, all within ``deadline`` seconds, or raise
     DeadlineExceeded (or an OSError / http.client error for a refused or broken exchange)."""
+    if deadline <= 0:  # spent before the exchange began (on the DNS lookup): a timer of 0 would cut nothing
+        raise DeadlineExceeded("no time left to connect")
     expired = threading.Event()
     connection = _PinnedConnection(destination, deadline, expired)
 

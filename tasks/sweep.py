@@ -25,6 +25,7 @@ from app.runtime import settings, store, vast
 from app.store import FencedOut
 from tasks import operations, rebuild
 from tasks.failover import TRANSITIONAL
+from tasks.provision import is_running
 
 UNHEALTHY = {"intended_status": {"eq": "running"}, "actual_status": {"neq": "running"}}
 DEFINITIVE = {"offline", "exited", "gone", "stopped by someone else"}
@@ -180,8 +181,10 @@ def trigger(pid: str, seen_primary: int, detected_at: float, triggered_at: float
 
 @shared_task(name="warmpool.health.recheck_standby")
 def recheck_standby(pid: str) -> str:
-    """The sweep found no live standby (none listed, or one not stopped): ask about that one instance, under the
-    lock; a lost one is replaced on the same host (the provision's last step: degraded if the host has no GPU)."""
+    """The sweep found no live standby (none listed, or one not stopped), or Vast said it went offline: ask about
+    that one instance, under the lock; a lost one is replaced on the same host (the provision's last step:
+    degraded if the host has no GPU). A pool whose primary is not running either (a host failing: Vast tells of
+    both instances) is left to its failover, as the sweep leaves it."""
     s, cfg = store(), settings()
     with contextlib.suppress(FencedOut), s.lease_if_free(pid, cfg.lock_ttl) as lease:
         pool = lease and s.get_pool(pid)
@@ -190,6 +193,8 @@ def recheck_standby(pid: str) -> str:
         status = lost_status(vast().show_instance(pool["standby_gpu_id"]))
         if status is None:
             return "there"
+        if not is_running(vast().show_instance(pool["primary_gpu_id"])):
+            return "left to the failover"
         _replace_lost_standby(s, cfg, lease, pool, status)
         return "replaced"
     return "moved on"  # fenced out: a newer holder decides

@@ -46,21 +46,24 @@ def post(url: str, secrets: list[str], delivery_id: str, payload: str) -> dict:
     retry_after (seconds the receiver asked us to wait, or None)."""
     cfg = settings()
     at, started = now_iso(), time.monotonic()
+    deadline = started + cfg.webhook_timeout  # one for the whole attempt, the DNS lookup included
     status_code = error = retry_after = None
     try:
-        destination = check_destination(url, cfg.webhook_allow_private)
+        destination = check_destination(url, cfg.webhook_allow_private, within=cfg.webhook_timeout)
         sent_at = datetime.now(timezone.utc)
         headers = {"webhook-id": delivery_id, "webhook-timestamp": str(int(sent_at.timestamp())),
                    "webhook-signature": " ".join(Webhook(secret).sign(delivery_id, sent_at, payload)
                                                  for secret in secrets),
                    "Content-Type": "application/json", "User-Agent": "warmpool-webhooks"}
-        answer = post_pinned(destination, payload.encode(), headers, cfg.webhook_timeout)
+        answer = post_pinned(destination, payload.encode(), headers, max(0.0, deadline - time.monotonic()))
         status_code = answer.status
         if not 200 <= status_code < 300:
             error = f"HTTP {status_code}"
             retry_after = parse_retry_after(answer.headers.get("retry-after"))
-    except (UnsafeDestination, DeadlineExceeded) as exc:
+    except UnsafeDestination as exc:
         error = str(exc)
+    except DeadlineExceeded:  # in the lookup or the exchange: the attempt's one deadline passed
+        error = f"no complete answer within {cfg.webhook_timeout:g} s"
     except (OSError, http.client.HTTPException) as exc:
         error = type(exc).__name__  # its text may name the address
     return {"at": at, "status_code": status_code, "error": error, "retry_after": retry_after,

@@ -10,7 +10,7 @@ from app.api import Blueprint
 from app.api.auth import authenticate
 from app.runtime import settings, store
 from app.store.webhooks import EVENT_TYPES, MAX_WEBHOOKS, PREVIOUS_SECRET_SECONDS, TEST_TYPE, TooManyWebhooks
-from app.urls import UnsafeDestination, check_destination
+from app.urls import DeadlineExceeded, UnsafeDestination, check_destination
 
 blp = Blueprint("webhooks", __name__, url_prefix="/api/v1/webhooks",
                 description="Signed notifications of pool events (Standard Webhooks).")
@@ -115,9 +115,10 @@ def get_webhook(webhook_id: str) -> dict:
 
 def checked_url(url: str) -> str:
     """``url``, or a 422 naming the field if warmpool will not call it."""
+    cfg = settings()
     try:
-        check_destination(url, settings().webhook_allow_private)
-    except UnsafeDestination as exc:
+        check_destination(url, cfg.webhook_allow_private, within=cfg.webhook_timeout)
+    except (UnsafeDestination, DeadlineExceeded) as exc:
         abort(422, message="The webhook URL is not allowed", errors={"json": {"url": [str(exc)]}})
     return url
 

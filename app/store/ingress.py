@@ -20,9 +20,11 @@ class IngressRecords:
         """Whether a notification's body (its sha256) is new within ``window`` s; a replay or a redelivery is not."""
         return bool(self.r.set(keys.notification_seen(digest), 1, nx=True, px=max(1, int(window * 1000))))
 
-    def notification_check_due(self, pid: str, interval: float) -> bool:
-        """Whether a notification may trigger this pool's failover check: at most one per ``interval`` s."""
-        return bool(self.r.set(keys.notification_check(pid), 1, nx=True, px=max(1, int(interval * 1000))))
+    def notification_check_due(self, pid: str, role: str, interval: float) -> bool:
+        """Whether a notification may trigger a check of this pool's ``role`` instance (its primary's failover
+        check, its standby's recheck): at most one of each per ``interval`` s, so notifications about the standby
+        never hold back a check of the primary."""
+        return bool(self.r.set(keys.notification_check(pid, role), 1, nx=True, px=max(1, int(interval * 1000))))
 
     @contextlib.contextmanager
     def wait_slot(self, tenant: str, seconds: float, overall: int, per_tenant: int):

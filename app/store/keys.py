@@ -45,8 +45,8 @@ def notification_seen(digest: str) -> str:
     return f"wp:notification:{digest}"  # a Vast notification's body was taken (its sha256)
 
 
-def notification_check(pid: str) -> str:
-    return f"wp:notification-check:{pid}"  # a notification triggered this pool's check lately
+def notification_check(pid: str, role: str) -> str:
+    return f"wp:notification-check:{pid}:{role}"  # a notification checked this pool's <role> lately
 
 
 def wait_holders(tenant: str) -> str:

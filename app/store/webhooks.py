@@ -32,6 +32,7 @@ WEBHOOK_TYPES = {
     "failover_cancelled": "failover.cancelled",
     "degraded": "pool.degraded",
     "healed": "pool.healed",
+    "heal_given_up": "pool.heal_given_up",
     "pool_rebuilt": "pool.rebuilt",
     "standby_replaced": "standby.replaced",
     "standby_lost": "standby.lost",

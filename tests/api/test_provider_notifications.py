@@ -1,4 +1,5 @@
-"""Vast's notifications: only a signed one is taken, and an offline primary gets the failover's direct check."""
+"""Vast's notifications: only a signed one is taken; an offline primary gets the failover's direct check, an
+offline standby the lost-standby recheck."""
 
 import hashlib
 import hmac
@@ -25,6 +26,22 @@ def test_an_offline_primary_gets_the_failover_check(env):
     assert kind == "trigger" and trigger["pid"] == "acme:123" and trigger["primary"] == pool["primary_gpu_id"]
     assert trigger["source"] == "notification"
     assert [e["event"] for e in env.store.events("acme:123")] == ["provider_notice"]
+
+
+def test_an_offline_standby_gets_the_lost_standby_recheck_within_the_same_limits(env):
+    env.configure(vast_webhook_secret=SECRET, notification_check_interval=60.0)
+    pool = env.add_pool(123)
+    offline = {"event": "instance_offline", "instance_id": pool["standby_gpu_id"]}
+    answers = [env.client.post(ROUTE, **signed(offline)).json["action"] for _ in range(3)]
+    assert answers == ["standby check"] + ["dropped: the same notification came before"] * 2
+    again = env.client.post(ROUTE, **signed({**offline, "at": "later"}))  # another body: within the interval
+    assert again.json["action"].startswith("dropped: this pool was checked")
+    assert env.enqueued == [("recheck_standby", {"pid": "acme:123"})]  # confirmed by a direct call, under the lock
+    notice, = env.store.events("acme:123")
+    assert notice["event"] == "provider_notice" and notice["role"] == "standby"
+    # a host failing: Vast tells of the primary too, whose failover check the standby's never holds back
+    primary = env.client.post(ROUTE, **signed({"event": "instance_offline", "instance_id": pool["primary_gpu_id"]}))
+    assert primary.json["action"] == "failover check" and env.kinds() == ["recheck_standby", "trigger"]
 
 
 def test_other_instances_and_events_start_nothing(env):

@@ -228,7 +228,7 @@ def test_dns_rebinding_cannot_move_a_delivery_past_the_check(monkeypatch, receiv
     address it checked, never asking again, so the request never reaches the loopback receiver."""
     port = receiver.url.rsplit(":", 1)[1]
     rebinder = Rebinder(monkeypatch, "93.184.216.34", "127.0.0.1")
-    destination = check_destination(f"http://{Rebinder.NAME}:{port}/rebound", allow_private=False)
+    destination = check_destination(f"http://{Rebinder.NAME}:{port}/rebound", allow_private=False, within=5)
     assert destination.address == "93.184.216.34"
     with pytest.raises((OSError, DeadlineExceeded)):  # no route to the public address here, or no answer in time
         post_pinned(destination, b"{}", {}, deadline=1)
@@ -240,7 +240,7 @@ def test_the_pinned_connection_keeps_the_name_in_the_host_header(monkeypatch, re
     reaches the address checked, and says the name in Host."""
     port = receiver.url.rsplit(":", 1)[1]
     rebinder = Rebinder(monkeypatch, "127.0.0.1", "127.0.0.2")
-    destination = check_destination(f"http://{Rebinder.NAME}:{port}/pinned?token=t", allow_private=True)
+    destination = check_destination(f"http://{Rebinder.NAME}:{port}/pinned?token=t", allow_private=True, within=5)
     answer = post_pinned(destination, b"{}", {"Content-Type": "application/json"}, deadline=10)
     assert answer.status == 204 and rebinder.lookups == 1
     [request] = receiver.at("/pinned?token=t")
@@ -250,7 +250,7 @@ def test_the_pinned_connection_keeps_the_name_in_the_host_header(monkeypatch, re
 def test_an_attempt_has_one_deadline_for_the_whole_exchange(trickler):
     """A receiver that answers a status line, then a byte every half second, never finishing its headers:
     each read returns in time, but the sender hangs up at the deadline, after a few bytes at most."""
-    destination = check_destination(trickler.url + "/slow", allow_private=True)
+    destination = check_destination(trickler.url + "/slow", allow_private=True, within=5)
     with pytest.raises(DeadlineExceeded):
         post_pinned(destination, b"{}", {}, deadline=1.5)
     wait_until(lambda: trickler.open == 0, message="the trickling connection closed by the sender")

@@ -169,11 +169,14 @@ def test_a_pool_that_never_held_anything_stops_being_healed_after_a_few_failures
     assert heal.repair(PID) == "provision"  # a few tries first
     env.reset()
     pool_at(env, **never, heal_attempts=3)  # the third failed: given up
+    hook = env.store.add_webhook("acme", "https://93.184.216.34/hook", ["pool.heal_given_up"])
     assert heal.repair(PID) == "given up"
     pool = env.store.get_pool(PID)
     assert pool["state"] == State.DEGRADED and "healing stopped" in pool["error_message"]
     assert "no host has RTX_9999" in pool["error_message"] and not env.store.is_locked(PID)
     assert env.store.events(PID)[0]["event"] == "heal_given_up"
+    [delivery] = env.store.deliveries(hook["id"])  # the tenant is told
+    assert delivery["type"] == "pool.heal_given_up" and "healing stopped" in delivery["payload"]
     assert env.store.unsettled_pool_ids() == [] and heal.heal() == 0 and env.enqueued == []  # never visited again
     rv = env.api("POST", "/api/v1/warmpool/enable/1", json={"gpu_name": "RTX_4090"})  # an operator starts over
     assert rv.status_code == 202 and env.store.unsettled_pool_ids() == [PID]

@@ -493,6 +493,17 @@ def test_recheck_leaves_a_standby_that_is_stopped_on_its_way_or_started(env, sta
     assert env.store.get_pool("acme:123") == pool and env.vast.called("destroy_instance") == []
 
 
+def test_recheck_of_a_lost_standby_whose_primary_is_down_too_leaves_the_pool_to_its_failover(env):
+    """A host failing: Vast tells of the standby, maybe before the primary. Replacing the standby on that host now
+    would hold the machine while its primary is down; the failover decides for both."""
+    pool = protected(env, 123)
+    for instance in (pool["standby_gpu_id"], pool["primary_gpu_id"]):
+        env.vast.instances[instance]["actual_status"] = "offline"
+    assert sweep.recheck_standby("acme:123") == "left to the failover"
+    assert env.store.get_pool("acme:123") == pool and not env.store.is_locked("acme:123")
+    assert env.vast.called("destroy_instance") == [] and env.enqueued == [] and env.store.events("acme:123") == []
+
+
 def test_recheck_that_cannot_destroy_the_lost_standby_changes_nothing(env):
     pool = protected(env, 123)
     env.vast.instances[pool["standby_gpu_id"]]["actual_status"] = "offline"

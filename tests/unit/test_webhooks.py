@@ -1,10 +1,12 @@
 """Webhook deliveries' guards, on the fakes: tenants' webhooks apart, the in-flight cap, claims, the schedule."""
 
 import json
+import threading
 import time
 
 import pytest
 
+from app import urls
 from app.settings import WEBHOOK_RETRY_SCHEDULE, Settings
 from app.store import keys
 from app.store.webhooks import PENDING, PREVIOUS_SECRET_SECONDS, signing_secrets
@@ -121,3 +123,34 @@ def test_a_rotated_secret_signs_beside_the_new_one_for_a_day(env):
     assert stored["secret"] == rotated["secret"]
     listed = env.api("GET", "/api/v1/webhooks").json["webhooks"][0]
     assert not {"secret", "previous_secret", "previous_secret_until"} & set(listed)
+
+
+class StuckNameServer:
+    """A resolver the test controls: every lookup hangs until the test releases it (10 s at most, so a lookup
+    nothing bounds still ends), then answers a public address."""
+
+    def __init__(self, monkeypatch):
+        self.released, self.answered = threading.Event(), 0
+        monkeypatch.setattr(urls, "resolve", self)
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        self.released.wait(10)
+        self.answered += 1
+        return ["93.184.216.34"]
+
+
+def test_a_name_server_that_never_answers_is_under_the_attempts_deadline(env, monkeypatch):
+    env.configure(webhook_timeout=0.2)
+    name_server = StuckNameServer(monkeypatch)
+    try:
+        hook, delivery = queued(env, url="https://slow-dns.example/hook")
+        assert deliver(delivery["id"], 1) == "retrying"
+        assert name_server.answered == 0  # the attempt ended while its lookup still hung
+        [attempt] = env.store.get_delivery(delivery["id"])["attempts"]
+        assert attempt["status_code"] is None and attempt["error"] == "no complete answer within 0.2 s"
+        # registering such a URL answers a clear 422 in the same time, holding no API thread
+        rv = env.api("POST", "/api/v1/webhooks", json={"url": "https://slow-dns.example/other"})
+        assert rv.status_code == 422 and "no DNS answer for slow-dns.example" in rv.json["errors"]["json"]["url"][0]
+        assert name_server.answered == 0
+    finally:
+        name_server.released.set()

@@ -1,0 +1,29 @@
+"""`warmpool dev` given a REDIS_URL of its own: it asks Redis the way the service's processes do, so a
+``sentinel://`` URL is reached through its sentinels (a real redis-server and one real sentinel here)."""
+
+import subprocess
+
+from app.cli import redis_answers, redis_server_command
+from app.processes import free_port, wait_until
+from tests.conftest import RedisServer
+
+MASTER = "warmpool"
+
+
+def test_warmpool_dev_finds_the_redis_its_sentinels_name(tmp_path):
+    server, port = RedisServer(free_port()), free_port()
+    server.start()
+    config = tmp_path / "sentinel.conf"
+    config.write_text(f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+                      f"sentinel monitor {MASTER} 127.0.0.1 {server.port} 1\n")
+    sentinel = subprocess.Popen([redis_server_command(0, tmp_path)[0], str(config), "--sentinel"],
+                                stdout=subprocess.DEVNULL)
+    try:
+        behind = {"REDIS_URL": f"sentinel://127.0.0.1:{port}/0", "REDIS_SENTINEL_MASTER": MASTER}
+        wait_until(lambda: redis_answers(behind), timeout=10, message="Redis through its sentinel")
+        assert not redis_answers({**behind, "REDIS_SENTINEL_MASTER": "another"})  # no such master: no answer
+        assert redis_answers({"REDIS_URL": server.url})
+    finally:
+        sentinel.kill()
+        sentinel.wait(timeout=10)
+        server.stop(kill=True)
