@@ -13,12 +13,19 @@ from celery.exceptions import Ignore
 
 from app import vast as provider
 from app.pools import State, label
-from app.runtime import vast
+from app.runtime import ranked_calls, vast
+from app.store import UNSEEN
 from tasks.base import COMPENSATIONS, Operation, OperationFailed, Step
-from tasks.provision import NOT_RUNNING, create_instance, is_running
+from tasks.provision import NOT_RUNNING, create_instance, is_running, observe
 
 # statuses on the way to running (or back to it): never a failure by themselves (rule 14)
 TRANSITIONAL = {"loading", "created", "scheduling", "rebooting", None}
+# no poll round answered a confirmation for this long: the provider counts as unavailable
+CONFIRM_TIMEOUT = 30.0
+# the order of a failover's PUTs when many pools fail at once: a standby whose old primary is fenced finishes
+# its pool, so its start goes before any stop; what can wait until every pool runs again goes last
+FINISH, FENCE, AFTER = 0, 1, 2
+PRIORITY_SPAN = 2001  # a pool's priority lies in [-1000, 1000] (app/api/schemas.py)
 
 
 def failed_status(instance: dict | None) -> str | None:
@@ -33,20 +40,36 @@ def failed_status(instance: dict | None) -> str | None:
     return status
 
 
+def put_turn(op: Operation, stage: int):
+    """This step's provider calls take their turns in the rate budget by ``stage``, then by the pool's priority
+    (higher first), then by when its failure was seen (rule 7)."""
+    rank = stage * PRIORITY_SPAN + (1000 - op.pool.get("priority", 0))
+    failed_at = op.ctx.get("detected_at") or op.ctx["started"]
+    return ranked_calls(rank, f"{failed_at:017.6f}:{op.pid}:{op.ctx['op_id']}:{stage}")
+
+
 @shared_task(bind=True, base=Step, name="warmpool.failover.confirm_failure")
 def confirm_failure(self, op: Operation):
-    """Ask the provider about the primary once more; only a clear failure goes on."""
+    """Ask the provider about the primary once more; only a clear failure goes on. The answer comes from a
+    shared poll round that started after the question: one list call confirms every pending failure."""
     op.step("confirm_failure")
+    resumed = op.ctx.get("state_before") == State.FAILOVER
+    since = op.ctx.setdefault("confirm_since", time.time())
     try:
-        instance = vast().show_instance(op.ctx["old_primary"])
+        instance = observe(op.ctx["old_primary"], _fast_poll(op), since)
     except provider.VastError as exc:
-        if op.ctx.get("state_before") == State.FAILOVER:
+        if resumed:
             raise  # resumed: the stop may be sent already, so ask again (retried) rather than go back to active
         verdict = f"provider unavailable ({exc})"
     else:
-        if failed_status(instance):
+        if instance is UNSEEN and not self.wait(op, "confirm_deadline", CONFIRM_TIMEOUT, _retry(op)):
+            if resumed:
+                raise provider.ProviderUnavailable(f"no poll round answered in {CONFIRM_TIMEOUT:.0f} s")
+            verdict = f"provider unavailable (no answer in {CONFIRM_TIMEOUT:.0f} s)"
+        elif failed_status(instance):
             return op.ctx
-        verdict = f"the primary is {instance.get('actual_status')}"
+        else:
+            verdict = f"the primary is {instance.get('actual_status')}"
     op.event("failover_cancelled", f"no failover: {verdict}", trigger=op.ctx["trigger"])
     before = op.ctx.get("state_before")
     op.finish({"success": False, "message": f"Failover cancelled: {verdict}"},
@@ -62,7 +85,8 @@ def stop_primary(self, op: Operation):
                  trigger=op.ctx["trigger"])
         op.ctx["announced"] = True
     try:
-        vast().stop_instance(op.ctx["old_primary"])
+        with put_turn(op, FENCE):
+            vast().stop_instance(op.ctx["old_primary"])
     except provider.NotFound:
         pass  # gone already: nothing can run there
     return op.ctx
@@ -71,18 +95,26 @@ def stop_primary(self, op: Operation):
 @shared_task(bind=True, base=Step, name="warmpool.failover.await_stopped")
 def await_stopped(self, op: Operation):
     op.step("await_stopped")
-    # every instance carrying the primary's label, not only the one we know: a leaked one must not run either,
-    # nor come back later (one offline but meant to run would, with its host)
-    rows = vast().list_instances({"label": {"eq": label(op.tenant, op.machine_id, "primary")}}).instances
-    for row in rows:
-        if row["id"] != op.ctx["old_primary"] and row.get("intended_status") != "stopped":
-            vast().stop_instance(row["id"])
-            op.event("split_brain_resolved", f"instance {row['id']} also carried the primary's label: stopped",
-                     instance_id=row["id"])
-    if not [row for row in rows if row.get("actual_status") not in NOT_RUNNING]:
+    if "fence_ids" not in op.ctx:
+        # every instance carrying the primary's label, not only the one we know: a leaked one must not run either,
+        # nor come back later (one offline but meant to run would, with its host). Asked once: under the lock
+        # nothing else makes one; the waits after are served by the shared poll rounds.
+        rows = vast().list_instances({"label": {"eq": label(op.tenant, op.machine_id, "primary")}}).instances
+        for row in rows:
+            if row["id"] != op.ctx["old_primary"] and row.get("intended_status") != "stopped":
+                with put_turn(op, FENCE):
+                    vast().stop_instance(row["id"])
+                op.event("split_brain_resolved", f"instance {row['id']} also carried the primary's label: stopped",
+                         instance_id=row["id"])
+        op.ctx["fence_ids"] = [row["id"] for row in rows if row.get("actual_status") not in NOT_RUNNING]
+        op.ctx["fence_since"] = time.time()
+    else:
+        op.ctx["fence_ids"] = [i for i in op.ctx["fence_ids"]
+                               if not _stopped(observe(i, _fast_poll(op), op.ctx["fence_since"]))]
+    if not op.ctx["fence_ids"]:
         op.ctx["fenced_at"] = time.time()
         return op.ctx
-    if not self.wait(op, "stop_deadline", op.settings.standby_start_timeout, interval=_fast_poll(op)):
+    if not self.wait(op, "stop_deadline", op.settings.standby_start_timeout, interval=_retry(op)):
         raise OperationFailed(f"old primary {op.ctx['old_primary']} did not stop; standby not started")
 
 
@@ -93,7 +125,8 @@ def start_standby(self, op: Operation):
     try:
         if standby is None:
             raise provider.NotFound("no standby")
-        vast().start_instance(standby)
+        with put_turn(op, FINISH):
+            vast().start_instance(standby)
     except provider.NotFound:
         standby = fresh_standby(op)
     op.save(standby_gpu_id=standby, standby_state="starting", creating=None)
@@ -115,14 +148,15 @@ def fresh_standby(op: Operation) -> int:
 def await_standby(self, op: Operation):
     op.step("await_standby")
     standby = op.pool["standby_gpu_id"]
-    rows = vast().list_instances({"id": {"eq": standby}}).instances  # the list is rate limited least
-    instance = rows[0] if rows else None
+    instance = observe(standby, _fast_poll(op), op.ctx.setdefault("standby_since", time.time()))
+    if instance is UNSEEN:
+        instance = {}  # not in a poll round since it was started
     if is_running(instance):
         op.ctx["ready_at"] = time.time()
         op.save(primary_ssh_host=instance["ssh_host"], primary_ssh_port=instance["ssh_port"])
         return op.ctx
     if instance is not None:
-        self.wait(op, "standby_deadline", op.settings.standby_start_timeout, interval=_fast_poll(op))
+        self.wait(op, "standby_deadline", op.settings.standby_start_timeout, interval=_retry(op))
         # given up: destroy it so it can never start beside the replacement
         vast().destroy_instance(standby)
         op.event("standby_given_up", f"standby {standby} not running after "
@@ -162,7 +196,8 @@ def retire_old_primary(self, op: Operation):
     op.ctx.setdefault("replace_started", time.time())
     if op.pool["retire_gpu_id"] is not None:
         vast().destroy_instance(op.pool["retire_gpu_id"])
-        vast().label_instance(op.pool["primary_gpu_id"], label(op.tenant, op.machine_id, "primary"))
+        with put_turn(op, AFTER):
+            vast().label_instance(op.pool["primary_gpu_id"], label(op.tenant, op.machine_id, "primary"))
         op.save(retire_gpu_id=None)
     return op.ctx
 
@@ -179,8 +214,18 @@ def undo_failover(op: Operation) -> None:
 
 
 def _fast_poll(op: Operation) -> float:
-    """A failover polls at the list call's pace (Vast allows one a second), not the provisions' pace."""
+    """A failover's poll rounds come at the list call's pace (Vast allows one a second), not the provisions'."""
     return min(op.settings.poll_interval, 1.0)
+
+
+def _retry(op: Operation) -> float:
+    """A failover's step waiting on a poll round looks again twice a round: it reads Redis, not the provider."""
+    return _fast_poll(op) / 2
+
+
+def _stopped(instance) -> bool:
+    """Seen stopped (or gone) in a poll round; not yet seen counts as still up."""
+    return instance is None or (instance is not UNSEEN and instance.get("actual_status") in NOT_RUNNING)
 
 
 COMPENSATIONS["failover"] = undo_failover

@@ -109,12 +109,13 @@ def with_offer(op: Operation, key: str, search, create) -> int:
         raise
 
 
-def observe(instance_id: int):
-    """An instance as the provider showed it in the last shared poll round (None: gone; UNSEEN: not yet)."""
+def observe(instance_id: int, interval: float | None = None, since: float = 0.0):
+    """An instance as the provider showed it in the last shared poll round (None: gone; UNSEEN: not yet, or
+    only before ``since``); a round is due ``interval`` s after the last (default: the poll interval)."""
     def fetch(ids: list[int]) -> dict[int, dict]:
         return {row["id"]: row for row in vast().list_instances({"id": {"in": ids}}).instances}
 
-    return store().observe(instance_id, settings().poll_interval, fetch)
+    return store().observe(instance_id, interval or settings().poll_interval, fetch, since)
 
 
 @shared_task(bind=True, base=Step, name="warmpool.provision.find_host")

@@ -43,6 +43,40 @@ def test_reserve_slot_horizon_keeps_a_backlog_from_reserving_ahead(store):
     assert store.reserve_slot("show_instance", 1.0) == pytest.approx(3, abs=0.2)  # urgent: right after them
 
 
+def test_ranked_slots_go_to_the_best_rank_waiting_not_the_first_to_ask(store):
+    """A mass failure: stops asked first, then a start that finishes a pool; the start takes the next slot."""
+    def take(claim, rank):
+        return store.take_ranked_slot("manage_instance", 0.3, rank, claim, 5.0)
+
+    assert take("stop-0", 1) == pytest.approx(0, abs=0.1) and take("stop-1", 1) == pytest.approx(0.3, abs=0.1)
+    assert take("stop-2", 1) == pytest.approx(-0.6, abs=0.1)  # at most one slot ahead is reserved: told its wait
+    assert take("start-9", 0) == pytest.approx(-0.6, abs=0.1)
+    wait_until(lambda: take("stop-2", 1) < 0 and take("start-9", 0) >= 0, timeout=5, interval=0.02,
+               message="the start's turn")
+    wait_until(lambda: take("stop-2", 1) >= 0, timeout=5, interval=0.02, message="the stop's turn, after the start")
+
+
+def test_a_ranked_claim_whose_caller_never_comes_back_lapses(store):
+    for claim in ("a", "b"):  # the next two slots reserved
+        assert store.take_ranked_slot("manage_instance", 0.1, 0, claim, 0.0) >= 0
+    assert store.take_ranked_slot("manage_instance", 0.1, 0, "c", 0.0) < 0  # kept until its turn passes
+    assert store.take_ranked_slot("manage_instance", 0.1, 1, "d", 0.0) < 0  # behind c
+    wait_until(lambda: store.take_ranked_slot("manage_instance", 0.1, 1, "d", 0.0) >= 0, timeout=5, interval=0.05,
+               message="the lapsed claim to leave the line")
+
+
+def test_a_ranked_call_far_from_its_turn_gives_its_thread_back_and_keeps_its_place(env, monkeypatch):
+    env.configure(vast_rate_limits={"manage_instance": 1.0})
+    monkeypatch.setattr(runtime, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=lambda s: None))
+    for n in range(5):
+        env.store.take_ranked_slot("manage_instance", 1.0, 0, f"start-{n}", 60.0)
+    with responses.RequestsMock() as mock, runtime.ranked_calls(1, "stop-1"), pytest.raises(Throttled) as raised:
+        real_client().stop_instance(7)
+        assert not mock.calls
+    assert raised.value.retry_in > 0
+    assert "stop-1" in env.store.r.zrange("wp:rate:manage_instance:claims", 0, -1)
+
+
 # -- the client's throttle ------------------------------------------------------------------------------------
 
 
