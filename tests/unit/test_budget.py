@@ -145,3 +145,18 @@ def test_a_deferred_failover_is_said_once_a_minute(store):
     assert store.first_deferral("acme:1") and not store.first_deferral("acme:1")
     assert store.first_deferral("acme:2")
     assert 0 < store.r.ttl("wp:deferred:acme:1") <= 60
+
+
+def test_a_failovers_puts_rank_a_fenced_start_first_then_priority_then_failure_time():
+    from tasks.failover import AFTER, FENCE, FINISH, put_turn
+
+    def turn(stage, priority, failed_at):
+        op = types.SimpleNamespace(pool={"priority": priority}, pid=f"acme:{priority}",
+                                   ctx={"detected_at": failed_at, "started": failed_at + 1, "op_id": "o"})
+        with put_turn(op, stage):
+            return runtime.ranked.get()
+
+    in_order = [turn(FINISH, -1000, 9.0), turn(FENCE, 1000, 9.0), turn(FENCE, 5, 9.0), turn(FENCE, 0, 1.0),
+                turn(FENCE, 0, 2.0), turn(AFTER, 1000, 0.0)]
+    assert sorted(in_order) == in_order and len(set(in_order)) == len(in_order)
+    assert runtime.ranked.get() is None  # only inside
