@@ -97,6 +97,19 @@ MUTANTS = [
            "                raise FencedOut(pid)\n",
            "",
            (f"{UNIT}::test_save_pool_with_an_expected_step_refuses_a_duplicate_delivery",)),
+    Mutant("in a mass failure a fenced standby starts before another pool's stop (rule 7)", "tasks/failover.py",
+           "FINISH, FENCE, AFTER = 0, 1, 2",
+           "FINISH, FENCE, AFTER = 1, 0, 2",
+           ("tests/unit/test_budget.py::test_a_failovers_puts_rank_a_fenced_start_first_then_priority_then_failure_time",)),
+    Mutant("a ranked provider call takes its slot only when no better-ranked call waits (rule 7)", "app/store/budget.py",
+           "local ahead = redis.call('ZRANK', KEYS[2], claim)",
+           "local ahead = 0",
+           ("tests/unit/test_budget.py::test_ranked_slots_go_to_the_best_rank_waiting_not_the_first_to_ask",)),
+    Mutant("a confirmation reads only a poll round that started after it asked (rule 14)", "app/store/polls.py",
+           'seen is None or seen["round"] < since',
+           "seen is None",
+           ("tests/unit/test_polls.py::test_a_waiter_never_reads_a_round_older_than_its_question",
+            "tests/unit/test_operations.py::test_one_list_call_confirms_every_pending_failure")),
 ]
 
 

@@ -106,6 +106,30 @@ def test_a_health_failover_of_a_primary_that_runs_again_is_cancelled(env):
     assert env.store.events(PID)[0]["event"] == "failover_cancelled"
 
 
+def test_one_list_call_confirms_every_pending_failure(env):
+    """A correlated failure: each failover's confirmation is answered by the shared poll round, never a call of
+    its own (Vast allows one show a 2 s, one list a second)."""
+    from app.store import keys
+
+    contexts = []
+    for machine in (1, 2, 3):
+        primary = env.vast.add_instance(label("acme", machine, "primary"), "offline")
+        env.add_pool(machine, primary_gpu_id=primary)
+        operations.failover(f"acme:{machine}", env.store.acquire(f"acme:{machine}", 10), "health")
+        contexts.append(env.of("failover")[-1])
+    confirm = celery_app.tasks["warmpool.failover.confirm_failure"]
+    assert deliver(confirm, contexts[0])["old_primary"] == contexts[0]["old_primary"]  # the first round is due
+    for ctx in contexts[1:]:
+        with pytest.raises(Retry):  # asked after that round: waits for the next
+            deliver(confirm, ctx)
+    env.store.r.set(keys.AWAITED_ROUND, 0)  # the round's interval passed
+    for ctx in contexts[1:]:
+        assert deliver(confirm, ctx)["old_primary"] == ctx["old_primary"]  # confirmed: on to stop_primary
+    rounds = env.vast.called("list_instances")
+    assert len(rounds) == 2 and {ctx["old_primary"] for ctx in contexts} <= set(rounds[1][1]["id"]["in"])
+    assert env.vast.called("show_instance") == []
+
+
 def test_a_provision_runs_to_the_end(env):
     env.vast.offers = [{"id": 1, "machine_id": 88888}]
     rv = env.api("POST", "/api/v1/warmpool/provision", json={"machine_id": 1, "host_machine_id": 88888})
