@@ -112,7 +112,14 @@ def run_one(stack: Stack, pools: int, floor: float) -> dict:
         times = [running[pool_id(TENANT, m)] for m, p in priorities.items() if p == priority]
         by_priority[priority] = _spread(times)
     events = _event_counts(stack, pids)
-    result = {"pools": pools, "bound_s": round(bound, 2), "ratio": round(max(running.values()) / bound, 3),
+    # the per-minute cap (FAILOVERS_PER_MINUTE) defers whatever is beyond it: the pools it did not touch show
+    # the pace of the rest
+    deferred = {pid for pid in pids if any(e["event"] == "failover_deferred" for e in stack.store().events(pid, 200))}
+    undeferred = [running[pid] for pid in pids if pid not in deferred]
+    result = {"deferred_by_cap": len(deferred),
+              "undeferred": {**_spread(undeferred), "ratio": round(max(undeferred) / (
+                  2 * len(undeferred) * VAST_RATE_LIMITS["manage_instance"] + floor), 3)} if undeferred else None,
+              "pools": pools, "bound_s": round(bound, 2), "ratio": round(max(running.values()) / bound, 3),
               **_spread(list(running.values())),
               "promoted": _spread(list(promoted.values())), "by_priority": by_priority, "events": events,
               "rate_limited_429": after["rate_limited"] - before["rate_limited"]}
@@ -122,6 +129,9 @@ def run_one(stack: Stack, pools: int, floor: float) -> dict:
     say(f"    by priority (first/median/last s): " + "; ".join(
         f"{p}: {v['first_s']:.1f}/{v['median_s']:.1f}/{v['last_s']:.1f}" for p, v in by_priority.items()))
     say(f"    events: {events}; 429s from the simulator: {result['rate_limited_429']}")
+    if deferred and undeferred:
+        say(f"    {len(deferred)} pools deferred by the cap; the other {len(undeferred)}: last running "
+            f"{result['undeferred']['last_s']:.1f} s -> {result['undeferred']['ratio']:.2f} x their own bound")
     return result
 
 

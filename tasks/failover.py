@@ -67,6 +67,7 @@ def confirm_failure(self, op: Operation):
                 raise provider.ProviderUnavailable(f"no poll round answered in {CONFIRM_TIMEOUT:.0f} s")
             verdict = f"provider unavailable (no answer in {CONFIRM_TIMEOUT:.0f} s)"
         elif failed_status(instance):
+            op.ctx["primary_labelled"] = instance is not None and instance.get("label") == primary_label(op)
             return op.ctx
         else:
             verdict = f"the primary is {instance.get('actual_status')}"
@@ -95,11 +96,13 @@ def stop_primary(self, op: Operation):
 @shared_task(bind=True, base=Step, name="warmpool.failover.await_stopped")
 def await_stopped(self, op: Operation):
     op.step("await_stopped")
-    if "fence_ids" not in op.ctx:
+    if "fence_ids" not in op.ctx and not others_labelled_primary(op):
+        op.ctx["fence_ids"], op.ctx["fence_since"] = [op.ctx["old_primary"]], time.time()
+    elif "fence_ids" not in op.ctx:
         # every instance carrying the primary's label, not only the one we know: a leaked one must not run either,
         # nor come back later (one offline but meant to run would, with its host). Asked once: under the lock
         # nothing else makes one; the waits after are served by the shared poll rounds.
-        rows = vast().list_instances({"label": {"eq": label(op.tenant, op.machine_id, "primary")}}).instances
+        rows = vast().list_instances({"label": {"eq": primary_label(op)}}).instances
         for row in rows:
             if row["id"] != op.ctx["old_primary"] and row.get("intended_status") != "stopped":
                 with put_turn(op, FENCE):
@@ -116,6 +119,20 @@ def await_stopped(self, op: Operation):
         return op.ctx
     if not self.wait(op, "stop_deadline", op.settings.standby_start_timeout, interval=_retry(op)):
         raise OperationFailed(f"old primary {op.ctx['old_primary']} did not stop; standby not started")
+
+
+def primary_label(op: Operation) -> str:
+    return label(op.tenant, op.machine_id, "primary")
+
+
+def others_labelled_primary(op: Operation) -> bool:
+    """Whether an instance other than the old primary may carry the primary's label. No when a sweep that started
+    after this failover took the lock counted no other (only the lock holder makes one): the fence then needs no
+    list call of its own, which a correlated failure would pay once per pool."""
+    counts = op.store.label_counts_since(op.ctx["started"])
+    if counts is None or "primary_labelled" not in op.ctx:
+        return True
+    return counts.get(primary_label(op), 0) > (1 if op.ctx["primary_labelled"] else 0)
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.start_standby")

@@ -110,6 +110,12 @@ MUTANTS = [
            "seen is None",
            ("tests/unit/test_polls.py::test_a_waiter_never_reads_a_round_older_than_its_question",
             "tests/unit/test_operations.py::test_one_list_call_confirms_every_pending_failure")),
+    Mutant("a fence skips its label list only when a later sweep counted no other primary (rule 3)",
+           "tasks/failover.py",
+           '    return counts.get(primary_label(op), 0) > (1 if op.ctx["primary_labelled"] else 0)',
+           "    return False",
+           ("tests/unit/test_operations.py::"
+            "test_an_instance_that_also_carries_the_primary_label_is_stopped_before_the_standby_starts",)),
 ]
 
 

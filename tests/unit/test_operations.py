@@ -29,6 +29,21 @@ def run_chain(env, kind: str) -> dict:
     return ctx
 
 
+def run_chain_polled(env, kind: str) -> dict:
+    """``run_chain``, a step that waits for a poll round delivered again once the next round is due."""
+    from app.store import keys
+
+    record = env.of(kind)[-1]
+    ctx = {k: v for k, v in record.items() if k not in ("steps", "search")}
+    for name in record["steps"]:
+        try:
+            ctx = deliver(celery_app.tasks[name], ctx) or ctx
+        except Retry:
+            env.store.r.set(keys.AWAITED_ROUND, 0)
+            ctx = deliver(celery_app.tasks[name], ctx) or ctx
+    return ctx
+
+
 def protected(env, **fields) -> dict:
     env.vast.offers = [{"id": 1, "machine_id": 88888}]
     primary = env.vast.add_instance(label("acme", 1, "primary"))
@@ -128,6 +143,35 @@ def test_one_list_call_confirms_every_pending_failure(env):
     rounds = env.vast.called("list_instances")
     assert len(rounds) == 2 and {ctx["old_primary"] for ctx in contexts} <= set(rounds[1][1]["id"]["in"])
     assert env.vast.called("show_instance") == []
+
+
+def label_filters(env) -> list[dict]:
+    return [call[1] for call in env.vast.called("list_instances") if "label" in (call[1] or {})]
+
+
+def test_a_fence_needs_no_list_of_its_own_when_a_later_sweep_counted_no_other_primary(env):
+    pool = protected(env)
+    env.vast.instances[pool["primary_gpu_id"]]["actual_status"] = "offline"
+    operations.failover(PID, env.store.acquire(PID, 10), "health")
+    env.store.record_sweep(0.0, {label("acme", 1, "primary"): 1})  # a sweep after the failover took the lock
+    run_chain_polled(env, "failover")
+    assert label_filters(env) == [] and env.store.get_pool(PID)["primary_gpu_id"] == pool["standby_gpu_id"]
+
+
+@pytest.mark.parametrize("counted", [None, 2])
+def test_an_instance_that_also_carries_the_primary_label_is_stopped_before_the_standby_starts(env, counted):
+    """No sweep since the failover started, or one that counted another instance with the label: the fence lists
+    the label and stops every one (rule 3)."""
+    pool = protected(env)
+    env.vast.instances[pool["primary_gpu_id"]]["actual_status"] = "offline"
+    leaked = env.vast.add_instance(label("acme", 1, "primary"))
+    operations.failover(PID, env.store.acquire(PID, 10), "health")
+    if counted:
+        env.store.record_sweep(0.0, {label("acme", 1, "primary"): counted})
+    run_chain_polled(env, "failover")
+    assert label_filters(env) and env.vast.called("stop_instance")[:2] == [
+        ("stop_instance", pool["primary_gpu_id"]), ("stop_instance", leaked)]
+    assert "split_brain_resolved" in [e["event"] for e in env.store.events(PID)]
 
 
 def test_a_provision_runs_to_the_end(env):
