@@ -243,6 +243,10 @@ def dev(port, sim_port, flower_port, time_scale, data_dir):
                 "url": f"http://127.0.0.1:{port}/api/v1/provider/notifications",
                 "secret": env["VAST_WEBHOOK_SECRET"]}).raise_for_status()
         key = env["WARMPOOL_API_KEYS"].split(",")[0].partition(":")[2]
+        notifications = (f"http://127.0.0.1:{port}/api/v1/provider/notifications, signed with VAST_WEBHOOK_SECRET "
+                         "(in production: register https://<your host>/api/v1/provider/notifications in Vast's "
+                         "console)" if env.get("VAST_WEBHOOK_SECRET") else
+                         "off (set VAST_WEBHOOK_SECRET; the health sweep finds failures without them)")
         click.echo(f"""
 warmpool is running (Ctrl-C stops everything)
   API         http://127.0.0.1:{port}/api/v1/warmpool/...   docs: http://127.0.0.1:{port}/api/v1/docs
@@ -250,6 +254,7 @@ warmpool is running (Ctrl-C stops everything)
   Flower      http://127.0.0.1:{flower_port}
   Redis       {shown(env['REDIS_URL'])}
   Vast.ai     {env['VAST_API_URL']}
+  Vast notifications  {notifications}
 Try: curl -H "Authorization: Bearer {key}" "http://127.0.0.1:{port}/api/v1/warmpool/hosts?gpu_name=RTX_4090"
 """)
         # until a child exits (left unreaped, for its Popen), or a signal ends us
