@@ -51,6 +51,21 @@ RANKED_WAIT_IN_THREAD = 3.0
 RANKED_HOLD = 5.0
 
 
+# this thread's provider calls take a slot at most one interval ahead, else give the thread back (Throttled)
+unqueued: contextvars.ContextVar[bool] = contextvars.ContextVar("unqueued", default=False)
+
+
+@contextlib.contextmanager
+def without_queueing():
+    """The provider calls made inside never queue behind reserved slots: a shared poll round that can wait for the
+    next one, so that rounds asked for by every waiting step never hold more of the budget than is free."""
+    token = unqueued.set(True)
+    try:
+        yield
+    finally:
+        unqueued.reset(token)
+
+
 @contextlib.contextmanager
 def ranked_calls(rank: float, claim: str):
     """The provider calls made inside take their turns by ``rank`` (lower first) among other ranked calls;
@@ -98,9 +113,11 @@ def vast() -> VastClient:
         if ranked.get() is not None:
             return take_ranked_turn(endpoint, interval, *ranked.get())
         # others reserve at most two slots ahead, so an urgent call never waits behind a backlog
-        horizon = -1 if urgent.get() else 2 * interval
+        horizon = interval if unqueued.get() else -1 if urgent.get() else 2 * interval
         deadline = time.monotonic() + MAX_THROTTLE_WAIT
         while (wait := store().reserve_slot(endpoint, interval, horizon)) < 0:
+            if unqueued.get():
+                raise Throttled(max(horizon / 2, -wait - horizon))
             pause = -wait - horizon + random.uniform(0, interval)
             if time.monotonic() + pause > deadline:
                 raise Throttled(pause)  # give the thread back; the step comes again later

@@ -160,3 +160,17 @@ def test_a_failovers_puts_rank_a_fenced_start_first_then_priority_then_failure_t
                 turn(FENCE, 0, 2.0), turn(AFTER, 1000, 0.0)]
     assert sorted(in_order) == in_order and len(set(in_order)) == len(in_order)
     assert runtime.ranked.get() is None  # only inside
+
+
+def test_a_call_without_queueing_takes_no_slot_beyond_the_next_and_gives_its_thread_back(budget):
+    """The shared poll round: asked for by every waiting step, it must never reserve the list budget ahead."""
+    for _ in range(2):  # the next free slot is two intervals away
+        budget.env.store.reserve_slot("show_instance", budget.interval)
+    token = urgent.set(True)  # even from a failover's step
+    try:
+        with runtime.without_queueing(), pytest.raises(Throttled) as raised:
+            budget.client.show_instance(7)
+    finally:
+        urgent.reset(token)
+    assert len(budget.mock.calls) == 0 and budget.sleeps == [] and raised.value.retry_in > 0
+    assert budget.env.store.reserve_slot("show_instance", budget.interval, horizon=0) < 0  # nothing reserved
