@@ -110,6 +110,11 @@ MUTANTS = [
            "seen is None",
            ("tests/unit/test_polls.py::test_a_waiter_never_reads_a_round_older_than_its_question",
             "tests/unit/test_operations.py::test_one_list_call_confirms_every_pending_failure")),
+    Mutant("a shared poll round never queues for the list budget (rule 7)", "app/runtime.py",
+           "    token = unqueued.set(True)",
+           "    token = unqueued.set(False)",
+           ("tests/unit/test_budget.py::"
+            "test_a_call_without_queueing_takes_no_slot_beyond_the_next_and_gives_its_thread_back",)),
     Mutant("a fence skips its label list only when a later sweep counted no other primary (rule 3)",
            "tasks/failover.py",
            '    return counts.get(primary_label(op), 0) > (1 if op.ctx["primary_labelled"] else 0)',
