@@ -236,8 +236,9 @@ def _fast_poll(op: Operation) -> float:
 
 
 def _retry(op: Operation) -> float:
-    """A failover's step waiting on a poll round looks again twice a round: it reads Redis, not the provider."""
-    return _fast_poll(op) / 2
+    """A failover's step waiting on a poll round looks again once a round: each look is a task through the
+    broker, and a correlated failure has one waiting step per pool."""
+    return _fast_poll(op)
 
 
 def _stopped(instance) -> bool:
