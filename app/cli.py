@@ -232,6 +232,10 @@ def banner(port: int, flower_port: int, key: str, key_file: Path | None, env: di
     api = f"http://127.0.0.1:{port}"
     client_dir = Path(sys.executable).parent
     kept = f"The key is kept in {key_file}. " if key_file else ""
+    notifications = (f"{api}/api/v1/provider/notifications, signed with VAST_WEBHOOK_SECRET (in production: "
+                     "register https://<your host>/api/v1/provider/notifications in Vast's console)"
+                     if env.get("VAST_WEBHOOK_SECRET") else
+                     "off (set VAST_WEBHOOK_SECRET; the health sweep finds failures without them)")
     return f"""
 warmpool is running (Ctrl-C stops everything)
   API         {api}/api/v1/warmpool/...   docs: {api}/api/v1/docs
@@ -239,6 +243,7 @@ warmpool is running (Ctrl-C stops everything)
   Flower      http://127.0.0.1:{flower_port}
   Redis       {shown(env['REDIS_URL'])}
   Vast.ai     {env['VAST_API_URL']}
+  Vast notifications  {notifications}
 In another terminal:
   export PATH={client_dir}:$PATH WARMPOOL_URL={api} WARMPOOL_API_KEY={key}
   warmpool hosts --gpu-name RTX_4090

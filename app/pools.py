@@ -89,6 +89,7 @@ def new_pool(tenant: str, machine_id: int, **fields) -> dict:
         # a replica of the volume on another host (tasks/replica.py); "replica" None: WARMPOOL_REPLICA_DEFAULT
         "replica": None, "replica_host_machine_id": None, "replica_volume_id": None, "replica_data_at": None,
         "replica_copy_started": None,
+        "priority": 0,  # failed over ahead of lower priorities when many pools fail at once
     }
     pool.update(fields)
     return pool

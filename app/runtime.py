@@ -46,6 +46,38 @@ urgent: contextvars.ContextVar[bool] = contextvars.ContextVar("urgent", default=
 # the fencing check of the step this thread runs: raises FencedOut when its lock was lost (rule 12)
 fence: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("fence", default=None)
 MUTATING_METHODS = ("PUT", "POST", "DELETE")
+# this thread's provider calls take their endpoint's slots in rank order, (rank, claim) (Store.take_ranked_slot)
+ranked: contextvars.ContextVar[tuple[float, str] | None] = contextvars.ContextVar("ranked", default=None)
+# a ranked call waits for its turn in its thread when the turn is this close; else it gives the thread back
+RANKED_WAIT_IN_THREAD = 3.0
+# how long a ranked claim is kept past its estimated turn for a caller that gave its thread back
+RANKED_HOLD = 5.0
+
+
+# this thread's provider calls take a slot at most one interval ahead, else give the thread back (Throttled)
+unqueued: contextvars.ContextVar[bool] = contextvars.ContextVar("unqueued", default=False)
+
+
+@contextlib.contextmanager
+def without_queueing():
+    """The provider calls made inside never queue behind reserved slots: a shared poll round that can wait for the
+    next one, so that rounds asked for by every waiting step never hold more of the budget than is free."""
+    token = unqueued.set(True)
+    try:
+        yield
+    finally:
+        unqueued.reset(token)
+
+
+@contextlib.contextmanager
+def ranked_calls(rank: float, claim: str):
+    """The provider calls made inside take their turns by ``rank`` (lower first) among other ranked calls;
+    ``claim`` names the caller across retries, so a step that comes again keeps its place."""
+    token = ranked.set((rank, claim))
+    try:
+        yield
+    finally:
+        ranked.reset(token)
 
 
 @contextlib.contextmanager
@@ -57,6 +89,16 @@ def unfenced():
     finally:
         fence.reset(token)
 READS_BY_POST = ("search_offers", "search_volumes")
+
+
+def take_ranked_turn(endpoint: str, interval: float, rank: float, claim: str) -> None:
+    """Wait for this ranked call's slot: in this thread when it is near, else give the thread back (Throttled)
+    and keep the place for the step's return."""
+    while (wait := store().take_ranked_slot(endpoint, interval, rank, claim, RANKED_HOLD)) < 0:
+        if -wait > RANKED_WAIT_IN_THREAD:
+            raise Throttled(-wait - RANKED_WAIT_IN_THREAD / 2)
+        time.sleep(min(-wait, interval) / 2)  # ask again before the turn comes
+    time.sleep(wait)
 
 
 @functools.cache
@@ -71,10 +113,14 @@ def vast() -> VastClient:
             return
         # the provider counts arrivals, which jitter by a few ms after the slot: keep a margin
         interval = limits[endpoint] * 1.05 + 0.01
+        if ranked.get() is not None:
+            return take_ranked_turn(endpoint, interval, *ranked.get())
         # others reserve at most two slots ahead, so an urgent call never waits behind a backlog
-        horizon = -1 if urgent.get() else 2 * interval
+        horizon = interval if unqueued.get() else -1 if urgent.get() else 2 * interval
         deadline = time.monotonic() + MAX_THROTTLE_WAIT
         while (wait := store().reserve_slot(endpoint, interval, horizon)) < 0:
+            if unqueued.get():
+                raise Throttled(max(horizon / 2, -wait - horizon))
             pause = -wait - horizon + random.uniform(0, interval)
             if time.monotonic() + pause > deadline:
                 raise Throttled(pause)  # give the thread back; the step comes again later

@@ -1,4 +1,4 @@
-"""``python -m bench [failover-defaults|killed-worker|failover-backlog|sweep|api|memory|provision ...]``.
+"""``python -m bench [failover-defaults|killed-worker|failover-backlog|mass-failover|sweep|api|memory|provision ...]``.
 
 Runs the benchmarks and prints a summary. With no names every benchmark runs, in the order below
 (about 15 minutes on 2 cores). The three failover benchmarks run on the service's default settings
@@ -19,9 +19,10 @@ from pathlib import Path
 
 from bench.core import Result, say, table
 
-ORDER = ["failover-defaults", "killed-worker", "failover-backlog", "sweep", "api", "memory", "provision"]
+ORDER = ["failover-defaults", "killed-worker", "failover-backlog", "mass-failover", "sweep", "api", "memory",
+         "provision"]
 # these run with none of the service's settings in the environment (app/settings.py's defaults)
-ON_DEFAULTS = {"failover-defaults", "killed-worker", "failover-backlog"}
+ON_DEFAULTS = {"failover-defaults", "killed-worker", "failover-backlog", "mass-failover"}
 
 
 def machine() -> dict:
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logs", type=Path, help="keep the stack's logs in this directory")
     parser.add_argument("--failovers", type=int, default=3, help="undisturbed failovers on default settings")
     parser.add_argument("--kills", type=int, default=3, help="failovers whose worker is killed")
+    parser.add_argument("--pools", type=int, nargs="+", default=[12, 40],
+                        help="pools failed at once in the mass-failover benchmark, one run per number")
+    parser.add_argument("--failovers-per-minute", type=int,
+                        help="the mass-failover benchmark's FAILOVERS_PER_MINUTE instead of the default cap")
     parser.add_argument("--sweeps", type=int, default=400, help="sweeps of the leak check")
     parser.add_argument("--rate-scale", type=float, default=0.1,
                         help="Vast's per-endpoint intervals are multiplied by this in the provisioning benchmark")
@@ -102,6 +107,9 @@ def run_one(name: str, stack, args) -> list[Result]:
     if name == "failover-backlog":
         from bench import failover
         return failover.run_backlog(stack)
+    if name == "mass-failover":
+        from bench import massfailover
+        return massfailover.run(stack, sizes=tuple(args.pools), cap=args.failovers_per_minute)
     if name == "sweep":
         from bench import sweep
         return sweep.run(stack)

@@ -63,6 +63,13 @@ def start_times(stack: Stack, instance_id: int, rounds: int) -> list[float]:
     return times
 
 
+def create_stopped(stack: Stack, host: int) -> int:
+    """A stopped instance on ``host`` to measure the simulator's start on (made before the rate limits are on)."""
+    offers = stack.sim("POST", "/api/v0/bundles/", json={"machine_id": {"eq": host}, "num_gpus": {"eq": 1}})["offers"]
+    return stack.sim("PUT", f"/api/v0/asks/{offers[0]['id']}/", json={
+        "image": "bench/floor", "label": "bench-floor", "disk": 10, "target_state": "stopped"})["new_contract"]
+
+
 class StandbyWatch(threading.Thread):
     """Watches the standby every 10 ms: when it starts (loading) and when it runs; ``at_start`` is called
     ``delay`` seconds after it started."""
@@ -120,7 +127,7 @@ class Session:
         self.host, floor_host = hosts[0]["machine_id"], hosts[1]["machine_id"]
         self.busy_hosts = {self.host, floor_host}
         # the floor's instance is made before the limits are on, then started and stopped outside them
-        floor_instance = self._create_stopped(floor_host)
+        floor_instance = create_stopped(stack, floor_host)
         stack.limit_sim(VAST_RATE_LIMITS)
         say(f"  rate limits (Vast's, on the simulator and in the service's defaults): {self.settings.vast_rate_limits}")
         self.floor_times: list[float] = []
@@ -159,12 +166,6 @@ class Session:
         """Still the stack's simulator and processes (another benchmark restarts them)."""
         procs = (self.failover_worker, self.provision_worker, self.beat)
         return self.stack.sim_proc is self.sim_proc and all(p.alive() and p in self.stack.procs for p in procs)
-
-    def _create_stopped(self, host: int) -> int:
-        offers = self.stack.sim("POST", "/api/v0/bundles/", json={"machine_id": {"eq": host},
-                                                                   "num_gpus": {"eq": 1}})["offers"]
-        return self.stack.sim("PUT", f"/api/v0/asks/{offers[0]['id']}/", json={
-            "image": "bench/floor", "label": "bench-floor", "disk": 10, "target_state": "stopped"})["new_contract"]
 
     def provision(self, machine: int, host: int) -> str:
         rv = self.client.post("/api/v1/warmpool/provision", headers=AUTH, json={

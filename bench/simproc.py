@@ -91,6 +91,21 @@ def build(time_scale: float, seed: int):
     def instance_state(instance_id):
         return jsonify(world.instances.set_state(instance_id, request.get_json()["state"]))
 
+    # a correlated failure: every instance given goes offline in the same instant (one lock held)
+    @app.post("/_bench/fail")
+    def fail_many():
+        ids = request.get_json()["ids"]
+        with world.lock:
+            for instance_id in ids:
+                world.instances.fail(instance_id)
+        return jsonify(failed=len(ids))
+
+    @app.post("/_bench/statuses")
+    def statuses():
+        ids = request.get_json()["ids"]
+        with world.lock:
+            return jsonify({str(i): (world.instances.get(i) or {}).get("actual_status") for i in ids})
+
     @app.get("/_bench/count")
     def count():
         with world.lock:

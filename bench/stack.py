@@ -250,9 +250,10 @@ class Stack:
         if self.sim_proc:
             self.sim("POST", "/_sim/reset")
 
-    def seed_pools(self, count: int, tenant: str = "bench", first_machine: int = 1) -> list[list[int]]:
+    def seed_pools(self, count: int, tenant: str = "bench", first_machine: int = 1,
+                   priorities: dict[int, int] | None = None) -> list[list[int]]:
         """``count`` active pools: instances straight in the simulator, records straight in Redis
-        through Store.save_pool with the fencing epoch of Store.acquire."""
+        through Store.save_pool with the fencing epoch of Store.acquire (``priorities``: by machine)."""
         machines = list(range(first_machine, first_machine + count))
         rows = []
         for start in range(0, count, 5000):
@@ -269,7 +270,8 @@ class Stack:
             pool = new_pool(tenant, machine, state=State.ACTIVE, host_machine_id=host, primary_gpu_id=primary,
                             standby_gpu_id=standby, standby_state="stopped", volume_id=None,
                             primary_ssh_host=f"ssh{primary % 9 + 1}.vast.ai",
-                            primary_ssh_port=10_000 + primary % 50_000, gpu_name="RTX_4090", image="bench/image")
+                            primary_ssh_port=10_000 + primary % 50_000, gpu_name="RTX_4090", image="bench/image",
+                            **({"priority": priorities[machine]} if priorities else {}))
             store.save_pool(pool, held)
             store.release(pid, held, 30)
 

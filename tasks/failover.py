@@ -13,12 +13,19 @@ from celery.exceptions import Ignore
 
 from app import vast as provider
 from app.pools import State, label
-from app.runtime import vast
+from app.runtime import ranked_calls, vast
+from app.store import UNSEEN
 from tasks.base import COMPENSATIONS, Operation, OperationFailed, Step
-from tasks.provision import NOT_RUNNING, create_instance, is_running
+from tasks.provision import NOT_RUNNING, create_instance, is_running, observe
 
 # statuses on the way to running (or back to it): never a failure by themselves (rule 14)
 TRANSITIONAL = {"loading", "created", "scheduling", "rebooting", None}
+# no poll round answered a confirmation for this long: the provider counts as unavailable
+CONFIRM_TIMEOUT = 30.0
+# the order of a failover's PUTs when many pools fail at once: a standby whose old primary is fenced finishes
+# its pool, so its start goes before any stop; what can wait until every pool runs again goes last
+FINISH, FENCE, AFTER = 0, 1, 2
+PRIORITY_SPAN = 2001  # a pool's priority lies in [-1000, 1000] (app/api/schemas.py)
 
 
 def failed_status(instance: dict | None) -> str | None:
@@ -33,26 +40,44 @@ def failed_status(instance: dict | None) -> str | None:
     return status
 
 
-def unconfirmed(op: Operation) -> str | None:
-    """Why the primary's failure is not confirmed (the failover is cancelled), or None when it is. A provider
-    that does not answer confirms nothing (rule 6): one offline reading and a blip must not stop a healthy
-    primary."""
+def unconfirmed(step: Step, op: Operation) -> str | None:
+    """Why the primary's failure is not confirmed (the failover is cancelled), or None when it is.
+
+    The answer comes from a shared poll round that started after the question: one list call confirms every
+    pending failure (rule 16). A provider that does not answer confirms nothing (rule 6): one offline reading
+    and a blip must not stop a healthy primary."""
+    resumed = op.ctx.get("state_before") == State.FAILOVER
+    since = op.ctx.setdefault("confirm_since", time.time())
     try:
-        instance = vast().show_instance(op.ctx["old_primary"])
+        instance = observe(op.ctx["old_primary"], _fast_poll(op), since)
+        if instance is UNSEEN and not step.wait(op, "confirm_deadline", CONFIRM_TIMEOUT, _retry(op)):
+            raise provider.ProviderUnavailable(f"no poll round answered in {CONFIRM_TIMEOUT:.0f} s")
         if failed_status(instance) and not within_failover_cap(op):
             instance = vast().show_instance(op.ctx["old_primary"])  # past the cap: its own direct call once more
     except provider.VastError as exc:
-        if op.ctx.get("state_before") == State.FAILOVER:
+        if resumed:
             raise  # resumed: the stop may be sent already, so ask again (retried) rather than go back to active
         return f"provider unavailable ({exc})"
-    return None if failed_status(instance) else f"the primary is {instance.get('actual_status')}"
+    if not failed_status(instance):
+        return f"the primary is {instance.get('actual_status')}"
+    op.ctx["primary_labelled"] = instance is not None and instance.get("label") == primary_label(op)
+    return None
+
+
+def put_turn(op: Operation, stage: int):
+    """This step's provider calls take their turns in the rate budget by ``stage``, then by the pool's priority
+    (higher first), then by when its failure was seen (rule 7)."""
+    rank = stage * PRIORITY_SPAN + (1000 - op.pool.get("priority", 0))
+    failed_at = op.ctx.get("detected_at") or op.ctx["started"]
+    return ranked_calls(rank, f"{failed_at:017.6f}:{op.pid}:{op.ctx['op_id']}:{stage}")
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.confirm_failure")
 def confirm_failure(self, op: Operation):
-    """Ask the provider about the primary once more; only a clear failure goes on."""
+    """Ask the provider about the primary once more; only a clear failure goes on. The answer comes from a
+    shared poll round that started after the question: one list call confirms every pending failure."""
     op.step("confirm_failure")
-    verdict = unconfirmed(op)
+    verdict = unconfirmed(self, op)
     if verdict is None:
         return op.ctx
     op.event("failover_cancelled", f"no failover: {verdict}", trigger=op.ctx["trigger"])
@@ -87,7 +112,8 @@ def stop_primary(self, op: Operation):
                  trigger=op.ctx["trigger"])
         op.ctx["announced"] = True
     try:
-        vast().stop_instance(op.ctx["old_primary"])
+        with put_turn(op, FENCE):
+            vast().stop_instance(op.ctx["old_primary"])
     except provider.NotFound:
         pass  # gone already: nothing can run there
     return op.ctx
@@ -96,16 +122,26 @@ def stop_primary(self, op: Operation):
 @shared_task(bind=True, base=Step, name="warmpool.failover.await_stopped")
 def await_stopped(self, op: Operation):
     op.step("await_stopped")
-    rows = primary_labelled(op)
-    for row in rows:
-        if row["id"] != op.ctx["old_primary"] and row.get("intended_status") != "stopped":
-            vast().stop_instance(row["id"])
-            op.event("split_brain_resolved", f"instance {row['id']} also carried the primary's label: stopped",
-                     instance_id=row["id"])
-    if not [row for row in rows if row.get("actual_status") not in NOT_RUNNING]:
+    if "fence_ids" not in op.ctx and not others_labelled_primary(op):
+        op.ctx["fence_ids"], op.ctx["fence_since"] = [op.ctx["old_primary"]], time.time()
+    elif "fence_ids" not in op.ctx:
+        # asked once: under the lock nothing else makes one; the waits after are served by the shared poll rounds
+        rows = primary_labelled(op)
+        for row in rows:
+            if row["id"] != op.ctx["old_primary"] and row.get("intended_status") != "stopped":
+                with put_turn(op, FENCE):
+                    vast().stop_instance(row["id"])
+                op.event("split_brain_resolved", f"instance {row['id']} also carried the primary's label: stopped",
+                         instance_id=row["id"])
+        op.ctx["fence_ids"] = [row["id"] for row in rows if row.get("actual_status") not in NOT_RUNNING]
+        op.ctx["fence_since"] = time.time()
+    else:
+        op.ctx["fence_ids"] = [i for i in op.ctx["fence_ids"]
+                               if not _stopped(observe(i, _fast_poll(op), op.ctx["fence_since"]))]
+    if not op.ctx["fence_ids"]:
         op.ctx["fenced_at"] = time.time()
         return op.ctx
-    if not self.wait(op, "stop_deadline", op.settings.standby_start_timeout, interval=_fast_poll(op)):
+    if not self.wait(op, "stop_deadline", op.settings.standby_start_timeout, interval=_retry(op)):
         raise OperationFailed(f"old primary {op.ctx['old_primary']} did not stop; standby not started")
 
 
@@ -116,6 +152,20 @@ def primary_labelled(op: Operation) -> list[dict]:
     return vast().list_instances({"label": {"eq": label(op.tenant, op.machine_id, "primary")}}).instances
 
 
+def primary_label(op: Operation) -> str:
+    return label(op.tenant, op.machine_id, "primary")
+
+
+def others_labelled_primary(op: Operation) -> bool:
+    """Whether an instance other than the old primary may carry the primary's label. No when a sweep that started
+    after this failover took the lock counted no other (only the lock holder makes one): the fence then needs no
+    list call of its own, which a correlated failure would pay once per pool."""
+    counts = op.store.label_counts_since(op.ctx["started"])
+    if counts is None or "primary_labelled" not in op.ctx:
+        return True
+    return counts.get(primary_label(op), 0) > (1 if op.ctx["primary_labelled"] else 0)
+
+
 @shared_task(bind=True, base=Step, name="warmpool.failover.start_standby")
 def start_standby(self, op: Operation):
     op.step("start_standby")
@@ -123,7 +173,8 @@ def start_standby(self, op: Operation):
     try:
         if standby is None:
             raise provider.NotFound("no standby")
-        vast().start_instance(standby)
+        with put_turn(op, FINISH):
+            vast().start_instance(standby)
     except provider.NotFound:
         standby = fresh_standby(op)
     op.save(standby_gpu_id=standby, standby_state="starting", creating=None)
@@ -145,14 +196,15 @@ def fresh_standby(op: Operation) -> int:
 def await_standby(self, op: Operation):
     op.step("await_standby")
     standby = op.pool["standby_gpu_id"]
-    rows = vast().list_instances({"id": {"eq": standby}}).instances  # the list is rate limited least
-    instance = rows[0] if rows else None
+    instance = observe(standby, _fast_poll(op), op.ctx.setdefault("standby_since", time.time()))
+    if instance is UNSEEN:
+        instance = {}  # not in a poll round since it was started
     if is_running(instance):
         op.ctx["ready_at"] = time.time()
         op.save(primary_ssh_host=instance["ssh_host"], primary_ssh_port=instance["ssh_port"])
         return op.ctx
     if instance is not None:
-        self.wait(op, "standby_deadline", op.settings.standby_start_timeout, interval=_fast_poll(op))
+        self.wait(op, "standby_deadline", op.settings.standby_start_timeout, interval=_retry(op))
         give_up_standby(op, standby, instance.get("actual_status"))
     op.save(standby_gpu_id=fresh_standby(op), creating=None)
     raise self.later(op.ctx, op.settings.poll_interval)
@@ -197,7 +249,8 @@ def retire_old_primary(self, op: Operation):
     op.ctx.setdefault("replace_started", time.time())
     if op.pool["retire_gpu_id"] is not None:
         vast().destroy_instance(op.pool["retire_gpu_id"])
-        vast().label_instance(op.pool["primary_gpu_id"], label(op.tenant, op.machine_id, "primary"))
+        with put_turn(op, AFTER):
+            vast().label_instance(op.pool["primary_gpu_id"], label(op.tenant, op.machine_id, "primary"))
         op.save(retire_gpu_id=None)
     return op.ctx
 
@@ -214,8 +267,19 @@ def undo_failover(op: Operation) -> None:
 
 
 def _fast_poll(op: Operation) -> float:
-    """A failover polls at the list call's pace (Vast allows one a second), not the provisions' pace."""
+    """A failover's poll rounds come at the list call's pace (Vast allows one a second), not the provisions'."""
     return min(op.settings.poll_interval, 1.0)
+
+
+def _retry(op: Operation) -> float:
+    """A failover's step waiting on a poll round looks again once a round: each look is a task through the
+    broker, and a correlated failure has one waiting step per pool."""
+    return _fast_poll(op)
+
+
+def _stopped(instance) -> bool:
+    """Seen stopped (or gone) in a poll round; not yet seen counts as still up."""
+    return instance is None or (instance is not UNSEEN and instance.get("actual_status") in NOT_RUNNING)
 
 
 COMPENSATIONS["failover"] = undo_failover

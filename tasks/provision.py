@@ -13,7 +13,7 @@ from celery import shared_task
 from app import vast as provider
 from app.hosts import LASTING_MARGINS, group_hosts, offers_query
 from app.pools import State, label, to_active, volume_name
-from app.runtime import Throttled, settings, store, unfenced, vast
+from app.runtime import Throttled, settings, store, unfenced, vast, without_queueing
 from app.store import UNSEEN, FencedOut
 from tasks.base import COMPENSATIONS, NotYet, Operation, OperationFailed, Step
 
@@ -109,12 +109,14 @@ def with_offer(op: Operation, key: str, search, create) -> int:
         raise
 
 
-def observe(instance_id: int):
-    """An instance as the provider showed it in the last shared poll round (None: gone; UNSEEN: not yet)."""
+def observe(instance_id: int, interval: float | None = None, since: float = 0.0):
+    """An instance as the provider showed it in the last shared poll round (None: gone; UNSEEN: not yet, or
+    only before ``since``); a round is due ``interval`` s after the last (default: the poll interval)."""
     def fetch(ids: list[int]) -> dict[int, dict]:
-        return {row["id"]: row for row in vast().list_instances({"id": {"in": ids}}).instances}
+        with without_queueing():  # no slot free soon: a later waiter asks again
+            return {row["id"]: row for row in vast().list_instances({"id": {"in": ids}}).instances}
 
-    return store().observe(instance_id, settings().poll_interval, fetch)
+    return store().observe(instance_id, interval or settings().poll_interval, fetch, since)
 
 
 @shared_task(bind=True, base=Step, name="warmpool.provision.find_host")

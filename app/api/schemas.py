@@ -40,6 +40,9 @@ class PoolSpecSchema(Schema):
     replica = fields.Boolean(load_default=None, allow_none=True, metadata={
         "description": "keep a copy of the volume on another host, refreshed every REPLICA_COPY_INTERVAL s, so a "
                        "host failure moves the pool there; absent or null: WARMPOOL_REPLICA_DEFAULT"})
+    priority = Integer(-1000, 1000, load_default=0, metadata={
+        "description": "when many pools fail at once, a higher priority is failed over first (its provider calls "
+                       "go ahead of lower ones'); equal priorities keep the order of their failures"})
 
 
 class ProvisionSchema(PoolSpecSchema):
@@ -83,6 +86,7 @@ class StatusSchema(Schema):
     fallback = fields.String(allow_none=True)
     gpu_name = fields.String(allow_none=True)
     last_failover = fields.Dict(allow_none=True, metadata={"description": "recovery time and per-phase seconds"})
+    priority = fields.Integer(dump_default=0, metadata={"description": "the order of failovers in a mass failure"})
     replica = fields.Boolean(allow_none=True, metadata={"description": "the pool's choice; null: the default"})
     replica_host_machine_id = fields.Integer(allow_none=True, metadata={"description": "the replica's host"})
     replica_volume_id = fields.Integer(allow_none=True)

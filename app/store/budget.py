@@ -15,6 +15,7 @@ class BudgetRecords:
     def _register_budget_scripts(self) -> None:
         self._reserve = self.r.register_script(_RESERVE_SLOT)
         self._failover_slot = self.r.register_script(_FAILOVER_SLOT)
+        self._ranked_slot = self.r.register_script(_RANKED_SLOT)
 
     def reserve_slot(self, endpoint: str, interval: float, horizon: float = -1) -> float:
         """Reserve the next call slot of an endpoint; return how long to wait for it.
@@ -23,6 +24,15 @@ class BudgetRecords:
         then negative, minus the time until the next free slot.
         """
         return float(self._reserve(keys=[keys.rate(endpoint)], args=[interval, horizon]))
+
+    def take_ranked_slot(self, endpoint: str, interval: float, rank: float, claim: str, hold: float) -> float:
+        """Reserve the next call slot of an endpoint, if it is at most an interval away, for the best-ranked claim
+        waiting (lowest ``rank``, then lowest ``claim``); return how long to wait for it. A claim that is not first is kept for ``hold`` s past
+        its estimated turn (its caller may give its thread back and come again) and the answer is negative:
+        minus that estimated wait. Hand-written because a rate limiter with priorities is not in redis-py or
+        Celery: Celery's queues order tasks, not the provider calls inside them."""
+        return float(self._ranked_slot(keys=[keys.rate(endpoint), keys.ranked_claims(endpoint),
+                                             keys.ranked_expiry(endpoint)], args=[interval, rank, claim, hold]))
 
     def take_failover_slot(self, per_minute: int) -> bool:
         """Count a confirmed failure against the cap across all pools, over the last 60 s (rule 9)."""
@@ -40,6 +50,30 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local interval, horizon = tonumber(ARGV[1]), tonumber(ARGV[2])
 local slot = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'))
 if horizon >= 0 and slot - now > horizon then return string.format('%.6f', now - slot) end
+redis.call('SET', KEYS[1], string.format('%.6f', slot + interval), 'PX', math.ceil((slot + interval - now) * 1000) + 1000)
+return string.format('%.6f', slot - now)
+"""
+
+# the first-ranked live claim takes the next slot when it is at most one interval away; the others learn their
+# estimated wait (negative), so a better claim that comes later still goes before them
+_RANKED_SLOT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local interval, rank, claim, hold = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+for _, lapsed in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do redis.call('ZREM', KEYS[2], lapsed) end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+redis.call('ZADD', KEYS[2], rank, claim)
+local ahead = redis.call('ZRANK', KEYS[2], claim)
+local slot = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'))
+if ahead > 0 or slot - now > interval then
+  local wait = slot - now + ahead * interval
+  redis.call('ZADD', KEYS[3], now + wait + hold, claim)
+  redis.call('EXPIRE', KEYS[2], math.ceil(wait + hold) + 60)
+  redis.call('EXPIRE', KEYS[3], math.ceil(wait + hold) + 60)
+  return string.format('%.6f', -wait)
+end
+redis.call('ZREM', KEYS[2], claim)
+redis.call('ZREM', KEYS[3], claim)
 redis.call('SET', KEYS[1], string.format('%.6f', slot + interval), 'PX', math.ceil((slot + interval - now) * 1000) + 1000)
 return string.format('%.6f', slot - now)
 """

@@ -89,6 +89,14 @@ class HealthRecords:
     def label_counts(self) -> dict[str, int]:
         return json.loads(self.r.get(keys.LABEL_COUNTS) or "{}")
 
+    def label_counts_since(self, since: float) -> dict[str, int] | None:
+        """The last sweep's label counts if that sweep started at ``since`` or later (its list answer is newer
+        still), else None."""
+        counts, last, seconds = self.r.mget(keys.LABEL_COUNTS, keys.SWEEP_LAST_TS, keys.SWEEP_SECONDS)
+        if counts is None or last is None or float(last) - float(seconds or 0) < since:
+            return None
+        return json.loads(counts)
+
     def due(self, what: str, interval: float) -> bool:
         """Whether the sweep's less frequent work ``what`` (the capacity check, the audit of primaries) is due;
         the caller runs it if so."""

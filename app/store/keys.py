@@ -33,6 +33,14 @@ def rate(endpoint: str) -> str:
     return f"wp:rate:{endpoint}"
 
 
+def ranked_claims(endpoint: str) -> str:
+    return f"wp:rate:{endpoint}:claims"  # sorted set: calls waiting their turn, by rank (Store.take_ranked_slot)
+
+
+def ranked_expiry(endpoint: str) -> str:
+    return f"wp:rate:{endpoint}:claims:expiry"  # sorted set: the same calls, by when their claim lapses
+
+
 def seen(instance_id: int) -> str:
     return f"wp:seen:{instance_id}"
 

@@ -18,8 +18,10 @@ class PollRecords:
 
     r: redis.Redis
 
-    def observe(self, instance_id: int, interval: float, fetch: Callable[[list[int]], dict[int, dict]]):
-        """An instance as the provider showed it in the last poll round (None: gone; UNSEEN: not yet).
+    def observe(self, instance_id: int, interval: float, fetch: Callable[[list[int]], dict[int, dict]],
+                since: float = 0.0):
+        """An instance as the provider showed it in the last poll round (None: gone; UNSEEN: not yet, or only
+        in rounds that started before ``since``).
 
         Every instance that a step waits on is read in one paged list call per round (``fetch``), by
         whichever step finds the round due, not in a call per instance: under Vast's rate limits,
@@ -36,14 +38,15 @@ class PollRecords:
                 rows = fetch(ids)
                 with self.r.pipeline(transaction=False) as pipe:
                     for i in ids:
-                        pipe.set(keys.seen(i), json.dumps(rows.get(i)), ex=60)
+                        pipe.set(keys.seen(i), json.dumps({"round": now, "row": rows.get(i)}), ex=60)
                     pipe.set(keys.AWAITED_ROUND, now)
                     pipe.execute()
             finally:
                 with contextlib.suppress(LockError):
                     poller.release()
         raw = self.r.get(keys.seen(instance_id))
-        return UNSEEN if raw is None else json.loads(raw)
+        seen = json.loads(raw) if raw else None
+        return UNSEEN if seen is None or seen["round"] < since else seen["row"]
 
     def cached_hosts(self, query: dict) -> list[dict] | None:
         raw = self.r.get(keys.hosts_cache(json.dumps(query, sort_keys=True)))

@@ -218,6 +218,13 @@ def test_provision_202_with_location_and_one_chain(env):
                                                                                        "provision", 123)
 
 
+def test_priority_is_kept_from_the_spec_and_shown_in_status(env):
+    assert provision(env, priority=7).status_code == 202
+    assert env.store.get_pool("acme:123")["priority"] == 7
+    assert env.api("GET", "/api/v1/warmpool/status/123").json["priority"] == 7
+    assert provision(env, machine_id=124).json["status"]["priority"] == 0  # the default
+
+
 def test_provision_twice_409_while_the_first_runs(env):
     assert provision(env).status_code == 202
     before = snapshot(env.r)

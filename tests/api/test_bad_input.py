@@ -96,6 +96,7 @@ BAD_FIELDS = {
     "image": [5, "", "my image", "-bad", "x" * 1025, ["pytorch"]],
     "disk_size": [7, 4097, "50", 50.5, True, None, -50, 10**20, math.nan],
     "volume_size": [0, 65537, "100", 1.25, False, None, -1],
+    "priority": [1001, -1001, "1", 0.5, True, None],
 }
 
 

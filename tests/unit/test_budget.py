@@ -43,6 +43,40 @@ def test_reserve_slot_horizon_keeps_a_backlog_from_reserving_ahead(store):
     assert store.reserve_slot("show_instance", 1.0) == pytest.approx(3, abs=0.2)  # urgent: right after them
 
 
+def test_ranked_slots_go_to_the_best_rank_waiting_not_the_first_to_ask(store):
+    """A mass failure: stops asked first, then a start that finishes a pool; the start takes the next slot."""
+    def take(claim, rank):
+        return store.take_ranked_slot("manage_instance", 0.3, rank, claim, 5.0)
+
+    assert take("stop-0", 1) == pytest.approx(0, abs=0.1) and take("stop-1", 1) == pytest.approx(0.3, abs=0.1)
+    assert take("stop-2", 1) == pytest.approx(-0.6, abs=0.1)  # at most one slot ahead is reserved: told its wait
+    assert take("start-9", 0) == pytest.approx(-0.6, abs=0.1)
+    wait_until(lambda: take("stop-2", 1) < 0 and take("start-9", 0) >= 0, timeout=5, interval=0.02,
+               message="the start's turn")
+    wait_until(lambda: take("stop-2", 1) >= 0, timeout=5, interval=0.02, message="the stop's turn, after the start")
+
+
+def test_a_ranked_claim_whose_caller_never_comes_back_lapses(store):
+    for claim in ("a", "b"):  # the next two slots reserved
+        assert store.take_ranked_slot("manage_instance", 0.1, 0, claim, 0.0) >= 0
+    assert store.take_ranked_slot("manage_instance", 0.1, 0, "c", 0.0) < 0  # kept until its turn passes
+    assert store.take_ranked_slot("manage_instance", 0.1, 1, "d", 0.0) < 0  # behind c
+    wait_until(lambda: store.take_ranked_slot("manage_instance", 0.1, 1, "d", 0.0) >= 0, timeout=5, interval=0.05,
+               message="the lapsed claim to leave the line")
+
+
+def test_a_ranked_call_far_from_its_turn_gives_its_thread_back_and_keeps_its_place(env, monkeypatch):
+    env.configure(vast_rate_limits={"manage_instance": 1.0})
+    monkeypatch.setattr(runtime, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=lambda s: None))
+    for n in range(5):
+        env.store.take_ranked_slot("manage_instance", 1.0, 0, f"start-{n}", 60.0)
+    with responses.RequestsMock() as mock, runtime.ranked_calls(1, "stop-1"), pytest.raises(Throttled) as raised:
+        real_client().stop_instance(7)
+        assert not mock.calls
+    assert raised.value.retry_in > 0
+    assert "stop-1" in env.store.r.zrange("wp:rate:manage_instance:claims", 0, -1)
+
+
 # -- the client's throttle ------------------------------------------------------------------------------------
 
 
@@ -111,3 +145,32 @@ def test_a_failover_past_the_cap_is_said_once_a_minute(store):
     assert store.first_cap_notice("acme:1") and not store.first_cap_notice("acme:1")
     assert store.first_cap_notice("acme:2")
     assert 0 < store.r.ttl("wp:cap-notice:acme:1") <= 60
+
+
+def test_a_failovers_puts_rank_a_fenced_start_first_then_priority_then_failure_time():
+    from tasks.failover import AFTER, FENCE, FINISH, put_turn
+
+    def turn(stage, priority, failed_at):
+        op = types.SimpleNamespace(pool={"priority": priority}, pid=f"acme:{priority}",
+                                   ctx={"detected_at": failed_at, "started": failed_at + 1, "op_id": "o"})
+        with put_turn(op, stage):
+            return runtime.ranked.get()
+
+    in_order = [turn(FINISH, -1000, 9.0), turn(FENCE, 1000, 9.0), turn(FENCE, 5, 9.0), turn(FENCE, 0, 1.0),
+                turn(FENCE, 0, 2.0), turn(AFTER, 1000, 0.0)]
+    assert sorted(in_order) == in_order and len(set(in_order)) == len(in_order)
+    assert runtime.ranked.get() is None  # only inside
+
+
+def test_a_call_without_queueing_takes_no_slot_beyond_the_next_and_gives_its_thread_back(budget):
+    """The shared poll round: asked for by every waiting step, it must never reserve the list budget ahead."""
+    for _ in range(2):  # the next free slot is two intervals away
+        budget.env.store.reserve_slot("show_instance", budget.interval)
+    token = urgent.set(True)  # even from a failover's step
+    try:
+        with runtime.without_queueing(), pytest.raises(Throttled) as raised:
+            budget.client.show_instance(7)
+    finally:
+        urgent.reset(token)
+    assert len(budget.mock.calls) == 0 and budget.sleeps == [] and raised.value.retry_in > 0
+    assert budget.env.store.reserve_slot("show_instance", budget.interval, horizon=0) < 0  # nothing reserved

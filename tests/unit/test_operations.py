@@ -41,6 +41,21 @@ def run_chain(env, kind: str, polls: int = 0) -> dict:
     return ctx
 
 
+def run_chain_polled(env, kind: str) -> dict:
+    """``run_chain``, a step that waits for a poll round delivered again once the next round is due."""
+    from app.store import keys
+
+    record = env.of(kind)[-1]
+    ctx = {k: v for k, v in record.items() if k not in ("steps", "search")}
+    for name in record["steps"]:
+        try:
+            ctx = deliver(celery_app.tasks[name], ctx) or ctx
+        except Retry:
+            env.store.r.set(keys.AWAITED_ROUND, 0)
+            ctx = deliver(celery_app.tasks[name], ctx) or ctx
+    return ctx
+
+
 def protected(env, **fields) -> dict:
     env.vast.offers = [{"id": 1, "machine_id": 88888}]
     primary = env.vast.add_instance(label("acme", 1, "primary"))
@@ -111,9 +126,16 @@ def test_a_health_failover_of_a_primary_that_runs_again_is_cancelled(env):
 
 def confirming(env, pid: str, **fields):
     """Run the failover's first step for a pool whose health failover was just triggered."""
+    from app.store import keys
+
     operations.failover(pid, env.store.acquire(pid, 10), "health")
     record = env.of("failover")[-1]
-    return deliver(failover.confirm_failure, {k: v for k, v in record.items() if k not in ("steps", "search")})
+    ctx = {k: v for k, v in record.items() if k not in ("steps", "search")}
+    try:
+        return deliver(failover.confirm_failure, ctx)
+    except Retry:  # asked after the last poll round: delivered again once the next is due
+        env.store.r.set(keys.AWAITED_ROUND, 0)
+        return deliver(failover.confirm_failure, ctx)
 
 
 def test_the_cap_counts_only_failures_the_provider_confirms(env):
@@ -125,7 +147,7 @@ def test_the_cap_counts_only_failures_the_provider_confirms(env):
     assert env.store.r.zcard("wp:failovers") == 0
     env.vast.instances[env.store.get_pool(PID)["primary_gpu_id"]]["actual_status"] = "offline"
     assert confirming(env, PID)["old_primary"]  # the real failure goes on, and takes the slot
-    assert env.store.r.zcard("wp:failovers") == 1 and len(env.vast.called("show_instance")) == 4
+    assert env.store.r.zcard("wp:failovers") == 1 and env.vast.called("show_instance") == []  # rounds confirmed
 
 
 def test_a_confirmed_failure_past_the_cap_is_confirmed_once_more_and_never_deferred(env):
@@ -133,26 +155,19 @@ def test_a_confirmed_failure_past_the_cap_is_confirmed_once_more_and_never_defer
     pool = protected(env)
     env.vast.instances[pool["primary_gpu_id"]]["actual_status"] = "offline"
     assert confirming(env, PID)["old_primary"] == pool["primary_gpu_id"]
-    assert len(env.vast.called("show_instance")) == 2  # its own second direct call
+    assert len(env.vast.called("show_instance")) == 1  # past the cap: its own direct call
     assert env.store.events(PID)[0]["event"] == "failover_cap_exceeded"
 
 
 def test_a_provider_answering_garbage_for_the_whole_fleet_fails_nothing_over(env):
-    """Every primary listed failed, and past the cap each direct answer says failed once, then loading."""
+    """Every primary listed failed, and past the cap each direct answer says loading."""
     env.configure(failovers_per_minute=1)
     env.vast.offers = [{"id": 1, "machine_id": 88888}]
     for machine in range(1, 6):
         primary = env.vast.add_instance(label("acme", machine, "primary"), "offline")
         env.add_pool(machine, primary_gpu_id=primary,
                      standby_gpu_id=env.vast.add_instance(label("acme", machine, "standby"), "stopped"))
-    answers = {}
-
-    def flapping(instance_id):
-        answers[instance_id] = answers.get(instance_id, 0) + 1
-        return {**env.vast.instances[instance_id], "actual_status": "offline" if answers[instance_id] == 1 else
-                "loading"}
-
-    env.vast.show_instance = flapping
+    env.vast.show_instance = lambda instance_id: {**env.vast.instances[instance_id], "actual_status": "loading"}
     env.vast.fail["stop_instance"] = AssertionError("nothing may be stopped")
     confirmed = 0
     for machine in range(1, 6):
@@ -166,6 +181,59 @@ def test_a_provider_answering_garbage_for_the_whole_fleet_fails_nothing_over(env
     env.vast.show_instance = lambda instance_id: (_ for _ in ()).throw(ProviderUnavailable("garbage 2xx"))
     with pytest.raises(Ignore):  # an answer that cannot be read is unknown: cancelled, never a failure
         confirming(env, "acme:2")
+
+
+def test_one_list_call_confirms_every_pending_failure(env):
+    """A correlated failure: each failover's confirmation is answered by the shared poll round, never a call of
+    its own (Vast allows one show a 2 s, one list a second)."""
+    from app.store import keys
+
+    contexts = []
+    for machine in (1, 2, 3):
+        primary = env.vast.add_instance(label("acme", machine, "primary"), "offline")
+        env.add_pool(machine, primary_gpu_id=primary)
+        operations.failover(f"acme:{machine}", env.store.acquire(f"acme:{machine}", 10), "health")
+        contexts.append(env.of("failover")[-1])
+    confirm = celery_app.tasks["warmpool.failover.confirm_failure"]
+    assert deliver(confirm, contexts[0])["old_primary"] == contexts[0]["old_primary"]  # the first round is due
+    for ctx in contexts[1:]:
+        with pytest.raises(Retry):  # asked after that round: waits for the next
+            deliver(confirm, ctx)
+    env.store.r.set(keys.AWAITED_ROUND, 0)  # the round's interval passed
+    for ctx in contexts[1:]:
+        assert deliver(confirm, ctx)["old_primary"] == ctx["old_primary"]  # confirmed: on to stop_primary
+    rounds = env.vast.called("list_instances")
+    assert len(rounds) == 2 and {ctx["old_primary"] for ctx in contexts} <= set(rounds[1][1]["id"]["in"])
+    assert env.vast.called("show_instance") == []
+
+
+def label_filters(env) -> list[dict]:
+    return [call[1] for call in env.vast.called("list_instances") if "label" in (call[1] or {})]
+
+
+def test_a_fence_needs_no_list_of_its_own_when_a_later_sweep_counted_no_other_primary(env):
+    pool = protected(env)
+    env.vast.instances[pool["primary_gpu_id"]]["actual_status"] = "offline"
+    operations.failover(PID, env.store.acquire(PID, 10), "health")
+    env.store.record_sweep(0.0, {label("acme", 1, "primary"): 1})  # a sweep after the failover took the lock
+    run_chain_polled(env, "failover")
+    assert label_filters(env) == [] and env.store.get_pool(PID)["primary_gpu_id"] == pool["standby_gpu_id"]
+
+
+@pytest.mark.parametrize("counted", [None, 2])
+def test_an_instance_that_also_carries_the_primary_label_is_stopped_before_the_standby_starts(env, counted):
+    """No sweep since the failover started, or one that counted another instance with the label: the fence lists
+    the label and stops every one (rule 3)."""
+    pool = protected(env)
+    env.vast.instances[pool["primary_gpu_id"]]["actual_status"] = "offline"
+    leaked = env.vast.add_instance(label("acme", 1, "primary"))
+    operations.failover(PID, env.store.acquire(PID, 10), "health")
+    if counted:
+        env.store.record_sweep(0.0, {label("acme", 1, "primary"): counted})
+    run_chain_polled(env, "failover")
+    assert label_filters(env) and env.vast.called("stop_instance")[:2] == [
+        ("stop_instance", pool["primary_gpu_id"]), ("stop_instance", leaked)]
+    assert "split_brain_resolved" in [e["event"] for e in env.store.events(PID)]
 
 
 def test_a_provision_runs_to_the_end(env):
@@ -259,7 +327,7 @@ def test_a_failover_stops_every_primary_labelled_instance_before_the_standby_sta
 
     monkeypatch.setattr(env.vast, "start_instance", start_recording_what_runs)
     env.api("POST", "/api/v1/warmpool/failover/test/1")
-    run_chain(env, "failover", polls=1)  # the stops are seen at the next poll
+    run_chain_polled(env, "failover")  # the stops are seen at the next poll round
     assert at_start == [[]]  # neither the old primary nor the leaked one meant to run when the standby started
     assert env.vast.called("stop_instance")[:2] == [("stop_instance", pool["primary_gpu_id"]),
                                                     ("stop_instance", leaked)]
@@ -270,7 +338,7 @@ def test_a_confirmation_that_cannot_reach_the_provider_cancels(env):
     from app.vast import ProviderUnavailable
 
     pool = protected(env)
-    env.vast.fail["show_instance"] = ProviderUnavailable("502 from Vast", 502)
+    env.vast.fail["list_instances"] = ProviderUnavailable("502 from Vast", 502)  # the poll round's call
     operations.failover(PID, env.store.acquire(PID, 10), "health")
     with pytest.raises(Ignore):
         run_chain(env, "failover")

@@ -88,3 +88,15 @@ def test_a_dead_poller_holds_the_round_only_for_its_ttl(store):
     wait_until(lambda: not store.r.exists(keys.AWAITED_POLLER), timeout=5, message="the dead poller's lock to expire")
     store.observe(1, 60, provider)
     assert provider.fetches == [[1], [1]]
+
+
+def test_a_waiter_never_reads_a_round_older_than_its_question(store):
+    """A confirmation asked after the last round waits for the next one: the row it would read could be from
+    before the failure."""
+    provider = Provider({1: {"id": 1, "actual_status": "running"}})
+    store.observe(1, 60, provider)
+    asked = float(store.r.get(keys.AWAITED_ROUND)) + 0.001
+    assert store.observe(1, 60, provider) == {"id": 1, "actual_status": "running"}  # no question since: fine
+    assert store.observe(1, 60, provider, since=asked) is UNSEEN
+    next_round(store)
+    assert store.observe(1, 60, provider, since=asked) == {"id": 1, "actual_status": "running"}

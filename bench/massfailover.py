@@ -1,0 +1,170 @@
+"""``mass-failover``: the primaries of N pools fail in the same instant; how soon does the last run again?
+
+On default settings (none of the service's settings in the environment, so Vast's documented rate
+limits and the project's intervals), the simulator at time scale 1 enforcing the same intervals per
+route, and the Procfile's processes (a failover worker ``-Q failover,health``, a provision worker,
+beat). N pools are seeded straight into the simulator and Redis (``Stack.seed_pools``), their
+priorities cycling 2, 1, 0, so the order by priority can be read off.
+
+Vast allows one ``PUT /instances/<id>`` a second for start and stop together, and every pool needs a
+stop and a start: the last standby cannot start before 2N x 1 s, and runs a start's time later. The
+figure is the last standby running (seen in the simulator every 50 ms, outside the rate limits) over
+that bound, with the simulator's start of a stopped instance measured in the same run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from bench.core import Result, median, say
+from bench.failover import FAILOVER_QUEUES, PROVISION_QUEUES, create_stopped, start_times
+from bench.stack import Stack, wait_until
+
+TENANT = "bench"
+PRIORITIES = (2, 1, 0)  # pool n has PRIORITIES[n % 3]
+
+
+def _standby_watch(stack: Stack, standbys: list[int], seen: dict[int, float], done: threading.Event) -> None:
+    """Records when each standby first runs, polling the simulator every 50 ms outside its rate limits."""
+    while not done.is_set() and len(seen) < len(standbys):
+        statuses = stack.sim("POST", "/_bench/statuses", json={"ids": [i for i in standbys if i not in seen]})
+        now = time.time()
+        for instance_id, actual in statuses.items():
+            if actual == "running":
+                seen.setdefault(int(instance_id), now)
+        done.wait(0.05)
+
+
+def _settled(stack: Stack, pids: list[str]) -> bool:
+    """Every pool active, unlocked, with a stopped standby and no failed sweep counted."""
+    from app.store import keys
+
+    store = stack.store()
+    for pid in pids:
+        pool = store.get_pool(pid)
+        if not pool or pool["state"] != "active" or store.is_locked(pid) or not pool["standby_gpu_id"]:
+            return False
+    return not stack.redis.hlen(keys.HEALTH_FAILS)
+
+
+def _spread(times: list[float]) -> dict:
+    return {"first_s": round(min(times), 2), "median_s": round(median(times), 2), "last_s": round(max(times), 2)}
+
+
+def fresh_stack(stack: Stack, cap: int | None) -> None:
+    """An empty simulator and Redis, and the Procfile's processes on default settings (one run leaves its
+    pools replacing standbys, which would spend the next run's budget); ``cap``: FAILOVERS_PER_MINUTE instead."""
+    stack.stop_all_but_redis()
+    stack.redis.flushdb()
+    stack.reset_env(defaults=True)
+    if cap is not None:
+        stack.apply_env(FAILOVERS_PER_MINUTE=cap)
+    stack.start_sim(1.0)
+    stack.start_worker(16, FAILOVER_QUEUES, "failover-worker")
+    stack.start_worker(32, PROVISION_QUEUES, "provision-worker")
+    stack.start_beat()
+
+
+def run_one(stack: Stack, pools: int, floor: float, cap: int | None = None) -> dict:
+    """Seed ``pools`` pools, fail every primary at once, time each standby until it runs and each pool until
+    its record names the standby as primary."""
+    from app.pools import pool_id
+    from app.runtime import settings
+    from app.settings import VAST_RATE_LIMITS
+
+    fresh_stack(stack, cap)
+    priorities = {machine: PRIORITIES[n % len(PRIORITIES)] for n, machine in enumerate(range(1, pools + 1))}
+    rows = stack.seed_pools(pools, TENANT, first_machine=1, priorities=priorities)
+    stack.limit_sim(VAST_RATE_LIMITS)
+    pids = [pool_id(TENANT, machine) for machine, *_ in rows]
+    wait_until(lambda: _settled(stack, pids), timeout=120, interval=0.2, message="every pool settled")
+    time.sleep(3 * settings().health_check_interval)  # a few clean sweeps before the failure
+    wait_until(lambda: _settled(stack, pids), timeout=120, interval=0.2, message="every pool settled")
+
+    standby_of = {pool_id(TENANT, machine): standby for machine, _, _, standby in rows}
+    seen: dict[int, float] = {}
+    done = threading.Event()
+    before = stack.sim_requests()
+    t0 = time.time()
+    stack.sim("POST", "/_bench/fail", json={"ids": [primary for _, _, primary, _ in rows]})
+    watch = threading.Thread(target=_standby_watch, args=(stack, list(standby_of.values()), seen, done), daemon=True)
+    watch.start()
+    promoted: dict[str, float] = {}
+
+    def all_promoted():
+        store = stack.store()
+        for pid, standby in standby_of.items():
+            if pid not in promoted and (store.get_pool(pid) or {}).get("primary_gpu_id") == standby:
+                promoted[pid] = time.time() - t0
+        return len(promoted) == len(pids)
+
+    try:
+        wait_until(all_promoted, timeout=60 + 20 * pools, interval=0.1, message="every standby promoted")
+        wait_until(lambda: len(seen) == len(standby_of), timeout=30, interval=0.1, message="every standby seen running")
+    finally:
+        done.set()
+        watch.join(timeout=5)
+    after = stack.sim_requests()
+    running = {pid: seen[standby] - t0 for pid, standby in standby_of.items()}
+    interval = VAST_RATE_LIMITS["manage_instance"]
+    bound = 2 * pools * interval + floor
+    by_priority = {}
+    for priority in sorted(set(priorities.values()), reverse=True):
+        times = [running[pool_id(TENANT, m)] for m, p in priorities.items() if p == priority]
+        by_priority[priority] = _spread(times)
+    events = _event_counts(stack, pids)
+    # the per-minute cap (FAILOVERS_PER_MINUTE) defers whatever is beyond it: the pools it did not touch show
+    # the pace of the rest
+    deferred = {pid for pid in pids if any(e["event"] == "failover_deferred" for e in stack.store().events(pid, 200))}
+    undeferred = [running[pid] for pid in pids if pid not in deferred]
+    result = {"deferred_by_cap": len(deferred),
+              "undeferred": {**_spread(undeferred), "ratio": round(max(undeferred) / (
+                  2 * len(undeferred) * VAST_RATE_LIMITS["manage_instance"] + floor), 3)} if undeferred else None,
+              "pools": pools, "bound_s": round(bound, 2), "ratio": round(max(running.values()) / bound, 3),
+              **_spread(list(running.values())),
+              "promoted": _spread(list(promoted.values())), "by_priority": by_priority, "events": events,
+              "rate_limited_429": after["rate_limited"] - before["rate_limited"]}
+    say(f"  N={pools}: last standby running {result['last_s']:.1f} s after the failure, bound {bound:.1f} s "
+        f"(2N x {interval:.0f} s + a {floor:.1f} s start) -> {result['ratio']:.2f} x; first {result['first_s']:.1f} s, "
+        f"median {result['median_s']:.1f} s; promoted last {result['promoted']['last_s']:.1f} s")
+    say(f"    by priority (first/median/last s): " + "; ".join(
+        f"{p}: {v['first_s']:.1f}/{v['median_s']:.1f}/{v['last_s']:.1f}" for p, v in by_priority.items()))
+    say(f"    events: {events}; 429s from the simulator: {result['rate_limited_429']}")
+    if deferred and undeferred:
+        say(f"    {len(deferred)} pools deferred by the cap; the other {len(undeferred)}: last running "
+            f"{result['undeferred']['last_s']:.1f} s -> {result['undeferred']['ratio']:.2f} x their own bound")
+    return result
+
+
+def _event_counts(stack: Stack, pids: list[str]) -> dict[str, int]:
+    """How many of each event the pools logged (a capped trigger shows as failover_deferred)."""
+    counts: dict[str, int] = {}
+    store = stack.store()
+    for pid in pids:
+        for event in store.events(pid, limit=200):
+            counts[event["event"]] = counts.get(event["event"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def run(stack: Stack, sizes: tuple[int, ...] = (12, 40), cap: int | None = None) -> list[Result]:
+    """``cap``: FAILOVERS_PER_MINUTE for the service instead of its default (10), to see the pace of the rest
+    apart from the cap's deferrals."""
+    stack.stop_all_but_redis()
+    stack.reset_env(defaults=True)
+    stack.start_sim(1.0)
+    config = stack.sim("GET", "/_sim/config")
+    say(f"  simulator time_scale 1: start {config['start_seconds']:.1f} s, stop {config['stop_seconds']:.1f} s")
+    hosts = sorted(stack.sim("GET", "/_bench/hosts")["hosts"], key=lambda h: -h["free_gpus"])
+    floor = median(start_times(stack, create_stopped(stack, hosts[0]["machine_id"]), 1))
+    say(f"  floor: the simulator's start of a stopped instance {floor:.2f} s")
+    results = []
+    for pools in sizes:
+        raw = run_one(stack, pools, floor, cap)
+        raw.update(floor_s=floor, failovers_per_minute=cap)
+        label = f"N={pools}" + (f", FAILOVERS_PER_MINUTE={cap}" if cap is not None else "")
+        results.append(Result("mass-failover", f"{label}: last pool running / (2N x 1 s + start)", raw["ratio"],
+                              "x", "<= 1.3", raw["ratio"] <= 1.3, raw))
+        results.append(Result("mass-failover", f"{label}: last pool running", raw["last_s"], "s", "-", None,
+                              {"bound_s": raw["bound_s"]}))
+    return results
