@@ -8,6 +8,7 @@ until it ends). Tables go to stdout; progress and errors go to stderr, so
 import functools
 import json
 import shutil
+import subprocess
 import time
 
 import click
@@ -316,7 +317,61 @@ def task(api, out, task_id, wait, timeout):
     report_task(out, follow(api, out, task_id, timeout) if wait else api.call("GET", f"/tasks/{task_id}"))
 
 
-COMMANDS = (hosts, pools, status, provision, enable, disable, failover, events, cleanup, task)
+def primary_of(api: Api, machine_id: int) -> dict:
+    """The machine's pool, which must have a primary to reach."""
+    pool = api.call("GET", f"/warmpool/status/{machine_id}")
+    if not (pool.get("primary_public_ipaddr") or pool.get("primary_ssh_host")):
+        raise Failure(f"machine {machine_id}'s warm pool has no running primary to reach (state {pool['state']})",
+                      FAILED)
+    return pool
+
+
+def host_port(pool: dict, container_port: str) -> tuple[str, int] | None:
+    """Where a container port (``8080`` or ``8080/udp``) of the primary is reached from outside, by its port map."""
+    port = container_port if "/" in container_port else f"{container_port}/tcp"
+    mapped = (pool.get("primary_ports") or {}).get(port)
+    if not mapped or not pool.get("primary_public_ipaddr"):
+        return None
+    return pool["primary_public_ipaddr"], int(mapped[0]["HostPort"])
+
+
+def ssh_target(pool: dict) -> tuple[str, int]:
+    """As ``vastai ssh-url`` chooses: the public address and 22/tcp's external port when mapped, else the proxy."""
+    return host_port(pool, "22") or (pool["primary_ssh_host"], pool["primary_ssh_port"])
+
+
+@client_command("ssh")
+@click.argument("machine_id", type=MACHINE_ID)
+@click.argument("ssh_args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--user", default="root", show_default=True)
+def ssh(api, out, machine_id, ssh_args, user):
+    """SSH to the machine's current primary; what follows -- goes to ssh (exit: ssh's)."""
+    host, port = ssh_target(primary_of(api, machine_id))
+    try:
+        raise SystemExit(subprocess.call(["ssh", "-p", str(port), f"{user}@{host}", *ssh_args]))
+    except FileNotFoundError:
+        raise Failure("ssh is not installed (not on the PATH)", FAILED) from None
+
+
+@client_command("url")
+@click.argument("machine_id", type=MACHINE_ID)
+@click.argument("container_port")
+def url(api, out, machine_id, container_port):
+    """The public address (host:port) of one of the primary's container ports, e.g. 8080 or 8080/udp."""
+    pool = primary_of(api, machine_id)
+    found = host_port(pool, container_port)
+    if found is None:
+        port = container_port if "/" in container_port else f"{container_port}/tcp"
+        raise Failure(f"container port {port} of machine {machine_id}'s primary is not mapped (mapped: "
+                      f"{', '.join(pool.get('primary_ports') or {}) or 'none'}); ask for it with a '-p' env key",
+                      NOT_FOUND)
+    if out.as_json:
+        return out.json({"machine_id": machine_id, "container_port": container_port, "host": found[0],
+                         "port": found[1]})
+    out.line(f"{found[0]}:{found[1]}")
+
+
+COMMANDS = (hosts, pools, status, provision, enable, disable, failover, events, cleanup, task, ssh, url)
 
 
 def register(group: click.Group) -> None:

@@ -76,11 +76,28 @@ def parse_label(name: str) -> tuple[str, str] | None:
     return pool_id(tenant, int(machine)), role
 
 
+def primary_address(instance: dict | None) -> dict:
+    """How users reach a primary, from its provider row (None: nothing to reach): the host's public address, the
+    SSH proxy's host and port, and the port map (``{"8080/tcp": [{"HostIp": ..., "HostPort": "20065"}]}``, as Vast
+    lists it). A new instance has a new map, so a failover changes all of them."""
+    instance = instance or {}
+    return {"primary_public_ipaddr": instance.get("public_ipaddr"), "primary_ssh_host": instance.get("ssh_host"),
+            "primary_ssh_port": instance.get("ssh_port"), "primary_ports": instance.get("ports") or None}
+
+
+ADDRESS_FIELDS = tuple(primary_address(None))
+
+
+def address_of(pool: dict) -> dict:
+    """The pool's primary's address fields (``primary_address``), as events carry them."""
+    return {name: pool.get(name) for name in ADDRESS_FIELDS}
+
+
 def new_pool(tenant: str, machine_id: int, **fields) -> dict:
     pool = {
         "tenant": tenant, "machine_id": machine_id, "state": State.PROVISIONING, "enabled": True,
         "host_machine_id": None, "volume_id": None, "primary_gpu_id": None, "standby_gpu_id": None,
-        "standby_state": "none", "primary_ssh_host": None, "primary_ssh_port": None,
+        "standby_state": "none", **primary_address(None),
         "failover_count": 0, "last_failover_at": None, "last_failover": None,
         "error_message": None, "fallback": None, "gpu_name": None, "max_price": None,
         "image": None, "disk_size": 50, "volume_size": 100,

@@ -12,7 +12,7 @@ from celery import shared_task
 from celery.exceptions import Ignore
 
 from app import vast as provider
-from app.pools import State, label
+from app.pools import State, address_of, label, primary_address
 from app.runtime import vast
 from tasks.base import COMPENSATIONS, Operation, OperationFailed, Step
 from tasks.provision import NOT_RUNNING, create_instance, is_running
@@ -119,7 +119,7 @@ def await_standby(self, op: Operation):
     instance = rows[0] if rows else None
     if is_running(instance):
         op.ctx["ready_at"] = time.time()
-        op.save(primary_ssh_host=instance["ssh_host"], primary_ssh_port=instance["ssh_port"])
+        op.save(**primary_address(instance))
         return op.ctx
     if instance is not None:
         self.wait(op, "standby_deadline", op.settings.standby_start_timeout, interval=_fast_poll(op))
@@ -146,7 +146,8 @@ def promote(self, op: Operation):
                retire_gpu_id=ctx["old_primary"],
                failover_count=pool["failover_count"] + 1, last_failover_at=last["at"], last_failover=last,
                error_message=None)
-    op.event("failover_completed", f"standby {new_primary} promoted in {recovery:.1f} s", **last)
+    op.event("failover_completed", f"standby {new_primary} promoted in {recovery:.1f} s", **last,
+             **address_of(op.pool))
     ctx["promoted"] = True  # what fails from here on is the standby's replacement, not the failover
     message = "Failover test completed" if ctx["trigger"] == "manual" else "Failover completed"
     op.complete({"success": True, "message": message, "recovery_time_seconds": round(recovery, 1),

@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from celery import shared_task, signature
 from celery.signals import worker_ready
 
-from app.pools import iso_at, label, new_pool, parse_label, split_pool_id, to_active, to_degraded, volume_name
+from app.pools import (iso_at, label, new_pool, parse_label, primary_address, split_pool_id, to_active, to_degraded,
+                       volume_name)
 from app.runtime import fence, settings, store, vast
 from app.store import FencedOut, Held
 from tasks.provision import is_running
@@ -128,7 +129,7 @@ def form_pool(pid: str, rows: list[dict], volumes: list[dict]) -> dict | None:
         tenant, machine_id, host_machine_id=some["machine_id"], volume_id=volume_id,
         primary_gpu_id=primary and primary["id"], standby_gpu_id=standby and standby["id"],
         standby_state="stopped" if standby else "none", retire_gpu_id=retire and retire["id"],
-        primary_ssh_host=primary and primary.get("ssh_host"), primary_ssh_port=primary and primary.get("ssh_port"),
+        **primary_address(primary),
         gpu_name=some.get("gpu_name"), image=some.get("image_uuid"), disk_size=some.get("disk_space") or 50,
         volume_size=size or 100)
     started = [row["start_date"] for row in rows if row.get("start_date")]

@@ -74,6 +74,10 @@ class StatusSchema(Schema):
     standby_state = fields.String(metadata={"enum": ["none", "stopped", "starting", "running"]})
     primary_ssh_host = fields.String(allow_none=True)
     primary_ssh_port = fields.Integer(allow_none=True)
+    primary_public_ipaddr = fields.String(allow_none=True, metadata={"description": "the primary host's address"})
+    primary_ports = fields.Dict(allow_none=True, metadata={
+        "description": 'the primary\'s port map as Vast lists it: {"8080/tcp": [{"HostIp": "0.0.0.0", "HostPort": '
+                       '"20065"}]}; a failover changes it'})
     last_health_check = fields.String(allow_none=True)
     failover_count = fields.Integer()
     last_failover_at = fields.String(allow_none=True)

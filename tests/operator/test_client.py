@@ -59,7 +59,7 @@ def test_errors_say_what_happened(clean_stack, web):
 
 
 @pytest.mark.timeout(120)
-def test_an_operator_session(clean_stack, web):
+def test_an_operator_session(clean_stack, web, tmp_path):
     hosts = json.loads(warmpool(web, "hosts", "--json").stdout)["hosts"]
     host = next(h for h in hosts if h["can_create_warm_pool"])
     table = warmpool(web, "hosts")
@@ -76,6 +76,7 @@ def test_an_operator_session(clean_stack, web):
     status = warmpool(web, "status", str(MACHINE))
     assert status.returncode == OK and re.search(r"state\s.*active", status.stdout)
 
+    before = json.loads(status_json(web))
     rv = warmpool(web, "failover", str(MACHINE), "--wait")
     assert rv.returncode == OK, rv.stderr
     assert "Failover test completed" in rv.stdout and "failover phases" in rv.stdout
@@ -84,6 +85,7 @@ def test_an_operator_session(clean_stack, web):
     assert str(pool["primary_gpu_id"]) in rv.stdout  # the new primary
     events = warmpool(web, "events", str(MACHINE))
     assert events.returncode == OK and "failover_completed" in events.stdout
+    reach_the_new_primary(web, tmp_path, before)
 
     # without --wait: the task id, to follow later
     rv = warmpool(web, "cleanup", str(MACHINE))
@@ -96,6 +98,36 @@ def test_an_operator_session(clean_stack, web):
     # refused by the service (409): the operation did not happen
     rv = warmpool(web, "failover", str(MACHINE))
     assert rv.returncode == FAILED and "Cannot test failover in state disabled" in rv.stderr
+
+
+def status_json(web) -> str:
+    return web.api("GET", f"/api/v1/warmpool/status/{MACHINE}").text
+
+
+def reach_the_new_primary(web, tmp_path, before: dict) -> None:
+    """After a failover the primary's port map is new; the failover's event, ``warmpool url`` and ``warmpool ssh``
+    (a fake ssh on the PATH that records its arguments) all give the new one."""
+    now = json.loads(status_json(web))
+    assert now["primary_ports"]["22/tcp"] != before["primary_ports"]["22/tcp"]
+    address = now["primary_public_ipaddr"], now["primary_ports"]["22/tcp"][0]["HostPort"]
+    completed = next(e for e in web.api("GET", f"/api/v1/warmpool/events/{MACHINE}").json()["events"]
+                     if e["event"] == "failover_completed")
+    assert (completed["primary_public_ipaddr"], completed["primary_ports"], completed["primary_ssh_port"]) == (
+        now["primary_public_ipaddr"], now["primary_ports"], now["primary_ssh_port"])
+    rv = warmpool(web, "url", str(MACHINE), "22")
+    assert (rv.returncode, rv.stdout.strip()) == (OK, "%s:%s" % address)
+    rv = warmpool(web, "url", str(MACHINE), "8080")
+    assert rv.returncode == NOT_FOUND and "8080/tcp" in rv.stderr and "22/tcp" in rv.stderr
+    recorded = tmp_path / "ssh-args"
+    fake = tmp_path / "bin" / "ssh"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {recorded}\nexit 7\n')
+    fake.chmod(0o755)
+    rv = warmpool(web, "ssh", str(MACHINE), "--", "-L", "8080:localhost:8080", "nvidia-smi",
+                  PATH=f"{fake.parent}:{os.environ['PATH']}")
+    assert rv.returncode == 7, rv.stderr  # ssh's own exit code
+    assert recorded.read_text().split("\n")[:-1] == [
+        "-p", address[1], f"root@{address[0]}", "-L", "8080:localhost:8080", "nvidia-smi"]
 
 
 @pytest.mark.timeout(120)
