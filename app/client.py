@@ -2,22 +2,32 @@
 
 Each command is one API call (two with ``--wait``: the operation, then its task
 until it ends). Tables go to stdout; progress and errors go to stderr, so
-``--json`` output can be piped as it is. Exit codes say what happened (EXIT_CODES).
+``-o json|yaml|tsv`` output can be piped as it is. Exit codes say what happened (EXIT_CODES).
+The URL, key and output may come from a profile of ``~/.config/warmpool/config.toml``
+(``--profile``, ``WARMPOOL_PROFILE``), like kubeconfig's contexts.
 """
 
 import functools
 import json
+import os
 import shutil
 import subprocess
+import sys
 import time
+import tomllib
+from importlib import metadata
+from pathlib import Path
 
 import click
 import requests
-from rich.console import Console
+import yaml
+from rich.console import Console, Group
+from rich.live import Live
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-OK, FAILED, USAGE, NOT_FOUND, BAD_KEY, UNREACHABLE, STILL_RUNNING = 0, 1, 2, 3, 4, 5, 6
+OK, FAILED, USAGE, NOT_FOUND, BAD_KEY, UNREACHABLE, STILL_RUNNING, NOT_CONFIRMED = 0, 1, 2, 3, 4, 5, 6, 7
 EXIT_CODES = f"""\b
 Exit codes:
   {OK}  success
@@ -27,9 +37,14 @@ Exit codes:
   {BAD_KEY}  bad or missing API key (401)
   {UNREACHABLE}  service unreachable or unavailable (no answer, 5xx)
   {STILL_RUNNING}  --wait gave up after --timeout; the operation goes on
+  {NOT_CONFIRMED}  a destructive command was not confirmed (stdin is no terminal: pass --yes)
 """
 ENDED = ("SUCCESS", "FAILURE")
 POLL_SECONDS = 0.5
+DEFAULT_URL = "http://127.0.0.1:8000"
+FORMATS = ("table", "json", "yaml", "tsv")
+PROFILE_FIELDS = {"url", "key", "output"}
+WATCH_SECONDS = 2.0
 PHASES = ("detect", "lock", "fence_old_primary", "start_standby", "promote", "replace_standby")  # in time order
 
 
@@ -50,9 +65,9 @@ class Api:
         if key:
             self.session.headers["Authorization"] = f"Bearer {key}"
 
-    def call(self, method: str, path: str, **kwargs) -> dict:
+    def call(self, method: str, path: str, under: str = "/api/v1", **kwargs) -> dict:
         try:
-            response = self.session.request(method, f"{self.url}/api/v1{path}", timeout=(5, 150), **kwargs)
+            response = self.session.request(method, f"{self.url}{under}{path}", timeout=(5, 150), **kwargs)
         except requests.RequestException as exc:
             raise Failure(f"cannot reach warmpool at {self.url}: {type(exc).__name__}", UNREACHABLE) from None
         try:
@@ -69,18 +84,33 @@ class Api:
 
 
 class Output:
-    """Where results go: the API's JSON (``--json``) or tables, on stdout."""
+    """Where results go, on stdout: tables (``table``, or ``tsv`` for scripts), or the API's body as it came
+    (``json``, ``yaml``)."""
 
-    def __init__(self, as_json: bool):
-        self.as_json = as_json
+    def __init__(self, output: str = "table"):
+        self.output = output
+        self.as_json = output in ("json", "yaml")  # the API's body rather than tables (the name of --json's days)
         # a pipe has no width: give tables room rather than wrap every cell at 80 columns
         self.console = Console(width=shutil.get_terminal_size((160, 24)).columns, highlight=False)
         self.progress_console = Console(stderr=True, highlight=False)
+        self.frame: list | None = None  # while a watch redraws in place: what this round shows
 
     def json(self, body: dict) -> None:
-        click.echo(json.dumps(body, indent=2))
+        """The API's body, as JSON or YAML."""
+        click.echo(json.dumps(body, indent=2) if self.output == "json" else
+                   yaml.safe_dump(body, sort_keys=False, allow_unicode=True).rstrip("\n"))
+
+    def show(self, renderable) -> None:
+        if self.frame is None:
+            self.console.print(renderable)
+        else:
+            self.frame.append(renderable)
 
     def table(self, columns: list[str], rows: list[list], title: str | None = None) -> None:
+        if self.output == "tsv":  # a header line, then a line a row; no title, no "—"
+            for cells in [columns, *rows]:
+                click.echo("\t".join("" if c is None else " ".join(str(c).split()) for c in cells))
+            return
         table = Table(title=title, title_justify="left", header_style="bold")
         for index, column in enumerate(columns):
             cells = [row[index] for row in rows if row[index] is not None]
@@ -88,7 +118,7 @@ class Output:
             table.add_column(column, justify="right" if numeric else "left")
         for row in rows:
             table.add_row(*("—" if cell is None else str(cell) for cell in row))
-        self.console.print(table)
+        self.show(table)
 
     def fields(self, record: dict, title: str | None = None) -> None:
         """One record, a field a line."""
@@ -104,19 +134,60 @@ class Output:
         self.console.print(text, markup=False)
 
 
+def config_path() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "warmpool" / "config.toml"
+
+
+def load_profile(name: str | None) -> dict:
+    """The profile ``name`` of config.toml (``[profiles.<name>]``: url, key, output), else the one its top-level
+    ``default`` names, else none ({}). A profile asked for by name must exist."""
+    path = config_path()
+    try:
+        config = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        if name:
+            raise click.UsageError(f"no profile {name!r}: {path} does not exist") from None
+        return {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise click.UsageError(f"{path}: {exc}") from None
+    name = name or config.get("default")
+    if name is None:
+        return {}
+    profiles = config.get("profiles") if isinstance(config.get("profiles"), dict) else {}
+    profile = profiles.get(name)
+    if not isinstance(profile, dict):
+        raise click.UsageError(f"no profile {name!r} in {path} (profiles: {', '.join(profiles) or 'none'})")
+    if unknown := set(profile) - PROFILE_FIELDS:
+        raise click.UsageError(f"profile {name!r} in {path}: unknown field(s) {', '.join(sorted(unknown))}; "
+                               f"a profile has {', '.join(sorted(PROFILE_FIELDS))}")
+    if profile.get("output", "table") not in FORMATS:
+        raise click.UsageError(f"profile {name!r} in {path}: output must be one of {', '.join(FORMATS)}")
+    if "key" in profile and path.stat().st_mode & 0o077:
+        click.echo(f"warning: {path} holds an API key and others may read it: chmod 600 it", err=True)
+    return profile
+
+
 def client_command(name: str | None = None, waits: bool = False):
-    """A client command: --url, --key and --json (and, for operations, --wait and --timeout)."""
+    """A client command: --url, --key, --profile, -o/--output and --json (and, for operations, --wait and
+    --timeout). An option or its env variable beats the profile, which beats the default."""
 
     def decorate(function):
         @functools.wraps(function)
-        def command(url, key, as_json, **kwargs):
-            return function(Api(url, key), Output(as_json), **kwargs)
+        def command(url, key, profile, output, as_json, **kwargs):
+            chosen = load_profile(profile)
+            output = "json" if as_json else output or chosen.get("output") or "table"
+            return function(Api(url or chosen.get("url") or DEFAULT_URL, key or chosen.get("key")), Output(output),
+                            **kwargs)
 
         options = [
-            click.option("--url", envvar="WARMPOOL_URL", default="http://127.0.0.1:8000", show_default=True,
-                         help="the warmpool service (env WARMPOOL_URL)"),
+            click.option("--url", envvar="WARMPOOL_URL",
+                         help=f"the warmpool service (env WARMPOOL_URL; default {DEFAULT_URL})"),
             click.option("--key", envvar="WARMPOOL_API_KEY", help="the API key (env WARMPOOL_API_KEY)"),
-            click.option("--json", "as_json", is_flag=True, help="print the API's JSON, for scripts"),
+            click.option("--profile", envvar="WARMPOOL_PROFILE",
+                         help="a profile of ~/.config/warmpool/config.toml (env WARMPOOL_PROFILE)"),
+            click.option("-o", "--output", type=click.Choice(FORMATS),
+                         help="table (default), or json, yaml (the API's body) or tsv (the table, for scripts)"),
+            click.option("--json", "as_json", is_flag=True, help="short for -o json"),
         ]
         if waits:
             options += [
@@ -132,6 +203,43 @@ def client_command(name: str | None = None, waits: bool = False):
 
 
 MACHINE_ID = click.IntRange(1, 2**53 - 1)
+
+
+def watchable(function):
+    """-w/--watch [SECONDS]: show the command's answer again every SECONDS until Ctrl-C."""
+
+    @functools.wraps(function)
+    def command(api, out, watch, **kwargs):
+        if watch is None:
+            return function(api, out, **kwargs)
+        try:
+            redraw(lambda: function(api, out, **kwargs), out, watch)
+        except KeyboardInterrupt:
+            pass  # Ctrl-C ends a watch; what it showed last stays on the screen
+
+    return click.option("-w", "--watch", type=click.FloatRange(min=0.2), is_flag=False, flag_value=WATCH_SECONDS,
+                        default=None, metavar="[SECONDS]",
+                        help=f"show it again every SECONDS (default {WATCH_SECONDS:g}) until Ctrl-C; a table on a "
+                             "terminal is redrawn in place")(command)
+
+
+def redraw(show, out: Output, seconds: float) -> None:
+    """A table on a terminal is redrawn in place (rich's Live); anything else is printed again each round, so a
+    pipe gets one snapshot after another."""
+    if out.output != "table" or not out.console.is_terminal:
+        while True:
+            show()
+            time.sleep(seconds)
+    # "visible": a status taller than the terminal scrolls rather than lose its last lines
+    with Live(console=out.console, auto_refresh=False, vertical_overflow="visible") as screen:
+        while True:
+            out.frame = [Text(f"every {seconds:g} s · {time.strftime('%H:%M:%S')} · Ctrl-C to stop", style="dim")]
+            try:
+                show()
+                screen.update(Group(*out.frame), refresh=True)
+            finally:
+                out.frame = None
+            time.sleep(seconds)
 
 
 def follow(api: Api, out: Output, task_id: str, timeout: float) -> dict:
@@ -222,6 +330,7 @@ def _last_failover(pool: dict) -> str | None:
 
 
 @client_command()
+@watchable
 def pools(api, out):
     """This tenant's warm pools."""
     body = api.call("GET", "/warmpool/pools")
@@ -235,12 +344,15 @@ def pools(api, out):
 
 @client_command()
 @click.argument("machine_id", type=MACHINE_ID)
+@watchable
 def status(api, out, machine_id):
     """A machine's warm pool."""
     body = api.call("GET", f"/warmpool/status/{machine_id}")
     if out.as_json:
         return out.json(body)
-    out.fields(body, title=f"machine {machine_id}")
+    ports = body.get("primary_ports") or {}
+    out.fields({**body, "primary_ports": ", ".join(f"{port}→{mapped[0]['HostPort']}" for port, mapped in ports.items()
+                                                   if mapped) or None}, title=f"machine {machine_id}")
     if (body.get("last_failover") or {}).get("phases"):
         out.phases(body["last_failover"]["phases"], "last failover's phases")
 
@@ -294,13 +406,21 @@ def failover(api, out, machine_id, wait, timeout):
 
 @client_command(waits=True)
 @click.argument("machine_id", type=MACHINE_ID)
-def cleanup(api, out, machine_id, wait, timeout):
-    """Destroy a warm pool's instances and volume (the record stays, disabled)."""
+@click.option("--yes", "-y", is_flag=True, help="do not ask; needed when stdin is not a terminal")
+def cleanup(api, out, machine_id, wait, timeout, yes):
+    """Destroy a warm pool's instances and volume (the record stays, disabled). Asks first on a terminal."""
+    if not yes:
+        question = f"destroy machine {machine_id}'s instances and volume?"
+        if not sys.stdin.isatty():
+            raise Failure(f"{question} Not confirmed: stdin is not a terminal, so pass --yes", NOT_CONFIRMED)
+        if not click.confirm(question, default=False, err=True):
+            raise Failure("not confirmed: nothing was destroyed", NOT_CONFIRMED)
     operation(api, out, api.call("DELETE", f"/warmpool/cleanup/{machine_id}"), wait, timeout)
 
 
 @client_command()
 @click.argument("machine_id", type=MACHINE_ID)
+@watchable
 def events(api, out, machine_id):
     """What happened to a machine's warm pool, newest first."""
     body = api.call("GET", f"/warmpool/events/{machine_id}")
@@ -371,7 +491,19 @@ def url(api, out, machine_id, container_port):
     out.line(f"{found[0]}:{found[1]}")
 
 
-COMMANDS = (hosts, pools, status, provision, enable, disable, failover, events, cleanup, task, ssh, url)
+@client_command()
+def version(api, out):
+    """The client's version, and the server's build (GET /version)."""
+    mine = {"version": metadata.version("warmpool"), "python_version": sys.version.split()[0]}
+    if not out.as_json:
+        out.line(f"client: warmpool {mine['version']} (Python {mine['python_version']})")
+    server = api.call("GET", "/version", under="")
+    if out.as_json:
+        return out.json({"client": mine, "server": server})
+    out.line(f"server: warmpool {server['version']} (Python {server['python_version']}) at {api.url}")
+
+
+COMMANDS = (hosts, pools, status, provision, enable, disable, failover, events, cleanup, task, ssh, url, version)
 
 
 def register(group: click.Group) -> None:

@@ -25,15 +25,18 @@ def render(store: Store) -> bytes:
     return generate_latest(registry)
 
 
+def build_info() -> dict:
+    """The running warmpool's version and Python's (``warmpool_build_info``, ``GET /version``)."""
+    return {"version": metadata.version("warmpool"), "python_version": platform.python_version()}
+
+
 class StoreCollector:
     def __init__(self, store: Store):
         self.store = store
 
     def collect(self):
         figures = self.store.metrics()
-        yield InfoMetricFamily("warmpool_build", "The running warmpool's version",
-                               value={"version": metadata.version("warmpool"),
-                                      "python_version": platform.python_version()})
+        yield InfoMetricFamily("warmpool_build", "The running warmpool's version", value=build_info())
 
         pools = GaugeMetricFamily("warmpool_pools", "Warm pools by state", labels=["state"])
         for state, count in self.store.pool_counts().items():

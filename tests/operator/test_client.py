@@ -5,13 +5,17 @@ import json
 import os
 import pty
 import re
+import signal
 import subprocess
 import sys
+import threading
+from importlib import metadata
 
 import pytest
+import yaml
 
-from app.client import BAD_KEY, FAILED, NOT_FOUND, OK, STILL_RUNNING, UNREACHABLE, USAGE
-from app.processes import free_port
+from app.client import BAD_KEY, FAILED, NOT_CONFIRMED, NOT_FOUND, OK, STILL_RUNNING, UNREACHABLE, USAGE
+from app.processes import free_port, wait_until
 from tests.conftest import API_KEYS, ROOT
 
 MACHINE = 321
@@ -25,16 +29,51 @@ def warmpool(web, *args: str, key: str | None = API_KEYS["acme"], url: str | Non
     if key:
         environment["WARMPOOL_API_KEY"] = key
     return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=environment,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+class Terminal:
+    """``warmpool ARGS`` on a pseudo-terminal, its output read as it comes."""
+
+    def __init__(self, web, *args: str):
+        controller, terminal = pty.openpty()
+        env = {**os.environ, "WARMPOOL_URL": web.url, "WARMPOOL_API_KEY": API_KEYS["acme"], "TERM": "xterm",
+               "COLUMNS": "120"}
+        self.process = subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env,
+                                        stdin=terminal, stdout=terminal, stderr=terminal)
+        os.close(terminal)
+        self.output = b""
+        self.reader = threading.Thread(target=self._read, args=(controller,), daemon=True)
+        self.reader.start()
+
+    def _read(self, controller: int) -> None:
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the terminal closed: the process ended
+                break
+            if not chunk:
+                break
+            self.output += chunk
+        os.close(controller)
+
+    @property
+    def text(self) -> str:
+        return ANSI.sub("", self.output.decode(errors="replace"))
+
+    def end(self) -> int:
+        code = self.process.wait(timeout=60)
+        self.reader.join(timeout=10)
+        return code
 
 
 def test_help_documents_every_exit_code(web):
     for args in (["--help"], ["failover", "--help"], ["pools", "--help"]):
         out = warmpool(web, *args).stdout
         assert "Exit codes:" in out, args
-        for code in (OK, FAILED, USAGE, NOT_FOUND, BAD_KEY, UNREACHABLE, STILL_RUNNING):
+        for code in (OK, FAILED, USAGE, NOT_FOUND, BAD_KEY, UNREACHABLE, STILL_RUNNING, NOT_CONFIRMED):
             assert re.search(rf"^\s+{code}\s+\S", out, re.M), (args, code)
-    assert len({OK, FAILED, USAGE, NOT_FOUND, BAD_KEY, UNREACHABLE, STILL_RUNNING}) == 7
+    assert len({OK, FAILED, USAGE, NOT_FOUND, BAD_KEY, UNREACHABLE, STILL_RUNNING, NOT_CONFIRMED}) == 8
 
 
 @pytest.mark.parametrize("args", [["status", "abc"], ["status", "0"], ["provision", "5"], ["pools", "--bogus"],
@@ -73,6 +112,12 @@ def test_an_operator_session(clean_stack, web, tmp_path):
 
     pools = json.loads(warmpool(web, "pools", "--json").stdout)
     assert [p["machine_id"] for p in pools["pools"]] == [MACHINE] and pools["pools"][0]["state"] == "active"
+    as_yaml = yaml.safe_load(warmpool(web, "pools", "-o", "yaml").stdout)
+    assert as_yaml["count"] == 1 and as_yaml["pools"][0].keys() == pools["pools"][0].keys()
+    assert (as_yaml["pools"][0]["machine_id"], as_yaml["pools"][0]["state"]) == (MACHINE, "active")
+    header, row = warmpool(web, "pools", "-o", "tsv").stdout.splitlines()
+    assert header.split("\t")[:3] == ["machine", "state", "host"]
+    assert row.split("\t")[:3] == [str(MACHINE), "active", str(pools["pools"][0]["host_machine_id"])]
     status = warmpool(web, "status", str(MACHINE))
     assert status.returncode == OK and re.search(r"state\s.*active", status.stdout)
 
@@ -87,13 +132,26 @@ def test_an_operator_session(clean_stack, web, tmp_path):
     assert events.returncode == OK and "failover_completed" in events.stdout
     reach_the_new_primary(web, tmp_path, before)
 
-    # without --wait: the task id, to follow later
+    # not confirmed, nothing is destroyed: on no terminal, cleanup wants --yes
     rv = warmpool(web, "cleanup", str(MACHINE))
+    assert rv.returncode == NOT_CONFIRMED and "--yes" in rv.stderr
+    assert clean_stack.pool(MACHINE)["state"] == "active"
+    # watched on a terminal, the status is redrawn in place as the cleanup goes on
+    watch = Terminal(web, "status", str(MACHINE), "--watch", "0.3")
+    wait_until(lambda: re.search(r"state\s.*active", watch.text), timeout=30, message="the watch to show the pool")
+    # without --wait: the task id, to follow later
+    rv = warmpool(web, "cleanup", str(MACHINE), "--yes")
     assert rv.returncode == OK and "follow it with: warmpool task" in rv.stdout
     task_id = re.search(r"warmpool task ([0-9a-f]{32})", rv.stdout).group(1)
     task = json.loads(warmpool(web, "task", task_id, "--wait", "--json").stdout)
     assert task["state"] == "SUCCESS" and task["operation"] == "cleanup"
     assert warmpool(web, "pools").stdout.count("disabled") == 1
+    wait_until(lambda: re.search(r"state\s.*disabled", watch.text), timeout=30, message="the watch to redraw")
+    watch.process.send_signal(signal.SIGINT)
+    assert watch.end() == OK  # Ctrl-C ends a watch
+    redrawn = watch.output.decode(errors="replace")
+    assert "\x1b[1A\x1b[2K" in redrawn or "\x1b[2K\x1b[1A" in redrawn  # rich's Live: up a line, erase it
+    assert watch.text.count("machine 321") >= 2
 
     # refused by the service (409): the operation did not happen
     rv = warmpool(web, "failover", str(MACHINE))
@@ -128,6 +186,31 @@ def reach_the_new_primary(web, tmp_path, before: dict) -> None:
     assert rv.returncode == 7, rv.stderr  # ssh's own exit code
     assert recorded.read_text().split("\n")[:-1] == [
         "-p", address[1], f"root@{address[0]}", "-L", "8080:localhost:8080", "nvidia-smi"]
+
+
+def test_version_and_a_profile(web, tmp_path):
+    # the URL, the key and the output from the profile; the environment gives neither URL nor key
+    config = tmp_path / "warmpool" / "config.toml"
+    config.parent.mkdir()
+    config.write_text(f'default = "local"\n[profiles.local]\nurl = "{web.url}"\nkey = "{API_KEYS["acme"]}"\n'
+                      f'output = "json"\n[profiles.elsewhere]\nurl = "http://127.0.0.1:{free_port()}"\n')
+    config.chmod(0o600)
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("WARMPOOL_URL", "WARMPOOL_API_KEY", "WARMPOOL_PROFILE")}
+    rv = subprocess.run([sys.executable, "-m", "app.cli", "version"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=60, env={**environment, "XDG_CONFIG_HOME": str(tmp_path)})
+    assert rv.returncode == OK, rv.stderr
+    mine = metadata.version("warmpool")
+    answer = json.loads(rv.stdout)
+    assert answer["client"]["version"] == answer["server"]["version"] == mine and answer["server"]["python_version"]
+    # WARMPOOL_PROFILE picks another (a URL where nothing listens); --profile beats it, and must exist
+    elsewhere = {**environment, "XDG_CONFIG_HOME": str(tmp_path), "WARMPOOL_PROFILE": "elsewhere"}
+    rv = subprocess.run([sys.executable, "-m", "app.cli", "pools"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=60, env=elsewhere)
+    assert rv.returncode == UNREACHABLE and "cannot reach warmpool at http://127.0.0.1:" in rv.stderr
+    rv = subprocess.run([sys.executable, "-m", "app.cli", "pools", "--profile", "nowhere"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=60, env=elsewhere)
+    assert rv.returncode == USAGE and "no profile 'nowhere'" in rv.stderr and "local, elsewhere" in rv.stderr
 
 
 @pytest.mark.timeout(120)
