@@ -24,7 +24,7 @@ broker_transport_options = {
 }
 imports = ("tasks.provision", "tasks.failover", "tasks.cleanup", "tasks.sweep", "tasks.heal", "tasks.reconcile",
            "tasks.rebuild", "tasks.webhooks", "tasks.renewal", "tasks.expiry",
-           "tasks.replica", "tasks.hostfailover")
+           "tasks.replica", "tasks.hostfailover", "tasks.switchover")
 
 task_serializer = "json"
 result_serializer = "json"
@@ -54,6 +54,8 @@ task_routes = {
 
 beat_schedule = {
     "health-sweep": {"task": "warmpool.health.sweep", "schedule": _sweep, "options": {"expires": _sweep}},
+    # planned switchovers start within a sweep interval of their time
+    "switchovers": {"task": "warmpool.health.switchovers", "schedule": _sweep, "options": {"expires": _sweep}},
     "heal": {"task": "warmpool.heal.heal", "schedule": _settings.heal_interval,
              "options": {"expires": _settings.heal_interval}},
     "reconcile": {"task": "warmpool.reconcile.reconcile", "schedule": _settings.reconcile_interval,

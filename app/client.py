@@ -404,6 +404,21 @@ def failover(api, out, machine_id, wait, timeout):
     operation(api, out, api.call("POST", f"/warmpool/failover/test/{machine_id}"), wait, timeout)
 
 
+@client_command()
+@click.argument("machine_id", type=MACHINE_ID)
+@click.option("--at", help="when, ISO 8601 (e.g. 2026-12-24T03:00:00Z; UTC without an offset); default: at once")
+@click.option("--cancel", is_flag=True, help="cancel the planned switchover")
+def switchover(api, out, machine_id, at, cancel):
+    """Plan a switchover to the standby (a failover with nothing failed), at --at or at once; or --cancel it."""
+    if cancel and at:
+        raise click.UsageError("--at and --cancel go alone")
+    path = f"/warmpool/switchover/{machine_id}"
+    body = api.call("DELETE", path) if cancel else api.call("POST", path, json={"at": at} if at else {})
+    if out.as_json:
+        return out.json(body)
+    out.line(body["message"])
+
+
 @client_command(waits=True)
 @click.argument("machine_id", type=MACHINE_ID)
 @click.option("--yes", "-y", is_flag=True, help="do not ask; needed when stdin is not a terminal")
@@ -503,7 +518,8 @@ def version(api, out):
     out.line(f"server: warmpool {server['version']} (Python {server['python_version']}) at {api.url}")
 
 
-COMMANDS = (hosts, pools, status, provision, enable, disable, failover, events, cleanup, task, ssh, url, version)
+COMMANDS = (hosts, pools, status, provision, enable, disable, failover, switchover, events, cleanup, task, ssh, url,
+            version)
 
 
 def register(group: click.Group) -> None:

@@ -106,6 +106,8 @@ def new_pool(tenant: str, machine_id: int, **fields) -> dict:
         # a replica of the volume on another host (tasks/replica.py); "replica" None: WARMPOOL_REPLICA_DEFAULT
         "replica": None, "replica_host_machine_id": None, "replica_volume_id": None, "replica_data_at": None,
         "replica_copy_started": None,
+        # a planned switchover to the standby (tasks/switchover.py): {"at": ISO time, "requested_at": ISO time}
+        "scheduled_switchover": None,
     }
     pool.update(fields)
     return pool
@@ -150,6 +152,16 @@ def to_active(pool: dict, **fields) -> None:
 def to_disabled(pool: dict, fallback: str | None = "cpu_standby") -> None:
     """No health checks, resources kept; the seed's CPU standby is the fallback."""
     pool.update(state=State.DISABLED, enabled=False, fallback=fallback, error_message=None)
+
+
+def schedule_switchover(pool: dict, at: float) -> None:
+    """A switchover to the standby is planned for ``at`` (epoch s); one planned before is replaced."""
+    pool["scheduled_switchover"] = {"at": iso_at(at), "requested_at": now_iso()}
+
+
+def unschedule_switchover(pool: dict) -> None:
+    """The planned switchover starts now, is cancelled, or is dropped."""
+    pool["scheduled_switchover"] = None
 
 
 def to_degraded(pool: dict, reason: str, retry_in: float, **fields) -> None:

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from celery import shared_task, signature
 from celery.signals import worker_ready
 
-from app.pools import (iso_at, label, new_pool, parse_label, primary_address, split_pool_id, to_active, to_degraded,
-                       volume_name)
+from app.pools import (iso_at, label, new_pool, parse_label, primary_address, schedule_switchover, split_pool_id,
+                       to_active, to_degraded, volume_name)
 from app.runtime import fence, settings, store, vast
 from app.store import FencedOut, Held
 from tasks.provision import is_running
@@ -208,6 +208,7 @@ def _write_held(pid: str, pool: dict, rows: list[dict]) -> str:
             # would count no primary label and take the pool's primary for gone
             with fenced_by(pid, lease.held):
                 vast().label_instance(primary["id"], label(*split_pool_id(pid), "primary"))
+        _keep_switchover(pid, pool)
         s.save_pool(pool, lease.held)
         s.event(pid, "pool_rebuilt", "rebuilt from the provider after Redis lost its record",
                 **{k: pool[k] for k in ("state", "host_machine_id", "volume_id", "primary_gpu_id", "standby_gpu_id",
@@ -218,6 +219,19 @@ def _write_held(pid: str, pool: dict, rows: list[dict]) -> str:
         signature("warmpool.health.guard_split_brain",
                   args=(pid, f"rebuilt with {sorted(up)} running beside primary {pool['primary_gpu_id']}")).delay()
     return REBUILT
+
+
+def _keep_switchover(pid: str, pool: dict) -> None:
+    """A switchover planned for the lost record (its index survived) is kept when the rebuilt pool has a standby
+    to switch to; else it is dropped, with an event."""
+    at = store().switchover_at(pid)
+    if at is None:
+        return
+    if pool["standby_gpu_id"] is not None:
+        schedule_switchover(pool, at)
+        return
+    store().event(pid, "switchover_dropped", f"the switchover planned for {iso_at(at)} is dropped: the rebuilt pool "
+                                             "has no standby", at=iso_at(at), reason="no standby")
 
 
 @contextlib.contextmanager

@@ -1,6 +1,9 @@
 """Request and response schemas; field names are the seed document's."""
 
-from marshmallow import Schema, fields, validate
+import time
+from datetime import timezone
+
+from marshmallow import Schema, ValidationError, fields, validate
 
 MAX_ID = 2**53 - 1  # ids stay exact in every JSON client
 GPU_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_ .-]{0,63}\Z", error="Not a GPU name, e.g. RTX_4090.")
@@ -51,6 +54,24 @@ class EnableSchema(PoolSpecSchema):
     max_price = Price(load_default=None, allow_none=True, metadata={"description": "$/h per GPU"})
 
 
+SWITCHOVER_HORIZON_DAYS = 366
+SWITCHOVER_PAST_SECONDS = 60  # a time further back is a mistake (a wrong year or zone), not "now"
+
+
+def switchover_time(at) -> None:
+    if at.timestamp() < time.time() - SWITCHOVER_PAST_SECONDS:
+        raise ValidationError("is in the past; leave it out to switch over at once")
+    if at.timestamp() > time.time() + SWITCHOVER_HORIZON_DAYS * 86400:
+        raise ValidationError(f"is more than {SWITCHOVER_HORIZON_DAYS} days ahead")
+
+
+class SwitchoverSchema(Schema):
+    at = fields.AwareDateTime(format="iso", default_timezone=timezone.utc, load_default=None, allow_none=True,
+                              validate=switchover_time, metadata={
+                                  "description": "when (ISO 8601; UTC when it has no offset); absent: at once, "
+                                                 "within a health-check interval", "example": "2026-12-24T03:00:00Z"})
+
+
 class WaitSchema(Schema):
     wait = fields.Float(load_default=0, allow_nan=False, validate=validate.Range(0, 120),
                         metadata={"description": "seconds to wait for the operation to end (at most 120)"})
@@ -91,6 +112,8 @@ class StatusSchema(Schema):
     replica_volume_id = fields.Integer(allow_none=True)
     replica_data_at = fields.String(allow_none=True, metadata={
         "description": "the replica holds the volume's data as of this time (the start of the last completed copy)"})
+    scheduled_switchover = fields.Dict(allow_none=True, metadata={
+        "description": 'a planned switchover to the standby: {"at": ISO time, "requested_at": ISO time}'})
     task_id = fields.String(attribute="op_id", allow_none=True,
                             metadata={"description": "the pool's latest operation, at /api/v1/tasks/<task_id>"})
     updated_at = fields.String()

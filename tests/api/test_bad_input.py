@@ -32,6 +32,8 @@ ROUTES = {
     "disable": ("POST", "/api/v1/warmpool/disable/{m}"),
     "failover": ("POST", "/api/v1/warmpool/failover/test/{m}"),
     "cleanup": ("DELETE", "/api/v1/warmpool/cleanup/{m}"),
+    "switchover": ("POST", "/api/v1/warmpool/switchover/{m}"),
+    "unschedule": ("DELETE", "/api/v1/warmpool/switchover/{m}"),
     "task": ("GET", "/api/v1/tasks/{t}"),
     "webhooks": ("GET", "/api/v1/webhooks"),
     "subscribe": ("POST", "/api/v1/webhooks"),
@@ -226,7 +228,8 @@ BAD_PATH_IDS = ["-1", "-123", str(MAX_ID + 1), "99999999999999999999999999", "1.
                 "123abc", "", "%F0%9F%92%A9"]
 
 
-@pytest.mark.parametrize("route", ["status", "events", "enable", "disable", "failover", "cleanup"])
+@pytest.mark.parametrize("route", ["status", "events", "enable", "disable", "failover", "cleanup", "switchover",
+                                   "unschedule"])
 @pytest.mark.parametrize("machine", BAD_PATH_IDS, ids=repr)
 def test_bad_machine_ids_in_the_path(seeded, route, machine):
     before = snapshot(seeded.r)
@@ -289,7 +292,7 @@ def test_without_a_valid_key(seeded, route, key):
 
 
 @pytest.mark.parametrize("route", ["status", "events", "disable", "failover", "cleanup", "task", "unsubscribe",
-                                   "deliveries"])
+                                   "deliveries", "switchover", "unschedule"])
 def test_with_another_tenants_key(seeded, route):
     before = snapshot(seeded.r)
     assert_rejected(seeded, before, call(seeded, route, tenant="globex"), 404)
