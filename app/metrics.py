@@ -15,7 +15,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from prometheus_client.utils import floatToGoString
 
 from app.store import Store
-from app.store.metrics import histogram
+from app.store.metrics import TRIGGERS, histogram
 
 
 def render(store: Store) -> bytes:
@@ -43,10 +43,11 @@ class StoreCollector:
             pools.add_metric([state], count)
         yield pools
 
-        yield _counter("warmpool_failovers_started", "Failovers started, by trigger (health, manual)",
+        triggers = ", ".join(TRIGGERS)
+        yield _counter("warmpool_failovers_started", f"Failovers started, by trigger ({triggers})",
                        ["trigger"], figures["failovers_started"])
-        yield _counter("warmpool_failovers", "Failovers ended, by trigger and result (success, failure, cancelled)",
-                       ["trigger", "result"], figures["failovers"])
+        yield _counter("warmpool_failovers", f"Failovers ended, by trigger ({triggers}) and result (success, failure, "
+                                             "cancelled)", ["trigger", "result"], figures["failovers"])
 
         duration = HistogramMetricFamily(
             "warmpool_failover_duration_seconds",

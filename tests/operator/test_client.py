@@ -9,12 +9,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from importlib import metadata
 
 import pytest
 import yaml
 
 from app.client import BAD_KEY, FAILED, NOT_CONFIRMED, NOT_FOUND, OK, STILL_RUNNING, UNREACHABLE, USAGE
+from app.pools import iso_at
 from app.processes import free_port, wait_until
 from tests.conftest import API_KEYS, ROOT
 
@@ -131,6 +133,7 @@ def test_an_operator_session(clean_stack, web, tmp_path):
     events = warmpool(web, "events", str(MACHINE))
     assert events.returncode == OK and "failover_completed" in events.stdout
     reach_the_new_primary(web, tmp_path, before)
+    switch_over(clean_stack, web)
 
     # not confirmed, nothing is destroyed: on no terminal, cleanup wants --yes
     rv = warmpool(web, "cleanup", str(MACHINE))
@@ -211,6 +214,29 @@ def test_version_and_a_profile(web, tmp_path):
     rv = subprocess.run([sys.executable, "-m", "app.cli", "pools", "--profile", "nowhere"], cwd=ROOT,
                         capture_output=True, text=True, timeout=60, env=elsewhere)
     assert rv.returncode == USAGE and "no profile 'nowhere'" in rv.stderr and "local, elsewhere" in rv.stderr
+
+
+def switch_over(stack, web) -> None:
+    """A switchover planned for later shows in the status and can be cancelled; one planned for now runs as a
+    failover with trigger ``switchover``."""
+    rv = warmpool(web, "switchover", str(MACHINE), "--at", "2099-01-01T00:00:00Z")
+    assert rv.returncode == USAGE and "days ahead" in rv.stderr  # the service's 422, named
+    rv = warmpool(web, "switchover", str(MACHINE), "--at", iso_at(time.time() + 3600), "-o", "json")
+    assert rv.returncode == OK and json.loads(rv.stdout)["status"]["scheduled_switchover"]["at"]
+    rv = warmpool(web, "switchover", str(MACHINE), "--cancel")
+    assert rv.returncode == OK and "cancelled" in rv.stdout
+    assert json.loads(status_json(web))["scheduled_switchover"] is None
+    primary = stack.pool(MACHINE)["primary_gpu_id"]
+    assert warmpool(web, "switchover", str(MACHINE)).returncode == OK  # at once: within a health-check interval
+
+    def switched():
+        return next((e for e in stack.store.events(f"acme:{MACHINE}")
+                     if e["event"] == "failover_completed" and e["trigger"] == "switchover"), None)
+
+    completed = wait_until(switched, timeout=60, message="the switchover")
+    assert completed["old_primary_gpu_id"] == primary and {"fence_old_primary", "start_standby"} <= set(
+        completed["phases"])
+    assert stack.wait_state(MACHINE, "active")["primary_gpu_id"] == completed["new_primary_gpu_id"]
 
 
 @pytest.mark.timeout(120)
