@@ -358,13 +358,29 @@ def status(api, out, machine_id):
 
 
 def pool_spec(function):
-    """--image, --disk-size, --volume-size and --replica: what a new pool is made of (the service's defaults
-    otherwise)."""
+    """--image, --disk-size, --volume-size, --replica, --onstart and --env: what a new pool is made of (the
+    service's defaults otherwise)."""
+    function = click.option("--env", multiple=True, metavar="NAME=VALUE",
+                            help="environment of every instance (repeat it; '-p 8080:8080=1' asks for a port)")(function)
+    function = click.option("--onstart", type=click.File("r"),
+                            help="a file with the script every instance runs at start ('-': stdin)")(function)
     function = click.option("--replica/--no-replica", default=None,
                             help="keep a copy of the volume on another host, to survive a dead host")(function)
     function = click.option("--volume-size", type=click.IntRange(1, 65536), help="GB")(function)
     function = click.option("--disk-size", type=click.IntRange(8, 4096), help="GB")(function)
     return click.option("--image", help="Docker image")(function)
+
+
+def spec_body(spec: dict) -> dict:
+    """The pool spec options as the API's body: the script's text, NAME=VALUE pairs as a map, unset ones left out."""
+    spec = dict(spec)
+    if spec["onstart"] is not None:
+        spec["onstart"] = spec["onstart"].read()
+    pairs = [item.partition("=") for item in spec.pop("env")]
+    if any(not sep for _, sep, _ in pairs):
+        raise click.BadParameter("NAME=VALUE", param_hint="--env")
+    body = {k: v for k, v in spec.items() if v is not None}
+    return {**body, "env": {name: value for name, _, value in pairs}} if pairs else body
 
 
 @client_command(waits=True)
@@ -374,8 +390,7 @@ def pool_spec(function):
 @pool_spec
 def provision(api, out, machine_id, host_machine_id, wait, timeout, **spec):
     """Provision a warm pool for a machine on a host."""
-    body = {"machine_id": machine_id, "host_machine_id": host_machine_id,
-            **{k: v for k, v in spec.items() if v is not None}}
+    body = {"machine_id": machine_id, "host_machine_id": host_machine_id, **spec_body(spec)}
     operation(api, out, api.call("POST", "/warmpool/provision", json=body), wait, timeout)
 
 
@@ -386,8 +401,7 @@ def provision(api, out, machine_id, host_machine_id, wait, timeout, **spec):
 @pool_spec
 def enable(api, out, machine_id, wait, timeout, **spec):
     """Enable a warm pool; a machine without one gets a host searched and provisioned."""
-    body = {k: v for k, v in spec.items() if v is not None}
-    operation(api, out, api.call("POST", f"/warmpool/enable/{machine_id}", json=body), wait, timeout)
+    operation(api, out, api.call("POST", f"/warmpool/enable/{machine_id}", json=spec_body(spec)), wait, timeout)
 
 
 @client_command(waits=True)

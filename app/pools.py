@@ -93,6 +93,14 @@ def address_of(pool: dict) -> dict:
     return {name: pool.get(name) for name in ADDRESS_FIELDS}
 
 
+SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASS|CREDENTIAL|AUTH|PRIVATE|CERT|SESSION|COOKIE|DSN", re.I)
+
+
+def redacted_env(env: dict | None) -> dict | None:
+    """A pool's ``env`` as the API shows it: the value of any name that looks like a secret's is hidden."""
+    return env and {name: "***" if SECRET_NAME.search(name) else value for name, value in env.items()}
+
+
 def new_pool(tenant: str, machine_id: int, **fields) -> dict:
     pool = {
         "tenant": tenant, "machine_id": machine_id, "state": State.PROVISIONING, "enabled": True,
@@ -101,6 +109,8 @@ def new_pool(tenant: str, machine_id: int, **fields) -> dict:
         "failover_count": 0, "last_failover_at": None, "last_failover": None,
         "error_message": None, "fallback": None, "gpu_name": None, "max_price": None,
         "image": None, "disk_size": 50, "volume_size": 100,
+        # lifecycle hooks passed to every instance the pool creates: a start script and its environment
+        "onstart": None, "env": None,
         "op_id": None, "seq": 0, "creating": None, "retire_gpu_id": None, "heal_attempts": 0,
         "next_heal_at": 0.0, "cleanup_pending": False, "created_at": now_iso(), "updated_at": now_iso(),
         # a replica of the volume on another host (tasks/replica.py); "replica" None: WARMPOOL_REPLICA_DEFAULT

@@ -315,7 +315,7 @@ class Instances:
             "id": i.id, "label": i.label, "machine_id": i.machine_id, "num_gpus": i.num_gpus,
             "actual_status": self.status(i, now), "intended_status": i.intended,
             "cur_state": "running" if i.allocated else "stopped", "volume_id": i.volume_id,
-            "start_date": i.start_date, "end_date": i.end_date, "failed": i.failed,
+            "start_date": i.start_date, "end_date": i.end_date, "failed": i.failed, "onstart": i.onstart, "env": i.env,
         } for i in self.by_id.values()]
 
 

@@ -88,7 +88,7 @@ def rent(op: Operation, role: str, target_state: str, tries: int = 2, place: dic
     try:
         return with_offer(op, "gpu_offer", search, lambda offer: vast().create_instance(
             offer, image=pool["image"], disk=pool["disk_size"], target_state=target_state,
-            label=label(op.tenant, op.machine_id, role),
+            label=label(op.tenant, op.machine_id, role), onstart=pool.get("onstart"), env=pool.get("env"),
             volume_info={"create_new": False, "volume_id": pool["volume_id"], "mount_path": MOUNT_PATH}))
     except provider.OfferUnavailable:
         if tries <= 1:

@@ -131,6 +131,7 @@ def form_pool(pid: str, rows: list[dict], volumes: list[dict]) -> dict | None:
         standby_state="stopped" if standby else "none", retire_gpu_id=retire and retire["id"],
         **primary_address(primary),
         gpu_name=some.get("gpu_name"), image=some.get("image_uuid"), disk_size=some.get("disk_space") or 50,
+        onstart=some.get("onstart"), env=dict(some.get("extra_env") or []) or None,
         volume_size=size or 100)
     started = [row["start_date"] for row in rows if row.get("start_date")]
     if started:  # the pool is as old as its oldest instance

@@ -5,6 +5,8 @@ from datetime import timezone
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from app.pools import redacted_env
+
 MAX_ID = 2**53 - 1  # ids stay exact in every JSON client
 GPU_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_ .-]{0,63}\Z", error="Not a GPU name, e.g. RTX_4090.")
 IMAGE = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_./:@-]{0,1023}\Z", error="Not a Docker image reference.")
@@ -32,6 +34,11 @@ class Price(fields.Float):
         super().__init__(allow_nan=False, validate=validate.Range(0, 1000), **kwargs)
 
 
+ONSTART_MAX = 4048  # Vast's limit for args + onstart: 4096 by its API spec, 4048 on other pages; the lower
+ENV_NAME = validate.Regexp(r"^(-p \d{1,5}(:\d{1,5})?(/(tcp|udp))?|[A-Za-z_][A-Za-z0-9_]{0,127})\Z",
+                           error="Not an environment variable name, nor a port request like '-p 8080:8080'.")
+
+
 class PoolSpecSchema(Schema):
     """What a pool is made of; every field has the seed's default."""
     gpu_name = fields.String(load_default=None, allow_none=True, validate=GPU_NAME,
@@ -43,6 +50,15 @@ class PoolSpecSchema(Schema):
     replica = fields.Boolean(load_default=None, allow_none=True, metadata={
         "description": "keep a copy of the volume on another host, refreshed every REPLICA_COPY_INTERVAL s, so a "
                        "host failure moves the pool there; absent or null: WARMPOOL_REPLICA_DEFAULT"})
+    onstart = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=ONSTART_MAX), metadata={
+        "description": "a script every instance of the pool runs when it starts (primary, standby, replacements, "
+                       "moves): warm caches, restore a checkpoint before it takes traffic",
+        "example": "python /workspace/warm_cache.py"})
+    env = fields.Dict(keys=fields.String(validate=ENV_NAME), values=fields.String(validate=validate.Length(max=256)),
+                      load_default=None, allow_none=True, validate=validate.Length(max=64), metadata={
+                          "description": "environment of every instance of the pool; a '-p 8080:8080' key asks for "
+                                         "a container port (see primary_ports)",
+                          "example": {"MODEL": "llama", "-p 8080:8080": "1"}})
 
 
 class ProvisionSchema(PoolSpecSchema):
@@ -112,6 +128,10 @@ class StatusSchema(Schema):
     replica_volume_id = fields.Integer(allow_none=True)
     replica_data_at = fields.String(allow_none=True, metadata={
         "description": "the replica holds the volume's data as of this time (the start of the last completed copy)"})
+    onstart = fields.String(allow_none=True)
+    env = fields.Function(lambda pool: redacted_env(pool.get("env")), metadata={
+        "type": "object", "nullable": True,
+        "description": "the pool's env; the value of a name like *KEY*, *SECRET*, *TOKEN*, *PASS* ... shows as ***"})
     scheduled_switchover = fields.Dict(allow_none=True, metadata={
         "description": 'a planned switchover to the standby: {"at": ISO time, "requested_at": ISO time}'})
     task_id = fields.String(attribute="op_id", allow_none=True,

@@ -93,6 +93,9 @@ BAD_FIELDS = {
     "image": [5, "", "my image", "-bad", "x" * 1025, ["pytorch"]],
     "disk_size": [7, 4097, "50", 50.5, True, None, -50, 10**20, math.nan],
     "volume_size": [0, 65537, "100", 1.25, False, None, -1],
+    "onstart": [5, ["echo"], {}, "x" * 4049],
+    "env": ["A=1", ["A", "1"], {"A": 1}, {"A": None}, {"1A": "x"}, {"A B": "x"}, {"-p 80:80; rm": "1"},
+            {"A": "x" * 257}, {f"V{i}": "x" for i in range(65)}],
 }
 
 
@@ -306,7 +309,7 @@ def test_another_tenants_pools_are_not_listed(seeded):
 # -- property-based: arbitrary bodies and query strings on every route ----------------------------------------------
 
 FIELDS = ["machine_id", "host_machine_id", "gpu_name", "image", "disk_size", "volume_size", "max_price", "wait",
-          "min_gpus", "verified"]
+          "min_gpus", "verified", "onstart", "env", "at"]
 scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.sampled_from([0, 1, 123, 456, MAX_ID])
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=30)
            | st.sampled_from(["RTX_4090", "pytorch/pytorch", "50", "true", "1e309", "NaN"]))

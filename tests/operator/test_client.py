@@ -106,7 +106,11 @@ def test_an_operator_session(clean_stack, web, tmp_path):
     table = warmpool(web, "hosts")
     assert table.returncode == OK and str(host["machine_id"]) in table.stdout and host["gpu_name"] in table.stdout
 
-    rv = warmpool(web, "provision", str(MACHINE), "--host", str(host["machine_id"]), "--wait")
+    # lifecycle hooks: a start script and an environment for every instance, one of its names a secret's
+    script = tmp_path / "onstart.sh"
+    script.write_text("python /workspace/warm_cache.py\n")
+    rv = warmpool(web, "provision", str(MACHINE), "--host", str(host["machine_id"]), "--wait", "--onstart",
+                  str(script), "--env", "MODEL=llama", "--env", "HF_TOKEN=hf_s3cret", "--env", "-p 8080:8080=1")
     assert rv.returncode == OK, rv.stderr
     assert "provision 321: " in rv.stderr  # a line a step: stderr is no terminal here
     assert re.search(r"state\s.*SUCCESS", rv.stdout)
@@ -114,6 +118,13 @@ def test_an_operator_session(clean_stack, web, tmp_path):
 
     pools = json.loads(warmpool(web, "pools", "--json").stdout)
     assert [p["machine_id"] for p in pools["pools"]] == [MACHINE] and pools["pools"][0]["state"] == "active"
+    shown = pools["pools"][0]
+    assert shown["env"] == {"MODEL": "llama", "HF_TOKEN": "***", "-p 8080:8080": "1"}  # the secret is not shown
+    assert shown["onstart"] == "python /workspace/warm_cache.py\n" and "hf_s3cret" not in status_json(web)
+    created = {row["id"]: row for row in clean_stack.ledger()["instances"]}
+    for role in ("primary", "standby"):  # what every instance was created with
+        row = created[shown[role + "_gpu_id"]]
+        assert row["onstart"] == shown["onstart"] and row["env"]["HF_TOKEN"] == "hf_s3cret"
     as_yaml = yaml.safe_load(warmpool(web, "pools", "-o", "yaml").stdout)
     assert as_yaml["count"] == 1 and as_yaml["pools"][0].keys() == pools["pools"][0].keys()
     assert (as_yaml["pools"][0]["machine_id"], as_yaml["pools"][0]["state"]) == (MACHINE, "active")
@@ -177,8 +188,11 @@ def reach_the_new_primary(web, tmp_path, before: dict) -> None:
         now["primary_public_ipaddr"], now["primary_ports"], now["primary_ssh_port"])
     rv = warmpool(web, "url", str(MACHINE), "22")
     assert (rv.returncode, rv.stdout.strip()) == (OK, "%s:%s" % address)
-    rv = warmpool(web, "url", str(MACHINE), "8080")
-    assert rv.returncode == NOT_FOUND and "8080/tcp" in rv.stderr and "22/tcp" in rv.stderr
+    rv = warmpool(web, "url", str(MACHINE), "8080")  # the port the pool's env asked for, on the new primary
+    assert (rv.returncode, rv.stdout.strip()) == (OK, "%s:%s" % (now["primary_public_ipaddr"],
+                                                                 now["primary_ports"]["8080/tcp"][0]["HostPort"]))
+    rv = warmpool(web, "url", str(MACHINE), "9090")
+    assert rv.returncode == NOT_FOUND and "9090/tcp" in rv.stderr and "8080/tcp" in rv.stderr
     recorded = tmp_path / "ssh-args"
     fake = tmp_path / "bin" / "ssh"
     fake.parent.mkdir()
