@@ -336,10 +336,16 @@ def pools(api, out):
     body = api.call("GET", "/warmpool/pools")
     if out.as_json:
         return out.json(body)
-    out.table(["machine", "state", "host", "primary", "standby", "failovers", "last failover", "note"],
+    out.table(["machine", "state", "host", "primary", "standby", "failovers", "last failover", "$/h", "note"],
               [[p["machine_id"], p["state"], p["host_machine_id"], p["primary_gpu_id"], _standby(p),
-                p["failover_count"], _last_failover(p), p.get("error_message") or p.get("fallback")]
-               for p in body["pools"]], title=f"{body['count']} pools")
+                p["failover_count"], _last_failover(p), _dollars(p.get("cost_per_hour")),
+                p.get("error_message") or p.get("fallback")]
+               for p in body["pools"]], title=f"{body['count']} pools, ${body.get('cost_per_hour') or 0:.3f}/h in all")
+
+
+def _dollars(cost: dict | None) -> str | None:
+    """A pool's $/h; "+" when a part's price was not seen yet."""
+    return cost and f"{cost['total']:.3f}" + ("" if cost["complete"] else "+")
 
 
 @client_command()
@@ -351,7 +357,8 @@ def status(api, out, machine_id):
     if out.as_json:
         return out.json(body)
     ports = body.get("primary_ports") or {}
-    out.fields({**body, "primary_ports": ", ".join(f"{port}→{mapped[0]['HostPort']}" for port, mapped in ports.items()
+    cost = body.get("cost_per_hour") or {}
+    out.fields({**body, **{f"cost_per_hour.{part}": value for part, value in cost.items()}, "primary_ports": ", ".join(f"{port}→{mapped[0]['HostPort']}" for port, mapped in ports.items()
                                                    if mapped) or None}, title=f"machine {machine_id}")
     if (body.get("last_failover") or {}).get("phases"):
         out.phases(body["last_failover"]["phases"], "last failover's phases")

@@ -76,20 +76,47 @@ def parse_label(name: str) -> tuple[str, str] | None:
     return pool_id(tenant, int(machine)), role
 
 
-def primary_address(instance: dict | None) -> dict:
-    """How users reach a primary, from its provider row (None: nothing to reach): the host's public address, the
-    SSH proxy's host and port, and the port map (``{"8080/tcp": [{"HostIp": ..., "HostPort": "20065"}]}``, as Vast
-    lists it). A new instance has a new map, so a failover changes all of them."""
+def primary_fields(instance: dict | None) -> dict:
+    """What the pool keeps of its primary's provider row (None: no primary). How users reach it: the host's public
+    address, the SSH proxy's host and port, and the port map (``{"8080/tcp": [{"HostIp": ..., "HostPort":
+    "20065"}]}``, as Vast lists it; a new instance has a new map, so a failover changes all of them). And its prices
+    as Vast lists them: the GPUs' $/h (``dph_base``) and the host's storage $/GB-month (``storage_cost``)."""
     instance = instance or {}
     return {"primary_public_ipaddr": instance.get("public_ipaddr"), "primary_ssh_host": instance.get("ssh_host"),
-            "primary_ssh_port": instance.get("ssh_port"), "primary_ports": instance.get("ports") or None}
+            "primary_ssh_port": instance.get("ssh_port"), "primary_ports": instance.get("ports") or None,
+            "primary_dph_base": instance.get("dph_base"), "host_storage_cost": instance.get("storage_cost")}
 
 
-ADDRESS_FIELDS = tuple(primary_address(None))
+ADDRESS_FIELDS = ("primary_public_ipaddr", "primary_ssh_host", "primary_ssh_port", "primary_ports")
+HOURS_PER_MONTH = 720  # Vast's storage_total_cost = storage_cost ($/GB-month) x GB / 720
+
+
+def cost_per_hour(pool: dict) -> dict:
+    """What the pool costs an hour, from Vast's prices as its rows listed them (None: a price not seen yet): the
+    running primary (GPUs and its disk), the stopped standby's disk (storage is billed while stopped), the volume
+    and the replica volume."""
+    storage, gpus = pool.get("host_storage_cost"), pool.get("primary_dph_base")
+
+    def stored(exists, gb, per_gb_month):
+        if not exists:
+            return 0.0
+        return None if per_gb_month is None else gb * per_gb_month / HOURS_PER_MONTH
+
+    disk = stored(pool["primary_gpu_id"] is not None, pool["disk_size"], storage)
+    parts = {
+        "primary": 0.0 if pool["primary_gpu_id"] is None else None if disk is None or gpus is None else disk + gpus,
+        "standby_storage": stored(pool["standby_gpu_id"] is not None, pool["disk_size"], storage),
+        "volume": stored(pool["volume_id"] is not None, pool["volume_size"], storage),
+        "replica": stored(pool.get("replica_volume_id") is not None, pool["volume_size"],
+                          pool.get("replica_storage_cost")),
+    }
+    shown = {k: None if v is None else round(v, 4) for k, v in parts.items()}
+    known = [v for v in shown.values() if v is not None]  # the total is the sum of the parts as shown
+    return {**shown, "total": round(sum(known), 4), "complete": len(known) == len(parts)}
 
 
 def address_of(pool: dict) -> dict:
-    """The pool's primary's address fields (``primary_address``), as events carry them."""
+    """The pool's primary's address fields (``primary_fields``), as events carry them."""
     return {name: pool.get(name) for name in ADDRESS_FIELDS}
 
 
@@ -105,7 +132,7 @@ def new_pool(tenant: str, machine_id: int, **fields) -> dict:
     pool = {
         "tenant": tenant, "machine_id": machine_id, "state": State.PROVISIONING, "enabled": True,
         "host_machine_id": None, "volume_id": None, "primary_gpu_id": None, "standby_gpu_id": None,
-        "standby_state": "none", **primary_address(None),
+        "standby_state": "none", **primary_fields(None),
         "failover_count": 0, "last_failover_at": None, "last_failover": None,
         "error_message": None, "fallback": None, "gpu_name": None, "max_price": None,
         "image": None, "disk_size": 50, "volume_size": 100,

@@ -259,7 +259,7 @@ class Instances:
             "cpu_cores_effective": host.cpu_cores * inst.num_gpus / host.total_gpus,
             "disk_space": inst.disk, "disk_usage": 0.0, "disk_util": 0.0,
             "dph_base": inst.dph_base,
-            "dph_total": round(inst.dph_base + monthly_to_hourly(inst.disk, host.storage_cost), 4),
+            "dph_total": self.dph_total(inst),
             "storage_cost": host.storage_cost, "is_bid": False, "min_bid": round(inst.dph_base * 0.6, 4),
             "start_date": inst.start_date, "end_date": inst.end_date,
             "uptime_mins": round((now - inst.phase_at) / 60, 2) if running else None,
@@ -316,7 +316,12 @@ class Instances:
             "actual_status": self.status(i, now), "intended_status": i.intended,
             "cur_state": "running" if i.allocated else "stopped", "volume_id": i.volume_id,
             "start_date": i.start_date, "end_date": i.end_date, "failed": i.failed, "onstart": i.onstart, "env": i.env,
+            "dph_total": self.dph_total(i),
         } for i in self.by_id.values()]
+
+    def dph_total(self, inst: Instance) -> float:
+        """$/h as Vast lists it: the GPUs and the disk (``dph_base + storage_cost x disk / 720``)."""
+        return round(inst.dph_base + monthly_to_hourly(inst.disk, self.hosts[inst.machine_id].storage_cost), 4)
 
 
 def port_map(inst: Instance) -> dict:

@@ -12,7 +12,7 @@ from celery import shared_task
 from celery.exceptions import Ignore
 
 from app import vast as provider
-from app.pools import State, address_of, label, primary_address
+from app.pools import State, address_of, label, primary_fields
 from app.runtime import vast
 from tasks.base import COMPENSATIONS, Operation, OperationFailed, Step
 from tasks.provision import NOT_RUNNING, create_instance, is_running
@@ -119,7 +119,7 @@ def await_standby(self, op: Operation):
     instance = rows[0] if rows else None
     if is_running(instance):
         op.ctx["ready_at"] = time.time()
-        op.save(**primary_address(instance))
+        op.save(**primary_fields(instance))
         return op.ctx
     if instance is not None:
         self.wait(op, "standby_deadline", op.settings.standby_start_timeout, interval=_fast_poll(op))

@@ -30,7 +30,7 @@ from celery import shared_task
 from celery.exceptions import Ignore
 
 from app import vast as provider
-from app.pools import State, address_of, epoch_seconds, label, primary_address
+from app.pools import State, address_of, epoch_seconds, label, primary_fields
 from app.runtime import vast
 from tasks.base import COMPENSATIONS, Operation, OperationFailed, Step
 from tasks.provision import NOT_RUNNING, create_once, is_running, rent
@@ -125,7 +125,7 @@ def await_moved_primary(self, op: Operation):
     instance = rows[0] if rows else None
     if is_running(instance):
         op.ctx["ready_at"] = time.time()
-        op.save(moving={**moving, "address": primary_address(instance)})
+        op.save(moving={**moving, "address": primary_fields(instance)})
         return op.ctx
     if instance is None or instance.get("actual_status") in NOT_RUNNING:
         raise OperationFailed(f"the primary rented on the replica's host is "

@@ -12,7 +12,7 @@ from celery import shared_task
 
 from app import vast as provider
 from app.hosts import LASTING_MARGINS, group_hosts, offers_query
-from app.pools import State, label, primary_address, to_active, volume_name
+from app.pools import State, label, primary_fields, to_active, volume_name
 from app.runtime import Throttled, settings, store, unfenced, vast
 from app.store import UNSEEN, FencedOut
 from tasks.base import COMPENSATIONS, NotYet, Operation, OperationFailed, Step
@@ -175,7 +175,7 @@ def await_primary(self, op: Operation):
     if instance is UNSEEN:
         instance = {}  # not in a poll round yet
     if is_running(instance):
-        op.save(**primary_address(instance))
+        op.save(**primary_fields(instance))
         return op.ctx
     if instance is None or instance.get("actual_status") in NOT_RUNNING:
         status = instance and instance.get("actual_status")

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from celery import shared_task, signature
 from celery.signals import worker_ready
 
-from app.pools import (iso_at, label, new_pool, parse_label, primary_address, schedule_switchover, split_pool_id,
+from app.pools import (iso_at, label, new_pool, parse_label, primary_fields, schedule_switchover, split_pool_id,
                        to_active, to_degraded, volume_name)
 from app.runtime import fence, settings, store, vast
 from app.store import FencedOut, Held
@@ -129,7 +129,7 @@ def form_pool(pid: str, rows: list[dict], volumes: list[dict]) -> dict | None:
         tenant, machine_id, host_machine_id=some["machine_id"], volume_id=volume_id,
         primary_gpu_id=primary and primary["id"], standby_gpu_id=standby and standby["id"],
         standby_state="stopped" if standby else "none", retire_gpu_id=retire and retire["id"],
-        **primary_address(primary),
+        **primary_fields(primary),
         gpu_name=some.get("gpu_name"), image=some.get("image_uuid"), disk_size=some.get("disk_space") or 50,
         onstart=some.get("onstart"), env=dict(some.get("extra_env") or []) or None,
         volume_size=size or 100)

@@ -5,7 +5,7 @@ from datetime import timezone
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from app.pools import redacted_env
+from app.pools import cost_per_hour, redacted_env
 
 MAX_ID = 2**53 - 1  # ids stay exact in every JSON client
 GPU_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_ .-]{0,63}\Z", error="Not a GPU name, e.g. RTX_4090.")
@@ -132,6 +132,11 @@ class StatusSchema(Schema):
     env = fields.Function(lambda pool: redacted_env(pool.get("env")), metadata={
         "type": "object", "nullable": True,
         "description": "the pool's env; the value of a name like *KEY*, *SECRET*, *TOKEN*, *PASS* ... shows as ***"})
+    cost_per_hour = fields.Function(lambda pool: cost_per_hour(pool) if "disk_size" in pool else None, metadata={
+        "type": "object", "description": "$/h from Vast's listed prices: primary (GPUs and disk, running), "
+                                         "standby_storage (its disk, billed while stopped), volume, replica, total; "
+                                         "a part is null until its price was seen (complete: false); null in "
+                                         "an operation result's short status"})
     scheduled_switchover = fields.Dict(allow_none=True, metadata={
         "description": 'a planned switchover to the standby: {"at": ISO time, "requested_at": ISO time}'})
     task_id = fields.String(attribute="op_id", allow_none=True,
@@ -142,6 +147,7 @@ class StatusSchema(Schema):
 class PoolListSchema(Schema):
     pools = fields.List(fields.Nested(StatusSchema))
     count = fields.Integer()
+    cost_per_hour = fields.Float(metadata={"description": "the tenant's total $/h over its pools (known parts)"})
 
 
 class OfferSchema(Schema):

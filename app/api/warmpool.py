@@ -31,7 +31,7 @@ from app.api.schemas import (
     WaitSchema,
 )
 from app.hosts import group_hosts, offers_query
-from app.pools import State, pool_id
+from app.pools import State, cost_per_hour, pool_id
 from app.runtime import Throttled, settings, store, vast
 from app.store import Busy
 
@@ -101,7 +101,8 @@ class Pools(MethodView):
         """This tenant's warm pools"""
         last_sweep = store().last_sweep()
         pools = [status_of(p, last_sweep) for p in store().tenant_pools(g.tenant)]
-        return {"pools": pools, "count": len(pools)}
+        total = round(sum(cost_per_hour(p)["total"] for p in pools), 4)
+        return {"pools": pools, "count": len(pools), "cost_per_hour": total}
 
 
 @blp.route("/events/" + MACHINE)

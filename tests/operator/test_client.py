@@ -125,11 +125,17 @@ def test_an_operator_session(clean_stack, web, tmp_path):
     for role in ("primary", "standby"):  # what every instance was created with
         row = created[shown[role + "_gpu_id"]]
         assert row["onstart"] == shown["onstart"] and row["env"]["HF_TOKEN"] == "hf_s3cret"
+    # the cost, from the prices Vast lists: the running primary's is its dph_total
+    cost = shown["cost_per_hour"]
+    assert cost["complete"] and cost["primary"] == created[shown["primary_gpu_id"]]["dph_total"]
+    assert 0 < cost["standby_storage"] < cost["primary"] and cost["volume"] > 0 and cost["replica"] == 0
+    assert pools["cost_per_hour"] == cost["total"] == round(sum(cost[part] for part in (
+        "primary", "standby_storage", "volume", "replica")), 4)
     as_yaml = yaml.safe_load(warmpool(web, "pools", "-o", "yaml").stdout)
     assert as_yaml["count"] == 1 and as_yaml["pools"][0].keys() == pools["pools"][0].keys()
     assert (as_yaml["pools"][0]["machine_id"], as_yaml["pools"][0]["state"]) == (MACHINE, "active")
     header, row = warmpool(web, "pools", "-o", "tsv").stdout.splitlines()
-    assert header.split("\t")[:3] == ["machine", "state", "host"]
+    assert header.split("\t")[:3] == ["machine", "state", "host"] and "$/h" in header.split("\t")
     assert row.split("\t")[:3] == [str(MACHINE), "active", str(pools["pools"][0]["host_machine_id"])]
     status = warmpool(web, "status", str(MACHINE))
     assert status.returncode == OK and re.search(r"state\s.*active", status.stdout)
