@@ -270,24 +270,8 @@ def test_a_failed_operation_exits_1(clean_stack, web):
 def test_wait_on_a_terminal_shows_the_step_and_the_time(clean_stack, web):
     hosts = json.loads(warmpool(web, "hosts", "--json").stdout)["hosts"]
     host = next(h for h in hosts if h["can_create_warm_pool"])
-    controller, terminal = pty.openpty()
-    env = {**os.environ, "WARMPOOL_URL": web.url, "WARMPOOL_API_KEY": API_KEYS["acme"], "TERM": "xterm",
-           "COLUMNS": "120"}
-    process = subprocess.Popen([sys.executable, "-m", "app.cli", "provision", str(MACHINE), "--host",
-                                str(host["machine_id"]), "--wait"], cwd=ROOT, env=env,
-                               stdin=terminal, stdout=terminal, stderr=terminal)
-    os.close(terminal)
-    output = b""
-    while True:
-        try:
-            chunk = os.read(controller, 65536)
-        except OSError:  # the terminal closed: the process ended
-            break
-        if not chunk:
-            break
-        output += chunk
-    os.close(controller)
-    assert process.wait(timeout=60) == OK
-    text = ANSI.sub("", output.decode(errors="replace"))
+    terminal = Terminal(web, "provision", str(MACHINE), "--host", str(host["machine_id"]), "--wait")
+    assert terminal.end() == OK
+    text = terminal.text
     assert re.search(r"provision 321: \w+ \((PENDING|STARTED)\)\s+0:00:\d\d", text), text
     assert "SUCCESS" in text
