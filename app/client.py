@@ -358,8 +358,12 @@ def status(api, out, machine_id):
         return out.json(body)
     ports = body.get("primary_ports") or {}
     cost = body.get("cost_per_hour") or {}
-    out.fields({**body, **{f"cost_per_hour.{part}": value for part, value in cost.items()}, "primary_ports": ", ".join(f"{port}→{mapped[0]['HostPort']}" for port, mapped in ports.items()
-                                                   if mapped) or None}, title=f"machine {machine_id}")
+    planned = body.get("scheduled_switchover") or {}
+    shown_ports = ", ".join(f"{port}→{mapped[0]['HostPort']}" for port, mapped in ports.items() if mapped)
+    out.fields({**body, **{f"cost_per_hour.{part}": value for part, value in cost.items()},
+                "scheduled_switchover": planned.get("at"), "primary_ports": shown_ports or None,
+                "env": ", ".join(f"{name}={value}" for name, value in (body.get("env") or {}).items()) or None},
+               title=f"machine {machine_id}")
     if (body.get("last_failover") or {}).get("phases"):
         out.phases(body["last_failover"]["phases"], "last failover's phases")
 
