@@ -44,7 +44,7 @@ class Terminal:
         self.process = subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env,
                                         stdin=terminal, stdout=terminal, stderr=terminal)
         os.close(terminal)
-        self.output = b""
+        self.controller, self.output = controller, b""
         self.reader = threading.Thread(target=self._read, args=(controller,), daemon=True)
         self.reader.start()
 
@@ -58,6 +58,9 @@ class Terminal:
                 break
             self.output += chunk
         os.close(controller)
+
+    def type(self, keys: str) -> None:
+        os.write(self.controller, keys.encode())
 
     @property
     def text(self) -> str:
@@ -209,6 +212,14 @@ def reach_the_new_primary(web, tmp_path, before: dict) -> None:
     assert rv.returncode == 7, rv.stderr  # ssh's own exit code
     assert recorded.read_text().split("\n")[:-1] == [
         "-p", address[1], f"root@{address[0]}", "-L", "8080:localhost:8080", "nvidia-smi"]
+
+
+def test_cleanup_on_a_terminal_asks_first(web):
+    terminal = Terminal(web, "cleanup", "654")  # the question comes before any call: no pool is needed
+    wait_until(lambda: "[y/N]" in terminal.text, timeout=30, message="the question")
+    terminal.type("n\n")
+    assert terminal.end() == NOT_CONFIRMED
+    assert "destroy machine 654's instances and volume?" in terminal.text and "nothing was destroyed" in terminal.text
 
 
 def test_version_and_a_profile(web, tmp_path):
