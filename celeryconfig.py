@@ -31,7 +31,7 @@ if broker_url.startswith(SENTINEL_SCHEME):
         broker_transport_options["sentinel_kwargs"] = {"password": _settings.redis_sentinel_password}
 imports = ("tasks.provision", "tasks.failover", "tasks.cleanup", "tasks.sweep", "tasks.heal", "tasks.reconcile",
            "tasks.rebuild", "tasks.webhooks", "tasks.renewal", "tasks.expiry",
-           "tasks.replica", "tasks.hostfailover")
+           "tasks.replica", "tasks.hostfailover", "tasks.switchover")
 
 task_serializer = "json"
 result_serializer = "json"
@@ -61,6 +61,8 @@ task_routes = {
 
 beat_schedule = {
     "health-sweep": {"task": "warmpool.health.sweep", "schedule": _sweep, "options": {"expires": _sweep}},
+    # planned switchovers start within a sweep interval of their time
+    "switchovers": {"task": "warmpool.health.switchovers", "schedule": _sweep, "options": {"expires": _sweep}},
     "heal": {"task": "warmpool.heal.heal", "schedule": _settings.heal_interval,
              "options": {"expires": _settings.heal_interval}},
     "reconcile": {"task": "warmpool.reconcile.reconcile", "schedule": _settings.reconcile_interval,

@@ -9,7 +9,8 @@ validate, call one of these and shape the answer.
 import time
 from dataclasses import dataclass
 
-from app.pools import State, has_resources, new_pool, pool_id, refuses_provision, to_active, to_provisioning
+from app.pools import (State, has_resources, iso_at, new_pool, pool_id, refuses_provision, schedule_switchover,
+                       to_active, to_provisioning, unschedule_switchover)
 from app.runtime import settings, store
 from app.store import Busy
 from tasks import operations, sweep
@@ -17,6 +18,10 @@ from tasks import operations, sweep
 
 class NotFound(Exception):
     """This tenant has no pool for the machine."""
+
+
+class NotPlanned(Exception):
+    """The pool has no switchover planned."""
 
 
 class Conflict(Exception):
@@ -124,6 +129,37 @@ def test_failover(tenant: str, machine_id: int) -> Started:
         op_id = s.new_op(tenant, machine_id, "failover")
         operations.failover(pid, lease.hand_off(), "manual", op_id=op_id)
         return Started(op_id, s.get_pool(pid))
+
+
+def plan_switchover(tenant: str, machine_id: int, at: float) -> dict:
+    """Plan a switchover to the standby at ``at`` (epoch s; now or earlier: at the next check). The pool keeps the
+    plan (``scheduled_switchover``) and ``tasks/switchover.py`` starts it when due."""
+    s, pid = store(), pool_id(tenant, machine_id)
+    _pool(tenant, machine_id)
+    with s.lease(pid, settings().lock_ttl) as lease:
+        pool = s.get_pool(pid)
+        if not pool["enabled"] or pool["primary_gpu_id"] is None:
+            raise Conflict(f"Cannot schedule a switchover in state {pool['state']}: the pool has no primary to move")
+        schedule_switchover(pool, at)
+        s.save_pool(pool, lease.held)
+        s.event(pid, "switchover_scheduled", f"switchover to the standby planned for {iso_at(at)}", at=iso_at(at))
+        return pool
+
+
+def cancel_switchover(tenant: str, machine_id: int) -> dict:
+    s, pid = store(), pool_id(tenant, machine_id)
+    if not _pool(tenant, machine_id).get("scheduled_switchover"):
+        raise NotPlanned(machine_id)  # before the lock: a refusal changes nothing
+    with s.lease(pid, settings().lock_ttl) as lease:
+        pool = s.get_pool(pid)
+        planned = pool.get("scheduled_switchover")
+        if not planned:  # it started meanwhile
+            raise NotPlanned(machine_id)
+        unschedule_switchover(pool)
+        s.save_pool(pool, lease.held)
+        s.event(pid, "switchover_cancelled", f"the switchover planned for {planned['at']} is cancelled",
+                at=planned["at"])
+        return pool
 
 
 def cleanup(tenant: str, machine_id: int) -> Started:

@@ -15,7 +15,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from prometheus_client.utils import floatToGoString
 
 from app.store import Store
-from app.store.metrics import histogram
+from app.store.metrics import TRIGGERS, histogram
 
 
 def render(store: Store) -> bytes:
@@ -25,25 +25,29 @@ def render(store: Store) -> bytes:
     return generate_latest(registry)
 
 
+def build_info() -> dict:
+    """The running warmpool's version and Python's (``warmpool_build_info``, ``GET /version``)."""
+    return {"version": metadata.version("warmpool"), "python_version": platform.python_version()}
+
+
 class StoreCollector:
     def __init__(self, store: Store):
         self.store = store
 
     def collect(self):
         figures = self.store.metrics()
-        yield InfoMetricFamily("warmpool_build", "The running warmpool's version",
-                               value={"version": metadata.version("warmpool"),
-                                      "python_version": platform.python_version()})
+        yield InfoMetricFamily("warmpool_build", "The running warmpool's version", value=build_info())
 
         pools = GaugeMetricFamily("warmpool_pools", "Warm pools by state", labels=["state"])
         for state, count in self.store.pool_counts().items():
             pools.add_metric([state], count)
         yield pools
 
-        yield _counter("warmpool_failovers_started", "Failovers started, by trigger (health, manual)",
+        triggers = ", ".join(TRIGGERS)
+        yield _counter("warmpool_failovers_started", f"Failovers started, by trigger ({triggers})",
                        ["trigger"], figures["failovers_started"])
-        yield _counter("warmpool_failovers", "Failovers ended, by trigger and result (success, failure, cancelled)",
-                       ["trigger", "result"], figures["failovers"])
+        yield _counter("warmpool_failovers", f"Failovers ended, by trigger ({triggers}) and result (success, failure, "
+                                             "cancelled)", ["trigger", "result"], figures["failovers"])
 
         duration = HistogramMetricFamily(
             "warmpool_failover_duration_seconds",

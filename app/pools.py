@@ -76,20 +76,76 @@ def parse_label(name: str) -> tuple[str, str] | None:
     return pool_id(tenant, int(machine)), role
 
 
+def primary_fields(instance: dict | None) -> dict:
+    """What the pool keeps of its primary's provider row (None: no primary). How users reach it: the host's public
+    address, the SSH proxy's host and port, and the port map (``{"8080/tcp": [{"HostIp": ..., "HostPort":
+    "20065"}]}``, as Vast lists it; a new instance has a new map, so a failover changes all of them). And its prices
+    as Vast lists them: the GPUs' $/h (``dph_base``) and the host's storage $/GB-month (``storage_cost``)."""
+    instance = instance or {}
+    return {"primary_public_ipaddr": instance.get("public_ipaddr"), "primary_ssh_host": instance.get("ssh_host"),
+            "primary_ssh_port": instance.get("ssh_port"), "primary_ports": instance.get("ports") or None,
+            "primary_dph_base": instance.get("dph_base"), "host_storage_cost": instance.get("storage_cost")}
+
+
+ADDRESS_FIELDS = ("primary_public_ipaddr", "primary_ssh_host", "primary_ssh_port", "primary_ports")
+HOURS_PER_MONTH = 720  # Vast's storage_total_cost = storage_cost ($/GB-month) x GB / 720
+
+
+def cost_per_hour(pool: dict) -> dict:
+    """What the pool costs an hour, from Vast's prices as its rows listed them (None: a price not seen yet): the
+    running primary (GPUs and its disk), the stopped standby's disk (storage is billed while stopped), the volume
+    and the replica volume."""
+    storage, gpus = pool.get("host_storage_cost"), pool.get("primary_dph_base")
+
+    def stored(exists, gb, per_gb_month):
+        if not exists:
+            return 0.0
+        return None if per_gb_month is None else gb * per_gb_month / HOURS_PER_MONTH
+
+    disk = stored(pool["primary_gpu_id"] is not None, pool["disk_size"], storage)
+    parts = {
+        "primary": 0.0 if pool["primary_gpu_id"] is None else None if disk is None or gpus is None else disk + gpus,
+        "standby_storage": stored(pool["standby_gpu_id"] is not None, pool["disk_size"], storage),
+        "volume": stored(pool["volume_id"] is not None, pool["volume_size"], storage),
+        "replica": stored(pool.get("replica_volume_id") is not None, pool["volume_size"],
+                          pool.get("replica_storage_cost")),
+    }
+    shown = {k: None if v is None else round(v, 4) for k, v in parts.items()}
+    known = [v for v in shown.values() if v is not None]  # the total is the sum of the parts as shown
+    return {**shown, "total": round(sum(known), 4), "complete": len(known) == len(parts)}
+
+
+def address_of(pool: dict) -> dict:
+    """The pool's primary's address fields (``primary_fields``), as events carry them."""
+    return {name: pool.get(name) for name in ADDRESS_FIELDS}
+
+
+SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASS|CREDENTIAL|AUTH|PRIVATE|CERT|SESSION|COOKIE|DSN", re.I)
+
+
+def redacted_env(env: dict | None) -> dict | None:
+    """A pool's ``env`` as the API shows it: the value of any name that looks like a secret's is hidden."""
+    return env and {name: "***" if SECRET_NAME.search(name) else value for name, value in env.items()}
+
+
 def new_pool(tenant: str, machine_id: int, **fields) -> dict:
     pool = {
         "tenant": tenant, "machine_id": machine_id, "state": State.PROVISIONING, "enabled": True,
         "host_machine_id": None, "volume_id": None, "primary_gpu_id": None, "standby_gpu_id": None,
-        "standby_state": "none", "primary_ssh_host": None, "primary_ssh_port": None,
+        "standby_state": "none", **primary_fields(None),
         "failover_count": 0, "last_failover_at": None, "last_failover": None,
         "error_message": None, "fallback": None, "gpu_name": None, "max_price": None,
         "image": None, "disk_size": 50, "volume_size": 100,
+        # lifecycle hooks passed to every instance the pool creates: a start script and its environment
+        "onstart": None, "env": None,
         "op_id": None, "seq": 0, "creating": None, "retire_gpu_id": None, "heal_attempts": 0,
         "next_heal_at": 0.0, "heal_given_up": False, "cleanup_pending": False, "created_at": now_iso(), "updated_at": now_iso(),
         # a replica of the volume on another host (tasks/replica.py); "replica" None: WARMPOOL_REPLICA_DEFAULT
         "replica": None, "replica_host_machine_id": None, "replica_volume_id": None, "replica_data_at": None,
         "replica_copy_started": None,
         "priority": 0,  # failed over ahead of lower priorities when many pools fail at once
+        # a planned switchover to the standby (tasks/switchover.py): {"at": ISO time, "requested_at": ISO time}
+        "scheduled_switchover": None,
     }
     pool.update(fields)
     return pool
@@ -149,6 +205,16 @@ def to_disabled(pool: dict, fallback: str | None = "cpu_standby") -> None:
 def to_given_up(pool: dict, reason: str) -> None:
     """Degraded, and no longer healed (it left the healer's index): an operator's enable or provision starts over."""
     pool.update(state=State.DEGRADED, error_message=reason, heal_given_up=True)
+
+
+def schedule_switchover(pool: dict, at: float) -> None:
+    """A switchover to the standby is planned for ``at`` (epoch s); one planned before is replaced."""
+    pool["scheduled_switchover"] = {"at": iso_at(at), "requested_at": now_iso()}
+
+
+def unschedule_switchover(pool: dict) -> None:
+    """The planned switchover starts now, is cancelled, or is dropped."""
+    pool["scheduled_switchover"] = None
 
 
 def to_degraded(pool: dict, reason: str, retry_in: float, **fields) -> None:

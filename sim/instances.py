@@ -1,6 +1,7 @@
 """Instances: create from an offer, start, stop, label, destroy, the single row and the v1 list."""
 
 import hashlib
+import re
 from collections import Counter, defaultdict
 
 from . import query as q
@@ -16,6 +17,11 @@ from .volumes import DEFAULT_VOLUME_SIZE, check_volume_name
 from .webhooks import EXPIRY_WARNING_SECONDS
 
 FIRST_INSTANCE_ID = 10_000_001
+# Vast maps each container port an instance asks for (22, and every ``-p`` key of its env) to an external port
+# of the host's shared address, at most 64 of them; each instance here gets a block of its own, so two
+# instances on one host, like a failed-over primary and its predecessor, never share an external port
+PORT_BLOCK, FIRST_HOST_PORT, PORT_BLOCKS = 64, 20_000, 700
+PORT_REQUEST = re.compile(r"-p\s*(?:\d+:)?(\d+)(?:/(tcp|udp))?")
 
 
 class Instances:
@@ -243,7 +249,7 @@ class Instances:
             "ssh_host": f"ssh{inst.id % 9 + 1}.vast.ai", "ssh_idx": str(inst.id % 9 + 1),
             "ssh_port": ssh_port if running else None,
             "public_ipaddr": host.public_ipaddr,
-            "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(ssh_port + 1)}]} if running else {},
+            "ports": port_map(inst) if running else {},
             "direct_port_start": ssh_port if running else None,
             "direct_port_end": ssh_port + 10 if running else None,
             "gpu_name": host.gpu_name, "num_gpus": inst.num_gpus, "gpu_ram": host.gpu_ram,
@@ -253,7 +259,7 @@ class Instances:
             "cpu_cores_effective": host.cpu_cores * inst.num_gpus / host.total_gpus,
             "disk_space": inst.disk, "disk_usage": 0.0, "disk_util": 0.0,
             "dph_base": inst.dph_base,
-            "dph_total": round(inst.dph_base + monthly_to_hourly(inst.disk, host.storage_cost), 4),
+            "dph_total": self.dph_total(inst),
             "storage_cost": host.storage_cost, "is_bid": False, "min_bid": round(inst.dph_base * 0.6, 4),
             "start_date": inst.start_date, "end_date": inst.end_date,
             "uptime_mins": round((now - inst.phase_at) / 60, 2) if running else None,
@@ -309,8 +315,22 @@ class Instances:
             "id": i.id, "label": i.label, "machine_id": i.machine_id, "num_gpus": i.num_gpus,
             "actual_status": self.status(i, now), "intended_status": i.intended,
             "cur_state": "running" if i.allocated else "stopped", "volume_id": i.volume_id,
-            "start_date": i.start_date, "end_date": i.end_date, "failed": i.failed,
+            "start_date": i.start_date, "end_date": i.end_date, "failed": i.failed, "onstart": i.onstart, "env": i.env,
+            "dph_total": self.dph_total(i),
         } for i in self.by_id.values()]
+
+    def dph_total(self, inst: Instance) -> float:
+        """$/h as Vast lists it: the GPUs and the disk (``dph_base + storage_cost x disk / 720``)."""
+        return round(inst.dph_base + monthly_to_hourly(inst.disk, self.hosts[inst.machine_id].storage_cost), 4)
+
+
+def port_map(inst: Instance) -> dict:
+    """The instance's ``ports`` as Vast lists them: ``{"8080/tcp": [{"HostIp": "0.0.0.0", "HostPort": "20065"}]}``."""
+    asked = {"22/tcp"} | {f"{m.group(1)}/{m.group(2) or 'tcp'}" for key in inst.env
+                          if (m := PORT_REQUEST.fullmatch(key.strip()))}
+    first = FIRST_HOST_PORT + (inst.id % PORT_BLOCKS) * PORT_BLOCK
+    ordered = sorted(asked, key=lambda port: (int(port.split("/")[0]), port))[:PORT_BLOCK]
+    return {port: [{"HostIp": "0.0.0.0", "HostPort": str(first + index)}] for index, port in enumerate(ordered)}
 
 
 def _validate_create(body):

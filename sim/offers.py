@@ -10,7 +10,7 @@ from .inventory import OFFER_GPU_COUNTS, OFFER_LIFETIME_SECONDS, VOLUME_OFFER_SU
 
 # the default allocated_storage (GB) used to price offers when the query gives none
 DEFAULT_ALLOCATED_STORAGE = 5.0
-HOURS_PER_MONTH = 730.0
+HOURS_PER_MONTH = 720.0  # as Vast computes storage_total_cost (docs: storage_cost x GB / 720)
 
 
 def monthly_to_hourly(gb, storage_cost):

@@ -114,6 +114,7 @@ class Volumes:
                     "reliability2": host.reliability, "verification": host.verification,
                     "geolocation": host.geolocation, "public_ipaddr": host.public_ipaddr,
                     "os_version": "22.04", "cluster_id": None,
+                    "storage_cost": host.storage_cost,
                     "storage_total_cost": round(monthly_to_hourly(v.size, host.storage_cost), 6),
                 })
         return {"volumes": rows}

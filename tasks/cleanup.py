@@ -8,7 +8,7 @@ its history.
 from celery import shared_task
 
 from app import vast as provider
-from app.pools import label, to_disabled, volume_name
+from app.pools import label, primary_fields, to_disabled, volume_name
 from app.runtime import vast
 from tasks.base import Operation, OperationFailed, Step
 
@@ -27,7 +27,7 @@ def destroy_instances(self, op: Operation):
     for instance_id in sorted(ids):
         vast().destroy_instance(instance_id)
     op.save(primary_gpu_id=None, standby_gpu_id=None, standby_state="none",
-            primary_ssh_host=None, primary_ssh_port=None)
+            **primary_fields(None))
     op.event("instances_destroyed", f"destroyed {sorted(ids)}")
     return op.ctx
 

@@ -12,7 +12,7 @@ from celery import shared_task
 from celery.exceptions import Ignore
 
 from app import vast as provider
-from app.pools import State, label
+from app.pools import State, address_of, label, primary_fields
 from app.runtime import ranked_calls, vast
 from app.store import UNSEEN
 from tasks.base import COMPENSATIONS, Operation, OperationFailed, Step
@@ -201,7 +201,7 @@ def await_standby(self, op: Operation):
         instance = {}  # not in a poll round since it was started
     if is_running(instance):
         op.ctx["ready_at"] = time.time()
-        op.save(primary_ssh_host=instance["ssh_host"], primary_ssh_port=instance["ssh_port"])
+        op.save(**primary_fields(instance))
         return op.ctx
     if instance is not None:
         self.wait(op, "standby_deadline", op.settings.standby_start_timeout, interval=_retry(op))
@@ -233,7 +233,8 @@ def promote(self, op: Operation):
                retire_gpu_id=ctx["old_primary"],
                failover_count=pool["failover_count"] + 1, last_failover_at=last["at"], last_failover=last,
                error_message=None)
-    op.event("failover_completed", f"standby {new_primary} promoted in {recovery:.1f} s", **last)
+    op.event("failover_completed", f"standby {new_primary} promoted in {recovery:.1f} s", **last,
+             **address_of(op.pool))
     ctx["promoted"] = True  # what fails from here on is the standby's replacement, not the failover
     message = "Failover test completed" if ctx["trigger"] == "manual" else "Failover completed"
     op.complete({"success": True, "message": message, "recovery_time_seconds": round(recovery, 1),

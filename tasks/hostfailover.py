@@ -30,7 +30,7 @@ from celery import shared_task
 from celery.exceptions import Ignore
 
 from app import vast as provider
-from app.pools import State, epoch_seconds, label
+from app.pools import State, address_of, epoch_seconds, label, primary_fields
 from app.runtime import vast
 from tasks.base import COMPENSATIONS, Operation, OperationFailed, Step
 from tasks.provision import NOT_RUNNING, create_once, is_running, rent
@@ -131,7 +131,7 @@ def await_moved_primary(self, op: Operation):
     instance = rows[0] if rows else None
     if is_running(instance):
         op.ctx["ready_at"] = time.time()
-        op.save(moving={**moving, "ssh_host": instance["ssh_host"], "ssh_port": instance["ssh_port"]})
+        op.save(moving={**moving, "address": primary_fields(instance)})
         return op.ctx
     if instance is None or instance.get("actual_status") in NOT_RUNNING:
         raise OperationFailed(f"the primary rented on the replica's host is "
@@ -155,7 +155,7 @@ def promote_moved(self, op: Operation):
             "from_host_machine_id": pool["host_machine_id"], "to_host_machine_id": moving["host_machine_id"],
             "data_at": moving["data_at"], "data_age_seconds": data_age}
     op.advance(**NO_REPLICA, host_machine_id=moving["host_machine_id"], volume_id=moving["volume_id"],
-               primary_gpu_id=new_primary, primary_ssh_host=moving["ssh_host"], primary_ssh_port=moving["ssh_port"],
+               primary_gpu_id=new_primary, **moving["address"],
                standby_gpu_id=None, standby_state="none", state=State.PROVISIONING, moving=None,
                retire_host={"host_machine_id": pool["host_machine_id"], "volume_id": pool["volume_id"],
                             "instance_ids": moving["old_instance_ids"]},
@@ -164,7 +164,7 @@ def promote_moved(self, op: Operation):
     ctx["promoted"] = True
     op.event("host_failover_completed", f"primary {new_primary} runs on host {moving['host_machine_id']} from the "
                                         f"replica (data of {moving['data_at']}, {data_age:.1f} s before the failure)",
-             **last)
+             **last, **address_of(op.pool))
     op.complete({"success": True, "message": "Failover completed on the replica's host",
                  "recovery_time_seconds": round(last["recovery_time_seconds"], 1),
                  "new_primary_gpu_id": new_primary, "host_machine_id": moving["host_machine_id"],

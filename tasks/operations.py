@@ -41,6 +41,9 @@ def provision(pid: str, held: Held, op_id: str | None, search: bool = False) -> 
         Operation.begin(pid, "provision", held, op_id))
 
 
+PLANNED = ("manual", "switchover", "expiry")  # no failure to confirm, and the host is fine
+
+
 def failover(pid: str, held: Held, trigger: str, op_id: str | None = None, detected_at: float | None = None,
              healthy_at: float | None = None, triggered_at: float | None = None) -> str:
     """Stop the old primary -> start the standby -> promote it -> retire the old one -> a new standby.
@@ -59,9 +62,9 @@ def failover(pid: str, held: Held, trigger: str, op_id: str | None = None, detec
     ctx = Operation.begin(pid, "failover", held, op_id, trigger=trigger, old_primary=pool["primary_gpu_id"],
                           detected_at=detected_at, healthy_at=healthy_at, triggered_at=triggered_at,
                           state_before=state_before)
-    # a test, or a planned switchover before a rental ends, has no failure to confirm
-    steps = [] if trigger in ("manual", "expiry") else [confirm_failure.s()]
-    if pool.get("replica_volume_id") and trigger != "expiry":  # a lost host: move to the replica's instead
+    # a test, or a planned switchover (asked for, or before a rental ends), has no failure to confirm
+    steps = [] if trigger in PLANNED else [confirm_failure.s()]
+    if pool.get("replica_volume_id") and trigger not in PLANNED:  # a lost host: move to the replica's instead
         steps.append(check_host.s())
     chain(*steps, stop_primary.s(), await_stopped.s(), start_standby.s(), await_standby.s(), promote.s(),
           retire_old_primary.s(), create_standby.s()).delay(ctx)

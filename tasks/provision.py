@@ -12,7 +12,7 @@ from celery import shared_task
 
 from app import vast as provider
 from app.hosts import LASTING_MARGINS, group_hosts, offers_query
-from app.pools import State, label, to_active, volume_name
+from app.pools import State, label, primary_fields, to_active, volume_name
 from app.runtime import Throttled, settings, store, unfenced, vast, without_queueing
 from app.store import UNSEEN, FencedOut
 from tasks.base import COMPENSATIONS, NotYet, Operation, OperationFailed, Step
@@ -88,7 +88,7 @@ def rent(op: Operation, role: str, target_state: str, tries: int = 2, place: dic
     try:
         return with_offer(op, "gpu_offer", search, lambda offer: vast().create_instance(
             offer, image=pool["image"], disk=pool["disk_size"], target_state=target_state,
-            label=label(op.tenant, op.machine_id, role),
+            label=label(op.tenant, op.machine_id, role), onstart=pool.get("onstart"), env=pool.get("env"),
             volume_info={"create_new": False, "volume_id": pool["volume_id"], "mount_path": MOUNT_PATH}))
     except provider.OfferUnavailable:
         if tries <= 1:
@@ -177,7 +177,7 @@ def await_primary(self, op: Operation):
     if instance is UNSEEN:
         instance = {}  # not in a poll round yet
     if is_running(instance):
-        op.save(primary_ssh_host=instance["ssh_host"], primary_ssh_port=instance["ssh_port"])
+        op.save(**primary_fields(instance))
         return op.ctx
     if instance is None or instance.get("actual_status") in NOT_RUNNING:
         status = instance and instance.get("actual_status")

@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from celery import shared_task, signature
 from celery.signals import worker_ready
 
-from app.pools import iso_at, label, new_pool, parse_label, split_pool_id, to_active, to_degraded, volume_name
+from app.pools import (iso_at, label, new_pool, parse_label, primary_fields, schedule_switchover, split_pool_id,
+                       to_active, to_degraded, volume_name)
 from app.runtime import fence, settings, store, vast
 from app.store import FencedOut, Held
 from tasks.provision import is_running
@@ -134,8 +135,9 @@ def form_pool(pid: str, rows: list[dict], volumes: list[dict]) -> dict | None:
         tenant, machine_id, host_machine_id=some["machine_id"], volume_id=volume_id,
         primary_gpu_id=primary and primary["id"], standby_gpu_id=standby and standby["id"],
         standby_state="stopped" if standby else "none", retire_gpu_id=retire and retire["id"],
-        primary_ssh_host=primary and primary.get("ssh_host"), primary_ssh_port=primary and primary.get("ssh_port"),
+        **primary_fields(primary),
         gpu_name=some.get("gpu_name"), image=some.get("image_uuid"), disk_size=some.get("disk_space") or 50,
+        onstart=some.get("onstart"), env=dict(some.get("extra_env") or []) or None,
         volume_size=size or 100)
     started = [row["start_date"] for row in rows if row.get("start_date")]
     if started:  # the pool is as old as its oldest instance
@@ -215,6 +217,7 @@ def _write_held(pid: str, pool: dict, rows: list[dict]) -> str:
             # would count no primary label and take the pool's primary for gone
             with fenced_by(pid, lease.held):
                 vast().label_instance(primary["id"], label(*split_pool_id(pid), "primary"))
+        _keep_switchover(pid, pool)
         if not s.create_pool(pool, lease.held):
             return HAS_RECORD
         s.event(pid, "pool_rebuilt", "rebuilt from the provider after Redis lost its record",
@@ -226,6 +229,19 @@ def _write_held(pid: str, pool: dict, rows: list[dict]) -> str:
         signature("warmpool.health.guard_split_brain",
                   args=(pid, f"rebuilt with {sorted(up)} running beside primary {pool['primary_gpu_id']}")).delay()
     return REBUILT
+
+
+def _keep_switchover(pid: str, pool: dict) -> None:
+    """A switchover planned for the lost record (its index survived) is kept when the rebuilt pool has a standby
+    to switch to; else it is dropped, with an event."""
+    at = store().switchover_at(pid)
+    if at is None:
+        return
+    if pool["standby_gpu_id"] is not None:
+        schedule_switchover(pool, at)
+        return
+    store().event(pid, "switchover_dropped", f"the switchover planned for {iso_at(at)} is dropped: the rebuilt pool "
+                                             "has no standby", at=iso_at(at), reason="no standby")
 
 
 @contextlib.contextmanager

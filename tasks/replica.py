@@ -46,7 +46,7 @@ HOSTS_TRIED = 3
 # a degraded pool (its host full, say) still runs its primary: its data is worth copying
 KEPT = (State.ACTIVE, State.DEGRADED)
 NO_REPLICA = {"replica_host_machine_id": None, "replica_volume_id": None, "replica_data_at": None,
-              "replica_copy_started": None}
+              "replica_copy_started": None, "replica_storage_cost": None}
 
 
 def wants_replica(pool: dict, cfg: Settings) -> bool:
@@ -60,7 +60,8 @@ def replica_name(pid: str) -> str:
 
 def _view(row: dict | None) -> dict | None:
     """What ``tend`` needs of a volume row (it travels in the task's message)."""
-    return row and {"id": row["id"], "machine_id": row.get("machine_id"), "status": row.get("status")}
+    return row and {"id": row["id"], "machine_id": row.get("machine_id"), "status": row.get("status"),
+                    "storage_cost": row.get("storage_cost")}
 
 
 @shared_task(name="warmpool.replica.upkeep")
@@ -152,7 +153,7 @@ def _create(pid: str, pool: dict, seen: dict) -> dict:
     else:
         s.event(pid, "replica_adopted", f"replica volume {made['id']} on host {made['machine_id']} adopted")
     fields = {**NO_REPLICA, "replica_host_machine_id": made["machine_id"], "replica_volume_id": made["id"],
-              "replica_retry_at": 0}
+              "replica_retry_at": 0, "replica_storage_cost": made.get("storage_cost")}
     s.event(pid, "replica_created", f"replica volume {made['id']} on host {made['machine_id']}; the first copy "
                                     f"of volume {pool['volume_id']} starts", replica_volume_id=made["id"],
             replica_host_machine_id=made["machine_id"])
@@ -171,7 +172,7 @@ def _new_replica(pid: str, pool: dict) -> dict:
         volume_offers = vast().search_volume_offers({"machine_id": {"eq": machine_id}, "limit": 1})
         if volume_offers:
             volume_id = vast().create_volume(volume_offers[0]["id"], pool["volume_size"], replica_name(pid))
-            return {"id": volume_id, "machine_id": machine_id}
+            return {"id": volume_id, "machine_id": machine_id, "storage_cost": volume_offers[0].get("storage_cost")}
     raise provider.RequestRejected(f"no other verified host with two free {pool['gpu_name'] or 'GPU'}s and a "
                                    f"volume offer", None, "no_replica_host", None)
 

@@ -33,6 +33,10 @@ class Mutant:
 
 
 MUTANTS = [
+    Mutant("a planned switchover starts once due, not before", "app/store/__init__.py",
+           'return self.r.zrangebyscore(keys.SWITCHOVERS, "-inf", now)',
+           'return self.r.zrangebyscore(keys.SWITCHOVERS, "-inf", "+inf")',
+           ("tests/unit/test_switchover.py::test_a_planned_switchover_starts_once_due_and_not_before",)),
     Mutant("every pool write is fenced by the writer's epoch (rule 2)", "app/store/__init__.py",
            "            if int(pipe.get(epoch_key) or 0) != held.epoch:\n                raise FencedOut(pid)\n",
            "",

@@ -44,6 +44,12 @@ def readyz():
         200 if ready else 503
 
 
+@bp.get("/version")
+def version():
+    """The build, as ``warmpool version`` shows it (no key: like Kubernetes' /version, it tells no tenant data)."""
+    return exposition.build_info()
+
+
 @bp.get("/metrics")
 def metrics():
     token = settings().metrics_token

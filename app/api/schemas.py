@@ -1,6 +1,11 @@
 """Request and response schemas; field names are the seed document's."""
 
-from marshmallow import Schema, fields, validate
+import time
+from datetime import timezone
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+from app.pools import cost_per_hour, redacted_env
 
 MAX_ID = 2**53 - 1  # ids stay exact in every JSON client
 GPU_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_ .-]{0,63}\Z", error="Not a GPU name, e.g. RTX_4090.")
@@ -29,6 +34,11 @@ class Price(fields.Float):
         super().__init__(allow_nan=False, validate=validate.Range(0, 1000), **kwargs)
 
 
+ONSTART_MAX = 4048  # Vast's limit for args + onstart: 4096 by its API spec, 4048 on other pages; the lower
+ENV_NAME = validate.Regexp(r"^(-p \d{1,5}(:\d{1,5})?(/(tcp|udp))?|[A-Za-z_][A-Za-z0-9_]{0,127})\Z",
+                           error="Not an environment variable name, nor a port request like '-p 8080:8080'.")
+
+
 class PoolSpecSchema(Schema):
     """What a pool is made of; every field has the seed's default."""
     gpu_name = fields.String(load_default=None, allow_none=True, validate=GPU_NAME,
@@ -43,6 +53,15 @@ class PoolSpecSchema(Schema):
     priority = Integer(-1000, 1000, load_default=0, metadata={
         "description": "when many pools fail at once, a higher priority is failed over first (its provider calls "
                        "go ahead of lower ones'); equal priorities keep the order of their failures"})
+    onstart = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=ONSTART_MAX), metadata={
+        "description": "a script every instance of the pool runs when it starts (primary, standby, replacements, "
+                       "moves): warm caches, restore a checkpoint before it takes traffic",
+        "example": "python /workspace/warm_cache.py"})
+    env = fields.Dict(keys=fields.String(validate=ENV_NAME), values=fields.String(validate=validate.Length(max=256)),
+                      load_default=None, allow_none=True, validate=validate.Length(max=64), metadata={
+                          "description": "environment of every instance of the pool; a '-p 8080:8080' key asks for "
+                                         "a container port (see primary_ports)",
+                          "example": {"MODEL": "llama", "-p 8080:8080": "1"}})
 
 
 class ProvisionSchema(PoolSpecSchema):
@@ -52,6 +71,24 @@ class ProvisionSchema(PoolSpecSchema):
 
 class EnableSchema(PoolSpecSchema):
     max_price = Price(load_default=None, allow_none=True, metadata={"description": "$/h per GPU"})
+
+
+SWITCHOVER_HORIZON_DAYS = 366
+SWITCHOVER_PAST_SECONDS = 60  # a time further back is a mistake (a wrong year or zone), not "now"
+
+
+def switchover_time(at) -> None:
+    if at.timestamp() < time.time() - SWITCHOVER_PAST_SECONDS:
+        raise ValidationError("is in the past; leave it out to switch over at once")
+    if at.timestamp() > time.time() + SWITCHOVER_HORIZON_DAYS * 86400:
+        raise ValidationError(f"is more than {SWITCHOVER_HORIZON_DAYS} days ahead")
+
+
+class SwitchoverSchema(Schema):
+    at = fields.AwareDateTime(format="iso", default_timezone=timezone.utc, load_default=None, allow_none=True,
+                              validate=switchover_time, metadata={
+                                  "description": "when (ISO 8601; UTC when it has no offset); absent: at once, "
+                                                 "within a health-check interval", "example": "2026-12-24T03:00:00Z"})
 
 
 class WaitSchema(Schema):
@@ -78,6 +115,10 @@ class StatusSchema(Schema):
     standby_state = fields.String(metadata={"enum": ["none", "stopped", "starting", "running"]})
     primary_ssh_host = fields.String(allow_none=True)
     primary_ssh_port = fields.Integer(allow_none=True)
+    primary_public_ipaddr = fields.String(allow_none=True, metadata={"description": "the primary host's address"})
+    primary_ports = fields.Dict(allow_none=True, metadata={
+        "description": 'the primary\'s port map as Vast lists it: {"8080/tcp": [{"HostIp": "0.0.0.0", "HostPort": '
+                       '"20065"}]}; a failover changes it'})
     last_health_check = fields.String(allow_none=True)
     failover_count = fields.Integer()
     last_failover_at = fields.String(allow_none=True)
@@ -92,6 +133,17 @@ class StatusSchema(Schema):
     replica_volume_id = fields.Integer(allow_none=True)
     replica_data_at = fields.String(allow_none=True, metadata={
         "description": "the replica holds the volume's data as of this time (the start of the last completed copy)"})
+    onstart = fields.String(allow_none=True)
+    env = fields.Function(lambda pool: redacted_env(pool.get("env")), metadata={
+        "type": "object", "nullable": True,
+        "description": "the pool's env; the value of a name like *KEY*, *SECRET*, *TOKEN*, *PASS* ... shows as ***"})
+    cost_per_hour = fields.Function(lambda pool: cost_per_hour(pool) if "disk_size" in pool else None, metadata={
+        "type": "object", "description": "$/h from Vast's listed prices: primary (GPUs and disk, running), "
+                                         "standby_storage (its disk, billed while stopped), volume, replica, total; "
+                                         "a part is null until its price was seen (complete: false); null in "
+                                         "an operation result's short status"})
+    scheduled_switchover = fields.Dict(allow_none=True, metadata={
+        "description": 'a planned switchover to the standby: {"at": ISO time, "requested_at": ISO time}'})
     task_id = fields.String(attribute="op_id", allow_none=True,
                             metadata={"description": "the pool's latest operation, at /api/v1/tasks/<task_id>"})
     updated_at = fields.String()
@@ -100,6 +152,7 @@ class StatusSchema(Schema):
 class PoolListSchema(Schema):
     pools = fields.List(fields.Nested(StatusSchema))
     count = fields.Integer()
+    cost_per_hour = fields.Float(metadata={"description": "the tenant's total $/h over its pools (known parts)"})
 
 
 class OfferSchema(Schema):

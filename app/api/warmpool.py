@@ -6,6 +6,7 @@ They never call the provider for writes and never wait, except for ``?wait=`` (c
 """
 
 import contextlib
+import time
 
 from flask import g, url_for
 from flask.views import MethodView
@@ -25,11 +26,12 @@ from app.api.schemas import (
     PoolListSchema,
     ProvisionSchema,
     StatusSchema,
+    SwitchoverSchema,
     ToggleSchema,
     WaitSchema,
 )
 from app.hosts import group_hosts, offers_query
-from app.pools import State, pool_id
+from app.pools import State, cost_per_hour, pool_id
 from app.runtime import Throttled, settings, store, vast
 from app.store import Busy
 
@@ -111,7 +113,8 @@ class Pools(MethodView):
         """This tenant's warm pools"""
         last_sweep = store().last_sweep()
         pools = [status_of(p, last_sweep) for p in store().tenant_pools(g.tenant)]
-        return {"pools": pools, "count": len(pools)}
+        total = round(sum(cost_per_hour(p)["total"] for p in pools), 4)
+        return {"pools": pools, "count": len(pools), "cost_per_hour": total}
 
 
 @blp.route("/events/" + MACHINE)
@@ -220,6 +223,37 @@ class FailoverTest(MethodView):
             started = commands.test_failover(g.tenant, machine_id)
         return accepted(started, {"success": True, "message": f"Failover test started for machine {machine_id}",
                                   "status": status_of(started.pool, store().last_sweep())}, query["wait"])
+
+
+@blp.route("/switchover/" + MACHINE)
+class Switchover(MethodView):
+    @blp.arguments(SwitchoverSchema(), required=False)
+    @blp.response(200, OperationSchema)
+    @blp.alt_response(401, response="DEFAULT_ERROR")
+    @blp.alt_response(404, response="DEFAULT_ERROR")
+    @blp.alt_response(409, response="DEFAULT_ERROR")
+    def post(self, spec, machine_id):
+        """Plan a switchover to the standby: at ``at``, or at once; a plan made before is replaced"""
+        at = spec["at"].timestamp() if spec.get("at") else time.time()
+        with answers(machine_id):
+            pool = commands.plan_switchover(g.tenant, machine_id, at)
+        return {"success": True, "message": f"Switchover of machine {machine_id} planned for "
+                                            f"{pool['scheduled_switchover']['at']}",
+                "status": status_of(pool, store().last_sweep())}
+
+    @blp.response(200, OperationSchema)
+    @blp.alt_response(401, response="DEFAULT_ERROR")
+    @blp.alt_response(404, response="DEFAULT_ERROR")
+    @blp.alt_response(409, response="DEFAULT_ERROR")
+    def delete(self, machine_id):
+        """Cancel the planned switchover"""
+        try:
+            with answers(machine_id):
+                pool = commands.cancel_switchover(g.tenant, machine_id)
+        except commands.NotPlanned:
+            abort(404, message=f"No switchover planned for machine {machine_id}")
+        return {"success": True, "message": f"Switchover of machine {machine_id} cancelled",
+                "status": status_of(pool, store().last_sweep())}
 
 
 @blp.route("/cleanup/" + MACHINE)

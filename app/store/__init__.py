@@ -15,7 +15,7 @@ import uuid
 import redis
 from redis.sentinel import Sentinel
 
-from app.pools import State, is_unsettled, is_watched, now_iso, pool_id
+from app.pools import State, epoch_seconds, is_unsettled, is_watched, now_iso, pool_id
 from app.settings import SentinelAddress, sentinel_address
 from app.store import keys
 from app.store.budget import BudgetRecords
@@ -183,6 +183,11 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
                     pipe.hset(keys.STANDBYS, str(pool["standby_gpu_id"]), pid)
             else:
                 pipe.srem(keys.WATCHED, pid)
+            # the switchover check reads only the due ones; the record holds the schedule
+            if pool.get("scheduled_switchover"):
+                pipe.zadd(keys.SWITCHOVERS, {pid: epoch_seconds(pool["scheduled_switchover"]["at"])})
+            else:
+                pipe.zrem(keys.SWITCHOVERS, pid)
             # the healer visits only pools that are not settled
             if is_unsettled(pool):
                 pipe.sadd(keys.UNSETTLED, pid)
@@ -190,6 +195,14 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
                 pipe.srem(keys.UNSETTLED, pid)
 
         self.r.transaction(write, epoch_key, key)  # the record too: its step counter is checked
+
+    def due_switchovers(self, now: float) -> list[str]:
+        """The pools whose scheduled switchover is due at ``now``."""
+        return self.r.zrangebyscore(keys.SWITCHOVERS, "-inf", now)
+
+    def switchover_at(self, pid: str) -> float | None:
+        """When the pool's switchover was scheduled for, by the index (what a rebuild can keep of a lost record)."""
+        return self.r.zscore(keys.SWITCHOVERS, pid)
 
     def pool_counts(self) -> dict[str, int]:
         """How many pools are in each state (kept by every write, so reading it costs one call)."""

@@ -104,6 +104,7 @@ PRIMARIES = "wp:primaries"              # hash: primary instance id -> pool id (
 AUDIT_CURSOR = "wp:audit:cursor"        # where the sweep's rotating look at primaries goes on
 STANDBYS = "wp:standbys"                # hash: standby instance id -> pool id (watched pools)
 BY_STATE = "wp:pools:by_state"          # hash: state -> number of pools
+SWITCHOVERS = "wp:switchovers"          # sorted set: pool id -> when its scheduled switchover is due (epoch s)
 FAILOVERS = "wp:failovers"              # sorted set: automatic failovers of the last minute
 API_KEYS = "wp:apikeys"                 # hash: sha256 of a key -> tenant
 REVOKED_KEYS = "wp:apikeys:revoked"     # set: sha256 of keys revoked (WARMPOOL_API_KEYS ones too)

@@ -16,7 +16,12 @@ import redis
 from app.store import keys
 
 # failover and phase durations, in seconds: from milliseconds (taking a lock) to minutes (a slow host)
-BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0, math.inf)
+# up to 900 s: an instance may load that long on Vast before it runs
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0, 600.0, 900.0,
+           math.inf)
+# what starts a failover: the health sweep, Vast's notification, an operator's test or planned switchover, a
+# rental that ends, the healer resuming or repairing one
+TRIGGERS = ("health", "notification", "manual", "switchover", "expiry", "heal")
 
 # event kind -> the result it ends a failover with
 FAILOVER_RESULTS = {"failover_completed": "success", "host_failover_completed": "success",

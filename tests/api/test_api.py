@@ -54,7 +54,7 @@ def test_401_without_or_with_a_wrong_key(env, method, path, key):
 def test_a_key_created_by_the_cli_is_found_by_its_hash(env):
     env.store.add_api_key("initech", "cli-made-key")
     rv = env.api("GET", "/api/v1/warmpool/pools", tenant=None, key="Bearer cli-made-key")
-    assert rv.status_code == 200 and rv.json == {"pools": [], "count": 0}
+    assert rv.status_code == 200 and rv.json == {"pools": [], "count": 0, "cost_per_hour": 0.0}
     assert env.api("GET", "/api/v1/warmpool/pools", tenant=None, key="bearer  cli-made-key ").status_code == 200
 
 
@@ -79,7 +79,7 @@ def test_another_tenants_machine_is_404_everywhere(env):
                          ("DELETE", "/api/v1/warmpool/cleanup/123"), ("POST", "/api/v1/warmpool/disable/124"),
                          ("DELETE", "/api/v1/warmpool/cleanup/124")]:
         assert_error(env.api(method, path, tenant="globex"), 404)
-    assert env.api("GET", "/api/v1/warmpool/pools", tenant="globex").json == {"pools": [], "count": 0}
+    assert env.api("GET", "/api/v1/warmpool/pools", tenant="globex").json == {"pools": [], "count": 0, "cost_per_hour": 0.0}
     assert env.enqueued == [] and snapshot(env.r) == before
 
 

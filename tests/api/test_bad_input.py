@@ -33,6 +33,8 @@ ROUTES = {
     "disable": ("POST", "/api/v1/warmpool/disable/{m}"),
     "failover": ("POST", "/api/v1/warmpool/failover/test/{m}"),
     "cleanup": ("DELETE", "/api/v1/warmpool/cleanup/{m}"),
+    "switchover": ("POST", "/api/v1/warmpool/switchover/{m}"),
+    "unschedule": ("DELETE", "/api/v1/warmpool/switchover/{m}"),
     "task": ("GET", "/api/v1/tasks/{t}"),
     "webhooks": ("GET", "/api/v1/webhooks"),
     "subscribe": ("POST", "/api/v1/webhooks"),
@@ -97,6 +99,9 @@ BAD_FIELDS = {
     "disk_size": [7, 4097, "50", 50.5, True, None, -50, 10**20, math.nan],
     "volume_size": [0, 65537, "100", 1.25, False, None, -1],
     "priority": [1001, -1001, "1", 0.5, True, None],
+    "onstart": [5, ["echo"], {}, "x" * 4049],
+    "env": ["A=1", ["A", "1"], {"A": 1}, {"A": None}, {"1A": "x"}, {"A B": "x"}, {"-p 80:80; rm": "1"},
+            {"A": "x" * 257}, {f"V{i}": "x" for i in range(65)}],
 }
 
 
@@ -243,7 +248,8 @@ BAD_PATH_IDS = ["-1", "-123", str(MAX_ID + 1), "99999999999999999999999999", "1.
                 "123abc", "", "%F0%9F%92%A9"]
 
 
-@pytest.mark.parametrize("route", ["status", "events", "enable", "disable", "failover", "cleanup"])
+@pytest.mark.parametrize("route", ["status", "events", "enable", "disable", "failover", "cleanup", "switchover",
+                                   "unschedule"])
 @pytest.mark.parametrize("machine", BAD_PATH_IDS, ids=repr)
 def test_bad_machine_ids_in_the_path(seeded, route, machine):
     before = snapshot(seeded.r)
@@ -307,7 +313,7 @@ def test_without_a_valid_key(seeded, route, key):
 
 
 @pytest.mark.parametrize("route", ["status", "events", "disable", "failover", "cleanup", "task", "unsubscribe",
-                                   "deliveries"])
+                                   "deliveries", "switchover", "unschedule"])
 def test_with_another_tenants_key(seeded, route):
     before = snapshot(seeded.r)
     assert_rejected(seeded, before, call(seeded, route, tenant="globex"), 404)
@@ -321,7 +327,7 @@ def test_another_tenants_pools_are_not_listed(seeded):
 # -- property-based: arbitrary bodies and query strings on every route ----------------------------------------------
 
 FIELDS = ["machine_id", "host_machine_id", "gpu_name", "image", "disk_size", "volume_size", "max_price", "wait",
-          "min_gpus", "verified"]
+          "min_gpus", "verified", "onstart", "env", "at"]
 scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.sampled_from([0, 1, 123, 456, MAX_ID])
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=30)
            | st.sampled_from(["RTX_4090", "pytorch/pytorch", "50", "true", "1e309", "NaN"]))

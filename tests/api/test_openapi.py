@@ -25,6 +25,8 @@ CODES = {
     ("POST", "/api/v1/warmpool/disable/{machine_id}"): {"200", "404"},
     ("POST", "/api/v1/warmpool/failover/test/{machine_id}"): {"202", "200", "404", "409", "422"},
     ("DELETE", "/api/v1/warmpool/cleanup/{machine_id}"): {"202", "200", "404", "422"},
+    ("POST", "/api/v1/warmpool/switchover/{machine_id}"): {"200", "404", "409", "422"},
+    ("DELETE", "/api/v1/warmpool/switchover/{machine_id}"): {"200", "404", "409"},
     ("GET", "/api/v1/tasks/{task_id}"): {"200", "404"},
     ("GET", "/api/v1/webhooks"): {"200"},
     ("POST", "/api/v1/webhooks"): {"201", "409", "422"},

@@ -115,6 +115,11 @@ def test_a_whole_host_failure_moves_the_pool_to_its_replica(clean_stack):
     completed = events(stack, machine, "host_failover_completed")[0]
     assert epoch(completed["data_at"]) >= epoch(before["replica_data_at"]) and completed["data_age_seconds"] >= 0
     assert (completed["from_host_machine_id"], completed["to_host_machine_id"]) == (host, replica_host)
+    # the event says where the moved primary is reached: the replica host's address and the primary's port map
+    assert (completed["primary_public_ipaddr"], completed["primary_ports"], completed["primary_ssh_port"]) == (
+        pool["primary_public_ipaddr"], pool["primary_ports"], pool["primary_ssh_port"])
+    assert "22/tcp" in pool["primary_ports"]
+    assert completed["primary_public_ipaddr"] != before["primary_public_ipaddr"]
     assert pool["last_failover"]["host_failover"] and "replace_standby" in pool["last_failover"]["phases"]
     # the old host's instances and volume are gone; the new replica got the data too
     assert not old & set(rows) and before["volume_id"] not in volumes(stack)

@@ -19,7 +19,7 @@ def test_create_key_stores_only_its_hash(stack):
     stored = stack.redis.hgetall("wp:apikeys")
     assert "initech" in stored.values() and not any(key in k or key in v for k, v in stored.items())
     rv = stack.client.get("/api/v1/warmpool/pools", headers={"Authorization": f"Bearer {key}"})
-    assert rv.status_code == 200 and rv.json == {"pools": [], "count": 0}
+    assert rv.status_code == 200 and rv.json == {"pools": [], "count": 0, "cost_per_hour": 0.0}
 
 
 def test_create_key_refuses_a_bad_tenant_name(stack):

@@ -102,6 +102,9 @@ def test_each_outcome_counts_once_with_cumulative_buckets(private_redis):
     duration = metrics["warmpool_failover_duration_seconds"]
     buckets = {s.labels["le"]: s.value for s in duration.samples if s.name.endswith("_bucket")}
     assert buckets["30.0"] == 0 and buckets["45.0"] == 1 and buckets["+Inf"] == 1
+    assert buckets["600.0"] == buckets["900.0"] == 1  # buckets reach 900 s: an instance may load that long
+    for trigger in ("health", "notification", "manual", "switchover", "expiry", "heal"):  # the real values
+        assert trigger in failovers.documentation and trigger in metrics["warmpool_failovers_started"].documentation
     assert sample(duration, "warmpool_failover_duration_seconds_sum") == 31.5
     phases = metrics["warmpool_failover_phase_seconds"]
     assert sample(phases, "warmpool_failover_phase_seconds_bucket", phase="detect", le="5.0") == 1

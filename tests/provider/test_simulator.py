@@ -3,10 +3,12 @@ control routes, faults and the error bodies of the real API."""
 
 import json
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from sim import clock, create_app
+from sim.instances import port_map
 from tests.conftest import wait_until
 from tests.provider.simkit import KEY, TIME_SCALE, big_4090_host, holds_for, total_gpus
 
@@ -145,6 +147,14 @@ def test_create_goes_created_loading_running(sim):
     row = sim.wait_status(inst_id, "running")
     assert row["ssh_port"] and "success" in row["status_msg"]
     assert row["gpu_name"] == "RTX 4090" and row["num_gpus"] == 1 and row["dph_total"] > 0
+
+
+def test_each_instance_has_its_own_port_map_of_the_ports_it_asked_for():
+    env = {"-p 8080:8080": "1", "-p 9000/udp": "1", "FOO": "bar"}
+    first, second = port_map(SimpleNamespace(id=10_000_001, env=env)), port_map(SimpleNamespace(id=10_000_002, env={}))
+    assert list(first) == ["22/tcp", "8080/tcp", "9000/udp"] and list(second) == ["22/tcp"]
+    host_ports = [entry[0]["HostPort"] for entry in (*first.values(), *second.values())]
+    assert len(set(host_ports)) == 4 and all(p.isdigit() and 1024 < int(p) < 65536 for p in host_ports)
 
 
 def test_create_stopped_holds_no_gpu(sim):

@@ -33,7 +33,7 @@ REAL_VAST = runtime.vast  # the cached factory, before any test replaces it
 SEAMS = ("app.runtime", "app.api.auth", "app.api.probes", "app.api.provider", "app.api.tasks", "app.api.warmpool", "app.api.webhooks",
          "app.commands", "tasks.base", "tasks.operations", "tasks.provision", "tasks.failover", "tasks.cleanup",
          "tasks.sweep", "tasks.heal", "tasks.reconcile", "tasks.rebuild", "tasks.renewal", "tasks.webhooks",
-         "tasks.expiry", "tasks.replica", "tasks.hostfailover")
+         "tasks.expiry", "tasks.replica", "tasks.hostfailover", "tasks.switchover")
 # the starters whose chains are recorded, and the tasks whose .delay is
 STARTERS = ("provision", "failover", "finish_failover", "replace_standby", "cleanup")
 SWEEP_TASKS = {"trigger": ("pid", "primary", "detected_at", "triggered_at", "healthy_at"),

@@ -7,6 +7,7 @@ import pytest
 
 from app.pools import (
     State,
+    cost_per_hour,
     has_resources,
     is_unsettled,
     is_watched,
@@ -163,3 +164,16 @@ def test_to_degraded_says_why_and_when_the_healer_retries():
     assert (pool["state"], pool["error_message"], pool["standby_gpu_id"]) == (
         State.DEGRADED, "the standby no longer exists", None)
     assert before + 30.0 <= pool["next_heal_at"] <= time.time() + 30.0
+
+
+def test_the_cost_per_hour_comes_from_the_listed_prices_part_by_part():
+    pool = new_pool("acme", 1, primary_gpu_id=1, standby_gpu_id=2, volume_id=3, disk_size=72, volume_size=144,
+                    primary_dph_base=0.4, host_storage_cost=0.1)
+    # storage: $/GB-month x GB / 720, as Vast's storage_total_cost
+    assert cost_per_hour(pool) == {"primary": 0.41, "standby_storage": 0.01, "volume": 0.02, "replica": 0.0,
+                                   "total": 0.44, "complete": True}
+    pool.update(replica_volume_id=4)  # a replica whose price was not seen: unknown, not free
+    assert cost_per_hour(pool)["replica"] is None and not cost_per_hour(pool)["complete"]
+    pool.update(replica_storage_cost=0.05)
+    assert cost_per_hour(pool)["replica"] == 0.01 and cost_per_hour(pool)["total"] == 0.45
+    assert cost_per_hour(new_pool("acme", 2))["total"] == 0.0  # nothing rented, nothing billed

@@ -114,12 +114,25 @@
     return el("span", {}, String(pool.standby_gpu_id), " ", el("span", {class: "muted"}, pool.standby_state));
   }
 
-  function renderPools(pools) {
+  function dollars(cost) {
+    if (!cost) return "—";
+    return "$" + cost.total.toFixed(3) + (cost.complete ? "" : "+");
+  }
+
+  function costParts(cost) {
+    if (!cost) return "";
+    const part = (value) => (value === null ? "price not seen yet" : "$" + value.toFixed(4));
+    return `primary ${part(cost.primary)}, standby storage ${part(cost.standby_storage)}, ` +
+      `volume ${part(cost.volume)}, replica ${part(cost.replica)} per hour`;
+  }
+
+  function renderPools(pools, total) {
     const counts = {};
     for (const pool of pools) counts[pool.state] = (counts[pool.state] || 0) + 1;
     $("#summary").replaceChildren(...Object.entries(counts).sort().map(([state, n]) =>
       el("span", {class: "chip state-" + state}, `${n} ${state}`)));
-    $("#pool-count").textContent = `(${pools.length})`;
+    $("#pool-count").textContent = `(${pools.length}` +
+      (typeof total === "number" ? `, $${total.toFixed(3)}/h in all)` : ")");
     $("#no-pools").hidden = pools.length > 0;
     $("#pools tbody").replaceChildren(...pools.map((pool) => {
       const row = el("tr", {dataset: {machine: pool.machine_id, state: pool.state},
@@ -131,6 +144,7 @@
         el("td", {}, standby(pool)),
         el("td", {class: "num"}, pool.failover_count),
         el("td", {}, lastFailover(pool)),
+        el("td", {class: "num", title: costParts(pool.cost_per_hour)}, dollars(pool.cost_per_hour)),
         el("td", {class: "note"}, pool.error_message || (pool.fallback ? "fallback: " + pool.fallback : "")));
       row.addEventListener("click", () => select(pool.machine_id));
       return row;
@@ -161,12 +175,12 @@
   async function refresh() {
     clearTimeout(timer);
     try {
-      const {pools} = await api("api/v1/warmpool/pools");
+      const {pools, cost_per_hour: total} = await api("api/v1/warmpool/pools");
       if (selected && !pools.some((pool) => pool.machine_id === selected)) {
         selected = null;
         writeFragment();
       }
-      renderPools(pools);
+      renderPools(pools, total);
       if (selected) {
         const {events} = await api(`api/v1/warmpool/events/${selected}`);
         renderTimeline(selected, events);
