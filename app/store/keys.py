@@ -77,6 +77,10 @@ def webhooks_in_flight(tenant: str) -> str:
     return f"wp:deliveries:in_flight:{tenant}"  # sorted set: delivery id -> when its slot lapses (epoch s)
 
 
+def webhooks_pending(tenant: str) -> str:
+    return f"wp:deliveries:pending:{tenant}"  # sorted set: delivery id -> when it expires (epoch s)
+
+
 def delivery_claim(delivery_id: str, attempt: int) -> str:
     return f"wp:delivery:{delivery_id}:attempt:{attempt}"
 

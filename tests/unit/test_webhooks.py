@@ -9,7 +9,7 @@ import pytest
 from app import urls
 from app.settings import WEBHOOK_RETRY_SCHEDULE, Settings
 from app.store import keys
-from app.store.webhooks import PENDING, PREVIOUS_SECRET_SECONDS, signing_secrets
+from app.store.webhooks import ATTEMPTS_KEPT, DELIVERED, PENDING, PREVIOUS_SECRET_SECONDS, signing_secrets
 from tasks.webhooks import RETRY_AFTER_MAX, claim_seconds, deliver, next_attempt_at, parse_retry_after
 
 
@@ -80,9 +80,53 @@ def test_the_relay_sends_what_is_due_with_its_attempt_number(env):
     env.store.record_attempt(waiting["id"], {"attempt": 1, "error": "HTTP 500"}, PENDING, "retrying",
                              time.time() + 60)
     sent = []
-    env.store.relay_outbox(lambda delivery_id, attempt: sent.append((delivery_id, attempt)))
+    env.store.relay_outbox(lambda delivery_id, attempt: sent.append((delivery_id, attempt)), 4)
     assert (delivery["id"], 1) in sent and waiting["id"] not in {d for d, _ in sent}
     assert env.r.zscore(keys.WEBHOOK_DUE, waiting["id"]) is not None
+
+
+def test_a_tenants_pending_deliveries_are_capped_past_which_a_test_or_resend_is_429(env):
+    env.configure(webhook_pending_per_tenant=2)
+    hook, delivery = queued(env)  # an event's delivery counts too
+    test = f"/api/v1/webhooks/{hook['id']}/test"
+    assert env.api("POST", test).status_code == 202
+    rv = env.api("POST", test)
+    assert rv.status_code == 429 and "WEBHOOK_PENDING_PER_TENANT" in rv.json["message"]
+    other = env.store.add_webhook("globex", "https://93.184.216.34/hook", None)
+    assert env.api("POST", f"/api/v1/webhooks/{other['id']}/test", tenant="globex").status_code == 202
+    env.store.record_attempt(delivery["id"], {"attempt": 1, "error": None}, DELIVERED, "delivered")
+    assert env.store.pending_deliveries("acme") == 1  # a delivery that ended frees its place
+    resend = f"/api/v1/webhooks/{hook['id']}/deliveries/{delivery['id']}/resend"
+    assert env.api("POST", resend).status_code == 202
+    assert env.api("POST", resend).status_code == 202  # already pending: no second place taken
+    assert env.api("POST", test).status_code == 429
+
+
+def test_the_relay_sends_no_message_for_a_tenant_whose_slots_are_all_in_flight(env):
+    for tenant in ("acme", "globex"):
+        hook = env.store.add_webhook(tenant, "https://93.184.216.34/hook", None)
+        for _ in range(5):
+            env.store.queue_test_delivery(tenant, hook, 100)
+    assert env.store.take_delivery_slot("acme", "msg_busy", 2, 30)
+    sent = []
+    env.store.relay_outbox(lambda delivery_id, attempt: sent.append(delivery_id), 2)
+    tenants = [env.store.get_delivery(delivery_id)["tenant"] for delivery_id in sent]
+    assert sorted(tenants) == ["acme", "globex", "globex"]  # acme had one slot free, globex two
+    waiting = env.r.zrangebyscore(keys.WEBHOOK_DUE, "-inf", "+inf", withscores=True)
+    assert len(waiting) == 7 and all(score > time.time() for _, score in waiting)  # due again later, not now
+    assert env.store.relay_outbox(lambda delivery_id, attempt: sent.append(delivery_id), 2) == 0
+
+
+def test_a_delivery_keeps_only_its_latest_attempts(env):
+    hook, delivery = queued(env)
+    for attempt in range(1, ATTEMPTS_KEPT + 6):
+        env.store.record_attempt(delivery["id"], {"attempt": attempt, "error": "HTTP 500"}, PENDING, "retrying",
+                                 time.time())
+    kept = env.store.get_delivery(delivery["id"])["attempts"]
+    assert [a["attempt"] for a in kept] == list(range(6, ATTEMPTS_KEPT + 6))
+    sent = []
+    env.store.relay_outbox(lambda delivery_id, attempt: sent.append(attempt), 4)
+    assert sent == [ATTEMPTS_KEPT + 6]  # the attempt number still counts every attempt
 
 
 def test_the_retry_schedule_is_the_specs_example_and_retry_after_may_lengthen_it(env):
