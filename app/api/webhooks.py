@@ -11,7 +11,7 @@ from app.api.auth import authenticate
 from app.runtime import settings, store
 from app.store.webhooks import (EVENT_TYPES, MAX_WEBHOOKS, PREVIOUS_SECRET_SECONDS, TEST_TYPE, TooManyPending,
                                 TooManyWebhooks)
-from app.urls import DeadlineExceeded, UnsafeDestination, check_destination
+from app.urls import UnsafeDestination, check_url
 
 blp = Blueprint("webhooks", __name__, url_prefix="/api/v1/webhooks",
                 description="Signed notifications of pool events (Standard Webhooks).")
@@ -115,11 +115,11 @@ def get_webhook(webhook_id: str) -> dict:
 
 
 def checked_url(url: str) -> str:
-    """``url``, or a 422 naming the field if warmpool will not call it."""
-    cfg = settings()
+    """``url``, or a 422 naming the field if warmpool will not call it. Its name is not resolved here
+    (``check_url``): every attempt resolves and checks it."""
     try:
-        check_destination(url, cfg.webhook_allow_private, within=cfg.webhook_timeout)
-    except (UnsafeDestination, DeadlineExceeded) as exc:
+        check_url(url, settings().webhook_allow_private)
+    except UnsafeDestination as exc:
         abort(422, message="The webhook URL is not allowed", errors={"json": {"url": [str(exc)]}})
     return url
 

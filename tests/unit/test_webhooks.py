@@ -192,9 +192,23 @@ def test_a_name_server_that_never_answers_is_under_the_attempts_deadline(env, mo
         assert name_server.answered == 0  # the attempt ended while its lookup still hung
         [attempt] = env.store.get_delivery(delivery["id"])["attempts"]
         assert attempt["status_code"] is None and attempt["error"] == "no complete answer within 0.2 s"
-        # registering such a URL answers a clear 422 in the same time, holding no API thread
-        rv = env.api("POST", "/api/v1/webhooks", json={"url": "https://slow-dns.example/other"})
-        assert rv.status_code == 422 and "no DNS answer for slow-dns.example" in rv.json["errors"]["json"]["url"][0]
-        assert name_server.answered == 0
+    finally:
+        name_server.released.set()
+
+
+def test_registering_a_webhook_resolves_no_name(env, monkeypatch):
+    """A POST or PATCH never waits on DNS (a silent name server would hold an API thread); literal
+    addresses and special-use names are still refused at once, and every attempt checks the name."""
+    name_server = StuckNameServer(monkeypatch)
+    try:
+        rv = env.api("POST", "/api/v1/webhooks", json={"url": "https://slow-dns.example/hook"})
+        assert rv.status_code == 201
+        rv = env.api("PATCH", f"/api/v1/webhooks/{rv.json['id']}", json={"url": "https://slower.example/"})
+        assert rv.status_code == 200
+        assert name_server.answered == 0 and not name_server.released.is_set()
+        for refused in ("https://10.0.0.1/", "http://[::1]/", "http://localhost:8000/", "http://app.localhost/",
+                        "https://no-such-host.invalid/"):
+            rv = env.api("POST", "/api/v1/webhooks", json={"url": refused})
+            assert rv.status_code == 422 and "loopback, private" in rv.json["errors"]["json"]["url"][0], refused
     finally:
         name_server.released.set()
