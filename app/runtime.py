@@ -43,9 +43,21 @@ class Throttled(Exception):
 
 # whether this thread's provider calls go first: failover and health steps do (rule 7)
 urgent: contextvars.ContextVar[bool] = contextvars.ContextVar("urgent", default=False)
+# whether this thread may wait for a slot of the budget: a web thread may not (no slot now: Throttled)
+waits_for_budget: contextvars.ContextVar[bool] = contextvars.ContextVar("waits_for_budget", default=True)
 # the fencing check of the step this thread runs: raises FencedOut when its lock was lost (rule 12)
 fence: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("fence", default=None)
 MUTATING_METHODS = ("PUT", "POST", "DELETE")
+
+
+@contextlib.contextmanager
+def without_waiting():
+    """Provider calls that take a budget slot only if one is free now: a web thread never sleeps for one."""
+    token = waits_for_budget.set(False)
+    try:
+        yield
+    finally:
+        waits_for_budget.reset(token)
 
 
 @contextlib.contextmanager
@@ -71,6 +83,10 @@ def vast() -> VastClient:
             return
         # the provider counts arrivals, which jitter by a few ms after the slot: keep a margin
         interval = limits[endpoint] * 1.05 + 0.01
+        if not waits_for_budget.get():
+            if (wait := store().reserve_slot(endpoint, interval, horizon=0)) < 0:
+                raise Throttled(-wait)
+            return
         # others reserve at most two slots ahead, so an urgent call never waits behind a backlog
         horizon = -1 if urgent.get() else 2 * interval
         deadline = time.monotonic() + MAX_THROTTLE_WAIT

@@ -57,8 +57,8 @@ def rebuild_tried(pid: str) -> str:
     return f"wp:rebuild-tried:{pid}"
 
 
-def hosts_cache(query: str) -> str:
-    return f"wp:hosts:{query}"
+def offers_cache(query: str) -> str:
+    return f"wp:hosts:{query}"  # the provider's offers for GET /warmpool/hosts, by its search query
 
 
 def webhooks(tenant: str) -> str:
