@@ -74,8 +74,9 @@ def _sweep(s, cfg) -> str:
         with_standby = s.pools_with_standby()  # a pool known to lack one is the healer's already
         missing_standby = [pid for pid in watched if pid in with_standby and pid not in failed
                            and not counts.get(label(*split_pool_id(pid), "standby"))]
-    missing_standby += [pid for pid in _lost_standbys(s, cfg) if pid not in failed and pid not in missing_standby]
     _judge(s, cfg, failed, last_ok)
+    # after the judging: the failures the first list found are not held back by this call (which may page)
+    missing_standby += [pid for pid in _lost_standbys(s, cfg) if pid not in failed and pid not in missing_standby]
     if len(missing_standby) > max(BRAKE_MIN, BRAKE_SHARE * len(watched)):
         for pid in missing_standby:
             s.event(pid, "sweep_brake", f"the provider lists no live standby for {len(missing_standby)} of "

@@ -355,6 +355,21 @@ def test_a_standby_stopped_or_on_its_way_is_not_lost(env, status):
     assert acted(env) == []
 
 
+def test_the_failures_the_first_list_found_are_triggered_before_the_lost_standby_list(env, monkeypatch):
+    pool = protected(env, 123)
+    fail(env, pool, "offline")
+    triggered_before = []
+    list_instances = env.vast.list_instances
+
+    def observed(select_filters=None, **kwargs):
+        if select_filters == sweep.LOST_STANDBY:  # a call that may page: nothing found earlier waits for it
+            triggered_before.append([t["pid"] for t in triggers(env)])
+        return list_instances(select_filters, **kwargs)
+    monkeypatch.setattr(env.vast, "list_instances", observed)
+    run_sweep(env)
+    assert triggered_before == [["acme:123"]]
+
+
 def test_a_lost_standby_waits_while_its_primary_fails_over(env):
     pool = protected(env, 123)
     fail(env, pool, "offline")  # the host is lost: both instances with it
