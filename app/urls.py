@@ -120,6 +120,8 @@ def _split(url: str):
         raise UnsafeDestination("Not a valid port") from None
     if scheme not in ("http", "https") or not host:
         raise UnsafeDestination("Not an http(s) URL with a host")
+    if not url.isascii():  # a request line is ASCII: percent-encode the path, punycode the name
+        raise UnsafeDestination("Not an ASCII URL; percent-encode its path and query, and write the host in punycode")
     return scheme, host, port or (443 if scheme == "https" else 80), parts
 
 

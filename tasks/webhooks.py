@@ -24,6 +24,7 @@ import email.utils
 import http.client
 import logging
 import random
+import re
 import time
 from datetime import datetime, timezone
 
@@ -68,6 +69,9 @@ def post(url: str, secrets: list[str], delivery_id: str, payload: str) -> dict:
         error = f"no complete answer within {cfg.webhook_timeout:g} s"
     except (OSError, http.client.HTTPException) as exc:
         error = type(exc).__name__  # its text may name the address
+    except Exception as exc:  # anything else is a failed attempt too, never a delivery stuck on its claim
+        log.warning("webhook attempt of %s failed unexpectedly: %s", delivery_id, type(exc).__name__)
+        error = type(exc).__name__
     return {"at": at, "status_code": status_code, "error": error, "retry_after": retry_after,
             "duration_ms": round((time.monotonic() - started) * 1000, 1)}
 
@@ -76,7 +80,7 @@ def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if absent or unreadable."""
     if not value:
         return None
-    if value.strip().isdigit():
+    if re.fullmatch(r"[0-9]+", value.strip(), re.ASCII):  # not isdigit(): "²" is a digit, not a number
         return float(value.strip())
     try:
         when = email.utils.parsedate_to_datetime(value)

@@ -138,7 +138,7 @@ def test_the_retry_schedule_is_the_specs_example_and_retry_after_may_lengthen_it
     assert next_attempt_at(1, 10 ** 9, 0) == RETRY_AFTER_MAX == 36000
     assert 300 <= next_attempt_at(2, 1, 0) <= 330  # a shorter Retry-After does not hurry it
     assert parse_retry_after("120") == 120 and parse_retry_after(None) is None
-    assert parse_retry_after("soon") is None
+    assert parse_retry_after("soon") is None and parse_retry_after("²") is None and parse_retry_after("١٢") is None
     assert 50 < parse_retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))) <= 60
 
 
@@ -194,6 +194,19 @@ def test_a_name_server_that_never_answers_is_under_the_attempts_deadline(env, mo
         assert attempt["status_code"] is None and attempt["error"] == "no complete answer within 0.2 s"
     finally:
         name_server.released.set()
+
+
+def test_a_non_ascii_url_is_refused_and_any_unexpected_failure_is_a_recorded_attempt(env, monkeypatch):
+    rv = env.api("POST", "/api/v1/webhooks", json={"url": "https://93.184.216.34/h\u00e9"})
+    assert rv.status_code == 422 and "ASCII" in rv.json["errors"]["json"]["url"][0]
+    hook, delivery = queued(env)
+
+    def broken(*args):
+        raise UnicodeEncodeError("ascii", "h\u00e9", 1, 2, "ordinal not in range")
+    monkeypatch.setattr("tasks.webhooks.post_pinned", broken)
+    assert deliver(delivery["id"], 1) == "retrying"  # not an exception that leaves the claim and loops
+    [attempt] = env.store.get_delivery(delivery["id"])["attempts"]
+    assert attempt["error"] == "UnicodeEncodeError" and attempt["status_code"] is None
 
 
 def test_registering_a_webhook_resolves_no_name(env, monkeypatch):
