@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 ALLOW_PRIVATE = "WARMPOOL_WEBHOOK_ALLOW_PRIVATE"
+NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052
+NAT64_LOCAL_USE = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215
 SPECIAL_USE_NAMES = ("localhost", "invalid")  # RFC 6761: always loopback, never resolved
 _NOT_PUBLIC = f"a loopback, private or link-local address; set {ALLOW_PRIVATE}=1 to allow that"
 BODY_READ_LIMIT = 64 * 1024  # of a receiver's answer: read (so it must arrive in time), then dropped
@@ -130,9 +132,22 @@ def _check_public(host: str, addresses: list[str], allow_private: bool) -> None:
         return
     for raw in addresses:
         address = ipaddress.ip_address(raw)
-        address = getattr(address, "ipv4_mapped", None) or address
-        if not address.is_global:
+        if not all(reached.is_global for reached in [address, *embedded_ipv4(address)]):
             raise UnsafeDestination(f"Host {host} resolves to {_NOT_PUBLIC}")
+
+
+def embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address reaches through a translator or tunnel: IPv4-mapped, 6to4, Teredo
+    and NAT64 (64:ff9b::/96; the local-use 64:ff9b:1::/48 carries one too, so none of it is public). Python
+    calls ``64:ff9b::a9fe:a9fe`` global, though a NAT64 gateway takes it to 169.254.169.254."""
+    if address.version != 6:
+        return []
+    reached = [a for a in (address.ipv4_mapped, address.sixtofour, address.teredo and address.teredo[1]) if a]
+    if address in NAT64_WELL_KNOWN:
+        reached.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    if address in NAT64_LOCAL_USE:
+        reached.append(ipaddress.IPv4Address("0.0.0.0"))  # an embedding the local network chooses: never public
+    return reached
 
 
 class _PinnedConnection(http.client.HTTPSConnection):

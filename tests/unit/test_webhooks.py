@@ -225,3 +225,17 @@ def test_registering_a_webhook_resolves_no_name(env, monkeypatch):
             assert rv.status_code == 422 and "loopback, private" in rv.json["errors"]["json"]["url"][0], refused
     finally:
         name_server.released.set()
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::a9fe:a9fe", "64:ff9b::a00:1", "2002:7f00:1::1", "2002:a9fe:a9fe::",
+                                     "::ffff:10.0.0.1", "2001:0:4136:e378:8000:63bf:80ff:fffe", "64:ff9b:1::5db8:d822"])
+def test_a_private_ipv4_inside_ipv6_is_refused(env, address):
+    """NAT64, 6to4, Teredo and IPv4-mapped addresses reach the IPv4 inside them (Teredo's client, 127.0.0.1 here)."""
+    rv = env.api("POST", "/api/v1/webhooks", json={"url": f"https://[{address}]/hook"})
+    assert rv.status_code == 422 and "url" in rv.json["errors"]["json"]
+    with pytest.raises(urls.UnsafeDestination, match="loopback, private"):  # and at every attempt
+        urls.check_destination(f"https://[{address}]/hook", allow_private=False, within=1)
+
+
+def test_a_public_ipv4_inside_nat64_is_allowed(env):
+    assert env.api("POST", "/api/v1/webhooks", json={"url": "https://[64:ff9b::5db8:d822]/hook"}).status_code == 201
