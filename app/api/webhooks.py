@@ -9,8 +9,8 @@ from marshmallow import Schema, fields, validate
 from app.api import Blueprint
 from app.api.auth import authenticate
 from app.runtime import settings, store
-from app.store.webhooks import (EVENT_TYPES, MAX_WEBHOOKS, PREVIOUS_SECRET_SECONDS, TEST_TYPE, TooManyPending,
-                                TooManyWebhooks)
+from app.store.webhooks import (EVENT_TYPES, MAX_WEBHOOKS, PREVIOUS_SECRET_SECONDS, TEST_TYPE, DeliveryGone,
+                                TooManyPending, TooManyWebhooks)
 from app.urls import UnsafeDestination, check_url
 
 blp = Blueprint("webhooks", __name__, url_prefix="/api/v1/webhooks",
@@ -210,12 +210,15 @@ class Resend(MethodView):
         """Attempt a delivery again, now (once; a delivery still retrying gets its next attempt now)"""
         enabled_webhook(webhook_id)
         delivery = store().get_delivery(delivery_id)
+        gone = f"No delivery {delivery_id} of webhook {webhook_id}"
         if delivery is None or delivery["tenant"] != g.tenant or delivery["webhook_id"] != webhook_id:
-            abort(404, message=f"No delivery {delivery_id} of webhook {webhook_id}")
+            abort(404, message=gone)
         try:
             return accepted(store().resend_delivery(g.tenant, delivery_id, settings().webhook_pending_per_tenant))
         except TooManyPending:
             too_many_pending()
+        except DeliveryGone:  # it expired since it was read
+            abort(404, message=gone)
 
 
 @blp.route("/" + WEBHOOK + "/rotate-secret")

@@ -288,9 +288,12 @@ class WebhookRecords:
 
     def resend_delivery(self, tenant: str, delivery_id: str, pending_limit: int) -> dict:
         """Make the delivery pending and due now: one more attempt, or, for one still retrying, its next at
-        once. TooManyPending if that would put the tenant past ``pending_limit`` pending deliveries."""
+        once. TooManyPending if that would put the tenant past ``pending_limit`` pending deliveries; DeliveryGone
+        if it expired. One transaction, watching the record: an attempt recorded meanwhile is never overwritten."""
         def transaction(pipe: redis.client.Pipeline):
             raw = pipe.get(keys.delivery(delivery_id))
+            if raw is None:
+                raise DeliveryGone(delivery_id)
             delivery = json.loads(raw)
             was_pending = pipe.zscore(keys.webhooks_pending(tenant), delivery_id) is not None
             if not was_pending and self._pending_count(pipe, tenant) >= pending_limit:

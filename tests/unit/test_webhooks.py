@@ -9,7 +9,7 @@ import pytest
 from app import urls
 from app.settings import WEBHOOK_RETRY_SCHEDULE, Settings
 from app.store import keys
-from app.store.webhooks import ATTEMPTS_KEPT, DELIVERED, PENDING, PREVIOUS_SECRET_SECONDS, signing_secrets
+from app.store.webhooks import ATTEMPTS_KEPT, DELIVERED, FAILED, PENDING, PREVIOUS_SECRET_SECONDS, signing_secrets
 from tasks.webhooks import RETRY_AFTER_MAX, claim_seconds, deliver, next_attempt_at, parse_retry_after
 
 
@@ -127,6 +127,31 @@ def test_a_delivery_keeps_only_its_latest_attempts(env):
     sent = []
     env.store.relay_outbox(lambda delivery_id, attempt: sent.append(attempt), 4)
     assert sent == [ATTEMPTS_KEPT + 6]  # the attempt number still counts every attempt
+
+
+def test_a_resend_racing_an_attempt_keeps_the_attempt_and_one_that_expired_is_404(env, monkeypatch):
+    hook, delivery = queued(env)
+    env.store.record_attempt(delivery["id"], {"attempt": 1, "error": "HTTP 500"}, FAILED, "failed")
+    count, raced = env.store._pending_count, []
+
+    def attempt_lands_meanwhile(client, tenant):  # between the resend's read and its write: a late attempt
+        if not raced:
+            raced.append(env.store.record_attempt(delivery["id"], {"attempt": 2, "error": "HTTP 500"}, FAILED, "failed"))
+        return count(client, tenant)
+    monkeypatch.setattr(env.store, "_pending_count", attempt_lands_meanwhile)
+    resend = f"/api/v1/webhooks/{hook['id']}/deliveries/{delivery['id']}/resend"
+    assert env.api("POST", resend).status_code == 202
+    after = env.store.get_delivery(delivery["id"])
+    assert after["state"] == PENDING and [a["attempt"] for a in after["attempts"]] == [1, 2]
+    get_delivery = env.store.get_delivery
+
+    def expires_once_read(delivery_id):
+        found = get_delivery(delivery_id)
+        env.r.delete(keys.delivery(delivery_id))
+        return found
+    monkeypatch.setattr(env.store, "get_delivery", expires_once_read)
+    rv = env.api("POST", resend)
+    assert rv.status_code == 404 and rv.json["message"].startswith("No delivery")
 
 
 def test_the_retry_schedule_is_the_specs_example_and_retry_after_may_lengthen_it(env):
