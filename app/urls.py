@@ -10,8 +10,9 @@ connect, request, status line, headers and body - has one hard deadline, enforce
 shuts the socket down, so a receiver that trickles a byte every few seconds cannot hold a thread; and
 nothing logs the URL (urllib3 logs whole URLs, tokens in query strings included).
 
-Registration (``check_url``) resolves nothing; the DNS lookup of an attempt is under the same deadline: ``check_destination`` is given the time left, and
-``resolve_within`` gives up on the lookup when it runs out (see there why a thread of its own).
+Registration (``check_url``) resolves nothing; the DNS lookup of an attempt is under the same deadline:
+``check_destination`` is given the time left, and ``resolve_within`` gives up on the lookup when it runs
+out (see there why a thread of its own).
 """
 
 import http.client

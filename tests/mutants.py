@@ -21,6 +21,7 @@ UNIT, STEPS, SWEEP, LOCKS = ("tests/unit/test_store.py", "tests/unit/test_steps.
                              "tests/unit/test_locks.py")
 OPS, API, NOTICES = "tests/unit/test_operations.py", "tests/api/test_api.py", "tests/api/test_provider_notifications.py"
 HOOKS = "tests/operator/test_webhooks.py"
+WEBHOOKS_UNIT = "tests/unit/test_webhooks.py"
 
 
 @dataclass
@@ -245,21 +246,21 @@ MUTANTS = [
     Mutant("a webhook registration resolves no name (no API thread waits on DNS)", "app/api/webhooks.py",
            "        check_url(url, settings().webhook_allow_private)",
            "        __import__('app.urls').urls.check_destination(url, settings().webhook_allow_private, within=5)",
-           ("tests/unit/test_webhooks.py::test_registering_a_webhook_resolves_no_name",)),
+           (f"{WEBHOOKS_UNIT}::test_registering_a_webhook_resolves_no_name",)),
     Mutant("the sweep judges the primaries before it looks for lost standbys", "tasks/sweep.py",
            "    _judge(s, cfg, failed, last_ok)\n",
            "    missing_standby += _lost_standbys(s, cfg)\n    _judge(s, cfg, failed, last_ok)\n",
            (f"{SWEEP}::test_the_failures_the_first_list_found_are_triggered_before_the_lost_standby_list",)),
     Mutant("any unexpected failure of a webhook attempt is a recorded failed attempt", "tasks/webhooks.py",
            "    except Exception as exc:  # anything else", "    except ZeroDivisionError as exc:  # anything else",
-           ("tests/unit/test_webhooks.py::test_a_non_ascii_url_is_refused_and_any_unexpected_failure_is_a_recorded_attempt",)),
+           (f"{WEBHOOKS_UNIT}::test_a_non_ascii_url_is_refused_and_any_unexpected_failure_is_a_recorded_attempt",)),
     Mutant("a private IPv4 address inside an IPv6 one (NAT64, 6to4, Teredo, mapped) is refused", "app/urls.py",
            "    if address.version != 6:\n        return []\n", "    if True:\n        return []\n",
-           ("tests/unit/test_webhooks.py::test_a_private_ipv4_inside_ipv6_is_refused",)),
+           (f"{WEBHOOKS_UNIT}::test_a_private_ipv4_inside_ipv6_is_refused",)),
     Mutant("a webhook resend never overwrites an attempt recorded meanwhile", "app/store/webhooks.py",
            "        return self.r.transaction(transaction, keys.delivery(delivery_id), keys.webhooks_pending(tenant),",
            "        return self.r.transaction(transaction, keys.webhooks_pending(tenant),",
-           ("tests/unit/test_webhooks.py::test_a_resend_racing_an_attempt_keeps_the_attempt_and_one_that_expired_is_404",)),
+           (f"{WEBHOOKS_UNIT}::test_a_resend_racing_an_attempt_keeps_the_attempt_and_one_that_expired_is_404",)),
     Mutant("a web thread never waits for the provider's rate budget", "app/runtime.py",
            "        if not waits_for_budget.get():", "        if False:",
            ("tests/unit/test_budget.py::test_a_web_thread_never_waits_for_a_slot",)),
@@ -268,16 +269,17 @@ MUTANTS = [
            'offers_query(args["gpu_name"], args["max_price"], args["verified"])',
            (f"{API}::test_hosts_are_cached_briefly",)),
     Mutant("a tenant's pending webhook deliveries are capped (429 past it)", "app/store/webhooks.py",
-           "            if self._pending_count(pipe, tenant) >= pending_limit:\n                raise TooManyPending(tenant)\n",
+           "            if self._pending_count(pipe, tenant) >= pending_limit:\n"
+           "                raise TooManyPending(tenant)\n",
            "",
-           ("tests/unit/test_webhooks.py::test_a_tenants_pending_deliveries_are_capped_past_which_a_test_or_resend_is_429",)),
+           (f"{WEBHOOKS_UNIT}::test_a_tenants_pending_deliveries_are_capped_past_which_a_test_or_resend_is_429",)),
     Mutant("the webhook relay sends no message for a tenant whose slots are all in flight", "app/store/webhooks.py",
            "                    if free[tenant] <= 0:",
            "                    if False:",
-           ("tests/unit/test_webhooks.py::test_the_relay_sends_no_message_for_a_tenant_whose_slots_are_all_in_flight",)),
+           (f"{WEBHOOKS_UNIT}::test_the_relay_sends_no_message_for_a_tenant_whose_slots_are_all_in_flight",)),
     Mutant("a webhook delivery keeps only its latest attempts", "app/store/webhooks.py",
            "[attempt])[-ATTEMPTS_KEPT:]", "[attempt])",
-           ("tests/unit/test_webhooks.py::test_a_delivery_keeps_only_its_latest_attempts",)),
+           (f"{WEBHOOKS_UNIT}::test_a_delivery_keeps_only_its_latest_attempts",)),
     Mutant("a webhook is sent to the address that was checked (no DNS rebinding)", "app/urls.py",
            "socket.create_connection((self.destination.address, self.destination.port)",
            "socket.create_connection((self.destination.host, self.destination.port)",

@@ -9,8 +9,8 @@ from marshmallow import Schema, fields, validate
 from app.api import Blueprint
 from app.api.auth import authenticate
 from app.runtime import settings, store
-from app.store.webhooks import (EVENT_TYPES, MAX_WEBHOOKS, PREVIOUS_SECRET_SECONDS, TEST_TYPE, DeliveryGone,
-                                TooManyPending, TooManyWebhooks)
+from app.store.webhooks import (ATTEMPTS_KEPT, EVENT_TYPES, MAX_WEBHOOKS, PREVIOUS_SECRET_SECONDS, TEST_TYPE,
+                                DeliveryGone, TooManyPending, TooManyWebhooks)
 from app.urls import UnsafeDestination, check_url
 
 blp = Blueprint("webhooks", __name__, url_prefix="/api/v1/webhooks",
@@ -89,6 +89,8 @@ class DeliverySchema(Schema):
     next_attempt_at = fields.String(allow_none=True, metadata={"description": "when a pending delivery is "
                                                                               "tried again"})
     created_at = fields.String()
+    attempts_made = fields.Integer(metadata={"description": "every attempt made so far; attempts lists the latest "
+                                                            f"{ATTEMPTS_KEPT}"})
     attempts = fields.List(fields.Nested(DeliveryAttemptSchema))
 
 

@@ -124,6 +124,8 @@ def test_a_delivery_keeps_only_its_latest_attempts(env):
                                  time.time())
     kept = env.store.get_delivery(delivery["id"])["attempts"]
     assert [a["attempt"] for a in kept] == list(range(6, ATTEMPTS_KEPT + 6))
+    listed, = env.api("GET", f"/api/v1/webhooks/{hook['id']}/deliveries").json["deliveries"]
+    assert listed["attempts_made"] == ATTEMPTS_KEPT + 5 and len(listed["attempts"]) == ATTEMPTS_KEPT
     sent = []
     env.store.relay_outbox(lambda delivery_id, attempt: sent.append(attempt), 4)
     assert sent == [ATTEMPTS_KEPT + 6]  # the attempt number still counts every attempt
@@ -136,7 +138,8 @@ def test_a_resend_racing_an_attempt_keeps_the_attempt_and_one_that_expired_is_40
 
     def attempt_lands_meanwhile(client, tenant):  # between the resend's read and its write: a late attempt
         if not raced:
-            raced.append(env.store.record_attempt(delivery["id"], {"attempt": 2, "error": "HTTP 500"}, FAILED, "failed"))
+            late = {"attempt": 2, "error": "HTTP 500"}
+            raced.append(env.store.record_attempt(delivery["id"], late, FAILED, "failed"))
         return count(client, tenant)
     monkeypatch.setattr(env.store, "_pending_count", attempt_lands_meanwhile)
     resend = f"/api/v1/webhooks/{hook['id']}/deliveries/{delivery['id']}/resend"
