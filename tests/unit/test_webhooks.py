@@ -89,7 +89,7 @@ def test_a_tenants_pending_deliveries_are_capped_past_which_a_test_or_resend_is_
     env.configure(webhook_pending_per_tenant=2)
     hook, delivery = queued(env)  # an event's delivery counts too
     test = f"/api/v1/webhooks/{hook['id']}/test"
-    assert env.api("POST", test).status_code == 202
+    first_test = env.api("POST", test).json["id"]
     rv = env.api("POST", test)
     assert rv.status_code == 429 and "WEBHOOK_PENDING_PER_TENANT" in rv.json["message"]
     other = env.store.add_webhook("globex", "https://93.184.216.34/hook", None)
@@ -100,6 +100,9 @@ def test_a_tenants_pending_deliveries_are_capped_past_which_a_test_or_resend_is_
     assert env.api("POST", resend).status_code == 202
     assert env.api("POST", resend).status_code == 202  # already pending: no second place taken
     assert env.api("POST", test).status_code == 429
+    env.api("DELETE", f"/api/v1/webhooks/{hook['id']}")  # its pending deliveries free their places at their turn
+    assert [deliver(first_test, 1), deliver(delivery["id"], 2)] == ["unsubscribed"] * 2
+    assert env.store.pending_deliveries("acme") == 0
 
 
 def test_the_relay_sends_no_message_for_a_tenant_whose_slots_are_all_in_flight(env):
