@@ -77,7 +77,8 @@ def deliveries(api, out, webhook_id):
     rows = []
     for d in body["deliveries"]:
         last = d["attempts"][-1] if d["attempts"] else {}
-        rows.append([d["id"], d["type"], d["machine_id"], d["state"], len(d["attempts"]), last.get("status_code"),
+        made = d.get("attempts_made", len(d["attempts"]))  # the record lists only the latest attempts
+        rows.append([d["id"], d["type"], d["machine_id"], d["state"], made, last.get("status_code"),
                      last.get("error"), d.get("next_attempt_at")])
     out.table(["id", "type", "machine", "state", "attempts", "last status", "last error", "next attempt"], rows,
               title=f"{body['count']} deliveries")

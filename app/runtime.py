@@ -43,6 +43,9 @@ class Throttled(Exception):
 
 # whether this thread's provider calls go first: failover and health steps do (rule 7)
 urgent: contextvars.ContextVar[bool] = contextvars.ContextVar("urgent", default=False)
+# how many intervals ahead this thread's provider calls may take a slot of the budget, else give the thread back
+# (Throttled): None, queue as usual; 1, a shared poll round; 0, a web thread, which never waits for a slot
+reserve_within: contextvars.ContextVar[float | None] = contextvars.ContextVar("reserve_within", default=None)
 # the fencing check of the step this thread runs: raises FencedOut when its lock was lost (rule 12)
 fence: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("fence", default=None)
 MUTATING_METHODS = ("PUT", "POST", "DELETE")
@@ -54,19 +57,26 @@ RANKED_WAIT_IN_THREAD = 3.0
 RANKED_HOLD = 5.0
 
 
-# this thread's provider calls take a slot at most one interval ahead, else give the thread back (Throttled)
-unqueued: contextvars.ContextVar[bool] = contextvars.ContextVar("unqueued", default=False)
-
-
 @contextlib.contextmanager
-def without_queueing():
-    """The provider calls made inside never queue behind reserved slots: a shared poll round that can wait for the
-    next one, so that rounds asked for by every waiting step never hold more of the budget than is free."""
-    token = unqueued.set(True)
+def reserving_within(intervals: float):
+    """The provider calls made inside take a budget slot at most ``intervals`` ahead of now, else raise Throttled
+    instead of queueing behind reserved slots."""
+    token = reserve_within.set(intervals)
     try:
         yield
     finally:
-        unqueued.reset(token)
+        reserve_within.reset(token)
+
+
+def without_queueing():
+    """A shared poll round, which can wait for the next one: rounds asked for by every waiting step never hold
+    more of the budget than is free."""
+    return reserving_within(1)
+
+
+def without_waiting():
+    """A web thread never sleeps for a slot: one free now, or Throttled."""
+    return reserving_within(0)
 
 
 @contextlib.contextmanager
@@ -113,14 +123,18 @@ def vast() -> VastClient:
             return
         # the provider counts arrivals, which jitter by a few ms after the slot: keep a margin
         interval = limits[endpoint] * 1.05 + 0.01
+        if (within := reserve_within.get()) is not None:
+            if (wait := store().reserve_slot(endpoint, interval, within * interval)) < 0:
+                raise Throttled(max(within * interval / 2, -wait - within * interval))
+            if wait:
+                time.sleep(wait)
+            return
         if ranked.get() is not None:
             return take_ranked_turn(endpoint, interval, *ranked.get())
         # others reserve at most two slots ahead, so an urgent call never waits behind a backlog
-        horizon = interval if unqueued.get() else -1 if urgent.get() else 2 * interval
+        horizon = -1 if urgent.get() else 2 * interval
         deadline = time.monotonic() + MAX_THROTTLE_WAIT
         while (wait := store().reserve_slot(endpoint, interval, horizon)) < 0:
-            if unqueued.get():
-                raise Throttled(max(horizon / 2, -wait - horizon))
             pause = -wait - horizon + random.uniform(0, interval)
             if time.monotonic() + pause > deadline:
                 raise Throttled(pause)  # give the thread back; the step comes again later

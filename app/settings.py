@@ -229,6 +229,8 @@ class Settings:
     webhook_retry_schedule: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE
     webhook_timeout: float = 15.0
     webhook_concurrency_per_tenant: int = 4
+    # a tenant's deliveries not yet delivered or failed; past it, a test or resend answers 429
+    webhook_pending_per_tenant: int = 100
     webhook_allow_private: bool = False
     # a request body past this many bytes is answered 413 before it is read
     max_content_length: int = 1024 * 1024
@@ -287,6 +289,7 @@ class Settings:
             webhook_retry_schedule=_schedule("WEBHOOK_RETRY_SCHEDULE", WEBHOOK_RETRY_SCHEDULE),
             webhook_timeout=_float("WEBHOOK_TIMEOUT", cls.webhook_timeout),
             webhook_concurrency_per_tenant=_int("WEBHOOK_CONCURRENCY_PER_TENANT", cls.webhook_concurrency_per_tenant),
+            webhook_pending_per_tenant=_int("WEBHOOK_PENDING_PER_TENANT", cls.webhook_pending_per_tenant),
             webhook_allow_private=_bool("WARMPOOL_WEBHOOK_ALLOW_PRIVATE", cls.webhook_allow_private),
             max_content_length=_int("MAX_CONTENT_LENGTH", cls.max_content_length),
             wait_max_holders=_int("WAIT_MAX_HOLDERS", cls.wait_max_holders),

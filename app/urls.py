@@ -10,8 +10,9 @@ connect, request, status line, headers and body - has one hard deadline, enforce
 shuts the socket down, so a receiver that trickles a byte every few seconds cannot hold a thread; and
 nothing logs the URL (urllib3 logs whole URLs, tokens in query strings included).
 
-The DNS lookup is under the same deadline: ``check_destination`` is given the time left, and
-``resolve_within`` gives up on the lookup when it runs out (see there why a thread of its own).
+Registration (``check_url``) resolves nothing; the DNS lookup of an attempt is under the same deadline:
+``check_destination`` is given the time left, and ``resolve_within`` gives up on the lookup when it runs
+out (see there why a thread of its own).
 """
 
 import http.client
@@ -25,6 +26,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 ALLOW_PRIVATE = "WARMPOOL_WEBHOOK_ALLOW_PRIVATE"
+NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052
+NAT64_LOCAL_USE = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215
+SPECIAL_USE_NAMES = ("localhost", "invalid")  # RFC 6761: always loopback, never resolved
+_NOT_PUBLIC = f"a loopback, private or link-local address; set {ALLOW_PRIVATE}=1 to allow that"
 BODY_READ_LIMIT = 64 * 1024  # of a receiver's answer: read (so it must arrive in time), then dropped
 
 
@@ -77,10 +82,40 @@ def resolve_within(host: str, port: int, seconds: float) -> list[str]:
         raise DeadlineExceeded(f"no DNS answer for {host} within {seconds:g} s") from None
 
 
+def check_url(url: str, allow_private: bool) -> None:
+    """The check at registration, with no DNS lookup: UnsafeDestination unless ``url`` is http(s) with a
+    host that is not a private literal address nor a special-use name (``localhost``, ``.invalid``).
+
+    A name is not resolved here: a name server that never answers would hold an API thread, and its
+    answer could change before the first attempt anyway. Every attempt resolves and checks it, and
+    connects to the address it checked (``check_destination``).
+    """
+    scheme, host, port, parts = _split(url)
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        if not allow_private and host.rstrip(".").lower().rsplit(".", 1)[-1] in SPECIAL_USE_NAMES:
+            raise UnsafeDestination(f"Host {host} is {_NOT_PUBLIC}") from None
+        return
+    _check_public(host, [str(literal)], allow_private)
+
+
 def check_destination(url: str, allow_private: bool, within: float) -> Destination:
     """The destination to connect to, or UnsafeDestination unless ``url`` is http(s) and every address
     its host resolves to is public (or private ones are allowed); DeadlineExceeded when the name has no
     answer ``within`` seconds."""
+    scheme, host, port, parts = _split(url)
+    try:
+        addresses = resolve_within(host, port, within)
+    except (OSError, UnicodeError, ValueError):
+        raise UnsafeDestination(f"Cannot resolve host {host}") from None
+    _check_public(host, addresses, allow_private)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return Destination(scheme, host, port, target, addresses[0])
+
+
+def _split(url: str):
+    """The scheme, host, port (the scheme's by default) and parts of an http(s) URL, or UnsafeDestination."""
     parts = urlsplit(url)
     try:
         scheme, host, port = parts.scheme, parts.hostname, parts.port
@@ -88,20 +123,32 @@ def check_destination(url: str, allow_private: bool, within: float) -> Destinati
         raise UnsafeDestination("Not a valid port") from None
     if scheme not in ("http", "https") or not host:
         raise UnsafeDestination("Not an http(s) URL with a host")
-    port = port or (443 if scheme == "https" else 80)
-    try:
-        addresses = resolve_within(host, port, within)
-    except (OSError, UnicodeError, ValueError):
-        raise UnsafeDestination(f"Cannot resolve host {host}") from None
-    if not allow_private:
-        for raw in addresses:
-            address = ipaddress.ip_address(raw)
-            address = getattr(address, "ipv4_mapped", None) or address
-            if not address.is_global:
-                raise UnsafeDestination(f"Host {host} resolves to a loopback, private or link-local "
-                                        f"address; set {ALLOW_PRIVATE}=1 to allow that")
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return Destination(scheme, host, port, target, addresses[0])
+    if not url.isascii():  # a request line is ASCII: percent-encode the path, punycode the name
+        raise UnsafeDestination("Not an ASCII URL; percent-encode its path and query, and write the host in punycode")
+    return scheme, host, port or (443 if scheme == "https" else 80), parts
+
+
+def _check_public(host: str, addresses: list[str], allow_private: bool) -> None:
+    if allow_private:
+        return
+    for raw in addresses:
+        address = ipaddress.ip_address(raw)
+        if not all(reached.is_global for reached in [address, *embedded_ipv4(address)]):
+            raise UnsafeDestination(f"Host {host} resolves to {_NOT_PUBLIC}")
+
+
+def embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address reaches through a translator or tunnel: IPv4-mapped, 6to4, Teredo
+    and NAT64 (64:ff9b::/96; the local-use 64:ff9b:1::/48 carries one too, so none of it is public). Python
+    calls ``64:ff9b::a9fe:a9fe`` global, though a NAT64 gateway takes it to 169.254.169.254."""
+    if address.version != 6:
+        return []
+    reached = [a for a in (address.ipv4_mapped, address.sixtofour, address.teredo and address.teredo[1]) if a]
+    if address in NAT64_WELL_KNOWN:
+        reached.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    if address in NAT64_LOCAL_USE:
+        reached.append(ipaddress.IPv4Address("0.0.0.0"))  # an embedding the local network chooses: never public
+    return reached
 
 
 class _PinnedConnection(http.client.HTTPSConnection):

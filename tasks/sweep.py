@@ -74,8 +74,9 @@ def _sweep(s, cfg) -> str:
         with_standby = s.pools_with_standby()  # a pool known to lack one is the healer's already
         missing_standby = [pid for pid in watched if pid in with_standby and pid not in failed
                            and not counts.get(label(*split_pool_id(pid), "standby"))]
-    missing_standby += [pid for pid in _lost_standbys(s, cfg) if pid not in failed and pid not in missing_standby]
     _judge(s, cfg, failed, last_ok)
+    # after the judging: the failures the first list found are not held back by this call (which may page)
+    missing_standby += [pid for pid in _lost_standbys(s, cfg) if pid not in failed and pid not in missing_standby]
     if len(missing_standby) > max(BRAKE_MIN, BRAKE_SHARE * len(watched)):
         for pid in missing_standby:
             s.event(pid, "sweep_brake", f"the provider lists no live standby for {len(missing_standby)} of "
@@ -182,22 +183,40 @@ def trigger(pid: str, seen_primary: int, detected_at: float, triggered_at: float
 @shared_task(name="warmpool.health.recheck_standby")
 def recheck_standby(pid: str) -> str:
     """The sweep found no live standby (none listed, or one not stopped), or Vast said it went offline: ask about
-    that one instance, under the lock; a lost one is replaced on the same host (the provision's last step:
-    degraded if the host has no GPU). A pool whose primary is not running either (a host failing: Vast tells of
-    both instances) is left to its failover, as the sweep leaves it."""
+    that one instance; a lost one is replaced on the same host (the provision's last step: degraded if the host
+    has no GPU). The provider is asked without the lock, which is taken only to replace the standby, so a
+    failover trigger arriving meanwhile is never turned away as busy. A pool whose primary is down too (a host
+    failing: Vast tells of both instances) is the failover's: the recheck triggers it, as the sweep would."""
     s, cfg = store(), settings()
+    pool = s.get_pool(pid)
+    if not _standby_kept(pool) or s.is_locked(pid):
+        return "moved on"  # an operation runs: it decides
+    status = lost_status(vast().show_instance(pool["standby_gpu_id"]))
+    if status is None:
+        return "there"
+    primary = vast().show_instance(pool["primary_gpu_id"])
+    if not is_running(primary):
+        primary_status = (primary or {}).get("actual_status", "gone")
+        if primary_status in TRANSITIONAL:
+            return "left to the failover"  # on its way (rule 14): the sweep judges it
+        now = time.time()
+        s.event(pid, "primary_failed", f"primary {pool['primary_gpu_id']} is {primary_status} "
+                                       f"(found by the standby recheck)")
+        trigger.delay(pid, pool["primary_gpu_id"], now, now)
+        return "failover triggered"
     with contextlib.suppress(FencedOut), s.lease_if_free(pid, cfg.lock_ttl) as lease:
-        pool = lease and s.get_pool(pid)
-        if not pool or pool["state"] != State.ACTIVE or pool["standby_gpu_id"] is None:
-            return "moved on"
-        status = lost_status(vast().show_instance(pool["standby_gpu_id"]))
-        if status is None:
-            return "there"
-        if not is_running(vast().show_instance(pool["primary_gpu_id"])):
-            return "left to the failover"
-        _replace_lost_standby(s, cfg, lease, pool, status)
+        current = lease and s.get_pool(pid)
+        if not _standby_kept(current) or (current["primary_gpu_id"], current["standby_gpu_id"]) != (
+                pool["primary_gpu_id"], pool["standby_gpu_id"]):
+            return "moved on"  # changed since it was read: what was asked about is not this pool's now
+        _replace_lost_standby(s, cfg, lease, current, status)
         return "replaced"
     return "moved on"  # fenced out: a newer holder decides
+
+
+def _standby_kept(pool: dict | None) -> bool:
+    """An active pool with a standby: one whose standby the recheck may replace."""
+    return bool(pool) and pool["state"] == State.ACTIVE and pool["standby_gpu_id"] is not None
 
 
 def _replace_lost_standby(s, cfg, lease, pool: dict, status: str) -> None:

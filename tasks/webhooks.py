@@ -11,7 +11,9 @@ afresh (the timestamp is the attempt's), with both secrets for a day after a rot
 
 No tenant can hold the delivery threads: an attempt's whole exchange has a hard deadline
 (``WEBHOOK_TIMEOUT``, app/urls.py), and at most ``WEBHOOK_CONCURRENCY_PER_TENANT`` of a tenant's
-attempts are in flight; past that an attempt waits a second in Redis, not in a thread.
+attempts are in flight; past that an attempt waits a second in Redis, not in a thread, and the relay
+sends no message for it. At most ``WEBHOOK_PENDING_PER_TENANT`` deliveries of a tenant are pending
+before a test or a resend is refused (429).
 
 The destination is checked on every attempt, not only when it was registered, and the connection
 goes to the address checked (app/urls.py): http(s) only, no loopback, private or link-local address
@@ -22,6 +24,7 @@ import email.utils
 import http.client
 import logging
 import random
+import re
 import time
 from datetime import datetime, timezone
 
@@ -30,7 +33,7 @@ from standardwebhooks import Webhook
 
 from app.pools import now_iso, pool_id
 from app.runtime import settings, store
-from app.store.webhooks import DELIVERED, FAILED, PENDING, signing_secrets
+from app.store.webhooks import DELIVERED, FAILED, PENDING, attempts_made, signing_secrets
 from app.urls import DeadlineExceeded, UnsafeDestination, check_destination, post_pinned
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,9 @@ def post(url: str, secrets: list[str], delivery_id: str, payload: str) -> dict:
         error = f"no complete answer within {cfg.webhook_timeout:g} s"
     except (OSError, http.client.HTTPException) as exc:
         error = type(exc).__name__  # its text may name the address
+    except Exception as exc:  # anything else is a failed attempt too, never a delivery stuck on its claim
+        log.warning("webhook attempt of %s failed unexpectedly: %s", delivery_id, type(exc).__name__)
+        error = type(exc).__name__
     return {"at": at, "status_code": status_code, "error": error, "retry_after": retry_after,
             "duration_ms": round((time.monotonic() - started) * 1000, 1)}
 
@@ -74,7 +80,7 @@ def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if absent or unreadable."""
     if not value:
         return None
-    if value.strip().isdigit():
+    if re.fullmatch(r"[0-9]+", value.strip(), re.ASCII):  # not isdigit(): "²" is a digit, not a number
         return float(value.strip())
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -107,7 +113,8 @@ def claim_seconds() -> float:
 @shared_task(name="warmpool.webhooks.relay")
 def relay() -> int:
     """Beat, every second: enqueue an attempt of each delivery that is due."""
-    return store().relay_outbox(lambda delivery_id, attempt: deliver.delay(delivery_id, attempt))
+    return store().relay_outbox(lambda delivery_id, attempt: deliver.delay(delivery_id, attempt),
+                                settings().webhook_concurrency_per_tenant)
 
 
 @shared_task(name="warmpool.webhooks.deliver", acks_late=True)
@@ -116,11 +123,12 @@ def deliver(delivery_id: str, attempt: int) -> str:
     s, cfg = store(), settings()
     delivery = s.get_delivery(delivery_id)
     # a delivery done or expired, or this attempt already made (a broker's second copy of the message)
-    if delivery is None or delivery["state"] != PENDING or len(delivery["attempts"]) + 1 != attempt:
+    if delivery is None or delivery["state"] != PENDING or attempts_made(delivery) + 1 != attempt:
         return "skipped"
     tenant = delivery["tenant"]
     hook = s.get_webhook(tenant, delivery["webhook_id"])
     if hook is None or not hook["enabled"]:
+        s.drop_pending(tenant, delivery_id)  # never attempted again: it no longer holds the tenant's cap
         return "unsubscribed"
     if not s.claim_attempt(delivery_id, attempt, claim_seconds()):
         return "skipped"  # another copy of this message is making it

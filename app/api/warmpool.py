@@ -6,6 +6,7 @@ They never call the provider for writes and never wait, except for ``?wait=`` (c
 """
 
 import contextlib
+import math
 import time
 
 from flask import g, url_for
@@ -32,7 +33,7 @@ from app.api.schemas import (
 )
 from app.hosts import group_hosts, offers_query
 from app.pools import State, cost_per_hour, pool_id
-from app.runtime import Throttled, settings, store, vast
+from app.runtime import Throttled, settings, store, vast, without_waiting
 from app.store import Busy
 
 blp = Blueprint("warmpool", __name__, url_prefix="/api/v1/warmpool",
@@ -136,15 +137,28 @@ class Hosts(MethodView):
     @blp.alt_response(503, response="DEFAULT_ERROR")
     def get(self, args):
         """Multi-GPU hosts that can hold a warm pool"""
-        hosts = store().cached_hosts(args)
-        if hosts is None:
-            try:
-                offers = vast().search_offers(offers_query(args["gpu_name"], args["max_price"], args["verified"]))
-            except (provider.VastError, Throttled) as exc:
-                abort(503, message=f"Vast.ai is unavailable: {type(exc).__name__}", headers={"Retry-After": "5"})
-            hosts = group_hosts(offers, args["min_gpus"])
-            store().cache_hosts(args, hosts, settings().hosts_cache_seconds)
+        offers = cached_offers(offers_query(args["gpu_name"], None, args["verified"]))
+        if args["max_price"] is not None:  # filtered here, so every price shares one cached search
+            offers = [offer for offer in offers if offer["dph_total"] <= args["max_price"]]
+        hosts = group_hosts(offers, args["min_gpus"])
         return {"hosts": hosts, "count": len(hosts)}
+
+
+def cached_offers(query: dict) -> list[dict]:
+    """The provider's offers for ``query``, cached HOSTS_CACHE_SECONDS; a miss takes a rate-budget slot only
+    if one is free now (a web thread never waits for one), else 503 with Retry-After."""
+    offers = store().cached_offers(query)
+    if offers is None:
+        try:
+            with without_waiting():
+                offers = vast().search_offers(query)
+        except Throttled as exc:
+            abort(503, message="The provider's rate budget is busy; try again shortly",
+                  headers={"Retry-After": str(max(1, math.ceil(exc.retry_in)))})
+        except provider.VastError as exc:
+            abort(503, message=f"Vast.ai is unavailable: {type(exc).__name__}", headers={"Retry-After": "5"})
+        store().cache_offers(query, offers, settings().hosts_cache_seconds)
+    return offers
 
 
 @blp.route("/provision")

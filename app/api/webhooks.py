@@ -9,8 +9,9 @@ from marshmallow import Schema, fields, validate
 from app.api import Blueprint
 from app.api.auth import authenticate
 from app.runtime import settings, store
-from app.store.webhooks import EVENT_TYPES, MAX_WEBHOOKS, PREVIOUS_SECRET_SECONDS, TEST_TYPE, TooManyWebhooks
-from app.urls import DeadlineExceeded, UnsafeDestination, check_destination
+from app.store.webhooks import (ATTEMPTS_KEPT, EVENT_TYPES, MAX_WEBHOOKS, PREVIOUS_SECRET_SECONDS, TEST_TYPE,
+                                DeliveryGone, TooManyPending, TooManyWebhooks)
+from app.urls import UnsafeDestination, check_url
 
 blp = Blueprint("webhooks", __name__, url_prefix="/api/v1/webhooks",
                 description="Signed notifications of pool events (Standard Webhooks).")
@@ -88,6 +89,8 @@ class DeliverySchema(Schema):
     next_attempt_at = fields.String(allow_none=True, metadata={"description": "when a pending delivery is "
                                                                               "tried again"})
     created_at = fields.String()
+    attempts_made = fields.Integer(metadata={"description": "every attempt made so far; attempts lists the latest "
+                                                            f"{ATTEMPTS_KEPT}"})
     attempts = fields.List(fields.Nested(DeliveryAttemptSchema))
 
 
@@ -114,11 +117,11 @@ def get_webhook(webhook_id: str) -> dict:
 
 
 def checked_url(url: str) -> str:
-    """``url``, or a 422 naming the field if warmpool will not call it."""
-    cfg = settings()
+    """``url``, or a 422 naming the field if warmpool will not call it. Its name is not resolved here
+    (``check_url``): every attempt resolves and checks it."""
     try:
-        check_destination(url, cfg.webhook_allow_private, within=cfg.webhook_timeout)
-    except (UnsafeDestination, DeadlineExceeded) as exc:
+        check_url(url, settings().webhook_allow_private)
+    except UnsafeDestination as exc:
         abort(422, message="The webhook URL is not allowed", errors={"json": {"url": [str(exc)]}})
     return url
 
@@ -191,23 +194,33 @@ class Deliveries(MethodView):
 @blp.route("/" + WEBHOOK + "/test")
 class WebhookTest(MethodView):
     @blp.response(202, DeliverySchema, headers=LOCATION)
-    @errors(401, 404, 409)
+    @errors(401, 404, 409, 429)
     def post(self, webhook_id):
         """Send this webhook a webhook.test event; follow it in its deliveries"""
-        return accepted(store().queue_test_delivery(g.tenant, enabled_webhook(webhook_id)))
+        hook = enabled_webhook(webhook_id)
+        try:
+            return accepted(store().queue_test_delivery(g.tenant, hook, settings().webhook_pending_per_tenant))
+        except TooManyPending:
+            too_many_pending()
 
 
 @blp.route("/" + WEBHOOK + "/deliveries/" + DELIVERY + "/resend")
 class Resend(MethodView):
     @blp.response(202, DeliverySchema, headers=LOCATION)
-    @errors(401, 404, 409)
+    @errors(401, 404, 409, 429)
     def post(self, webhook_id, delivery_id):
         """Attempt a delivery again, now (once; a delivery still retrying gets its next attempt now)"""
         enabled_webhook(webhook_id)
         delivery = store().get_delivery(delivery_id)
+        gone = f"No delivery {delivery_id} of webhook {webhook_id}"
         if delivery is None or delivery["tenant"] != g.tenant or delivery["webhook_id"] != webhook_id:
-            abort(404, message=f"No delivery {delivery_id} of webhook {webhook_id}")
-        return accepted(store().resend_delivery(delivery_id))
+            abort(404, message=gone)
+        try:
+            return accepted(store().resend_delivery(g.tenant, delivery_id, settings().webhook_pending_per_tenant))
+        except TooManyPending:
+            too_many_pending()
+        except DeliveryGone:  # it expired since it was read
+            abort(404, message=gone)
 
 
 @blp.route("/" + WEBHOOK + "/rotate-secret")
@@ -225,6 +238,11 @@ class RotateSecret(MethodView):
 def accepted(delivery: dict) -> tuple[dict, int, dict]:
     """202, the delivery, and where its attempts show."""
     return delivery, 202, {"Location": url_for("webhooks.Deliveries", webhook_id=delivery["webhook_id"])}
+
+
+def too_many_pending():
+    abort(429, message=f"At most {settings().webhook_pending_per_tenant} deliveries per tenant may be pending "
+                       f"(WEBHOOK_PENDING_PER_TENANT); try again once some are delivered or failed")
 
 
 def enabled_webhook(webhook_id: str) -> dict:

@@ -65,8 +65,8 @@ def rebuild_tried(pid: str) -> str:
     return f"wp:rebuild-tried:{pid}"
 
 
-def hosts_cache(query: str) -> str:
-    return f"wp:hosts:{query}"
+def offers_cache(query: str) -> str:
+    return f"wp:hosts:{query}"  # the provider's offers for GET /warmpool/hosts, by its search query
 
 
 def webhooks(tenant: str) -> str:
@@ -83,6 +83,10 @@ def delivery(delivery_id: str) -> str:
 
 def webhooks_in_flight(tenant: str) -> str:
     return f"wp:deliveries:in_flight:{tenant}"  # sorted set: delivery id -> when its slot lapses (epoch s)
+
+
+def webhooks_pending(tenant: str) -> str:
+    return f"wp:deliveries:pending:{tenant}"  # sorted set: delivery id -> when it expires (epoch s)
 
 
 def delivery_claim(delivery_id: str, attempt: int) -> str:

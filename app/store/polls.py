@@ -48,10 +48,11 @@ class PollRecords:
         seen = json.loads(raw) if raw else None
         return UNSEEN if seen is None or seen["round"] < since else seen["row"]
 
-    def cached_hosts(self, query: dict) -> list[dict] | None:
-        raw = self.r.get(keys.hosts_cache(json.dumps(query, sort_keys=True)))
-        return json.loads(raw) if raw else None
+    def cached_offers(self, query: dict) -> list[dict] | None:
+        raw = self.r.get(keys.offers_cache(json.dumps(query, sort_keys=True)))
+        return json.loads(raw) if raw is not None else None
 
-    def cache_hosts(self, query: dict, hosts: list[dict], seconds: float) -> None:
+    def cache_offers(self, query: dict, offers: list[dict], seconds: float) -> None:
         if seconds > 0:
-            self.r.set(keys.hosts_cache(json.dumps(query, sort_keys=True)), json.dumps(hosts), px=int(seconds * 1000))
+            self.r.set(keys.offers_cache(json.dumps(query, sort_keys=True)), json.dumps(offers),
+                       px=int(seconds * 1000))

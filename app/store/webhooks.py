@@ -45,7 +45,9 @@ EVENT_TYPES = sorted(set(WEBHOOK_TYPES.values()))
 
 MAX_WEBHOOKS = 20  # per tenant: bounds the fan-out of one event
 DELIVERIES_KEPT = 50  # per webhook, for GET .../deliveries
+ATTEMPTS_KEPT = 20  # per delivery: the latest; resends could otherwise grow one record without end
 DELIVERY_TTL = 7 * 24 * 3600  # longer than the longest retry schedule worth configuring
+TENANT_BUSY_RETRY_SECONDS = 1.0  # a due delivery whose tenant has every slot in flight waits this long
 PREVIOUS_SECRET_SECONDS = 24 * 3600  # after a rotation, deliveries are signed with both secrets this long
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 
@@ -64,6 +66,19 @@ def signing_secrets(hook: dict, now: float) -> list[str]:
 
 class TooManyWebhooks(Exception):
     """The tenant has MAX_WEBHOOKS already."""
+
+
+class TooManyPending(Exception):
+    """The tenant has its cap of deliveries pending already."""
+
+
+class DeliveryGone(Exception):
+    """The delivery expired (or never was)."""
+
+
+def attempts_made(delivery: dict) -> int:
+    """How many attempts the delivery has had (its record keeps only the latest ATTEMPTS_KEPT)."""
+    return delivery.get("attempts_made", len(delivery["attempts"]))
 
 
 class WebhookRecords:
@@ -137,18 +152,38 @@ class WebhookRecords:
         for hook in hooks:
             _queue_delivery(pipe, tenant, hook, event_type, machine_id, data, record["at"])
 
-    def queue_test_delivery(self, tenant: str, hook: dict) -> dict:
-        """A ``webhook.test`` delivery to this webhook alone, due at once."""
-        with self.r.pipeline() as pipe:
-            delivery = _queue_delivery(pipe, tenant, hook, TEST_TYPE, None,
-                                       {"message": "a test event from warmpool"}, now_iso())
-            pipe.execute()
-        return delivery
+    def queue_test_delivery(self, tenant: str, hook: dict, pending_limit: int) -> dict:
+        """A ``webhook.test`` delivery to this webhook alone, due at once; TooManyPending if the tenant has
+        ``pending_limit`` deliveries pending (checked and added in one transaction)."""
+        def transaction(pipe: redis.client.Pipeline):
+            if self._pending_count(pipe, tenant) >= pending_limit:
+                raise TooManyPending(tenant)
+            pipe.multi()
+            return _queue_delivery(pipe, tenant, hook, TEST_TYPE, None,
+                                   {"message": "a test event from warmpool"}, now_iso())
+        return self.r.transaction(transaction, keys.webhooks_pending(tenant), value_from_callable=True)
 
-    def relay_outbox(self, send, batch: int = 100) -> int:
-        """Hand each delivery that is due to ``send(delivery_id, attempt)`` (which enqueues it), earliest
-        first; return how many.
+    def pending_deliveries(self, tenant: str) -> int:
+        return self._pending_count(self.r, tenant)
 
+    @staticmethod
+    def _pending_count(client, tenant: str) -> int:
+        """The tenant's deliveries still pending; one whose record expired no longer counts."""
+        now = time.time()
+        return client.zcount(keys.webhooks_pending(tenant), now, "+inf")
+
+    def drop_pending(self, tenant: str, delivery_id: str) -> None:
+        """The delivery will not be attempted again (its webhook is gone or disabled)."""
+        self.r.zrem(keys.webhooks_pending(tenant), delivery_id)
+
+    def relay_outbox(self, send, slots_per_tenant: int, scan: int = 1000) -> int:
+        """One pass over what is due, earliest first, at most ``scan`` deliveries: hand each to
+        ``send(delivery_id, attempt)`` (which enqueues it) while its tenant has a free slot of its
+        ``slots_per_tenant`` in flight; return how many were sent.
+
+        A delivery whose tenant has no slot free stays in Redis, due again in a second, and costs no
+        message: a tenant with many deliveries and slow receivers cannot flood the ``webhooks`` queue.
+        One pass, not a loop until nothing is due, so a relay run is bounded whatever the backlog.
         One relay at a time, and an id leaves the outbox only after ``send`` took it, and only if nothing
         rescheduled it meanwhile: a relay that dies halfway sends some again, which the delivery task's
         claim makes harmless.
@@ -157,16 +192,29 @@ class WebhookRecords:
         if not lock.acquire(blocking=False):
             return 0
         try:
+            now = time.time()
+            due = self.r.zrangebyscore(keys.WEBHOOK_DUE, "-inf", now, start=0, num=scan, withscores=True)
+            if not due:
+                return 0
+            records = self.r.mget([keys.delivery(delivery_id) for delivery_id, _ in due])
+            free: dict[str, int] = {}  # tenant -> slots left this pass
+            waiting: dict[str, float] = {}
             sent = 0
-            while due := self.r.zrangebyscore(keys.WEBHOOK_DUE, "-inf", time.time(), start=0, num=batch,
-                                              withscores=True):
-                records = self.r.mget([keys.delivery(delivery_id) for delivery_id, _ in due])
-                for (delivery_id, score), raw in zip(due, records):
-                    delivery = json.loads(raw) if raw else None
-                    if delivery is not None and delivery["state"] == PENDING:
-                        send(delivery_id, len(delivery["attempts"]) + 1)
-                    self._unqueue(keys=[keys.WEBHOOK_DUE], args=[delivery_id, repr(score)])
-                sent += len(due)
+            for (delivery_id, score), raw in zip(due, records):
+                delivery = json.loads(raw) if raw else None
+                if delivery is not None and delivery["state"] == PENDING:
+                    tenant = delivery["tenant"]
+                    if tenant not in free:
+                        free[tenant] = slots_per_tenant - self.deliveries_in_flight(tenant)
+                    if free[tenant] <= 0:
+                        waiting[delivery_id] = now + TENANT_BUSY_RETRY_SECONDS
+                        continue
+                    free[tenant] -= 1
+                    send(delivery_id, attempts_made(delivery) + 1)
+                    sent += 1
+                self._unqueue(keys=[keys.WEBHOOK_DUE], args=[delivery_id, repr(score)])
+            if waiting:  # behind other tenants' deliveries due meanwhile; only if still queued, never sooner
+                self.r.zadd(keys.WEBHOOK_DUE, waiting, xx=True, gt=True)
             return sent
         finally:
             lock.release()
@@ -210,34 +258,54 @@ class WebhookRecords:
     def give_back_delivery_slot(self, tenant: str, delivery_id: str) -> None:
         self.r.zrem(keys.webhooks_in_flight(tenant), delivery_id)
 
+    def deliveries_in_flight(self, tenant: str) -> int:
+        return self.r.zcount(keys.webhooks_in_flight(tenant), time.time(), "+inf")
+
     def record_attempt(self, delivery_id: str, attempt: dict, state: str, result: str,
                        next_at: float | None = None) -> None:
         """Add an attempt (at, status_code, error, duration_ms), the delivery's state after it, and when
-        the next attempt is due (``next_at``, epoch seconds, for a delivery still pending)."""
-        delivery = self.get_delivery(delivery_id)
-        if delivery is None:
-            return
-        delivery["attempts"].append(attempt)
-        delivery["state"] = state
-        delivery["next_attempt_at"] = _iso(next_at) if next_at is not None else None
-        with self.r.pipeline() as pipe:
+        the next attempt is due (``next_at``, epoch seconds, for a delivery still pending). The record
+        keeps the latest ATTEMPTS_KEPT attempts."""
+        def transaction(pipe: redis.client.Pipeline):
+            raw = pipe.get(keys.delivery(delivery_id))
+            if raw is None:
+                return
+            delivery = json.loads(raw)
+            delivery["attempts_made"] = attempts_made(delivery) + 1
+            delivery["attempts"] = (delivery["attempts"] + [attempt])[-ATTEMPTS_KEPT:]
+            delivery["state"] = state
+            delivery["next_attempt_at"] = _iso(next_at) if next_at is not None else None
+            pipe.multi()
             pipe.set(keys.delivery(delivery_id), json.dumps(delivery), keepttl=True)
             if next_at is None:
                 pipe.zrem(keys.WEBHOOK_DUE, delivery_id)
             else:
                 pipe.zadd(keys.WEBHOOK_DUE, {delivery_id: next_at})
+            if state != PENDING:
+                pipe.zrem(keys.webhooks_pending(delivery["tenant"]), delivery_id)
             pipe.hincrby(keys.METRIC_WEBHOOK_DELIVERIES, result, 1)
-            pipe.execute()
+        self.r.transaction(transaction, keys.delivery(delivery_id))
 
-    def resend_delivery(self, delivery_id: str) -> dict:
-        """Make the delivery pending and due now: one more attempt, or, for one still retrying, its next at once."""
-        delivery = self.get_delivery(delivery_id)
-        delivery["state"] = PENDING
-        with self.r.pipeline() as pipe:
+    def resend_delivery(self, tenant: str, delivery_id: str, pending_limit: int) -> dict:
+        """Make the delivery pending and due now: one more attempt, or, for one still retrying, its next at
+        once. TooManyPending if that would put the tenant past ``pending_limit`` pending deliveries; DeliveryGone
+        if it expired. One transaction, watching the record: an attempt recorded meanwhile is never overwritten."""
+        def transaction(pipe: redis.client.Pipeline):
+            raw = pipe.get(keys.delivery(delivery_id))
+            if raw is None:
+                raise DeliveryGone(delivery_id)
+            delivery = json.loads(raw)
+            was_pending = pipe.zscore(keys.webhooks_pending(tenant), delivery_id) is not None
+            if not was_pending and self._pending_count(pipe, tenant) >= pending_limit:
+                raise TooManyPending(tenant)
+            delivery["state"] = PENDING
+            pipe.multi()
             pipe.set(keys.delivery(delivery_id), json.dumps(delivery), keepttl=True)
             pipe.zadd(keys.WEBHOOK_DUE, {delivery_id: time.time()})
-            pipe.execute()
-        return delivery
+            _count_pending(pipe, tenant, delivery_id)
+            return delivery
+        return self.r.transaction(transaction, keys.delivery(delivery_id), keys.webhooks_pending(tenant),
+                                  value_from_callable=True)
 
 
 def _with_defaults(hook: dict) -> dict:
@@ -262,7 +330,15 @@ def _queue_delivery(pipe: redis.client.Pipeline, tenant: str, hook: dict, event_
     pipe.lpush(keys.webhook_deliveries(hook["id"]), delivery["id"])
     pipe.ltrim(keys.webhook_deliveries(hook["id"]), 0, DELIVERIES_KEPT - 1)
     pipe.zadd(keys.WEBHOOK_DUE, {delivery["id"]: time.time()})
+    _count_pending(pipe, tenant, delivery["id"])
     return delivery
+
+
+def _count_pending(pipe: redis.client.Pipeline, tenant: str, delivery_id: str) -> None:
+    """Count the delivery among its tenant's pending ones until it ends or its record expires."""
+    pipe.zadd(keys.webhooks_pending(tenant), {delivery_id: time.time() + DELIVERY_TTL})
+    pipe.zremrangebyscore(keys.webhooks_pending(tenant), "-inf", time.time())
+    pipe.expire(keys.webhooks_pending(tenant), DELIVERY_TTL)
 
 
 # KEYS: the tenant's webhooks; ARGV: the cap, the new id, its record

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from app.pools import State, pool_id
+from app.runtime import Throttled
 from app.settings import Settings
 from app.vast import ProviderUnavailable
 from tests.unit.fakes import RecordedChain, snapshot
@@ -159,16 +160,17 @@ def offer(id, machine_id, num_gpus, dph):
 
 
 def test_hosts_groups_offers_as_the_seed_shows(env):
-    env.vast.offers = [offer(1, 88888, 1, 0.45), offer(2, 88888, 3, 1.35), offer(3, 77777, 1, 0.2)]
+    env.vast.offers = [offer(1, 88888, 1, 0.45), offer(2, 88888, 3, 1.35), offer(3, 77777, 1, 0.2),
+                       offer(4, 66666, 4, 2.5)]
     rv = env.api("GET", "/api/v1/warmpool/hosts?gpu_name=RTX_4090&max_price=2&verified=false")
     assert rv.status_code == 200 and rv.json["count"] == 1
     host = rv.json["hosts"][0]
     assert (host["machine_id"], host["total_gpus"], host["available_gpus"], host["gpu_name"]) == (88888, 4, 3, "RTX_4090")
     assert host["can_create_warm_pool"] and host["offers"][0]["offer_id"] == 1
     query, = env.vast.searches
-    assert query["gpu_name"] == {"eq": "RTX 4090"} and query["dph_total"] == {"lte": 2.0} and "verified" not in query
+    assert query["gpu_name"] == {"eq": "RTX 4090"} and "dph_total" not in query and "verified" not in query
     rv = env.api("GET", "/api/v1/warmpool/hosts?min_gpus=1")
-    assert rv.json["count"] == 2 and env.vast.searches[1]["verified"] == {"eq": True}  # verified by default
+    assert rv.json["count"] == 3 and env.vast.searches[1]["verified"] == {"eq": True}  # verified by default
 
 
 def test_hosts_are_cached_briefly(env):
@@ -176,8 +178,19 @@ def test_hosts_are_cached_briefly(env):
     env.vast.offers = [offer(1, 88888, 2, 0.9)]
     first = env.api("GET", "/api/v1/warmpool/hosts").json
     assert env.api("GET", "/api/v1/warmpool/hosts").json == first and len(env.vast.searches) == 1
-    env.api("GET", "/api/v1/warmpool/hosts?gpu_name=A100")  # another query is another entry
+    env.api("GET", "/api/v1/warmpool/hosts?gpu_name=A100")  # another GPU is another search
     assert len(env.vast.searches) == 2
+    # a fresh max_price or min_gpus filters the cached search: a client cannot make every request a miss
+    assert env.api("GET", "/api/v1/warmpool/hosts?max_price=0.5").json["count"] == 0
+    assert env.api("GET", "/api/v1/warmpool/hosts?max_price=0.91&min_gpus=1").json == first
+    assert len(env.vast.searches) == 2
+
+
+def test_hosts_503_with_retry_after_when_the_rate_budget_has_no_slot_now(env):
+    env.vast.error = Throttled(7.2)
+    rv = env.api("GET", "/api/v1/warmpool/hosts")
+    assert_error(rv, 503)
+    assert rv.headers["Retry-After"] == "8" and "rate budget" in rv.json["message"]
 
 
 def test_hosts_503_when_the_provider_fails(env):

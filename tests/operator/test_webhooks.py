@@ -292,7 +292,6 @@ def test_one_tenants_slow_receivers_hold_no_other_tenants_deliveries(clean_stack
         web.api("DELETE", f"/api/v1/webhooks/{hook['id']}")
     scrape = requests.get(web.url + "/metrics", timeout=10).text
     assert 'warmpool_webhook_deliveries_total{result="delivered"}' in scrape
-    assert 'warmpool_webhook_deliveries_total{result="deferred"}' in scrape  # acme's 3rd and 4th waited
     for log in (clean_stack.logs / "webhooks-worker.log", web.log):
         assert "sekrit" not in log.read_text()
 

@@ -8,7 +8,7 @@ import pytest
 import responses
 
 from app import runtime
-from app.runtime import MAX_THROTTLE_WAIT, Throttled, urgent
+from app.runtime import MAX_THROTTLE_WAIT, Throttled, urgent, without_waiting
 from tests.conftest import wait_until
 from tests.unit.fakes import VAST_URL, real_client
 
@@ -107,6 +107,19 @@ def test_a_call_without_a_slot_within_the_wait_gives_its_thread_back_unsent(budg
         budget.client.show_instance(7)
     assert len(budget.mock.calls) == 0 and budget.sleeps == []
     assert raised.value.retry_in > MAX_THROTTLE_WAIT  # the step comes back when a slot may be free
+
+
+def test_a_web_thread_never_waits_for_a_slot(budget):
+    """The API's provider calls (GET /warmpool/hosts) take a slot only if it is free now: no sleep."""
+    budget.env.store.reserve_slot("show_instance", budget.interval)  # the next slot is one interval away
+    with without_waiting(), pytest.raises(Throttled) as raised:
+        budget.client.show_instance(7)
+    assert len(budget.mock.calls) == 0 and budget.sleeps == []
+    assert 0 < raised.value.retry_in <= budget.interval
+    budget.env.store.r.delete("wp:rate:show_instance")  # the slot is free now: taken and sent at once
+    with without_waiting():
+        budget.client.show_instance(7)
+    assert len(budget.mock.calls) == 1 and budget.sleeps == []
 
 
 def test_an_urgent_call_skips_the_horizon_and_waits_for_the_next_slot(budget):

@@ -355,6 +355,21 @@ def test_a_standby_stopped_or_on_its_way_is_not_lost(env, status):
     assert acted(env) == []
 
 
+def test_the_failures_the_first_list_found_are_triggered_before_the_lost_standby_list(env, monkeypatch):
+    pool = protected(env, 123)
+    fail(env, pool, "offline")
+    triggered_before = []
+    list_instances = env.vast.list_instances
+
+    def observed(select_filters=None, **kwargs):
+        if select_filters == sweep.LOST_STANDBY:  # a call that may page: nothing found earlier waits for it
+            triggered_before.append([t["pid"] for t in triggers(env)])
+        return list_instances(select_filters, **kwargs)
+    monkeypatch.setattr(env.vast, "list_instances", observed)
+    run_sweep(env)
+    assert triggered_before == [["acme:123"]]
+
+
 def test_a_lost_standby_waits_while_its_primary_fails_over(env):
     pool = protected(env, 123)
     fail(env, pool, "offline")  # the host is lost: both instances with it
@@ -493,15 +508,40 @@ def test_recheck_leaves_a_standby_that_is_stopped_on_its_way_or_started(env, sta
     assert env.store.get_pool("acme:123") == pool and env.vast.called("destroy_instance") == []
 
 
-def test_recheck_of_a_lost_standby_whose_primary_is_down_too_leaves_the_pool_to_its_failover(env):
+def test_recheck_of_a_lost_standby_whose_primary_is_down_too_triggers_the_failover(env):
     """A host failing: Vast tells of the standby, maybe before the primary. Replacing the standby on that host now
-    would hold the machine while its primary is down; the failover decides for both."""
+    would hold the machine while its primary is down; the failover decides for both, triggered at once."""
     pool = protected(env, 123)
     for instance in (pool["standby_gpu_id"], pool["primary_gpu_id"]):
         env.vast.instances[instance]["actual_status"] = "offline"
-    assert sweep.recheck_standby("acme:123") == "left to the failover"
+    assert sweep.recheck_standby("acme:123") == "failover triggered"
     assert env.store.get_pool("acme:123") == pool and not env.store.is_locked("acme:123")
-    assert env.vast.called("destroy_instance") == [] and env.enqueued == [] and env.store.events("acme:123") == []
+    assert env.vast.called("destroy_instance") == []
+    fired, = triggers(env)
+    assert fired["pid"] == "acme:123" and fired["primary"] == pool["primary_gpu_id"]
+    assert env.store.events("acme:123")[0]["event"] == "primary_failed"
+
+
+def test_recheck_of_a_lost_standby_whose_primary_is_on_its_way_leaves_it_to_the_sweep(env):
+    pool = protected(env, 123)
+    env.vast.instances[pool["standby_gpu_id"]]["actual_status"] = "offline"
+    env.vast.instances[pool["primary_gpu_id"]]["actual_status"] = "loading"
+    assert sweep.recheck_standby("acme:123") == "left to the failover"
+    assert triggers(env) == [] and env.vast.called("destroy_instance") == []
+
+
+def test_a_failover_trigger_during_the_rechecks_provider_calls_is_not_turned_away(env, monkeypatch):
+    pool = protected(env, 123)
+    env.vast.instances[pool["standby_gpu_id"]]["actual_status"] = "offline"
+    show_instance, answers = env.vast.show_instance, []
+
+    def show_then_trigger(instance_id):
+        if not answers:  # Vast's notification of the primary arrives while the recheck asks the provider
+            answers.append(sweep.trigger("acme:123", pool["primary_gpu_id"], time.time()))
+        return show_instance(instance_id)
+    monkeypatch.setattr(env.vast, "show_instance", show_then_trigger)
+    assert sweep.recheck_standby("acme:123") == "moved on"  # the failover holds the machine: it decides
+    assert answers == ["failover"] and env.vast.called("destroy_instance") == []
 
 
 def test_recheck_that_cannot_destroy_the_lost_standby_changes_nothing(env):

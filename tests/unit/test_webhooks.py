@@ -9,7 +9,7 @@ import pytest
 from app import urls
 from app.settings import WEBHOOK_RETRY_SCHEDULE, Settings
 from app.store import keys
-from app.store.webhooks import PENDING, PREVIOUS_SECRET_SECONDS, signing_secrets
+from app.store.webhooks import ATTEMPTS_KEPT, DELIVERED, FAILED, PENDING, PREVIOUS_SECRET_SECONDS, signing_secrets
 from tasks.webhooks import RETRY_AFTER_MAX, claim_seconds, deliver, next_attempt_at, parse_retry_after
 
 
@@ -80,9 +80,84 @@ def test_the_relay_sends_what_is_due_with_its_attempt_number(env):
     env.store.record_attempt(waiting["id"], {"attempt": 1, "error": "HTTP 500"}, PENDING, "retrying",
                              time.time() + 60)
     sent = []
-    env.store.relay_outbox(lambda delivery_id, attempt: sent.append((delivery_id, attempt)))
+    env.store.relay_outbox(lambda delivery_id, attempt: sent.append((delivery_id, attempt)), 4)
     assert (delivery["id"], 1) in sent and waiting["id"] not in {d for d, _ in sent}
     assert env.r.zscore(keys.WEBHOOK_DUE, waiting["id"]) is not None
+
+
+def test_a_tenants_pending_deliveries_are_capped_past_which_a_test_or_resend_is_429(env):
+    env.configure(webhook_pending_per_tenant=2)
+    hook, delivery = queued(env)  # an event's delivery counts too
+    test = f"/api/v1/webhooks/{hook['id']}/test"
+    first_test = env.api("POST", test).json["id"]
+    rv = env.api("POST", test)
+    assert rv.status_code == 429 and "WEBHOOK_PENDING_PER_TENANT" in rv.json["message"]
+    other = env.store.add_webhook("globex", "https://93.184.216.34/hook", None)
+    assert env.api("POST", f"/api/v1/webhooks/{other['id']}/test", tenant="globex").status_code == 202
+    env.store.record_attempt(delivery["id"], {"attempt": 1, "error": None}, DELIVERED, "delivered")
+    assert env.store.pending_deliveries("acme") == 1  # a delivery that ended frees its place
+    resend = f"/api/v1/webhooks/{hook['id']}/deliveries/{delivery['id']}/resend"
+    assert env.api("POST", resend).status_code == 202
+    assert env.api("POST", resend).status_code == 202  # already pending: no second place taken
+    assert env.api("POST", test).status_code == 429
+    env.api("DELETE", f"/api/v1/webhooks/{hook['id']}")  # its pending deliveries free their places at their turn
+    assert [deliver(first_test, 1), deliver(delivery["id"], 2)] == ["unsubscribed"] * 2
+    assert env.store.pending_deliveries("acme") == 0
+
+
+def test_the_relay_sends_no_message_for_a_tenant_whose_slots_are_all_in_flight(env):
+    for tenant in ("acme", "globex"):
+        hook = env.store.add_webhook(tenant, "https://93.184.216.34/hook", None)
+        for _ in range(5):
+            env.store.queue_test_delivery(tenant, hook, 100)
+    assert env.store.take_delivery_slot("acme", "msg_busy", 2, 30)
+    sent = []
+    env.store.relay_outbox(lambda delivery_id, attempt: sent.append(delivery_id), 2)
+    tenants = [env.store.get_delivery(delivery_id)["tenant"] for delivery_id in sent]
+    assert sorted(tenants) == ["acme", "globex", "globex"]  # acme had one slot free, globex two
+    waiting = env.r.zrangebyscore(keys.WEBHOOK_DUE, "-inf", "+inf", withscores=True)
+    assert len(waiting) == 7 and all(score > time.time() for _, score in waiting)  # due again later, not now
+    assert env.store.relay_outbox(lambda delivery_id, attempt: sent.append(delivery_id), 2) == 0
+
+
+def test_a_delivery_keeps_only_its_latest_attempts(env):
+    hook, delivery = queued(env)
+    for attempt in range(1, ATTEMPTS_KEPT + 6):
+        env.store.record_attempt(delivery["id"], {"attempt": attempt, "error": "HTTP 500"}, PENDING, "retrying",
+                                 time.time())
+    kept = env.store.get_delivery(delivery["id"])["attempts"]
+    assert [a["attempt"] for a in kept] == list(range(6, ATTEMPTS_KEPT + 6))
+    listed, = env.api("GET", f"/api/v1/webhooks/{hook['id']}/deliveries").json["deliveries"]
+    assert listed["attempts_made"] == ATTEMPTS_KEPT + 5 and len(listed["attempts"]) == ATTEMPTS_KEPT
+    sent = []
+    env.store.relay_outbox(lambda delivery_id, attempt: sent.append(attempt), 4)
+    assert sent == [ATTEMPTS_KEPT + 6]  # the attempt number still counts every attempt
+
+
+def test_a_resend_racing_an_attempt_keeps_the_attempt_and_one_that_expired_is_404(env, monkeypatch):
+    hook, delivery = queued(env)
+    env.store.record_attempt(delivery["id"], {"attempt": 1, "error": "HTTP 500"}, FAILED, "failed")
+    count, raced = env.store._pending_count, []
+
+    def attempt_lands_meanwhile(client, tenant):  # between the resend's read and its write: a late attempt
+        if not raced:
+            late = {"attempt": 2, "error": "HTTP 500"}
+            raced.append(env.store.record_attempt(delivery["id"], late, FAILED, "failed"))
+        return count(client, tenant)
+    monkeypatch.setattr(env.store, "_pending_count", attempt_lands_meanwhile)
+    resend = f"/api/v1/webhooks/{hook['id']}/deliveries/{delivery['id']}/resend"
+    assert env.api("POST", resend).status_code == 202
+    after = env.store.get_delivery(delivery["id"])
+    assert after["state"] == PENDING and [a["attempt"] for a in after["attempts"]] == [1, 2]
+    get_delivery = env.store.get_delivery
+
+    def expires_once_read(delivery_id):
+        found = get_delivery(delivery_id)
+        env.r.delete(keys.delivery(delivery_id))
+        return found
+    monkeypatch.setattr(env.store, "get_delivery", expires_once_read)
+    rv = env.api("POST", resend)
+    assert rv.status_code == 404 and rv.json["message"].startswith("No delivery")
 
 
 def test_the_retry_schedule_is_the_specs_example_and_retry_after_may_lengthen_it(env):
@@ -94,7 +169,7 @@ def test_the_retry_schedule_is_the_specs_example_and_retry_after_may_lengthen_it
     assert next_attempt_at(1, 10 ** 9, 0) == RETRY_AFTER_MAX == 36000
     assert 300 <= next_attempt_at(2, 1, 0) <= 330  # a shorter Retry-After does not hurry it
     assert parse_retry_after("120") == 120 and parse_retry_after(None) is None
-    assert parse_retry_after("soon") is None
+    assert parse_retry_after("soon") is None and parse_retry_after("²") is None and parse_retry_after("١٢") is None
     assert 50 < parse_retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))) <= 60
 
 
@@ -148,9 +223,50 @@ def test_a_name_server_that_never_answers_is_under_the_attempts_deadline(env, mo
         assert name_server.answered == 0  # the attempt ended while its lookup still hung
         [attempt] = env.store.get_delivery(delivery["id"])["attempts"]
         assert attempt["status_code"] is None and attempt["error"] == "no complete answer within 0.2 s"
-        # registering such a URL answers a clear 422 in the same time, holding no API thread
-        rv = env.api("POST", "/api/v1/webhooks", json={"url": "https://slow-dns.example/other"})
-        assert rv.status_code == 422 and "no DNS answer for slow-dns.example" in rv.json["errors"]["json"]["url"][0]
-        assert name_server.answered == 0
     finally:
         name_server.released.set()
+
+
+def test_a_non_ascii_url_is_refused_and_any_unexpected_failure_is_a_recorded_attempt(env, monkeypatch):
+    rv = env.api("POST", "/api/v1/webhooks", json={"url": "https://93.184.216.34/h\u00e9"})
+    assert rv.status_code == 422 and "ASCII" in rv.json["errors"]["json"]["url"][0]
+    hook, delivery = queued(env)
+
+    def broken(*args):
+        raise UnicodeEncodeError("ascii", "h\u00e9", 1, 2, "ordinal not in range")
+    monkeypatch.setattr("tasks.webhooks.post_pinned", broken)
+    assert deliver(delivery["id"], 1) == "retrying"  # not an exception that leaves the claim and loops
+    [attempt] = env.store.get_delivery(delivery["id"])["attempts"]
+    assert attempt["error"] == "UnicodeEncodeError" and attempt["status_code"] is None
+
+
+def test_registering_a_webhook_resolves_no_name(env, monkeypatch):
+    """A POST or PATCH never waits on DNS (a silent name server would hold an API thread); literal
+    addresses and special-use names are still refused at once, and every attempt checks the name."""
+    name_server = StuckNameServer(monkeypatch)
+    try:
+        rv = env.api("POST", "/api/v1/webhooks", json={"url": "https://slow-dns.example/hook"})
+        assert rv.status_code == 201
+        rv = env.api("PATCH", f"/api/v1/webhooks/{rv.json['id']}", json={"url": "https://slower.example/"})
+        assert rv.status_code == 200
+        assert name_server.answered == 0 and not name_server.released.is_set()
+        for refused in ("https://10.0.0.1/", "http://[::1]/", "http://localhost:8000/", "http://app.localhost/",
+                        "https://no-such-host.invalid/"):
+            rv = env.api("POST", "/api/v1/webhooks", json={"url": refused})
+            assert rv.status_code == 422 and "loopback, private" in rv.json["errors"]["json"]["url"][0], refused
+    finally:
+        name_server.released.set()
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::a9fe:a9fe", "64:ff9b::a00:1", "2002:7f00:1::1", "2002:a9fe:a9fe::",
+                                     "::ffff:10.0.0.1", "2001:0:4136:e378:8000:63bf:80ff:fffe", "64:ff9b:1::5db8:d822"])
+def test_a_private_ipv4_inside_ipv6_is_refused(env, address):
+    """NAT64, 6to4, Teredo and IPv4-mapped addresses reach the IPv4 inside them (Teredo's client, 127.0.0.1 here)."""
+    rv = env.api("POST", "/api/v1/webhooks", json={"url": f"https://[{address}]/hook"})
+    assert rv.status_code == 422 and "url" in rv.json["errors"]["json"]
+    with pytest.raises(urls.UnsafeDestination, match="loopback, private"):  # and at every attempt
+        urls.check_destination(f"https://[{address}]/hook", allow_private=False, within=1)
+
+
+def test_a_public_ipv4_inside_nat64_is_allowed(env):
+    assert env.api("POST", "/api/v1/webhooks", json={"url": "https://[64:ff9b::5db8:d822]/hook"}).status_code == 201
