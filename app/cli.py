@@ -22,7 +22,10 @@ TENANT = r"^[A-Za-z0-9_.]{1,64}$"
 
 @click.group()
 def main():
-    """warmpool: a warm pool of GPUs on Vast.ai, with automatic failover."""
+    """warmpool: a warm pool of GPUs on Vast.ai, with automatic failover.
+
+    The client's options (--url, --key, --profile, -o, --json) go after the command: warmpool pools -o yaml.
+    """
 
 
 client.register(main)  # hosts, pools, status, provision, ... against a running service
