@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -213,15 +214,23 @@ def watchable(function):
     def command(api, out, watch, **kwargs):
         if watch is None:
             return function(api, out, **kwargs)
+        # SIGTERM (`timeout`, a service manager) ends it as Ctrl-C does: rich's Live shows the cursor again
+        previous = signal.signal(signal.SIGTERM, interrupt)
         try:
             redraw(lambda: function(api, out, **kwargs), out, watch)
         except KeyboardInterrupt:
             pass  # Ctrl-C ends a watch; what it showed last stays on the screen
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return click.option("-w", "--watch", type=click.FloatRange(min=0.2), is_flag=False, flag_value=WATCH_SECONDS,
                         default=None, metavar="[SECONDS]",
                         help=f"show it again every SECONDS (default {WATCH_SECONDS:g}) until Ctrl-C; a table on a "
                              "terminal is redrawn in place")(command)
+
+
+def interrupt(*_) -> None:
+    raise KeyboardInterrupt
 
 
 def redraw(show, out: Output, seconds: float) -> None:
