@@ -24,6 +24,10 @@ def test_a_planned_switchover_starts_once_due_and_not_before(env):
     assert rv.status_code == 200, rv.json
     assert rv.json["status"]["scheduled_switchover"]["at"] == iso_at(at)
     assert env.api("GET", "/api/v1/warmpool/status/1").json["scheduled_switchover"]["at"] == iso_at(at)
+    # the event is stamped when it happened (events are newest first), the planned time is a detail of it
+    scheduled = env.store.events(PID)[0]
+    assert scheduled["event"] == "switchover_scheduled" and scheduled["scheduled_for"] == iso_at(at)
+    assert scheduled["at"] <= iso_at(time.time())
     assert check_switchovers() == {} and env.of("failover") == []
     env.r.zadd(keys.SWITCHOVERS, {PID: time.time() - 1})  # the clock reaches it
     assert check_switchovers() == {PID: "switchover"}
