@@ -2,6 +2,7 @@
 starts the failover path with trigger ``switchover`` once it is due and not before, and a rebuild keeps or drops
 a plan."""
 
+import json
 import time
 
 import celeryconfig
@@ -42,6 +43,7 @@ def test_a_planned_switchover_starts_once_due_and_not_before(env):
 
 def test_a_planned_switchover_can_be_cancelled_and_waits_for_an_active_pool(env):
     env.add_pool(1)
+    hook = env.store.add_webhook("acme", "https://93.184.216.34/hook", None)
     assert plan(env).status_code == 200  # at once
     rv = env.api("DELETE", "/api/v1/warmpool/switchover/1")
     assert rv.status_code == 200 and rv.json["status"]["scheduled_switchover"] is None
@@ -56,6 +58,11 @@ def test_a_planned_switchover_can_be_cancelled_and_waits_for_an_active_pool(env)
     assert check_switchovers() == {PID: "dropped"} and env.of("failover") == []
     assert env.store.get_pool(PID)["scheduled_switchover"] is None
     assert env.store.events(PID)[0]["event"] == "switchover_dropped"
+    # each is published to the tenant's webhooks, with the planned time
+    delivered = [(d["type"], json.loads(d["payload"])["data"]["scheduled_for"])
+                 for d in env.store.deliveries(hook["id"])]
+    assert sorted(t for t, _ in delivered) == ["switchover.cancelled", "switchover.dropped", "switchover.scheduled",
+                                               "switchover.scheduled"] and all(at for _, at in delivered)
 
 
 def change(env, **fields) -> None:
