@@ -454,17 +454,26 @@ def switchover(api, out, machine_id, at, cancel):
     out.line(body["message"])
 
 
+YES = click.option("--yes", "-y", is_flag=True, help="do not ask; needed when stdin is not a terminal")
+
+
+def confirmed(question: str, undone: str, yes: bool) -> None:
+    """A destructive command's question, [y/N] on a terminal unless --yes; without a terminal it refuses
+    (exit 7). ``undone`` says what a no leaves undone."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise Failure(f"{question} Not confirmed: stdin is not a terminal, so pass --yes", NOT_CONFIRMED)
+    if not click.confirm(question, default=False, err=True):
+        raise Failure(f"not confirmed: {undone}", NOT_CONFIRMED)
+
+
 @client_command(waits=True)
 @click.argument("machine_id", type=MACHINE_ID)
-@click.option("--yes", "-y", is_flag=True, help="do not ask; needed when stdin is not a terminal")
+@YES
 def cleanup(api, out, machine_id, wait, timeout, yes):
     """Destroy a warm pool's instances and volume (the record stays, disabled). Asks first on a terminal."""
-    if not yes:
-        question = f"destroy machine {machine_id}'s instances and volume?"
-        if not sys.stdin.isatty():
-            raise Failure(f"{question} Not confirmed: stdin is not a terminal, so pass --yes", NOT_CONFIRMED)
-        if not click.confirm(question, default=False, err=True):
-            raise Failure("not confirmed: nothing was destroyed", NOT_CONFIRMED)
+    confirmed(f"destroy machine {machine_id}'s instances and volume?", "nothing was destroyed", yes)
     operation(api, out, api.call("DELETE", f"/warmpool/cleanup/{machine_id}"), wait, timeout)
 
 
