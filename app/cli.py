@@ -22,7 +22,10 @@ TENANT = r"^[A-Za-z0-9_.]{1,64}$"
 
 @click.group()
 def main():
-    """warmpool: a warm pool of GPUs on Vast.ai, with automatic failover."""
+    """warmpool: a warm pool of GPUs on Vast.ai, with automatic failover.
+
+    The client's options (--url, --key, --profile, -o, --json) go after the command: warmpool pools -o yaml.
+    """
 
 
 client.register(main)  # hosts, pools, status, provision, ... against a running service
@@ -227,6 +230,18 @@ def dev_api_key(path: Path) -> str:
     return key
 
 
+def stored_dev_key(store, path: Path) -> str:
+    """The dev key (``dev_api_key``), stored as create-key stores a key (its hash, in Redis) so that list-keys
+    shows it and revoke-key revokes it; a revoked one is replaced by a new one, so the banner's key works."""
+    key = dev_api_key(path)
+    store.add_api_key("dev", key)
+    if store.tenant_for_key(key, {}) is None:  # revoked
+        path.unlink()
+        key = dev_api_key(path)
+        store.add_api_key("dev", key)
+    return key
+
+
 def banner(port: int, flower_port: int, key: str, key_file: Path | None, env: dict) -> str:
     """What `warmpool dev` prints once everything is up: where each part is, and the client's first steps."""
     api = f"http://127.0.0.1:{port}"
@@ -245,7 +260,7 @@ warmpool is running (Ctrl-C stops everything)
   Vast.ai     {env['VAST_API_URL']}
   Vast notifications  {notifications}
 In another terminal:
-  export PATH={client_dir}:$PATH WARMPOOL_URL={api} WARMPOOL_API_KEY={key}
+  export PATH={client_dir}:$PATH WARMPOOL_URL={api} WARMPOOL_API_KEY={key} REDIS_URL={shown(env['REDIS_URL'])}
   warmpool hosts --gpu-name RTX_4090
 {kept}Routine sweeps log at DEBUG (--log-level DEBUG shows them).
 """
@@ -313,9 +328,11 @@ def dev(port, sim_port, flower_port, time_scale, data_dir, log_level):
             env.setdefault("PROVIDER_POLL_INTERVAL", str(max(0.05, 2 * time_scale)))
             # the simulator sends Vast's notifications ("instance offline") to the API, as Vast can
             env.setdefault("VAST_WEBHOOK_SECRET", secrets.token_urlsafe(24))
-        key_file = None if env.get("WARMPOOL_API_KEYS") else data_dir / "dev-api-key"
-        if key_file:
-            env["WARMPOOL_API_KEYS"] = f"dev:{dev_api_key(key_file)}"
+        if env.get("WARMPOOL_API_KEYS"):
+            key_file, key = None, env["WARMPOOL_API_KEYS"].split(",")[0].partition(":")[2]
+        else:
+            key_file = data_dir / "dev-api-key"
+            key = stored_dev_key(dev_store(env), key_file)
         # --quiet: no banners, so that with WARMPOOL_LOG_FORMAT=json every line is a JSON record
         celery = [sys.executable, "-m", "celery", "-A", "tasks", "--quiet"]
         started = time.time()
@@ -331,7 +348,6 @@ def dev(port, sim_port, flower_port, time_scale, data_dir, log_level):
             requests.post(f"{env['VAST_API_URL']}/_sim/webhooks", timeout=10, json={
                 "url": f"http://127.0.0.1:{port}/api/v1/provider/notifications",
                 "secret": env["VAST_WEBHOOK_SECRET"]}).raise_for_status()
-        key = env["WARMPOOL_API_KEYS"].split(",")[0].partition(":")[2]
         click.echo(banner(port, flower_port, key, key_file, env))
         # until a child exits (left unreaped, for its Popen), or a signal ends us
         exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)

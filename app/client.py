@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -213,15 +214,23 @@ def watchable(function):
     def command(api, out, watch, **kwargs):
         if watch is None:
             return function(api, out, **kwargs)
+        # SIGTERM (`timeout`, a service manager) ends it as Ctrl-C does: rich's Live shows the cursor again
+        previous = signal.signal(signal.SIGTERM, interrupt)
         try:
             redraw(lambda: function(api, out, **kwargs), out, watch)
         except KeyboardInterrupt:
             pass  # Ctrl-C ends a watch; what it showed last stays on the screen
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return click.option("-w", "--watch", type=click.FloatRange(min=0.2), is_flag=False, flag_value=WATCH_SECONDS,
                         default=None, metavar="[SECONDS]",
                         help=f"show it again every SECONDS (default {WATCH_SECONDS:g}) until Ctrl-C; a table on a "
                              "terminal is redrawn in place")(command)
+
+
+def interrupt(*_) -> None:
+    raise KeyboardInterrupt
 
 
 def redraw(show, out: Output, seconds: float) -> None:
@@ -445,17 +454,26 @@ def switchover(api, out, machine_id, at, cancel):
     out.line(body["message"])
 
 
+YES = click.option("--yes", "-y", is_flag=True, help="do not ask; needed when stdin is not a terminal")
+
+
+def confirmed(question: str, undone: str, yes: bool) -> None:
+    """A destructive command's question, [y/N] on a terminal unless --yes; without a terminal it refuses
+    (exit 7). ``undone`` says what a no leaves undone."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise Failure(f"{question} Not confirmed: stdin is not a terminal, so pass --yes", NOT_CONFIRMED)
+    if not click.confirm(question, default=False, err=True):
+        raise Failure(f"not confirmed: {undone}", NOT_CONFIRMED)
+
+
 @client_command(waits=True)
 @click.argument("machine_id", type=MACHINE_ID)
-@click.option("--yes", "-y", is_flag=True, help="do not ask; needed when stdin is not a terminal")
+@YES
 def cleanup(api, out, machine_id, wait, timeout, yes):
     """Destroy a warm pool's instances and volume (the record stays, disabled). Asks first on a terminal."""
-    if not yes:
-        question = f"destroy machine {machine_id}'s instances and volume?"
-        if not sys.stdin.isatty():
-            raise Failure(f"{question} Not confirmed: stdin is not a terminal, so pass --yes", NOT_CONFIRMED)
-        if not click.confirm(question, default=False, err=True):
-            raise Failure("not confirmed: nothing was destroyed", NOT_CONFIRMED)
+    confirmed(f"destroy machine {machine_id}'s instances and volume?", "nothing was destroyed", yes)
     operation(api, out, api.call("DELETE", f"/warmpool/cleanup/{machine_id}"), wait, timeout)
 
 

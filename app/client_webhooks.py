@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
-from app.client import EXIT_CODES, client_command
+from app.client import EXIT_CODES, YES, client_command, confirmed
 
 def show(out, body: dict, text: str) -> None:
     """The API's JSON with --json, else one line."""
@@ -53,8 +53,10 @@ def add(api, out, webhook_url, events):
 
 @client_command("rm")
 @click.argument("webhook_id")
-def remove(api, out, webhook_id):
-    """Unsubscribe a webhook; deliveries not yet made are dropped."""
+@YES
+def remove(api, out, webhook_id, yes):
+    """Unsubscribe a webhook; deliveries not yet made are dropped. Asks first on a terminal."""
+    confirmed(f"delete webhook {webhook_id} and drop its deliveries not yet made?", "nothing was deleted", yes)
     api.call("DELETE", f"/webhooks/{webhook_id}")
     show(out, {"id": webhook_id, "deleted": True}, f"webhook {webhook_id} deleted")
 

@@ -142,7 +142,7 @@ def plan_switchover(tenant: str, machine_id: int, at: float) -> dict:
             raise Conflict(f"Cannot schedule a switchover in state {pool['state']}: the pool has no primary to move")
         schedule_switchover(pool, at)
         s.save_pool(pool, lease.held)
-        s.event(pid, "switchover_scheduled", f"switchover to the standby planned for {iso_at(at)}", at=iso_at(at))
+        s.event(pid, "switchover_scheduled", f"switchover to the standby planned for {iso_at(at)}", scheduled_for=iso_at(at))
         return pool
 
 
@@ -158,7 +158,7 @@ def cancel_switchover(tenant: str, machine_id: int) -> dict:
         unschedule_switchover(pool)
         s.save_pool(pool, lease.held)
         s.event(pid, "switchover_cancelled", f"the switchover planned for {planned['at']} is cancelled",
-                at=planned["at"])
+                scheduled_for=planned["at"])
         return pool
 
 

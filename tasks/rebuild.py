@@ -241,7 +241,7 @@ def _keep_switchover(pid: str, pool: dict) -> None:
         schedule_switchover(pool, at)
         return
     store().event(pid, "switchover_dropped", f"the switchover planned for {iso_at(at)} is dropped: the rebuilt pool "
-                                             "has no standby", at=iso_at(at), reason="no standby")
+                                             "has no standby", scheduled_for=iso_at(at), reason="no standby")
 
 
 @contextlib.contextmanager

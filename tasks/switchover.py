@@ -39,7 +39,7 @@ def _start(pid: str) -> str:
             unschedule_switchover(pool)
             s.save_pool(pool, lease.held)
             s.event(pid, "switchover_dropped", f"the switchover planned for {planned['at']} is dropped: the pool is "
-                                               "disabled", at=planned["at"], reason="disabled")
+                                               "disabled", scheduled_for=planned["at"], reason="disabled")
             return "dropped"
         if pool["state"] != State.ACTIVE:
             return f"waiting: {pool['state']}"

@@ -34,6 +34,9 @@ class Mutant:
 
 
 MUTANTS = [
+    Mutant("an event's at is when it happened: no detail replaces it", "app/store/__init__.py",
+           "record = {**own, **data, **own}", "record = {**own, **data}",
+           (f"{UNIT}::test_an_events_details_never_replace_when_it_happened",)),
     Mutant("a planned switchover starts once due, not before", "app/store/__init__.py",
            'return self.r.zrangebyscore(keys.SWITCHOVERS, "-inf", now)',
            'return self.r.zrangebyscore(keys.SWITCHOVERS, "-inf", "+inf")',

@@ -256,9 +256,11 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
     # -- events --------------------------------------------------------------
 
     def event(self, pid: str, kind: str, message: str, **data) -> None:
-        """Record what happened to a pool; the event sinks (webhooks, metrics) see it in the same transaction."""
+        """Record what happened to a pool; the event sinks (webhooks, metrics) see it in the same transaction.
+        ``data`` adds details and never replaces the record's own fields (``at`` is when it happened)."""
         key = keys.events(pid)
-        record = {"at": now_iso(), "event": kind, "message": message, **data}
+        own = {"at": now_iso(), "event": kind, "message": message}
+        record = {**own, **data, **own}  # in this order, and never replaced by data
         with self.r.pipeline() as pipe:
             pipe.lpush(key, json.dumps(record))
             pipe.ltrim(key, 0, EVENTS_KEPT - 1)

@@ -38,6 +38,9 @@ WEBHOOK_TYPES = {
     "standby_lost": "standby.lost",
     "host_failover_completed": "host_failover.completed",
     "split_brain_resolved": "split_brain.resolved",
+    "switchover_scheduled": "switchover.scheduled",
+    "switchover_cancelled": "switchover.cancelled",
+    "switchover_dropped": "switchover.dropped",
     "webhook_disabled": "webhook.disabled",
 }
 TEST_TYPE = "webhook.test"  # sent only by POST /api/v1/webhooks/<id>/test, to that webhook alone

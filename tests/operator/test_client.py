@@ -222,6 +222,15 @@ def test_cleanup_on_a_terminal_asks_first(web):
     assert "destroy machine 654's instances and volume?" in terminal.text and "nothing was destroyed" in terminal.text
 
 
+def test_a_watch_stopped_by_sigterm_ends_as_ctrl_c_does(web):
+    watch = Terminal(web, "pools", "--watch", "0.3")
+    wait_until(lambda: "Ctrl-C to stop" in watch.text, timeout=30, message="the watch to show the pools")
+    assert "\x1b[?25l" in watch.output.decode()  # rich's Live hid the cursor
+    watch.process.send_signal(signal.SIGTERM)  # as `timeout` stops it
+    assert watch.end() == OK
+    assert watch.output.decode().rstrip().endswith("\x1b[?25h") and "Traceback" not in watch.text  # shown again
+
+
 def test_version_and_a_profile(web, tmp_path):
     # the URL, the key and the output from the profile; the environment gives neither URL nor key
     config = tmp_path / "warmpool" / "config.toml"

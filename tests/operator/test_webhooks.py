@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from standardwebhooks import Webhook
 
 from app.cli import main
-from app.client import NOT_FOUND, OK, USAGE
+from app.client import NOT_CONFIRMED, NOT_FOUND, OK, USAGE
 from app.store.webhooks import EVENT_TYPES, MAX_WEBHOOKS
 from app.urls import DeadlineExceeded, check_destination, post_pinned
 from tasks import celery_app
@@ -394,6 +394,8 @@ def test_the_webhooks_commands(clean_stack, web, webhooks_worker, receiver):
     rotated = warmpool("rotate", hook_id)
     secret = rotated.split()[1]
     assert secret.startswith("whsec_") and secret != added["secret"]
-    assert "deleted" in warmpool("rm", hook_id)
-    warmpool("rm", hook_id, code=NOT_FOUND)
+    # rm asks as cleanup does: with no terminal to ask on, it deletes nothing without --yes
+    assert "pass --yes" in warmpool("rm", hook_id, code=NOT_CONFIRMED) and hook_id in warmpool("list")
+    assert "deleted" in warmpool("rm", hook_id, "--yes")
+    warmpool("rm", hook_id, "-y", code=NOT_FOUND)
     assert "0 webhooks" in warmpool("list")

@@ -2,6 +2,7 @@
 a second Ctrl-C stops what is left at once. A restart keeps the pools and the dev key."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import psutil
 import pytest
 import requests
 
+from app.cli import dev_store
 from app.processes import free_port, wait_until
 from tests.conftest import ROOT
 
@@ -113,6 +115,10 @@ def test_a_restart_looks_like_a_restart_against_vast(tmp_path):
     key = (tmp_path / "var" / "dev-api-key").read_text().strip()
     headers = {"Authorization": f"Bearer {key}"}
     try:
+        # the key commands (list-keys) reach dev's own Redis through the export line's REDIS_URL, and see its key
+        wait_until(lambda: "REDIS_URL=" in first.output(), 30, 0.1, "the banner")
+        redis_url = re.search(r"export PATH=.* REDIS_URL=(\S+)", first.output())[1]
+        assert [k["tenant"] for k in dev_store({"REDIS_URL": redis_url}).api_keys({})] == ["dev"]
         api = f"http://127.0.0.1:{first.port}/api/v1/warmpool"
         host = requests.get(f"{api}/hosts?gpu_name=RTX_4090&min_gpus=2", headers=headers, timeout=30).json()
         rv = requests.post(f"{api}/provision?wait=60", headers=headers, timeout=90, json={

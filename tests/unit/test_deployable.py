@@ -192,3 +192,26 @@ def test_the_dev_key_is_kept_across_restarts(tmp_path):
     first = dev_api_key(path)
     assert dev_api_key(path) == first and len(first) >= 32
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_dev_key_is_stored_for_list_keys_and_a_revoked_one_is_replaced(tmp_path):
+    from app.cli import stored_dev_key
+    from tests.unit.fakes import fake_store
+
+    store, path = fake_store(), tmp_path / "dev-api-key"
+    key = stored_dev_key(store, path)
+    assert stored_dev_key(store, path) == key  # a restart keeps it
+    listed, = store.api_keys({})
+    assert listed["tenant"] == "dev" and store.tenant_for_key(key, {}) == "dev"
+
+    store.revoke_api_key(listed["id"], {})
+    new = stored_dev_key(store, path)
+    assert new != key and path.read_text().strip() == new and store.tenant_for_key(new, {}) == "dev"
+
+
+def test_the_banner_exports_the_dev_redis_without_its_password():
+    from app.cli import banner
+
+    env = {"REDIS_URL": "redis://:s3cret@127.0.0.1:41237/0", "VAST_API_URL": "http://127.0.0.1:8090"}
+    export = next(line for line in banner(8000, 5555, "k", None, env).splitlines() if "export " in line)
+    assert "REDIS_URL=redis://:***@127.0.0.1:41237/0" in export and "s3cret" not in export

@@ -219,6 +219,13 @@ def test_events_newest_first_and_capped(store):
     assert store.events("acme:1") == []
 
 
+def test_an_events_details_never_replace_when_it_happened(store):
+    store.event(PID, "tick", "planned", at="2099-01-01T00:00:00Z", event="other")
+    recorded, = store.events(PID)
+    assert recorded["at"] < "2099" and (recorded["event"], recorded["message"]) == ("tick", "planned")
+    assert list(recorded) == ["at", "event", "message"]
+
+
 # -- API keys ------------------------------------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 starts the failover path with trigger ``switchover`` once it is due and not before, and a rebuild keeps or drops
 a plan."""
 
+import json
 import time
 
 import celeryconfig
@@ -24,6 +25,10 @@ def test_a_planned_switchover_starts_once_due_and_not_before(env):
     assert rv.status_code == 200, rv.json
     assert rv.json["status"]["scheduled_switchover"]["at"] == iso_at(at)
     assert env.api("GET", "/api/v1/warmpool/status/1").json["scheduled_switchover"]["at"] == iso_at(at)
+    # the event is stamped when it happened (events are newest first), the planned time is a detail of it
+    scheduled = env.store.events(PID)[0]
+    assert scheduled["event"] == "switchover_scheduled" and scheduled["scheduled_for"] == iso_at(at)
+    assert scheduled["at"] <= iso_at(time.time())
     assert check_switchovers() == {} and env.of("failover") == []
     env.r.zadd(keys.SWITCHOVERS, {PID: time.time() - 1})  # the clock reaches it
     assert check_switchovers() == {PID: "switchover"}
@@ -38,6 +43,7 @@ def test_a_planned_switchover_starts_once_due_and_not_before(env):
 
 def test_a_planned_switchover_can_be_cancelled_and_waits_for_an_active_pool(env):
     env.add_pool(1)
+    hook = env.store.add_webhook("acme", "https://93.184.216.34/hook", None)
     assert plan(env).status_code == 200  # at once
     rv = env.api("DELETE", "/api/v1/warmpool/switchover/1")
     assert rv.status_code == 200 and rv.json["status"]["scheduled_switchover"] is None
@@ -52,6 +58,11 @@ def test_a_planned_switchover_can_be_cancelled_and_waits_for_an_active_pool(env)
     assert check_switchovers() == {PID: "dropped"} and env.of("failover") == []
     assert env.store.get_pool(PID)["scheduled_switchover"] is None
     assert env.store.events(PID)[0]["event"] == "switchover_dropped"
+    # each is published to the tenant's webhooks, with the planned time
+    delivered = [(d["type"], json.loads(d["payload"])["data"]["scheduled_for"])
+                 for d in env.store.deliveries(hook["id"])]
+    assert sorted(t for t, _ in delivered) == ["switchover.cancelled", "switchover.dropped", "switchover.scheduled",
+                                               "switchover.scheduled"] and all(at for _, at in delivered)
 
 
 def change(env, **fields) -> None:
