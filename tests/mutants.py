@@ -8,6 +8,8 @@ that nothing proves: this script then exits 1. Run it with ``make mutants`` (CI 
 """
 
 import argparse
+import concurrent.futures
+import queue
 import shutil
 import subprocess
 import sys
@@ -343,23 +345,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", dest="words", action="append", metavar="WORDS",
                         help="run only the mutants whose guarantee contains this text (case-insensitive); "
                              "given more than once, those that contain any of them")
-    words = [w.lower() for w in parser.parse_args(argv).words or [""]]
+    parser.add_argument("-j", "--jobs", type=int, default=2, help="mutants tested at once, each in its own copy")
+    parsed = parser.parse_args(argv)
+    words = [w.lower() for w in parsed.words or [""]]
     chosen = [m for m in MUTANTS if any(w in m.guarantee.lower() for w in words)]
     if not chosen:
         parser.error(f"no mutant's guarantee contains any of {words}")
-    survivors = []
-    tree = Path(tempfile.mkdtemp(prefix="warmpool-mutants-"))
-    shutil.copytree(ROOT, tree, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "var", "*.egg-info"))
-    for mutant in chosen:
-        started = time.monotonic()
-        caught = run(tree, mutant)
+    # one copy of the tree per job: a mutant is applied, tested and restored in its own copy
+    trees: queue.Queue[Path] = queue.Queue()
+    for _ in range(parsed.jobs):
+        tree = Path(tempfile.mkdtemp(prefix="warmpool-mutants-"))
+        shutil.copytree(ROOT, tree, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "var", "*.egg-info"))
+        trees.put(tree)
+
+    def check(mutant: Mutant) -> bool:
+        tree, started = trees.get(), time.monotonic()
+        try:
+            caught = run(tree, mutant)
+        finally:
+            trees.put(tree)
         print(f"{'killed ' if caught else 'SURVIVED'}  {mutant.guarantee}  ({time.monotonic() - started:.0f} s)",
               flush=True)
-        if not caught:
-            survivors.append(mutant)
+        return caught
+
+    with concurrent.futures.ThreadPoolExecutor(parsed.jobs) as pool:
+        survivors = [m for m, caught in zip(chosen, pool.map(check, chosen)) if not caught]
     print(f"{len(chosen) - len(survivors)} killed, {len(survivors)} survived")
-    shutil.rmtree(tree, ignore_errors=True)
+    while not trees.empty():
+        shutil.rmtree(trees.get(), ignore_errors=True)
     return 1 if survivors else 0
 
 
