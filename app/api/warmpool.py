@@ -144,13 +144,21 @@ class Hosts(MethodView):
         return {"hosts": hosts, "count": len(hosts)}
 
 
+# how long a miss of the hosts cache may hold its web thread: a queued search, then the call itself
+HOSTS_MISS_SECONDS = 90.0
+
+
 def cached_offers(query: dict) -> list[dict]:
-    """The provider's offers for ``query``, cached HOSTS_CACHE_SECONDS; a miss takes a rate-budget slot only
-    if one is free now (a web thread never waits for one), else 503 with Retry-After."""
+    """The provider's offers for ``query``, cached HOSTS_CACHE_SECONDS. A miss waits for a rate-budget slot only
+    while it holds one of the tenant's ``?wait`` slots (the same caps, so waits never take every web thread);
+    past them it takes a slot only if one is free now, else 503 with Retry-After."""
     offers = store().cached_offers(query)
     if offers is None:
+        cfg = settings()
         try:
-            with without_waiting():
+            with store().wait_slot(g.tenant, HOSTS_MISS_SECONDS, cfg.wait_max_holders,
+                                   cfg.wait_max_holders_per_tenant) as holding, \
+                    (contextlib.nullcontext() if holding else without_waiting()):
                 offers = vast().search_offers(query)
         except Throttled as exc:
             abort(503, message="The provider's rate budget is busy; try again shortly",

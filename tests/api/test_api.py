@@ -187,6 +187,8 @@ def test_hosts_are_cached_briefly(env):
 
 
 def test_hosts_503_with_retry_after_when_the_rate_budget_has_no_slot_now(env):
+    """Past the tenant's wait slots, a miss of the hosts cache never waits for the budget."""
+    env.configure(wait_max_holders_per_tenant=0)
     env.vast.error = Throttled(7.2)
     rv = env.api("GET", "/api/v1/warmpool/hosts")
     assert_error(rv, 503)
