@@ -2,18 +2,22 @@
 
 Each command takes the machine's lock (that is what refuses a second operation),
 decides from the pool record, writes it with the new operation's id, and hands
-the lock to the operation's steps (``tasks/operations.py``). The API's views only
+the lock to the operation's steps (``app/operations.py``). The API's views only
 validate, call one of these and shape the answer.
 """
 
 import time
 from dataclasses import dataclass
 
+from app import operations
 from app.pools import (State, has_resources, iso_at, new_pool, pool_id, refuses_provision, schedule_switchover,
                        to_active, to_provisioning, unschedule_switchover)
+from app.queue import enqueue
 from app.runtime import settings, store
 from app.store import Busy
-from tasks import operations, sweep
+
+# the sweep's checks a provider's notification starts (tasks/sweep.py)
+TRIGGER, RECHECK_STANDBY = "warmpool.failover.trigger", "warmpool.health.recheck_standby"
 
 
 class NotFound(Exception):
@@ -115,7 +119,7 @@ def disable(tenant: str, machine_id: int) -> Started:
             return Started(None, s.get_pool(pid))
     except Busy:
         op_id = s.new_op(tenant, machine_id, "disable")
-        operations.when_unlocked.delay(pid, "disable", op_id, pool["op_id"])
+        enqueue(operations.WHEN_UNLOCKED, pid, "disable", op_id, pool["op_id"])
         return Started(op_id, pool, queued=True)
 
 
@@ -172,7 +176,7 @@ def cleanup(tenant: str, machine_id: int) -> Started:
             operations.cleanup(pid, lease.hand_off(), op_id)
             return Started(op_id, s.get_pool(pid))
     except Busy:
-        operations.when_unlocked.delay(pid, "cleanup", op_id, pool["op_id"])
+        enqueue(operations.WHEN_UNLOCKED, pid, "cleanup", op_id, pool["op_id"])
         return Started(op_id, pool, queued=True)
 
 
@@ -200,10 +204,10 @@ def provider_notice(event: str, instance_id: int | None, body_digest: str) -> st
     if not checks:
         return "recorded"
     if role == "standby":
-        sweep.recheck_standby.delay(pid)
+        enqueue(RECHECK_STANDBY, pid)
         return "standby check"
     now = time.time()
-    sweep.trigger.delay(pid, instance_id, now, now, s.last_sweep_time(), source="notification")
+    enqueue(TRIGGER, pid, instance_id, now, now, s.last_sweep_time(), source="notification")
     return "failover check"
 
 

@@ -1,7 +1,7 @@
 """What every step shares: the operation it runs in, its lock, and how it ends.
 
 An operation (provision, failover, cleanup...) is a chain of steps, each about one
-provider call (declared in ``tasks/operations.py``). A ``Context`` travels down the
+provider call (declared in ``app/operations.py``). A ``Context`` travels down the
 chain: the machine, the operation record's id, the lock token and fencing epoch,
 and the phase timings. While a step runs, a heartbeat keeps its lock alive and
 every mutating provider call first checks that the step still holds the current
@@ -12,50 +12,17 @@ import contextlib
 import logging
 import random
 import time
-from typing import TypedDict
 
 from celery import Task
 from celery.exceptions import Ignore, Retry
 
 from app import vast as provider
+from app.operations import Context
 from app.pools import now_iso, split_pool_id, to_degraded
 from app.runtime import Throttled, fence, settings, store
 from app.store import STORE_AWAY, FencedOut, Held
 
 log = logging.getLogger(__name__)
-
-
-class Context(TypedDict, total=False):
-    """What travels down an operation's chain (JSON: Celery carries it between steps)."""
-    pid: str                    # "tenant:machine_id"
-    operation: str              # provision, failover, cleanup
-    op_id: str | None           # the API's task id
-    token: str                  # the machine lock's token ...
-    epoch: int                  # ... and fencing epoch
-    seq: int                    # the pool's step counter this step expects
-    started: float
-    phases: dict[str, float]    # failover phases, seconds
-    provider_errors: int        # provider outages met so far (retries are bounded)
-    # failover
-    trigger: str                # manual, health, notification, heal, expiry
-    old_primary: int | None
-    detected_at: float | None   # the failure first seen ...
-    healthy_at: float | None    # ... and the last check that saw the primary healthy
-    state_before: str           # the pool's state when the failover was decided (a cancel goes back to it)
-    triggered_at: float | None
-    fenced_at: float
-    ready_at: float
-    replace_started: float
-    fresh: bool                 # a fresh instance replaced a standby that would not start
-    announced: bool             # failover_started was said
-    promoted: bool              # the standby is the primary now
-    # waits (deadlines, epoch seconds) and offers found by a search (searches are rate limited)
-    primary_deadline: float
-    stop_deadline: float
-    standby_deadline: float
-    volume_deadline: float
-    gpu_offer: int
-    volume_offer: int
 
 
 class Operation:
@@ -76,13 +43,6 @@ class Operation:
     def current(self) -> bool:
         """Whether this step is the one the pool waits for (not a duplicate delivery of a done one)."""
         return self.pool is not None and self.pool.get("seq", 0) == self.ctx["seq"]
-
-    @classmethod
-    def begin(cls, pid: str, operation: str, held: Held, op_id: str | None = None, **extra) -> Context:
-        """The context of a new operation that holds ``held``."""
-        pool = store().get_pool(pid) or {}
-        return {"pid": pid, "operation": operation, "op_id": op_id, "token": held.token, "epoch": held.epoch,
-                "seq": pool.get("seq", 0), "started": time.time(), "phases": {}, **extra}
 
     def take_over(self) -> None:
         self.held = self.store.take_over(self.pid, self.held, self.settings.lock_ttl)

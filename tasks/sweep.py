@@ -18,12 +18,13 @@ import time
 
 from celery import shared_task
 
+from app import operations
 from app import vast as provider
 from app.hosts import offers_query
 from app.pools import State, label, parse_label, pool_id, split_pool_id, to_degraded, to_replacing_standby
 from app.runtime import settings, store, vast
 from app.store import FencedOut
-from tasks import operations, rebuild
+from tasks import rebuild
 from tasks.failover import TRANSITIONAL
 from tasks.provision import is_running
 

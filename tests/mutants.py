@@ -42,9 +42,11 @@ MUTANTS = [
            "",
            (f"{UNIT}::test_save_pool_with_a_stale_epoch_is_fenced_out_and_writes_nothing",
             f"{LOCKS}::test_two_writers_racing_on_a_real_redis_exactly_one_wins_each_round")),
-    Mutant("the old primary is stopped before the standby starts (rule 3)", "tasks/operations.py",
-           "stop_primary.s(), await_stopped.s(), start_standby.s(), await_standby.s()",
-           "start_standby.s(), await_standby.s(), stop_primary.s(), await_stopped.s()",
+    Mutant("the old primary is stopped before the standby starts (rule 3)", "app/operations.py",
+           '    "warmpool.failover.stop_primary", "warmpool.failover.await_stopped",\n'
+           '    "warmpool.failover.start_standby", "warmpool.failover.await_standby",\n',
+           '    "warmpool.failover.start_standby", "warmpool.failover.await_standby",\n'
+           '    "warmpool.failover.stop_primary", "warmpool.failover.await_stopped",\n',
            ("tests/integration/test_seed_flow.py",)),
     Mutant("a mutating provider call leaves only while the step holds the epoch (rule 12)", "app/runtime.py",
            "        if check is not None and method in MUTATING_METHODS and endpoint not in READS_BY_POST:\n"
