@@ -32,11 +32,17 @@ class Context(TypedDict, total=False):
     provider_errors: int        # provider outages met so far (retries are bounded)
     # failover
     trigger: str                # manual, health, notification, heal, expiry
-    old_primary: int | None
+    old_primary: int
     detected_at: float | None   # the failure first seen ...
     healthy_at: float | None    # ... and the last check that saw the primary healthy
     state_before: str           # the pool's state when the failover was decided (a cancel goes back to it)
     triggered_at: float | None
+    confirm_since: float        # the confirmation reads only poll rounds that started after it asked ...
+    confirm_deadline: float     # ... until then
+    primary_labelled: bool      # the confirmation saw the old primary carry the primary's label
+    fence_ids: list[int]        # instances the fence waits to see stopped ...
+    fence_since: float          # ... in poll rounds that started after this
+    standby_since: float        # the standby started: poll rounds after it
     fenced_at: float
     ready_at: float
     replace_started: float
@@ -87,6 +93,14 @@ def begin(pid: str, operation: str, held: Held, op_id: str | None = None, **extr
                           **extra})
 
 
+def _held_pool(pid: str) -> dict:
+    """The pool of a machine whose lock the caller holds: such a machine has its record (a cleanup keeps it)."""
+    pool = store().get_pool(pid)
+    if pool is None:
+        raise LookupError(f"no pool record for {pid}, whose lock is held")
+    return pool
+
+
 def _send(names, ctx: Context) -> None:
     chain(*(step(name) for name in names)).delay(ctx)
 
@@ -104,7 +118,7 @@ def failover(pid: str, held: Held, trigger: str, op_id: str | None = None, detec
     minute counts only failures so confirmed (``confirm_failure``), so no trigger is ever deferred here.
     """
     s = store()
-    pool = s.get_pool(pid)
+    pool = _held_pool(pid)
     op_id = op_id or s.new_op(*split_pool_id(pid), "failover")
     s.update_op(op_id, trigger=trigger)
     state_before = pool["state"]
@@ -146,7 +160,7 @@ def renew_standby(pid: str, held: Held, op_id: str | None, expiring: int, expiri
 def cleanup(pid: str, held: Held, op_id: str | None) -> None:
     """Destroy every instance, then the volume; the record stays, disabled."""
     s = store()
-    pool = s.get_pool(pid)
+    pool = _held_pool(pid)
     if not pool.get("cleanup_pending") or pool["op_id"] != op_id:  # from now on the healer finishes it if interrupted
         pool.update(cleanup_pending=True, op_id=op_id)
         s.save_pool(pool, held)
@@ -156,7 +170,7 @@ def cleanup(pid: str, held: Held, op_id: str | None) -> None:
 def disable(pid: str, held: Held) -> None:
     """Stop protecting the pool; its resources stay (the seed's CPU standby takes over)."""
     s = store()
-    pool = s.get_pool(pid)
+    pool = _held_pool(pid)
     to_disabled(pool)
     s.save_pool(pool, held)
     s.event(pid, "disabled", "warm pool disabled; fallback cpu_standby")

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 import time
+from typing import Literal
 
 from celery import Task
 from celery.exceptions import Ignore, Retry
@@ -25,6 +26,10 @@ from app.store import STORE_AWAY, FencedOut, Held
 log = logging.getLogger(__name__)
 
 
+# the waits' deadlines in the context
+DeadlineKey = Literal["primary_deadline", "stop_deadline", "standby_deadline", "volume_deadline", "confirm_deadline"]
+
+
 class Operation:
     """One operation on one machine, as seen from inside a step."""
 
@@ -35,7 +40,8 @@ class Operation:
         self.held = Held(ctx["token"], ctx["epoch"])
         self.store = store()
         self.settings = settings()
-        self.pool = self.store.get_pool(self.pid)
+        # None once the pool is gone: a step asks ``current`` first, and runs only on a pool that is there
+        self.pool: dict = self.store.get_pool(self.pid)  # type: ignore[assignment]
         self.advanced = False
         self.heartbeat = None
 
@@ -46,7 +52,7 @@ class Operation:
 
     def take_over(self) -> None:
         self.held = self.store.take_over(self.pid, self.held, self.settings.lock_ttl)
-        self.ctx.update(token=self.held.token, epoch=self.held.epoch)
+        self.ctx["token"], self.ctx["epoch"] = self.held.token, self.held.epoch
 
     def fence(self) -> None:
         """Raise FencedOut unless this step still holds the machine (before every mutating provider call)."""
@@ -89,10 +95,10 @@ class Operation:
         saw the primary healthy (the outage a user sees)."""
         ctx = self.ctx
         phases, lost_at = ctx["phases"], ctx.get("detected_at") or ctx["started"]
-        if ctx.get("detected_at") and ctx.get("triggered_at"):
+        detected_at, triggered_at = ctx.get("detected_at"), ctx.get("triggered_at")
+        if detected_at and triggered_at:
             # first failed sweep -> the failure confirmed -> the machine's lock taken
-            phases.update(detect=round(ctx["triggered_at"] - ctx["detected_at"], 3),
-                          lock=round(ctx["started"] - ctx["triggered_at"], 3))
+            phases.update(detect=round(triggered_at - detected_at, 3), lock=round(ctx["started"] - triggered_at, 3))
         phases[fence] = round(ctx["fenced_at"] - ctx["started"], 3)
         phases[start] = round(ctx["ready_at"] - ctx["fenced_at"], 3)
         now = self.phase("promote", ctx["ready_at"])
@@ -102,8 +108,8 @@ class Operation:
 
     def complete(self, result: dict) -> None:
         """Give the task record its result; the lock stays held for the steps still to come."""
-        if self.ctx.get("op_id"):
-            self.store.update_op(self.ctx["op_id"], state="SUCCESS", step="done", result=result)
+        if op_id := self.ctx.get("op_id"):
+            self.store.update_op(op_id, state="SUCCESS", step="done", result=result)
 
     def finish(self, result: dict, **fields) -> None:
         """End the operation: the pool gets its last fields, the task record its result, the lock is released."""
@@ -120,8 +126,8 @@ class Operation:
         if operation == "failover" and not self.ctx.get("promoted"):
             self.event("failover_failed", message, trigger=self.ctx.get("trigger"))
         self.event("degraded", message, operation=operation)
-        if self.ctx.get("op_id"):
-            self.store.update_op(self.ctx["op_id"], state="FAILURE", step="failed", error=message)
+        if op_id := self.ctx.get("op_id"):
+            self.store.update_op(op_id, state="FAILURE", step="failed", error=message)
         self.store.release(self.pid, self.held, self.settings.lock_ttl)
 
 
@@ -225,7 +231,7 @@ class Step(Task):
             pass  # a newer holder decides now
         raise Ignore()
 
-    def wait(self, op: Operation, deadline_key: str, timeout: float, interval: float | None = None) -> bool:
+    def wait(self, op: Operation, deadline_key: DeadlineKey, timeout: float, interval: float | None = None) -> bool:
         """Poll again after the poll interval, until ``timeout`` seconds from the first poll (then False)."""
         deadline = op.ctx.setdefault(deadline_key, time.time() + timeout)
         if time.time() > deadline:
