@@ -113,8 +113,8 @@ def vast() -> VastClient:
             return
         # the provider counts arrivals, which jitter by a few ms after the slot: keep a margin
         interval = limits[endpoint] * 1.05 + 0.01
-        if ranked.get() is not None:
-            return take_ranked_turn(endpoint, interval, *ranked.get())
+        if (rank := ranked.get()) is not None:
+            return take_ranked_turn(endpoint, interval, *rank)
         # others reserve at most two slots ahead, so an urgent call never waits behind a backlog
         horizon = interval if unqueued.get() else -1 if urgent.get() else 2 * interval
         deadline = time.monotonic() + MAX_THROTTLE_WAIT

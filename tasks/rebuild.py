@@ -84,7 +84,10 @@ def instances_by_pool(pids: list[str] | None) -> dict[str, list[dict]]:
 
 
 def _role(row: dict) -> str:
-    return parse_label(row["label"])[1]
+    parsed = parse_label(row["label"])
+    if parsed is None:  # the rows here are those grouped by their label (``labelled_pools``)
+        raise ValueError(f"not a warmpool label: {row['label']!r}")
+    return parsed[1]
 
 
 def _up(row: dict) -> bool:
@@ -128,6 +131,8 @@ def form_pool(pid: str, rows: list[dict], volumes: list[dict]) -> dict | None:
         if primary and _role(primary) == "standby" else None
     standby = _oldest_standby(stopped)
     some = primary or standby
+    if some is None:  # no instance: nothing to form a pool from
+        return None
     size = next((v.get("disk_space") for v in volumes if v["id"] == volume_id), None) or \
         next((i.get("total_space") for row in rows for i in row.get("volume_info") or [] if i.get("id") == volume_id),
              None)

@@ -83,7 +83,10 @@ def _instance_suspects(counts: dict[str, int], held: set[str]) -> list[tuple]:
     """Labelled instances that their pool does not reference: (kind, id, pool id, created at)."""
     s, suspects = store(), []
     for name in sorted(counts):
-        pid, role = parse_label(name)
+        parsed = parse_label(name)
+        if parsed is None:
+            continue  # not a warmpool label
+        pid, role = parsed
         if pid in held:
             continue  # an operation holds the machine, its record not rebuilt yet: it decides
         pool = s.get_pool(pid)
@@ -104,7 +107,10 @@ def _volume_suspects(volumes: list[dict], counts: dict[str, int]) -> list[tuple]
     suspects = []
     for volume in volumes:
         name = volume["label"]
-        tenant, machine, _ = VOLUME_NAME.fullmatch(name).groups()
+        match = VOLUME_NAME.fullmatch(name)
+        if match is None:
+            continue  # not a warmpool volume
+        tenant, machine, _ = match.groups()
         # a hashed tenant of no known pool cannot be named: its events go under the hash
         pid = known.get(name) or pool_id(tenant, int(machine))
         pool = s.get_pool(pid)

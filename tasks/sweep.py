@@ -220,7 +220,7 @@ def guard_split_brain(pid: str, reason: str) -> list[int]:
     """Two instances up on one pool's volume (rule 14): stop every one that the pool record does not name as
     its primary. A busy pool is left to its operation, which checks the same thing before it starts anything."""
     s, cfg = store(), settings()
-    stopped = []
+    stopped: list[int] = []
     with contextlib.suppress(FencedOut), s.lease_if_free(pid, cfg.lock_ttl) as lease:
         pool = lease and s.get_pool(pid)
         if not pool or pool["state"] not in (State.ACTIVE, State.DEGRADED):
@@ -253,8 +253,8 @@ def check_capacity() -> int:
         return 0  # unknown: decide nothing
     free = {o["machine_id"] for o in offers}
     full = [p for p in pools if p["host_machine_id"] not in free]
-    for pool in full:
-        pid = pool_id(pool["tenant"], pool["machine_id"])
+    for listed in full:
+        pid = pool_id(listed["tenant"], listed["machine_id"])
         with s.lease_if_free(pid, cfg.lock_ttl) as lease:
             pool = lease and s.get_pool(pid)
             if pool and pool["state"] == State.ACTIVE:

@@ -18,6 +18,7 @@ import secrets
 import time
 import uuid
 from datetime import datetime, timezone
+from typing import cast
 
 import redis
 
@@ -82,7 +83,7 @@ class WebhookRecords:
     def add_webhook(self, tenant: str, url: str, events: list[str] | None) -> dict:
         """Subscribe ``url`` to ``events`` (None: every type, present and future); the record has the secret.
         The cap is checked and the webhook added in one step, so parallel requests cannot pass it."""
-        hook = {"id": "wh_" + uuid.uuid4().hex, "url": url, "events": events, "enabled": True,
+        hook: dict = {"id": "wh_" + uuid.uuid4().hex, "url": url, "events": events, "enabled": True,
                 "secret": new_secret(), "created_at": now_iso()}
         if not self._add_capped(keys=[keys.webhooks(tenant)], args=[MAX_WEBHOOKS, hook["id"], json.dumps(hook)]):
             raise TooManyWebhooks(tenant)
@@ -106,7 +107,7 @@ class WebhookRecords:
             pipe.multi()
             pipe.hset(keys.webhooks(tenant), webhook_id, json.dumps(hook))
             return hook
-        return self.r.transaction(transaction, keys.webhooks(tenant), value_from_callable=True)
+        return cast(dict | None, self.r.transaction(transaction, keys.webhooks(tenant), value_from_callable=True))
 
     def rotate_secret(self, tenant: str, webhook_id: str) -> dict | None:
         """A new secret; the one it replaces still signs deliveries (beside it) for PREVIOUS_SECRET_SECONDS."""
@@ -158,8 +159,8 @@ class WebhookRecords:
             return 0
         try:
             sent = 0
-            while due := self.r.zrangebyscore(keys.WEBHOOK_DUE, "-inf", time.time(), start=0, num=batch,
-                                              withscores=True):
+            while due := cast(list[tuple[str, float]], self.r.zrangebyscore(
+                    keys.WEBHOOK_DUE, "-inf", time.time(), start=0, num=batch, withscores=True)):
                 records = self.r.mget([keys.delivery(delivery_id) for delivery_id, _ in due])
                 for (delivery_id, score), raw in zip(due, records):
                     delivery = json.loads(raw) if raw else None
@@ -179,7 +180,7 @@ class WebhookRecords:
 
     def deliveries(self, webhook_id: str) -> list[dict]:
         """The webhook's recent deliveries, newest first."""
-        ids = self.r.lrange(keys.webhook_deliveries(webhook_id), 0, DELIVERIES_KEPT - 1)
+        ids = cast(list[str], self.r.lrange(keys.webhook_deliveries(webhook_id), 0, DELIVERIES_KEPT - 1))
         if not ids:
             return []
         return [json.loads(raw) for raw in self.r.mget([keys.delivery(i) for i in ids]) if raw]
@@ -232,6 +233,8 @@ class WebhookRecords:
     def resend_delivery(self, delivery_id: str) -> dict:
         """Make the delivery pending and due now: one more attempt, or, for one still retrying, its next at once."""
         delivery = self.get_delivery(delivery_id)
+        if delivery is None:  # the caller found it first (app/api/webhooks.py)
+            raise LookupError(f"no delivery {delivery_id}")
         delivery["state"] = PENDING
         with self.r.pipeline() as pipe:
             pipe.set(keys.delivery(delivery_id), json.dumps(delivery), keepttl=True)
