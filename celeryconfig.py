@@ -31,7 +31,8 @@ if broker_url.startswith(SENTINEL_SCHEME):
         broker_transport_options["sentinel_kwargs"] = {"password": _settings.redis_sentinel_password}
 imports = ("tasks.provision", "tasks.failover", "tasks.cleanup", "tasks.sweep", "tasks.heal", "tasks.reconcile",
            "tasks.rebuild", "tasks.webhooks", "tasks.renewal", "tasks.expiry",
-           "tasks.replica", "tasks.hostfailover", "tasks.switchover", "tasks.operations")
+           "tasks.replica", "tasks.hostfailover", "tasks.switchover", "tasks.operations",
+           "tasks.splitbrain")
 
 task_serializer = "json"
 result_serializer = "json"

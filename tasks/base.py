@@ -246,6 +246,16 @@ def step_heartbeat(op: Operation):
 
 
 @contextlib.contextmanager
+def fenced_by(pid: str, held: Held):
+    """Mutating provider calls made inside go out only while ``held`` is still the machine's lock (rule 12)."""
+    token = fence.set(lambda: store().check_fence(pid, held))
+    try:
+        yield
+    finally:
+        fence.reset(token)
+
+
+@contextlib.contextmanager
 def fenced(op: Operation):
     """While a step works: a heartbeat keeps its lock alive, and its mutating provider calls are fenced
     (``app.runtime.fence`` is checked right before each request leaves)."""

@@ -19,6 +19,7 @@ from app.pools import parse_label, pool_id, split_pool_id, volume_name
 from app.runtime import settings, store, vast
 from app.store import FencedOut
 from tasks import rebuild
+from tasks.base import fenced_by
 
 # volume_name()'s form; the tenant part is the tenant, or a hash of it when the name would not fit
 VOLUME_NAME = re.compile(r"warmpool_([A-Za-z0-9]+)_(\d+)_(volume|replica)")
@@ -133,7 +134,7 @@ def _destroy(pid: str, kind: str, resource_id: int) -> str | None:
         if pool and pool.get("creating"):
             return "its pool has a create in flight, which may be this"
         try:
-            with rebuild.fenced_by(pid, lease.held):
+            with fenced_by(pid, lease.held):
                 if kind == "instance":
                     vast().destroy_instance(resource_id)
                 else:

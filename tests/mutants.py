@@ -86,7 +86,7 @@ MUTANTS = [
            "        return bool(self.r.set(slot, \"1\", nx=True, px=max(1000, int(interval * 2000))))",
            "        return True",
            (f"{SWEEP}::test_a_second_sweep_in_the_same_interval_is_skipped",)),
-    Mutant("a split brain is resolved by stopping what the pool does not name (rule 14)", "tasks/sweep.py",
+    Mutant("a split brain is resolved by stopping what the pool does not name (rule 14)", "tasks/splitbrain.py",
            "                    vast().stop_instance(row[\"id\"])\n",
            "",
            (f"{SWEEP}::test_guard_stops_every_instance_the_pool_does_not_name_as_primary",)),

@@ -33,7 +33,7 @@ REAL_VAST = runtime.vast  # the cached factory, before any test replaces it
 SEAMS = ("app.runtime", "app.api.auth", "app.api.probes", "app.api.provider", "app.api.tasks", "app.api.warmpool", "app.api.webhooks",
          "app.commands", "app.operations", "tasks.base", "tasks.operations", "tasks.provision", "tasks.failover", "tasks.cleanup",
          "tasks.sweep", "tasks.heal", "tasks.reconcile", "tasks.rebuild", "tasks.renewal", "tasks.webhooks",
-         "tasks.expiry", "tasks.replica", "tasks.hostfailover", "tasks.switchover")
+         "tasks.expiry", "tasks.replica", "tasks.hostfailover", "tasks.switchover", "tasks.splitbrain")
 # the starters whose chains are recorded; the sweep's tasks whose .delay is, and the tasks whose sending by name
 # (app/queue.py) is, each as (its name's last part, its arguments)
 STARTERS = ("provision", "failover", "finish_failover", "replace_standby", "cleanup")
