@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 LOCK := requirements.lock
 DEV_LOCK := requirements-dev.lock
 
-.PHONY: setup dev test mutants bench sim lock
+.PHONY: setup dev test typecheck mutants bench sim lock
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml $(DEV_LOCK)
@@ -35,8 +35,11 @@ dev: setup        ## the whole stack: Redis, simulator, API, worker, beat, Flowe
 sim: setup        ## the Vast.ai simulator alone
 	$(BIN)/warmpool sim
 
-test: mutants     ## the whole test suite (after the mutation check)
+test: typecheck mutants  ## the whole test suite (after the type and mutation checks)
 	$(BIN)/pytest
+
+typecheck: setup  ## mypy over app/ and tasks/ ([tool.mypy] in pyproject.toml)
+	$(BIN)/mypy
 
 mutants: setup    ## each guarantee's test fails when its guard is broken (tests/mutants.py)
 	$(BIN)/python tests/mutants.py

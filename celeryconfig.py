@@ -17,7 +17,7 @@ _replicas = min(_settings.capacity_check_interval, _settings.replica_copy_interv
 
 broker_url = _settings.broker_url or _settings.redis_url
 broker_connection_retry_on_startup = True
-broker_transport_options = {
+broker_transport_options: dict[str, object] = {
     # longer than any one step (a provider call is bounded at 60 s) plus a retry's countdown
     "visibility_timeout": _settings.visibility_timeout,
     "unacked_restore_interval": 1,
@@ -31,7 +31,8 @@ if broker_url.startswith(SENTINEL_SCHEME):
         broker_transport_options["sentinel_kwargs"] = {"password": _settings.redis_sentinel_password}
 imports = ("tasks.provision", "tasks.failover", "tasks.cleanup", "tasks.sweep", "tasks.heal", "tasks.reconcile",
            "tasks.rebuild", "tasks.webhooks", "tasks.renewal", "tasks.expiry",
-           "tasks.replica", "tasks.hostfailover", "tasks.switchover")
+           "tasks.replica", "tasks.hostfailover", "tasks.switchover", "tasks.operations",
+           "tasks.splitbrain")
 
 task_serializer = "json"
 result_serializer = "json"

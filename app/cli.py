@@ -351,7 +351,8 @@ def dev(port, sim_port, flower_port, time_scale, data_dir, log_level):
         click.echo(banner(port, flower_port, key, key_file, env))
         # until a child exits (left unreaped, for its Popen), or a signal ends us
         exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
-        click.echo(f"warmpool dev: {children.name_of(exited.si_pid)} exited; stopping the rest", err=True)
+        who = children.name_of(exited.si_pid) if exited else "a process"  # None only with WNOHANG
+        click.echo(f"warmpool dev: {who} exited; stopping the rest", err=True)
         raise SystemExit(1)
     finally:
         children.stop()

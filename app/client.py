@@ -55,7 +55,7 @@ class Failure(click.ClickException):
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares a class's; an instance's is read first
 
 
 class Api:
@@ -155,7 +155,9 @@ def load_profile(name: str | None) -> dict:
     name = name or config.get("default")
     if name is None:
         return {}
-    profiles = config.get("profiles") if isinstance(config.get("profiles"), dict) else {}
+    profiles = config.get("profiles")
+    if not isinstance(profiles, dict):
+        profiles = {}
     profile = profiles.get(name)
     if not isinstance(profile, dict):
         raise click.UsageError(f"no profile {name!r} in {path} (profiles: {', '.join(profiles) or 'none'})")
@@ -355,7 +357,7 @@ def pools(api, out):
 
 def _dollars(cost: dict | None) -> str | None:
     """A pool's $/h; "+" when a part's price was not seen yet."""
-    return cost and f"{cost['total']:.3f}" + ("" if cost["complete"] else "+")
+    return f"{cost['total']:.3f}" + ("" if cost["complete"] else "+") if cost else None
 
 
 @client_command()

@@ -2,18 +2,22 @@
 
 Each command takes the machine's lock (that is what refuses a second operation),
 decides from the pool record, writes it with the new operation's id, and hands
-the lock to the operation's steps (``tasks/operations.py``). The API's views only
+the lock to the operation's steps (``app/operations.py``). The API's views only
 validate, call one of these and shape the answer.
 """
 
 import time
 from dataclasses import dataclass
 
+from app import operations
 from app.pools import (State, has_resources, iso_at, new_pool, pool_id, refuses_provision, schedule_switchover,
                        to_active, to_provisioning, unschedule_switchover)
+from app.queue import enqueue
 from app.runtime import settings, store
 from app.store import Busy
-from tasks import operations, sweep
+
+# the sweep's checks a provider's notification starts (tasks/sweep.py)
+TRIGGER, RECHECK_STANDBY = "warmpool.failover.trigger", "warmpool.health.recheck_standby"
 
 
 class NotFound(Exception):
@@ -62,7 +66,7 @@ def provision(tenant: str, machine_id: int, spec: dict) -> Started:
     _claim(tenant, machine_id)
     with s.lease(pid, settings().lock_ttl) as lease:
         pool = s.get_pool(pid)
-        if refuses_provision(pool, spec["host_machine_id"]):
+        if pool is not None and refuses_provision(pool, spec["host_machine_id"]):
             raise Conflict(f"Machine {machine_id} already has a warm pool ({pool['state']} on host "
                            f"{pool['host_machine_id']}); clean it up first")
         op_id = s.new_op(tenant, machine_id, "provision")
@@ -112,10 +116,10 @@ def disable(tenant: str, machine_id: int) -> Started:
     try:
         with s.lease(pid, settings().lock_ttl) as lease:
             operations.disable(pid, lease.held)
-            return Started(None, s.get_pool(pid))
+            return Started(None, _pool(tenant, machine_id))
     except Busy:
         op_id = s.new_op(tenant, machine_id, "disable")
-        operations.when_unlocked.delay(pid, "disable", op_id, pool["op_id"])
+        enqueue(operations.WHEN_UNLOCKED, pid, "disable", op_id, pool["op_id"])
         return Started(op_id, pool, queued=True)
 
 
@@ -123,12 +127,12 @@ def test_failover(tenant: str, machine_id: int) -> Started:
     s, pid = store(), pool_id(tenant, machine_id)
     _pool(tenant, machine_id)
     with s.lease(pid, settings().lock_ttl) as lease:
-        pool = s.get_pool(pid)
+        pool = _pool(tenant, machine_id)
         if pool["state"] != State.ACTIVE:
             raise Conflict(f"Cannot test failover in state {pool['state']}")
         op_id = s.new_op(tenant, machine_id, "failover")
         operations.failover(pid, lease.hand_off(), "manual", op_id=op_id)
-        return Started(op_id, s.get_pool(pid))
+        return Started(op_id, _pool(tenant, machine_id))
 
 
 def plan_switchover(tenant: str, machine_id: int, at: float) -> dict:
@@ -137,7 +141,7 @@ def plan_switchover(tenant: str, machine_id: int, at: float) -> dict:
     s, pid = store(), pool_id(tenant, machine_id)
     _pool(tenant, machine_id)
     with s.lease(pid, settings().lock_ttl) as lease:
-        pool = s.get_pool(pid)
+        pool = _pool(tenant, machine_id)
         if not pool["enabled"] or pool["primary_gpu_id"] is None:
             raise Conflict(f"Cannot schedule a switchover in state {pool['state']}: the pool has no primary to move")
         schedule_switchover(pool, at)
@@ -151,7 +155,7 @@ def cancel_switchover(tenant: str, machine_id: int) -> dict:
     if not _pool(tenant, machine_id).get("scheduled_switchover"):
         raise NotPlanned(machine_id)  # before the lock: a refusal changes nothing
     with s.lease(pid, settings().lock_ttl) as lease:
-        pool = s.get_pool(pid)
+        pool = _pool(tenant, machine_id)
         planned = pool.get("scheduled_switchover")
         if not planned:  # it started meanwhile
             raise NotPlanned(machine_id)
@@ -170,9 +174,9 @@ def cleanup(tenant: str, machine_id: int) -> Started:
     try:
         with s.lease(pid, settings().lock_ttl) as lease:
             operations.cleanup(pid, lease.hand_off(), op_id)
-            return Started(op_id, s.get_pool(pid))
+            return Started(op_id, _pool(tenant, machine_id))
     except Busy:
-        operations.when_unlocked.delay(pid, "cleanup", op_id, pool["op_id"])
+        enqueue(operations.WHEN_UNLOCKED, pid, "cleanup", op_id, pool["op_id"])
         return Started(op_id, pool, queued=True)
 
 
@@ -190,9 +194,10 @@ def provider_notice(event: str, instance_id: int | None, body_digest: str) -> st
     s, cfg = store(), settings()
     if not s.first_notification(body_digest, cfg.notification_replay_window):
         return "dropped: the same notification came before"
-    role, pid = _watched_instance(instance_id)
-    if pid is None:
+    watched = _watched_instance(instance_id)
+    if watched is None:
         return "ignored: not an instance warmpool watches"
+    role, pid = watched
     checks = event == "instance_offline"
     if checks and not s.notification_check_due(pid, role, cfg.notification_check_interval):
         return "dropped: this pool was checked on a notification lately"
@@ -200,19 +205,19 @@ def provider_notice(event: str, instance_id: int | None, body_digest: str) -> st
     if not checks:
         return "recorded"
     if role == "standby":
-        sweep.recheck_standby.delay(pid)
+        enqueue(RECHECK_STANDBY, pid)
         return "standby check"
     now = time.time()
-    sweep.trigger.delay(pid, instance_id, now, now, s.last_sweep_time(), source="notification")
+    enqueue(TRIGGER, pid, instance_id, now, now, s.last_sweep_time(), source="notification")
     return "failover check"
 
 
-def _watched_instance(instance_id: int | None) -> tuple[str | None, str | None]:
-    """``(role, pool id)`` of the watched pool whose primary or standby this is; ``(None, None)`` if none."""
+def _watched_instance(instance_id: int | None) -> tuple[str, str] | None:
+    """``(role, pool id)`` of the watched pool whose primary or standby this is; None if none."""
     if instance_id is None:
-        return None, None
+        return None
     s = store()
     for role, found in (("primary", s.primaries), ("standby", s.standbys)):
         if pid := found([instance_id]).get(instance_id):
             return role, pid
-    return None, None
+    return None

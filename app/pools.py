@@ -174,7 +174,7 @@ def has_resources(pool: dict) -> bool:
 
 def refuses_provision(pool: dict | None, host_machine_id: int) -> bool:
     """A machine keeps one pool: a busy one, or one with a volume on another host, must be cleaned up first."""
-    return bool(pool) and (pool["state"] in BUSY or (
+    return pool is not None and (pool["state"] in BUSY or (
         pool["host_machine_id"] not in (None, host_machine_id) and pool["volume_id"] is not None))
 
 

@@ -129,8 +129,8 @@ def vast() -> VastClient:
             if wait:
                 time.sleep(wait)
             return
-        if ranked.get() is not None:
-            return take_ranked_turn(endpoint, interval, *ranked.get())
+        if (rank := ranked.get()) is not None:
+            return take_ranked_turn(endpoint, interval, *rank)
         # others reserve at most two slots ahead, so an urgent call never waits behind a backlog
         horizon = -1 if urgent.get() else 2 * interval
         deadline = time.monotonic() + MAX_THROTTLE_WAIT

@@ -55,7 +55,7 @@ class Destination:
 def resolve(host: str, port: int) -> list[str]:
     """The addresses ``host`` resolves to: the one seam between a name and where we connect."""
     infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    return [sockaddr[0].split("%")[0] for *_, sockaddr in infos]
+    return [str(sockaddr[0]).split("%")[0] for *_, sockaddr in infos]
 
 
 def resolve_within(host: str, port: int, seconds: float) -> list[str]:
@@ -166,7 +166,8 @@ class _PinnedConnection(http.client.HTTPSConnection):
             raise DeadlineExceeded("connected too late")
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.destination.scheme == "https":
-            self.sock = self._context.wrap_socket(self.sock, server_hostname=self.destination.host)
+            context = self._context  # type: ignore[attr-defined]  # HTTPSConnection's own; private in typeshed
+            self.sock = context.wrap_socket(self.sock, server_hostname=self.destination.host)
 
 
 @dataclass

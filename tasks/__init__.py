@@ -5,14 +5,11 @@ Start a worker with ``celery -A tasks worker -Q failover,provision,health``.
 
 import logging
 
-from celery import Celery
 from celery.signals import celeryd_init, heartbeat_sent, setup_logging, task_postrun, task_prerun, worker_ready
 from kombu.transport import redis as kombu_redis
 
 from app import logs
-
-celery_app = Celery("warmpool")
-celery_app.config_from_object("celeryconfig")
+from app.queue import celery_app
 
 
 class _QoS(kombu_redis.QoS):

@@ -1,7 +1,7 @@
 """What every step shares: the operation it runs in, its lock, and how it ends.
 
 An operation (provision, failover, cleanup...) is a chain of steps, each about one
-provider call (declared in ``tasks/operations.py``). A ``Context`` travels down the
+provider call (declared in ``app/operations.py``). A ``Context`` travels down the
 chain: the machine, the operation record's id, the lock token and fencing epoch,
 and the phase timings. While a step runs, a heartbeat keeps its lock alive and
 every mutating provider call first checks that the step still holds the current
@@ -12,12 +12,13 @@ import contextlib
 import logging
 import random
 import time
-from typing import TypedDict
+from typing import Literal
 
 from celery import Task
 from celery.exceptions import Ignore, Retry
 
 from app import vast as provider
+from app.operations import Context
 from app.pools import now_iso, split_pool_id, to_degraded
 from app.runtime import Throttled, fence, settings, store
 from app.store import STORE_AWAY, FencedOut, Held
@@ -25,37 +26,8 @@ from app.store import STORE_AWAY, FencedOut, Held
 log = logging.getLogger(__name__)
 
 
-class Context(TypedDict, total=False):
-    """What travels down an operation's chain (JSON: Celery carries it between steps)."""
-    pid: str                    # "tenant:machine_id"
-    operation: str              # provision, failover, cleanup
-    op_id: str | None           # the API's task id
-    token: str                  # the machine lock's token ...
-    epoch: int                  # ... and fencing epoch
-    seq: int                    # the pool's step counter this step expects
-    started: float
-    phases: dict[str, float]    # failover phases, seconds
-    provider_errors: int        # provider outages met so far (retries are bounded)
-    # failover
-    trigger: str                # manual, health, notification, heal, expiry
-    old_primary: int | None
-    detected_at: float | None   # the failure first seen ...
-    healthy_at: float | None    # ... and the last check that saw the primary healthy
-    state_before: str           # the pool's state when the failover was decided (a cancel goes back to it)
-    triggered_at: float | None
-    fenced_at: float
-    ready_at: float
-    replace_started: float
-    fresh: bool                 # a fresh instance replaced a standby that would not start
-    announced: bool             # failover_started was said
-    promoted: bool              # the standby is the primary now
-    # waits (deadlines, epoch seconds) and offers found by a search (searches are rate limited)
-    primary_deadline: float
-    stop_deadline: float
-    standby_deadline: float
-    volume_deadline: float
-    gpu_offer: int
-    volume_offer: int
+# the waits' deadlines in the context
+DeadlineKey = Literal["primary_deadline", "stop_deadline", "standby_deadline", "volume_deadline", "confirm_deadline"]
 
 
 class Operation:
@@ -68,7 +40,8 @@ class Operation:
         self.held = Held(ctx["token"], ctx["epoch"])
         self.store = store()
         self.settings = settings()
-        self.pool = self.store.get_pool(self.pid)
+        # None once the pool is gone: a step asks ``current`` first, and runs only on a pool that is there
+        self.pool: dict = self.store.get_pool(self.pid)  # type: ignore[assignment]
         self.advanced = False
         self.heartbeat = None
 
@@ -77,16 +50,9 @@ class Operation:
         """Whether this step is the one the pool waits for (not a duplicate delivery of a done one)."""
         return self.pool is not None and self.pool.get("seq", 0) == self.ctx["seq"]
 
-    @classmethod
-    def begin(cls, pid: str, operation: str, held: Held, op_id: str | None = None, **extra) -> Context:
-        """The context of a new operation that holds ``held``."""
-        pool = store().get_pool(pid) or {}
-        return {"pid": pid, "operation": operation, "op_id": op_id, "token": held.token, "epoch": held.epoch,
-                "seq": pool.get("seq", 0), "started": time.time(), "phases": {}, **extra}
-
     def take_over(self) -> None:
         self.held = self.store.take_over(self.pid, self.held, self.settings.lock_ttl)
-        self.ctx.update(token=self.held.token, epoch=self.held.epoch)
+        self.ctx["token"], self.ctx["epoch"] = self.held.token, self.held.epoch
 
     def fence(self) -> None:
         """Raise FencedOut unless this step still holds the machine (before every mutating provider call)."""
@@ -129,10 +95,10 @@ class Operation:
         saw the primary healthy (the outage a user sees)."""
         ctx = self.ctx
         phases, lost_at = ctx["phases"], ctx.get("detected_at") or ctx["started"]
-        if ctx.get("detected_at") and ctx.get("triggered_at"):
+        detected_at, triggered_at = ctx.get("detected_at"), ctx.get("triggered_at")
+        if detected_at and triggered_at:
             # first failed sweep -> the failure confirmed -> the machine's lock taken
-            phases.update(detect=round(ctx["triggered_at"] - ctx["detected_at"], 3),
-                          lock=round(ctx["started"] - ctx["triggered_at"], 3))
+            phases.update(detect=round(triggered_at - detected_at, 3), lock=round(ctx["started"] - triggered_at, 3))
         phases[fence] = round(ctx["fenced_at"] - ctx["started"], 3)
         phases[start] = round(ctx["ready_at"] - ctx["fenced_at"], 3)
         now = self.phase("promote", ctx["ready_at"])
@@ -142,8 +108,8 @@ class Operation:
 
     def complete(self, result: dict) -> None:
         """Give the task record its result; the lock stays held for the steps still to come."""
-        if self.ctx.get("op_id"):
-            self.store.update_op(self.ctx["op_id"], state="SUCCESS", step="done", result=result)
+        if op_id := self.ctx.get("op_id"):
+            self.store.update_op(op_id, state="SUCCESS", step="done", result=result)
 
     def finish(self, result: dict, **fields) -> None:
         """End the operation: the pool gets its last fields, the task record its result, the lock is released."""
@@ -160,8 +126,8 @@ class Operation:
         if operation == "failover" and not self.ctx.get("promoted"):
             self.event("failover_failed", message, trigger=self.ctx.get("trigger"))
         self.event("degraded", message, operation=operation)
-        if self.ctx.get("op_id"):
-            self.store.update_op(self.ctx["op_id"], state="FAILURE", step="failed", error=message)
+        if op_id := self.ctx.get("op_id"):
+            self.store.update_op(op_id, state="FAILURE", step="failed", error=message)
         self.store.release(self.pid, self.held, self.settings.lock_ttl)
 
 
@@ -265,7 +231,7 @@ class Step(Task):
             pass  # a newer holder decides now
         raise Ignore()
 
-    def wait(self, op: Operation, deadline_key: str, timeout: float, interval: float | None = None) -> bool:
+    def wait(self, op: Operation, deadline_key: DeadlineKey, timeout: float, interval: float | None = None) -> bool:
         """Poll again after the poll interval, until ``timeout`` seconds from the first poll (then False)."""
         deadline = op.ctx.setdefault(deadline_key, time.time() + timeout)
         if time.time() > deadline:
@@ -277,6 +243,16 @@ def step_heartbeat(op: Operation):
     """The heartbeat that keeps a step's lock alive while it works, started on entry: a step longer than
     LOCK_TTL keeps its lock, and the healer does not run the operation beside it (rule 12)."""
     return op.store.heartbeat(op.pid, op.held, op.settings.lock_ttl)
+
+
+@contextlib.contextmanager
+def fenced_by(pid: str, held: Held):
+    """Mutating provider calls made inside go out only while ``held`` is still the machine's lock (rule 12)."""
+    token = fence.set(lambda: store().check_fence(pid, held))
+    try:
+        yield
+    finally:
+        fence.reset(token)
 
 
 @contextlib.contextmanager

@@ -20,10 +20,10 @@ import time
 
 from celery import shared_task
 
+from app import operations
 from app import vast as provider
 from app.pools import State, iso_at, pool_id, split_pool_id
 from app.runtime import settings, store
-from tasks import operations
 from tasks.renewal import end_dates
 
 

@@ -10,12 +10,12 @@ import time
 
 from celery import shared_task
 
+from app import operations
 from app import vast as provider
 from app.hosts import offers_query
 from app.pools import State, epoch_seconds, never_held, pool_id, to_active, to_given_up
 from app.runtime import settings, store, vast
 from app.store import OP_ENDED
-from tasks import operations
 from tasks.base import Operation
 from tasks.provision import is_running
 
@@ -93,5 +93,5 @@ def repair(pid: str) -> str:
 
 
 def _retry_later(pid: str, lease, reason: str) -> str:
-    Operation(Operation.begin(pid, "heal", lease.hand_off())).fail(f"heal postponed: {reason}")
+    Operation(operations.begin(pid, "heal", lease.hand_off())).fail(f"heal postponed: {reason}")
     return "retry later"

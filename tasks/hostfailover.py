@@ -3,7 +3,7 @@
 A host failure loses the primary, the standby and the volume at once: a failover on the same host
 cannot help. In the failover of a pool with a replica, ``check_host`` asks for the primary and the
 standby (one list call); when both are offline or gone, at least one offline, and the replica
-holds data, the failover becomes a move (``tasks/operations.py: move_to_replica``):
+holds data, the failover becomes a move (``app/operations.py: move_to_replica``):
 
 1. ``fence_old_host``: stop every instance of the pool on the old host (the host may come back,
    and its instances must not run beside the new primary), and cancel a copy into the replica
@@ -29,6 +29,7 @@ import time
 from celery import shared_task
 from celery.exceptions import Ignore
 
+from app import operations
 from app import vast as provider
 from app.pools import State, address_of, epoch_seconds, label, primary_fields
 from app.runtime import vast
@@ -65,8 +66,6 @@ def check_host(self, op: Operation):
             return op.ctx
         op.save(moving={"host_machine_id": pool["replica_host_machine_id"], "volume_id": pool["replica_volume_id"],
                         "data_at": pool["replica_data_at"], "primary_gpu_id": None})
-    from tasks import operations  # operations declares the chains of this module's steps
-
     op.ctx["operation"] = OPERATION
     operations.move_to_replica(op.ctx)
     raise Ignore()  # this failover's chain ends here; the move's chain goes on with its lock

@@ -7,6 +7,7 @@ resolved before anything is created again (rule 12).
 """
 
 import time
+from typing import Literal
 
 from celery import shared_task
 
@@ -96,7 +97,7 @@ def rent(op: Operation, role: str, target_state: str, tries: int = 2, place: dic
         return rent(op, role, target_state, tries - 1, place)  # taken meanwhile by another renter: search again
 
 
-def with_offer(op: Operation, key: str, search, create) -> int:
+def with_offer(op: Operation, key: Literal["gpu_offer", "volume_offer"], search, create) -> int:
     """Create from an offer a search found. The offer stays in the operation's context (searches
     are rate limited too): a step retried for a slot of the budget, or the standby after the
     primary on the same host, uses it again; only a refused create searches anew."""

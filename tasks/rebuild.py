@@ -28,20 +28,21 @@ Where the provider's view is ambiguous:
   disabled: every rebuilt pool is enabled.
 """
 
-import contextlib
 import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass
 
-from celery import shared_task, signature
+from celery import shared_task
 from celery.signals import worker_ready
 
 from app.pools import (iso_at, label, new_pool, parse_label, primary_fields, schedule_switchover, split_pool_id,
                        to_active, to_degraded, volume_name)
-from app.runtime import fence, settings, store, vast
-from app.store import FencedOut, Held
+from app.runtime import settings, store, vast
+from app.store import FencedOut
+from tasks.base import fenced_by
 from tasks.provision import is_running
+from tasks.splitbrain import guard_split_brain
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,10 @@ def instances_by_pool(pids: list[str] | None) -> dict[str, list[dict]]:
 
 
 def _role(row: dict) -> str:
-    return parse_label(row["label"])[1]
+    parsed = parse_label(row["label"])
+    if parsed is None:  # the rows here are those grouped by their label (``labelled_pools``)
+        raise ValueError(f"not a warmpool label: {row['label']!r}")
+    return parsed[1]
 
 
 def _up(row: dict) -> bool:
@@ -128,6 +132,8 @@ def form_pool(pid: str, rows: list[dict], volumes: list[dict]) -> dict | None:
         if primary and _role(primary) == "standby" else None
     standby = _oldest_standby(stopped)
     some = primary or standby
+    if some is None:  # no instance: nothing to form a pool from
+        return None
     size = next((v.get("disk_space") for v in volumes if v["id"] == volume_id), None) or \
         next((i.get("total_space") for row in rows for i in row.get("volume_info") or [] if i.get("id") == volume_id),
              None)
@@ -225,9 +231,8 @@ def _write_held(pid: str, pool: dict, rows: list[dict]) -> str:
                                         "retire_gpu_id")})
     log.warning("pool %s rebuilt from the provider (%s)", pid, pool["state"])
     up = [row["id"] for row in rows if _up(row) and row["id"] != pool["primary_gpu_id"]]
-    if up:  # more than one instance runs on the volume: stop all but the primary (by name: no import cycle)
-        signature("warmpool.health.guard_split_brain",
-                  args=(pid, f"rebuilt with {sorted(up)} running beside primary {pool['primary_gpu_id']}")).delay()
+    if up:  # more than one instance runs on the volume: stop all but the primary
+        guard_split_brain.delay(pid, f"rebuilt with {sorted(up)} running beside primary {pool['primary_gpu_id']}")
     return REBUILT
 
 
@@ -242,16 +247,6 @@ def _keep_switchover(pid: str, pool: dict) -> None:
         return
     store().event(pid, "switchover_dropped", f"the switchover planned for {iso_at(at)} is dropped: the rebuilt pool "
                                              "has no standby", scheduled_for=iso_at(at), reason="no standby")
-
-
-@contextlib.contextmanager
-def fenced_by(pid: str, held: Held):
-    """Mutating provider calls made inside go out only while ``held`` is still the machine's lock (rule 12)."""
-    token = fence.set(lambda: store().check_fence(pid, held))
-    try:
-        yield
-    finally:
-        fence.reset(token)
 
 
 def adopt(label_counts: dict[str, int]) -> set[str] | None:

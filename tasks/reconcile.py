@@ -19,6 +19,7 @@ from app.pools import parse_label, pool_id, split_pool_id, volume_name
 from app.runtime import settings, store, vast
 from app.store import FencedOut
 from tasks import rebuild
+from tasks.base import fenced_by
 
 # volume_name()'s form; the tenant part is the tenant, or a hash of it when the name would not fit
 VOLUME_NAME = re.compile(r"warmpool_([A-Za-z0-9]+)_(\d+)_(volume|replica)")
@@ -83,7 +84,10 @@ def _instance_suspects(counts: dict[str, int], held: set[str]) -> list[tuple]:
     """Labelled instances that their pool does not reference: (kind, id, pool id, created at)."""
     s, suspects = store(), []
     for name in sorted(counts):
-        pid, role = parse_label(name)
+        parsed = parse_label(name)
+        if parsed is None:
+            continue  # not a warmpool label
+        pid, role = parsed
         if pid in held:
             continue  # an operation holds the machine, its record not rebuilt yet: it decides
         pool = s.get_pool(pid)
@@ -104,7 +108,10 @@ def _volume_suspects(volumes: list[dict], counts: dict[str, int]) -> list[tuple]
     suspects = []
     for volume in volumes:
         name = volume["label"]
-        tenant, machine, _ = VOLUME_NAME.fullmatch(name).groups()
+        match = VOLUME_NAME.fullmatch(name)
+        if match is None:
+            continue  # not a warmpool volume
+        tenant, machine, _ = match.groups()
         # a hashed tenant of no known pool cannot be named: its events go under the hash
         pid = known.get(name) or pool_id(tenant, int(machine))
         pool = s.get_pool(pid)
@@ -127,7 +134,7 @@ def _destroy(pid: str, kind: str, resource_id: int) -> str | None:
         if pool and pool.get("creating"):
             return "its pool has a create in flight, which may be this"
         try:
-            with rebuild.fenced_by(pid, lease.held):
+            with fenced_by(pid, lease.held):
                 if kind == "instance":
                     vast().destroy_instance(resource_id)
                 else:

@@ -37,7 +37,7 @@ from app.pools import State, epoch_seconds, iso_at, pool_id, split_pool_id, volu
 from app.runtime import settings, store, vast
 from app.settings import Settings
 from app.store import FencedOut
-from tasks.rebuild import fenced_by
+from tasks.base import fenced_by
 
 # a copy still under way after this many intervals (and at least COPY_DEADLINE_MIN seconds) is given up
 COPY_DEADLINE_INTERVALS, COPY_DEADLINE_MIN = 3, 600.0

@@ -15,17 +15,21 @@ but stopped, is confirmed and replaced before a failover needs it.
 
 import contextlib
 import time
+from typing import TypeGuard
 
 from celery import shared_task
 
+from app import operations
 from app import vast as provider
 from app.hosts import offers_query
 from app.pools import State, label, parse_label, pool_id, split_pool_id, to_degraded, to_replacing_standby
 from app.runtime import settings, store, vast
 from app.store import FencedOut
-from tasks import operations, rebuild
+from tasks import rebuild
+from tasks.base import fenced_by
 from tasks.failover import TRANSITIONAL
 from tasks.provision import is_running
+from tasks.splitbrain import guard_split_brain
 
 UNHEALTHY = {"intended_status": {"eq": "running"}, "actual_status": {"neq": "running"}}
 DEFINITIVE = {"offline", "exited", "gone", "stopped by someone else"}
@@ -214,16 +218,16 @@ def recheck_standby(pid: str) -> str:
     return "moved on"  # fenced out: a newer holder decides
 
 
-def _standby_kept(pool: dict | None) -> bool:
+def _standby_kept(pool: dict | None) -> TypeGuard[dict]:
     """An active pool with a standby: one whose standby the recheck may replace."""
-    return bool(pool) and pool["state"] == State.ACTIVE and pool["standby_gpu_id"] is not None
+    return pool is not None and pool["state"] == State.ACTIVE and pool["standby_gpu_id"] is not None
 
 
 def _replace_lost_standby(s, cfg, lease, pool: dict, status: str) -> None:
     """Destroy the lost standby (an offline one comes back with its host, beside its replacement), then start
     the replacement under the lock this recheck holds."""
     pid, lost = pool_id(pool["tenant"], pool["machine_id"]), pool["standby_gpu_id"]
-    with s.heartbeat(pid, lease.held, cfg.lock_ttl), rebuild.fenced_by(pid, lease.held):
+    with s.heartbeat(pid, lease.held, cfg.lock_ttl), fenced_by(pid, lease.held):
         vast().destroy_instance(lost)
     to_replacing_standby(pool)
     s.save_pool(pool, lease.held)
@@ -231,30 +235,6 @@ def _replace_lost_standby(s, cfg, lease, pool: dict, status: str) -> None:
     s.event(pid, "standby_lost", f"{reason}: a new one is made on host {pool['host_machine_id']}",
             standby_gpu_id=lost, status=status)
     operations.replace_standby(pid, lease.hand_off(), None, reason)
-
-
-@shared_task(name="warmpool.health.guard_split_brain")
-def guard_split_brain(pid: str, reason: str) -> list[int]:
-    """Two instances up on one pool's volume (rule 14): stop every one that the pool record does not name as
-    its primary. A busy pool is left to its operation, which checks the same thing before it starts anything."""
-    s, cfg = store(), settings()
-    stopped = []
-    with contextlib.suppress(FencedOut), s.lease_if_free(pid, cfg.lock_ttl) as lease:
-        pool = lease and s.get_pool(pid)
-        if not pool or pool["state"] not in (State.ACTIVE, State.DEGRADED):
-            return stopped
-        tenant, machine_id = split_pool_id(pid)
-        # the lock kept alive, and each stop sent only while it is still ours (rule 12)
-        with s.heartbeat(pid, lease.held, cfg.lock_ttl), rebuild.fenced_by(pid, lease.held):
-            for role in ("primary", "standby"):
-                for row in vast().list_instances({"label": {"eq": label(tenant, machine_id, role)}}).instances:
-                    if row["id"] != pool["primary_gpu_id"] and row.get("intended_status") == "running":
-                        vast().stop_instance(row["id"])
-                        stopped.append(row["id"])
-        if stopped:
-            s.event(pid, "split_brain_resolved", f"{reason}: stopped {stopped}, kept primary {pool['primary_gpu_id']}",
-                    stopped=stopped)
-    return stopped
 
 
 @shared_task(name="warmpool.health.check_capacity")
@@ -271,8 +251,8 @@ def check_capacity() -> int:
         return 0  # unknown: decide nothing
     free = {o["machine_id"] for o in offers}
     full = [p for p in pools if p["host_machine_id"] not in free]
-    for pool in full:
-        pid = pool_id(pool["tenant"], pool["machine_id"])
+    for listed in full:
+        pid = pool_id(listed["tenant"], listed["machine_id"])
         with s.lease_if_free(pid, cfg.lock_ttl) as lease:
             pool = lease and s.get_pool(pid)
             if pool and pool["state"] == State.ACTIVE:

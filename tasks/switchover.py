@@ -15,9 +15,9 @@ import time
 
 from celery import shared_task
 
+from app import operations
 from app.pools import State, unschedule_switchover
 from app.runtime import settings, store
-from tasks import operations
 
 
 @shared_task(name="warmpool.health.switchovers")

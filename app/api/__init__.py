@@ -1,10 +1,15 @@
 """The HTTP API (flask-smorest): one blueprint per resource, one error shape."""
 
+from collections.abc import Callable
+from typing import NoReturn
+
 import flask_smorest
-from flask_smorest import Api, abort
+from flask_smorest import Api
 from webargs.flaskparser import FlaskParser, is_json_request
 
 api = Api()
+# flask-smorest's abort, typed as what it does: it raises (the library has no type hints)
+abort: Callable[..., NoReturn] = flask_smorest.abort
 
 
 class JSONParser(FlaskParser):

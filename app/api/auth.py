@@ -1,8 +1,8 @@
 """Bearer keys per tenant: from WARMPOOL_API_KEYS, or created with ``warmpool create-key`` (stored hashed)."""
 
 from flask import g, request
-from flask_smorest import abort
 
+from app.api import abort
 from app.runtime import settings, store
 
 

@@ -12,10 +12,10 @@ import time
 
 import redis
 from flask import Blueprint, jsonify, request
-from flask_smorest import abort
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from app import metrics as exposition
+from app.api import abort
 from app.runtime import settings, store
 
 bp = Blueprint("probes", __name__)

@@ -13,11 +13,10 @@ import hmac
 
 from flask import request
 from flask.views import MethodView
-from flask_smorest import abort
 from marshmallow import INCLUDE, Schema, fields
 
 from app import commands
-from app.api import Blueprint
+from app.api import Blueprint, abort
 from app.runtime import settings
 
 blp = Blueprint("provider", __name__, url_prefix="/api/v1/provider",

@@ -2,9 +2,8 @@
 
 from flask import g
 from flask.views import MethodView
-from flask_smorest import abort
 
-from app.api import Blueprint
+from app.api import Blueprint, abort
 from app.api.auth import authenticate
 from app.api.schemas import TaskSchema
 from app.runtime import store

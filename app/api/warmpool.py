@@ -11,11 +11,10 @@ import time
 
 from flask import g, url_for
 from flask.views import MethodView
-from flask_smorest import abort
 
 from app import commands
 from app import vast as provider
-from app.api import Blueprint
+from app.api import Blueprint, abort
 from app.api.auth import authenticate
 from app.api.schemas import (
     MAX_ID,
@@ -85,7 +84,7 @@ def waited(op_id: str, wait: float) -> dict | None:
 def accepted(started: commands.Started, body: dict, wait: float):
     """202 with the task's Location, or, when the operation ends within ``wait`` s, 200 and its result."""
     op_id = started.op_id
-    op = waited(op_id, wait)
+    op = waited(op_id, wait) if op_id else None
     if op and op["state"] == "SUCCESS":
         return op["result"], 200
     if op and op["state"] == "FAILURE":

@@ -3,10 +3,9 @@ event, a resend, a secret rotation and a change of a subscription."""
 
 from flask import g, url_for
 from flask.views import MethodView
-from flask_smorest import abort
 from marshmallow import Schema, fields, validate
 
-from app.api import Blueprint
+from app.api import Blueprint, abort
 from app.api.auth import authenticate
 from app.runtime import settings, store
 from app.store.webhooks import (ATTEMPTS_KEPT, EVENT_TYPES, MAX_WEBHOOKS, PREVIOUS_SECRET_SECONDS, TEST_TYPE,

@@ -11,6 +11,7 @@ import hashlib
 import json
 import time
 import uuid
+from typing import Any, cast
 
 import redis
 from redis.sentinel import Sentinel
@@ -31,7 +32,7 @@ __all__ = ["Store", "Busy", "FencedOut", "Held", "Lease", "PoolExists", "UNSEEN"
 
 # every client: a dead server is noticed within seconds, and a command it did not answer is an error the caller
 # handles like a Redis restart (the healer resumes what a step left)
-CLIENT_OPTIONS = {"decode_responses": True, "health_check_interval": 10, "socket_timeout": 10,
+CLIENT_OPTIONS: dict[str, Any] = {"decode_responses": True, "health_check_interval": 10, "socket_timeout": 10,
                   "socket_connect_timeout": 5, "retry_on_timeout": True}
 
 
@@ -85,7 +86,7 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
 
     def get_pool_and_last_sweep(self, pid: str) -> tuple[dict | None, str | None]:
         """A pool and when the health sweep last ran, in one round trip (the status read)."""
-        raw, last_sweep = self.r.mget(keys.pool(pid), keys.SWEEP_LAST)
+        raw, last_sweep = cast(list[str | None], self.r.mget(keys.pool(pid), keys.SWEEP_LAST))
         return (json.loads(raw) if raw else None), last_sweep
 
     def get_pools(self, pids: list[str]) -> list[dict]:
@@ -103,39 +104,43 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
         return bool(self._claim_machine(keys=[keys.tenant_pools(tenant)], args=[machine_id, limit]))
 
     def all_pool_ids(self) -> list[str]:
-        return sorted(self.r.smembers(keys.POOLS))
+        return self._sorted_members(keys.POOLS)
 
     def watched_pool_ids(self) -> list[str]:
-        return sorted(self.r.smembers(keys.WATCHED))
+        return self._sorted_members(keys.WATCHED)
 
     def unsettled_pool_ids(self) -> list[str]:
         """Enabled pools that are degraded or in the middle of an operation."""
-        return sorted(self.r.smembers(keys.UNSETTLED))
+        return self._sorted_members(keys.UNSETTLED)
+
+    def _sorted_members(self, key: str) -> list[str]:
+        return sorted(cast(set[str], self.r.smembers(key)))  # the client decodes (CLIENT_OPTIONS)
 
     def primaries(self, instance_ids: list[int]) -> dict[int, str]:
         """Map primary instance ids of watched pools to their pool ids."""
+        return self._pools_of(keys.PRIMARIES, instance_ids)
+
+    def _pools_of(self, instances_key: str, instance_ids: list[int]) -> dict[int, str]:
         if not instance_ids:
             return {}
-        found = self.r.hmget(keys.PRIMARIES, [str(i) for i in instance_ids])
+        found = cast(list[str | None], self.r.hmget(instances_key, [str(i) for i in instance_ids]))
         return {i: pid for i, pid in zip(instance_ids, found) if pid}
 
     def pools_with_standby(self) -> set[str]:
         """Watched pools whose record names a standby."""
-        return set(self.r.hvals(keys.STANDBYS))
+        return set(cast(list[str], self.r.hvals(keys.STANDBYS)))
 
     def audit_primaries(self, count: int) -> dict[int, str]:
         """The next few primaries of watched pools, in rotation: each sweep looks at some of them directly, so a
         primary stopped by someone else is seen within (pools / count) sweeps, at one call per sweep."""
-        cursor, found = self.r.hscan(keys.PRIMARIES, int(self.r.get(keys.AUDIT_CURSOR) or 0), count=count)
+        cursor, found = cast(tuple[int, dict[str, str]], self.r.hscan(
+            keys.PRIMARIES, int(cast(str | None, self.r.get(keys.AUDIT_CURSOR)) or 0), count=count))
         self.r.set(keys.AUDIT_CURSOR, cursor)
         return {int(iid): pid for iid, pid in found.items()}
 
     def standbys(self, instance_ids: list[int]) -> dict[int, str]:
         """Map standby instance ids of watched pools to their pool ids."""
-        if not instance_ids:
-            return {}
-        found = self.r.hmget(keys.STANDBYS, [str(i) for i in instance_ids])
-        return {i: pid for i, pid in zip(instance_ids, found) if pid}
+        return self._pools_of(keys.STANDBYS, instance_ids)
 
     def create_pool(self, pool: dict, held: Held) -> bool:
         """Write a pool record only if there is none (fenced as any write); False when there is one. The check
@@ -198,7 +203,7 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
 
     def due_switchovers(self, now: float) -> list[str]:
         """The pools whose scheduled switchover is due at ``now``."""
-        return self.r.zrangebyscore(keys.SWITCHOVERS, "-inf", now)
+        return cast(list[str], self.r.zrangebyscore(keys.SWITCHOVERS, "-inf", now))
 
     def switchover_at(self, pid: str) -> float | None:
         """When the pool's switchover was scheduled for, by the index (what a rebuild can keep of a lost record)."""
@@ -280,14 +285,16 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
         """The tenant of a key, created (stored hashed) or ``configured`` (WARMPOOL_API_KEYS); None once revoked."""
         digest = _digest(key)
         with self.r.pipeline(transaction=False) as pipe:
-            stored, revoked = pipe.hget(keys.API_KEYS, digest).sismember(keys.REVOKED_KEYS, digest).execute()
+            pipe.hget(keys.API_KEYS, digest)
+            pipe.sismember(keys.REVOKED_KEYS, digest)
+            stored, revoked = pipe.execute()
         return None if revoked else configured.get(key) or stored
 
     def api_keys(self, configured: dict[str, str]) -> list[dict]:
         """Every key that works, by id (the start of its hash: the key itself is never stored)."""
         revoked = self.r.smembers(keys.REVOKED_KEYS)
-        found = [{"id": key_id(digest), "tenant": tenant, "source": "created"}
-                 for digest, tenant in self.r.hgetall(keys.API_KEYS).items()]
+        created = cast(dict[str, str], self.r.hgetall(keys.API_KEYS))
+        found = [{"id": key_id(digest), "tenant": tenant, "source": "created"} for digest, tenant in created.items()]
         found += [{"id": key_id(_digest(key)), "tenant": tenant, "source": "WARMPOOL_API_KEYS"}
                   for key, tenant in configured.items() if _digest(key) not in revoked]
         return sorted(found, key=lambda k: (k["tenant"], k["id"]))
@@ -298,7 +305,7 @@ class Store(LockRecords, HealthRecords, BudgetRecords, PollRecords, WebhookRecor
         if len(id_or_key) < MIN_KEY_ID:
             return None
         given = _digest(id_or_key)
-        stored = self.r.hgetall(keys.API_KEYS)
+        stored = cast(dict[str, str], self.r.hgetall(keys.API_KEYS))
         digests = {**stored, **{_digest(key): tenant for key, tenant in configured.items()}}
         matches = [d for d in digests if d == given or d.startswith(id_or_key.lower())]
         if len(matches) != 1:

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import time
+from typing import cast
 
 import redis
 from redis.exceptions import LockError
@@ -76,7 +77,7 @@ class HealthRecords:
             pipe.execute()
 
     def last_sweep(self) -> str | None:
-        return self.r.get(keys.SWEEP_LAST)
+        return cast(str | None, self.r.get(keys.SWEEP_LAST))
 
     def last_sweep_time(self) -> float | None:
         """When the last sweep that reached the provider ran (epoch seconds)."""

@@ -4,6 +4,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
+from typing import cast
 
 import redis
 from redis.exceptions import LockError
@@ -28,13 +29,13 @@ class PollRecords:
         hundreds of waiting provisions would otherwise starve every other call.
         """
         now = time.time()
-        self.r.zadd(keys.AWAITED, {instance_id: now})
+        self.r.zadd(keys.AWAITED, {str(instance_id): now})
         # a round takes a few list calls; a poller that died mid-round holds it for 10 s at most
         poller = self.r.lock(keys.AWAITED_POLLER, timeout=10)
         if float(self.r.get(keys.AWAITED_ROUND) or 0) <= now - interval and poller.acquire(blocking=False):
             try:
                 self.r.zremrangebyscore(keys.AWAITED, "-inf", now - 60)  # no longer waited on
-                ids = [int(i) for i in self.r.zrange(keys.AWAITED, 0, -1)]
+                ids = [int(i) for i in cast(list[str], self.r.zrange(keys.AWAITED, 0, -1))]
                 rows = fetch(ids)
                 with self.r.pipeline(transaction=False) as pipe:
                     for i in ids:

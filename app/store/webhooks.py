@@ -18,6 +18,7 @@ import secrets
 import time
 import uuid
 from datetime import datetime, timezone
+from typing import cast
 
 import redis
 
@@ -100,7 +101,7 @@ class WebhookRecords:
     def add_webhook(self, tenant: str, url: str, events: list[str] | None) -> dict:
         """Subscribe ``url`` to ``events`` (None: every type, present and future); the record has the secret.
         The cap is checked and the webhook added in one step, so parallel requests cannot pass it."""
-        hook = {"id": "wh_" + uuid.uuid4().hex, "url": url, "events": events, "enabled": True,
+        hook: dict = {"id": "wh_" + uuid.uuid4().hex, "url": url, "events": events, "enabled": True,
                 "secret": new_secret(), "created_at": now_iso()}
         if not self._add_capped(keys=[keys.webhooks(tenant)], args=[MAX_WEBHOOKS, hook["id"], json.dumps(hook)]):
             raise TooManyWebhooks(tenant)
@@ -124,7 +125,7 @@ class WebhookRecords:
             pipe.multi()
             pipe.hset(keys.webhooks(tenant), webhook_id, json.dumps(hook))
             return hook
-        return self.r.transaction(transaction, keys.webhooks(tenant), value_from_callable=True)
+        return cast(dict | None, self.r.transaction(transaction, keys.webhooks(tenant), value_from_callable=True))
 
     def rotate_secret(self, tenant: str, webhook_id: str) -> dict | None:
         """A new secret; the one it replaces still signs deliveries (beside it) for PREVIOUS_SECRET_SECONDS."""
@@ -164,7 +165,7 @@ class WebhookRecords:
             pipe.multi()
             return _queue_delivery(pipe, tenant, hook, TEST_TYPE, None,
                                    {"message": "a test event from warmpool"}, now_iso())
-        return self.r.transaction(transaction, keys.webhooks_pending(tenant), value_from_callable=True)
+        return cast(dict, self.r.transaction(transaction, keys.webhooks_pending(tenant), value_from_callable=True))
 
     def pending_deliveries(self, tenant: str) -> int:
         return self._pending_count(self.r, tenant)
@@ -196,7 +197,8 @@ class WebhookRecords:
             return 0
         try:
             now = time.time()
-            due = self.r.zrangebyscore(keys.WEBHOOK_DUE, "-inf", now, start=0, num=scan, withscores=True)
+            due = cast(list[tuple[str, float]],
+                       self.r.zrangebyscore(keys.WEBHOOK_DUE, "-inf", now, start=0, num=scan, withscores=True))
             if not due:
                 return 0
             records = self.r.mget([keys.delivery(delivery_id) for delivery_id, _ in due])
@@ -230,7 +232,7 @@ class WebhookRecords:
 
     def deliveries(self, webhook_id: str) -> list[dict]:
         """The webhook's recent deliveries, newest first."""
-        ids = self.r.lrange(keys.webhook_deliveries(webhook_id), 0, DELIVERIES_KEPT - 1)
+        ids = cast(list[str], self.r.lrange(keys.webhook_deliveries(webhook_id), 0, DELIVERIES_KEPT - 1))
         if not ids:
             return []
         return [json.loads(raw) for raw in self.r.mget([keys.delivery(i) for i in ids]) if raw]
@@ -307,8 +309,8 @@ class WebhookRecords:
             pipe.zadd(keys.WEBHOOK_DUE, {delivery_id: time.time()})
             _count_pending(pipe, tenant, delivery_id)
             return delivery
-        return self.r.transaction(transaction, keys.delivery(delivery_id), keys.webhooks_pending(tenant),
-                                  value_from_callable=True)
+        return cast(dict, self.r.transaction(transaction, keys.delivery(delivery_id), keys.webhooks_pending(tenant),
+                                             value_from_callable=True))
 
 
 def _with_defaults(hook: dict) -> dict:

@@ -23,7 +23,7 @@ AUTHED = [("GET", "/api/v1/warmpool/status/123"), ("GET", "/api/v1/warmpool/pool
 SEED_STATUS = {"machine_id", "state", "host_machine_id", "volume_id", "primary_gpu_id", "standby_gpu_id",
                "standby_state", "primary_ssh_host", "primary_ssh_port", "last_health_check", "failover_count",
                "last_failover_at", "error_message"}
-operations = importlib.import_module("tasks.operations")
+operations = importlib.import_module("app.operations")
 
 
 def assert_error(rv, code):

@@ -4,7 +4,7 @@ The service reads its settings, store and provider through ``functools.cache``
 functions imported into each module (``from app.runtime import store``), so the
 fakes are put in place by replacing those module attributes in every module
 that has them (``SEAMS``). Operations are started for real up to the broker:
-the starters of ``tasks.operations`` run (they write the
+the starters of ``app.operations`` run (they write the
 pool, build the context) and the chain they would send is recorded instead.
 Every other way of enqueueing work is recorded too, including any
 ``Task.apply_async`` nobody expected.
@@ -19,7 +19,7 @@ import fakeredis
 import pytest
 from celery.app.task import Task
 
-from app import runtime
+from app import queue, runtime
 from app.pools import State, new_pool, pool_id
 from app.settings import Settings
 from app.store import Store
@@ -31,13 +31,15 @@ REAL_VAST = runtime.vast  # the cached factory, before any test replaces it
 
 # every module that imports settings, store or vast from app.runtime (test_fakes.py checks none is missed)
 SEAMS = ("app.runtime", "app.api.auth", "app.api.probes", "app.api.provider", "app.api.tasks", "app.api.warmpool", "app.api.webhooks",
-         "app.commands", "tasks.base", "tasks.operations", "tasks.provision", "tasks.failover", "tasks.cleanup",
+         "app.commands", "app.operations", "tasks.base", "tasks.operations", "tasks.provision", "tasks.failover", "tasks.cleanup",
          "tasks.sweep", "tasks.heal", "tasks.reconcile", "tasks.rebuild", "tasks.renewal", "tasks.webhooks",
-         "tasks.expiry", "tasks.replica", "tasks.hostfailover", "tasks.switchover")
-# the starters whose chains are recorded, and the tasks whose .delay is
+         "tasks.expiry", "tasks.replica", "tasks.hostfailover", "tasks.switchover", "tasks.splitbrain")
+# the starters whose chains are recorded; the sweep's tasks whose .delay is, and the tasks whose sending by name
+# (app/queue.py) is, each as (its name's last part, its arguments)
 STARTERS = ("provision", "failover", "finish_failover", "replace_standby", "cleanup")
 SWEEP_TASKS = {"trigger": ("pid", "primary", "detected_at", "triggered_at", "healthy_at"),
                "recheck_standby": ("pid",), "guard_split_brain": ("pid", "reason"), "check_capacity": ()}
+SENT_BY_NAME = {**SWEEP_TASKS, "when_unlocked": ("pid", "operation", "op_id", "behind")}
 
 
 def unit_settings(**overrides) -> Settings:
@@ -293,17 +295,24 @@ def install(monkeypatch, env: FakeEnv) -> None:
             if hasattr(module, attr):
                 monkeypatch.setattr(module, attr, fake)
 
-    operations = importlib.import_module("tasks.operations")
+    operations = importlib.import_module("app.operations")
     monkeypatch.setattr(operations, "chain", lambda *signatures: RecordedChain(env, signatures))
     for name in STARTERS:
         monkeypatch.setattr(operations, name, _recording_starter(env, name, getattr(operations, name)))
-    monkeypatch.setattr(operations.when_unlocked, "delay", lambda pid, operation, op_id, behind: env.enqueued.append(
-        ("when_unlocked", {"pid": pid, "operation": operation, "op_id": op_id, "behind": behind})))
 
+    def record(task: str, args, kwargs) -> None:
+        short = task.rsplit(".", 1)[-1]
+        if short in SENT_BY_NAME:
+            env.enqueued.append((short, {**dict(zip(SENT_BY_NAME[short], args)), **kwargs}))
+        else:
+            env.enqueued.append(("send_task", {"task": task, "args": args, "kwargs": kwargs}))
+
+    monkeypatch.setattr(queue.celery_app, "send_task", lambda name, args=(), kwargs=None, **options:
+                        record(name, args, kwargs or {}))
     sweep = importlib.import_module("tasks.sweep")
-    for task, params in SWEEP_TASKS.items():
-        monkeypatch.setattr(getattr(sweep, task), "delay", lambda *args, _task=task, _params=params, **kwargs:
-                            env.enqueued.append((_task, {**dict(zip(_params, args)), **kwargs})))
+    for task in SWEEP_TASKS:
+        monkeypatch.setattr(getattr(sweep, task), "delay", lambda *args, _task=getattr(sweep, task).name, **kwargs:
+                            record(_task, args, kwargs))
 
     # anything else that would reach the broker is recorded too (and would fail "nothing enqueued")
     def apply_async(self, args=None, kwargs=None, **options):

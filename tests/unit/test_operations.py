@@ -1,4 +1,4 @@
-"""Operations (tasks/operations.py): what each starter writes and sends, a whole chain run step by step on the
+"""Operations (app/operations.py): what each starter writes and sends, a whole chain run step by step on the
 in-memory provider, and the disable or cleanup queued behind a running operation (``when_unlocked``)."""
 
 import time
@@ -6,9 +6,11 @@ import time
 import pytest
 from celery.exceptions import Ignore, Retry
 
+from app import operations
 from app.pools import State, label
 from app.vast import ProviderUnavailable
-from tasks import celery_app, failover, operations
+from tasks import celery_app, failover
+from tasks.operations import when_unlocked
 
 PID = "acme:1"
 
@@ -274,14 +276,14 @@ def test_a_queued_disable_waits_while_the_machine_is_held(env):
     op_id = queued(env, "disable")
     env.hold_lock(1)
     with pytest.raises(Retry):
-        deliver(operations.when_unlocked, PID, "disable", op_id, "b" * 32)
+        deliver(when_unlocked, PID, "disable", op_id, "b" * 32)
     assert env.of("apply_async")[-1]["countdown"] == env.settings.poll_interval
     assert env.store.get_pool(PID)["state"] == State.ACTIVE
 
 
 def test_a_queued_disable_runs_once_the_operation_ended(env):
     op_id = queued(env, "disable")
-    deliver(operations.when_unlocked, PID, "disable", op_id, "b" * 32)
+    deliver(when_unlocked, PID, "disable", op_id, "b" * 32)
     pool = env.store.get_pool(PID)
     assert (pool["state"], pool["enabled"], pool["fallback"]) == (State.DISABLED, False, "cpu_standby")
     task = env.store.get_op(op_id)
@@ -291,7 +293,7 @@ def test_a_queued_disable_runs_once_the_operation_ended(env):
 
 def test_a_queued_cleanup_starts_under_its_task_id(env):
     op_id = queued(env, "cleanup")
-    deliver(operations.when_unlocked, PID, "cleanup", op_id, "b" * 32)
+    deliver(when_unlocked, PID, "cleanup", op_id, "b" * 32)
     started, = env.of("cleanup")
     assert started["op_id"] == op_id and env.store.is_locked(PID)
 
@@ -299,7 +301,7 @@ def test_a_queued_cleanup_starts_under_its_task_id(env):
 def test_a_queued_operation_is_skipped_when_the_pool_moved_on(env):
     op_id = queued(env, "disable", behind="b" * 32)
     env.add_pool(1, op_id="c" * 32)  # another operation ran after the one it waited for
-    deliver(operations.when_unlocked, PID, "disable", op_id, "b" * 32)
+    deliver(when_unlocked, PID, "disable", op_id, "b" * 32)
     task = env.store.get_op(op_id)
     assert task["state"] == "FAILURE" and task["step"] == "skipped" and "c" * 32 in task["error"]
     assert env.store.get_pool(PID)["state"] == State.ACTIVE and not env.store.is_locked(PID)
@@ -308,7 +310,7 @@ def test_a_queued_operation_is_skipped_when_the_pool_moved_on(env):
 def test_a_redelivered_queued_operation_that_ran_does_nothing(env):
     op_id = queued(env, "disable")
     env.store.update_op(op_id, state="SUCCESS")
-    deliver(operations.when_unlocked, PID, "disable", op_id, "b" * 32)
+    deliver(when_unlocked, PID, "disable", op_id, "b" * 32)
     assert env.store.get_pool(PID)["state"] == State.ACTIVE and not env.store.is_locked(PID)
 
 
@@ -391,7 +393,7 @@ def test_a_renewal_on_a_host_with_only_short_rentals_keeps_the_old_standby(env, 
     op_id = env.store.new_op("acme", 1, "renew_standby")
     held = env.store.acquire(PID, 10)
     env.store.save_pool({**env.store.get_pool(PID), "standby_gpu_id": fresh}, held)
-    ctx = operations.Operation.begin(PID, "renew_standby", held, op_id, expiring=old, expiring_end=soon)
+    ctx = operations.begin(PID, "renew_standby", held, op_id, expiring=old, expiring_end=soon)
     deliver(retire_expiring_standby, ctx)
     after, kinds = env.store.get_pool(PID), [e["event"] for e in env.store.events(PID)]
     if fresh_lasts:

@@ -37,3 +37,14 @@ def test_a_missing_record_is_rebuilt(env):
     pool = env.store.get_pool(PID)
     assert done.outcome == rebuild.REBUILT and (pool["state"], pool["primary_gpu_id"], pool["standby_gpu_id"]) == (
         State.ACTIVE, primary, standby)
+
+
+def test_a_rebuild_that_finds_two_instances_up_on_the_volume_sends_the_split_brain_guard(env):
+    volume = env.vast.add_volume("warmpool_acme_1_volume")
+    link = {"volume_info": [{"id": volume}]}
+    primary = env.vast.add_instance(label("acme", 1, "primary"), **link)
+    beside = env.vast.add_instance(label("acme", 1, "standby"), **link)  # running too
+    done, = rebuild.rebuild([PID])
+    assert done.outcome == rebuild.REBUILT and env.store.get_pool(PID)["primary_gpu_id"] == primary
+    guarded, = env.of("guard_split_brain")
+    assert guarded["pid"] == PID and str([beside]) in guarded["reason"]

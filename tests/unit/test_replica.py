@@ -89,7 +89,7 @@ def test_host_lost(statuses, lost):
 
 
 def test_a_failover_of_a_pool_with_a_replica_first_checks_its_host(env):
-    from tasks import operations
+    from app import operations
 
     for machine in (1, 2):
         env.add_pool(machine, replica=True, replica_host_machine_id=20, replica_volume_id=200,
@@ -106,7 +106,7 @@ def test_a_failover_of_a_pool_with_a_replica_first_checks_its_host(env):
 def test_a_host_lost_with_a_replica_that_never_completed_a_copy_fails_over_on_its_own_host(env, data_at):
     from celery.exceptions import Ignore
 
-    from tasks import operations
+    from app import operations
     from tasks.hostfailover import check_host
     from tests.unit.test_operations import deliver
 

@@ -15,6 +15,7 @@ import responses
 from celery import shared_task
 from celery.exceptions import Ignore, Retry
 
+from app import operations
 from app.pools import State, label, volume_name
 from app.runtime import Throttled, fence
 from app.store import FencedOut, Held
@@ -55,7 +56,7 @@ def start(env, operation: str = "probe", **fields) -> dict:
     """A pool in the middle of an operation that holds its lock; the context of its current step."""
     op_id = env.store.new_op("acme", 1, operation)
     env.add_pool(1, state=State.PROVISIONING, op_id=op_id, **fields)
-    return Operation.begin(PID, operation, env.store.acquire(PID, 10), op_id)
+    return operations.begin(PID, operation, env.store.acquire(PID, 10), op_id)
 
 
 def write(env, ctx: dict, **fields) -> None:
