@@ -19,7 +19,7 @@ from celery.exceptions import Ignore, Retry
 
 from app import vast as provider
 from app.pools import now_iso, split_pool_id, to_degraded
-from app.runtime import Throttled, fence, settings, store
+from app.runtime import Throttled, fence, on_account, settings, store
 from app.store import STORE_AWAY, FencedOut, Held
 
 log = logging.getLogger(__name__)
@@ -281,9 +281,10 @@ def step_heartbeat(op: Operation):
 
 @contextlib.contextmanager
 def fenced(op: Operation):
-    """While a step works: a heartbeat keeps its lock alive, and its mutating provider calls are fenced
-    (``app.runtime.fence`` is checked right before each request leaves)."""
-    with step_heartbeat(op) as op.heartbeat:
+    """While a step works: a heartbeat keeps its lock alive, its provider calls go to its tenant's Vast account
+    (rule 17), and its mutating ones are fenced (``app.runtime.fence`` is checked right before each request
+    leaves)."""
+    with step_heartbeat(op) as op.heartbeat, on_account(op.settings.account_of(op.tenant)):
         token = fence.set(op.fence)
         try:
             yield

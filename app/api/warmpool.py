@@ -139,7 +139,7 @@ class Hosts(MethodView):
         hosts = store().cached_hosts(args)
         if hosts is None:
             try:
-                offers = vast().search_offers(offers_query(args["gpu_name"], args["max_price"], args["verified"]))
+                offers = vast(g.tenant).search_offers(offers_query(args["gpu_name"], args["max_price"], args["verified"]))
             except (provider.VastError, Throttled) as exc:
                 abort(503, message=f"Vast.ai is unavailable: {type(exc).__name__}", headers={"Retry-After": "5"})
             hosts = group_hosts(offers, args["min_gpus"])
