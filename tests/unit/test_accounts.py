@@ -12,9 +12,9 @@ from app import runtime
 from app.pools import label
 from app.settings import DEFAULT_ACCOUNT, Settings, account_name
 from app.store import keys
-from sim import start_in_thread
 from tasks import sweep
 from tasks.base import Operation, fenced
+from tests.provider.conftest import server  # noqa: F401 - the simulator over real HTTP, one per module
 from tests.unit.fakes import REAL_VAST
 
 GLOBEX_KEY = "globex-vast-key"
@@ -22,12 +22,9 @@ GLOBEX = account_name(GLOBEX_KEY)
 ACME = account_name("vast-key")  # the default account's key (tests/unit/fakes.unit_settings)
 
 
-@pytest.fixture(scope="module")
-def vast_url():
-    server, url = start_in_thread(time_scale=0.01, seed=0)
-    yield url
-    server.shutdown()
-    server.server_close()
+@pytest.fixture
+def vast_url(server):
+    return server
 
 
 @pytest.fixture
