@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Callable
 
-from app.settings import Settings
+from app.settings import DEFAULT_ACCOUNT, Settings
 from app.store import Store
 from app.vast import VastClient
 
@@ -101,20 +101,56 @@ def unfenced():
 READS_BY_POST = ("search_offers", "search_volumes")
 
 
-def take_ranked_turn(endpoint: str, interval: float, rank: float, claim: str) -> None:
-    """Wait for this ranked call's slot: in this thread when it is near, else give the thread back (Throttled)
-    and keep the place for the step's return."""
-    while (wait := store().take_ranked_slot(endpoint, interval, rank, claim, RANKED_HOLD)) < 0:
+# the Vast account this thread's provider calls go to (rule 17): a pool's steps set their tenant's
+account: contextvars.ContextVar[str] = contextvars.ContextVar("account", default=DEFAULT_ACCOUNT)
+
+
+@contextlib.contextmanager
+def on_account(name: str):
+    """The provider calls made inside (``vast()`` with no tenant) go to the Vast account ``name``."""
+    token = account.set(name)
+    try:
+        yield
+    finally:
+        account.reset(token)
+
+
+def on_tenant_account(tenant: str):
+    """The provider calls made inside (``vast()`` with no tenant) go to ``tenant``'s Vast account."""
+    return on_account(settings().account_of(tenant))
+
+
+def pools_by_account(pids: list[str]) -> dict[str, list[str]]:
+    """Pool ids ("tenant:machine_id") by the Vast account their tenant is on; every account is a key, with no
+    pools too (an account's sweep still looks for what lost its record)."""
+    cfg = settings()
+    grouped: dict[str, list[str]] = {name: [] for name in cfg.accounts()}
+    for pid in pids:
+        grouped.setdefault(cfg.account_of(pid.rpartition(":")[0]), []).append(pid)
+    return grouped
+
+
+def take_ranked_turn(endpoint: str, interval: float, rank: float, claim: str, budget: str) -> None:
+    """Wait for this ranked call's slot of the ``budget`` account's: in this thread when it is near, else give
+    the thread back (Throttled) and keep the place for the step's return."""
+    while (wait := store().take_ranked_slot(endpoint, interval, rank, claim, RANKED_HOLD, budget)) < 0:
         if -wait > RANKED_WAIT_IN_THREAD:
             raise Throttled(-wait - RANKED_WAIT_IN_THREAD / 2)
         time.sleep(min(-wait, interval) / 2)  # ask again before the turn comes
     time.sleep(wait)
 
 
+def vast(tenant: str | None = None) -> VastClient:
+    """The provider client of ``tenant``'s Vast account (rule 17); with no tenant, of the account this thread
+    works on (``on_account``: a pool's steps are on their tenant's, see tasks/base.py), else the default one."""
+    return account_client(account.get() if tenant is None else settings().account_of(tenant))
+
+
 @functools.cache
-def vast() -> VastClient:
-    """The provider client; every call first takes a slot of the rate budget shared in Redis
-    (Celery's own rate limits are per worker)."""
+def account_client(name: str) -> VastClient:
+    """The one factory of provider clients: one per Vast account, with that account's key; every call first takes
+    a slot of the account's rate budget shared in Redis (Vast limits each key apart; Celery's own rate limits are
+    per worker)."""
     cfg = settings()
     limits = cfg.vast_rate_limits
 
@@ -124,17 +160,17 @@ def vast() -> VastClient:
         # the provider counts arrivals, which jitter by a few ms after the slot: keep a margin
         interval = limits[endpoint] * 1.05 + 0.01
         if (within := reserve_within.get()) is not None:
-            if (wait := store().reserve_slot(endpoint, interval, within * interval)) < 0:
+            if (wait := store().reserve_slot(endpoint, interval, within * interval, name)) < 0:
                 raise Throttled(max(within * interval / 2, -wait - within * interval))
             if wait:
                 time.sleep(wait)
             return
         if (rank := ranked.get()) is not None:
-            return take_ranked_turn(endpoint, interval, *rank)
+            return take_ranked_turn(endpoint, interval, *rank, name)
         # others reserve at most two slots ahead, so an urgent call never waits behind a backlog
         horizon = -1 if urgent.get() else 2 * interval
         deadline = time.monotonic() + MAX_THROTTLE_WAIT
-        while (wait := store().reserve_slot(endpoint, interval, horizon)) < 0:
+        while (wait := store().reserve_slot(endpoint, interval, horizon, name)) < 0:
             pause = -wait - horizon + random.uniform(0, interval)
             if time.monotonic() + pause > deadline:
                 raise Throttled(pause)  # give the thread back; the step comes again later
@@ -146,11 +182,11 @@ def vast() -> VastClient:
         if check is not None and method in MUTATING_METHODS and endpoint not in READS_BY_POST:
             check()
 
-    return VastClient(cfg.vast_api_url, cfg.vast_api_key, throttle=throttle, guard=guard,
+    return VastClient(cfg.vast_api_url, cfg.account_key(name), throttle=throttle, guard=guard,
                       observe=store().count_provider_response)
 
 
 def reset() -> None:
-    """Forget this process's settings, store and client: the next use of each reads the environment again."""
-    for made_once in (settings, store, vast):
+    """Forget this process's settings, store and clients: the next use of each reads the environment again."""
+    for made_once in (settings, store, account_client):
         made_once.cache_clear()

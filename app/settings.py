@@ -15,9 +15,11 @@ click reads them through its documented ``envvar`` option (``--url``/``WARMPOOL_
 ``warmpool dev`` and ``warmpool sim`` in ``app/cli.py``).
 """
 
+import hashlib
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -82,6 +84,46 @@ def _api_keys(raw: str) -> dict[str, str]:
                              f"make a real one with `warmpool create-key {tenant}`")
         keys[key] = tenant
     return keys
+
+
+# the account of VAST_API_KEY: every tenant that VAST_ACCOUNTS does not map to a key of its own
+DEFAULT_ACCOUNT = "default"
+
+
+def account_name(key: str) -> str:
+    """The name of the Vast account a key opens, safe to log and to put in a Redis key: the first 12 hex digits
+    of the key's sha256 (the simulator names its accounts the same way)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _vast_accounts(path: str) -> dict[str, str]:
+    """Read VAST_ACCOUNTS: the path of a JSON file ``{"tenant": "vast api key", ...}``. It holds secrets, so it
+    must be readable by its owner only (mode 600 or 400, like an ssh key): a file that its group or others can
+    read is refused. Errors never show a key."""
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as file:
+            mode = os.fstat(file.fileno()).st_mode
+            raw = file.read()
+    except OSError as exc:
+        raise ValueError(f"VAST_ACCOUNTS: cannot read {path!r}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ValueError(f"VAST_ACCOUNTS: {path!r} holds API keys but its group or others may use it "
+                         f"(mode {stat.S_IMODE(mode):o}); make it readable by the service only: chmod 600")
+    try:
+        accounts = json.loads(raw)
+    except ValueError:
+        accounts = None
+    if not isinstance(accounts, dict) or not all(isinstance(key, str) and key.strip() for key in accounts.values()):
+        raise ValueError(f'VAST_ACCOUNTS: {path!r} must hold a JSON object of tenant to Vast API key, '
+                         f'like {{"acme": "<key>"}}')
+    for tenant, key in accounts.items():
+        if not tenant or ":" in tenant:
+            raise ValueError(f"VAST_ACCOUNTS: {tenant!r} is not a tenant name")
+        if key.strip().lower() in PLACEHOLDER_KEYS:
+            raise ValueError(f"VAST_ACCOUNTS: tenant {tenant}'s key is a placeholder")
+    return {tenant: key.strip() for tenant, key in accounts.items()}
 
 
 # -- Redis Sentinel -----------------------------------------------------------------------------------------
@@ -181,6 +223,8 @@ class Settings:
     # the secret of Vast's account notifications (X-Vast-Signature-256); empty: the receiver is off
     vast_webhook_secret: str = field(default="", repr=False)
     vast_rate_limits: dict[str, float] = field(default_factory=lambda: dict(VAST_RATE_LIMITS))
+    # VAST_ACCOUNTS: tenant -> the API key of its own Vast account; a tenant not listed uses VAST_API_KEY's
+    vast_accounts: dict[str, str] = field(default_factory=dict, repr=False)
     api_keys: dict[str, str] = field(default_factory=dict, repr=False)
     # health sweep: seconds between sweeps; a primary fails over once it failed this many sweeps in a row
     # and for this long (a definitive status - offline, exited, gone - needs only a confirming call)
@@ -261,6 +305,7 @@ class Settings:
             vast_api_key=os.environ.get("VAST_API_KEY", ""),
             vast_webhook_secret=os.environ.get("VAST_WEBHOOK_SECRET", ""),
             vast_rate_limits=_rate_limits(os.environ.get("VAST_RATE_LIMITS")),
+            vast_accounts=_vast_accounts(os.environ.get("VAST_ACCOUNTS", "").strip()),
             api_keys=_api_keys(os.environ.get("WARMPOOL_API_KEYS", "")),
             health_check_interval=_float("HEALTH_CHECK_INTERVAL", cls.health_check_interval),
             failover_threshold=_int("FAILOVER_THRESHOLD", cls.failover_threshold),
@@ -300,3 +345,18 @@ class Settings:
             flower_address=os.environ.get("FLOWER_ADDRESS") or cls.flower_address,
             flower_basic_auth=os.environ.get("FLOWER_BASIC_AUTH", ""),
         )
+
+    def account_of(self, tenant: str) -> str:
+        """The Vast account a tenant's pools live on (rule 17): its own key's, else the default one."""
+        key = self.vast_accounts.get(tenant)
+        return DEFAULT_ACCOUNT if key is None or key == self.vast_api_key else account_name(key)
+
+    def accounts(self) -> list[str]:
+        """Every account the service works on, the default first."""
+        return [DEFAULT_ACCOUNT, *sorted({self.account_of(tenant) for tenant in self.vast_accounts} - {DEFAULT_ACCOUNT})]
+
+    def account_key(self, account: str) -> str:
+        """The API key of an account named by ``account_of`` (KeyError for an account of no listed tenant)."""
+        if account == DEFAULT_ACCOUNT:
+            return self.vast_api_key
+        return {account_name(key): key for key in self.vast_accounts.values()}[account]

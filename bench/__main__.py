@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=3, help="failovers whose worker is killed")
     parser.add_argument("--pools", type=int, nargs="+", default=[12, 40],
                         help="pools failed at once in the mass-failover benchmark, one run per number")
+    parser.add_argument("--accounts", type=int, nargs="+", default=[1, 2],
+                        help="Vast accounts the mass-failover benchmark's pools are spread over, one run per number")
     parser.add_argument("--failovers-per-minute", type=int,
                         help="the mass-failover benchmark's FAILOVERS_PER_MINUTE instead of the default cap")
     parser.add_argument("--sweeps", type=int, default=400, help="sweeps of the leak check")
@@ -109,7 +111,8 @@ def run_one(name: str, stack, args) -> list[Result]:
         return failover.run_backlog(stack)
     if name == "mass-failover":
         from bench import massfailover
-        return massfailover.run(stack, sizes=tuple(args.pools), cap=args.failovers_per_minute)
+        return massfailover.run(stack, sizes=tuple(args.pools), cap=args.failovers_per_minute,
+                                 accounts=tuple(args.accounts))
     if name == "sweep":
         from bench import sweep
         return sweep.run(stack)

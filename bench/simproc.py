@@ -4,7 +4,7 @@
 
 It is the product's simulator (``sim.create_app``) with extra ``/_bench/`` routes:
 ``POST /_bench/seed_pools`` puts a running primary and a stopped standby per pool
-straight into the simulator's ``World`` (no GPU accounting, already past loading), so
+straight into the simulator's ``World`` on the tenant's account (no GPU accounting, already past loading), so
 thousands of pools can be seeded in a second; others count answers by route, list the
 hosts, and read or start/stop one instance outside the Vast routes' rate limits. A
 separate process keeps the simulator's CPU time out of the benchmark process's GIL.
@@ -34,13 +34,13 @@ def build(time_scale: float, seed: int):
     @app.post("/_bench/seed_pools")
     def seed_pools():
         body = request.get_json()
-        tenant, machines = body["tenant"], body["machines"]
+        tenant, machines, account = body["tenant"], body["machines"], body["account"]
         rows = []
         instances = world.instances
         with world.lock:
             now = world.clock.now()
             hosts = [h for h in world.hosts.values() if not h.failed]
-            for n, machine in enumerate(machines):
+            for n, machine in enumerate(machines, body.get("first_host", 0)):  # seeded apart: on other hosts
                 host = hosts[n % len(hosts)]
                 ids = []
                 for role, intended in (("primary", "running"), ("standby", "stopped")):
@@ -52,7 +52,8 @@ def build(time_scale: float, seed: int):
                         disk=10.0, onstart=None, env={}, runtype="ssh", start_date=now, api_key="bench",
                         end_date=world.offers.end_date(),
                         intended=intended, phase="create" if intended == "running" else "create_stopped",
-                        phase_at=now - 1e6)  # long past loading: running (or stopped) already
+                        phase_at=now - 1e6,  # long past loading: running (or stopped) already
+                        account=account)  # the account the service's key for the tenant opens
                     instances.track_end_date(instances.by_id[iid])
                     instances.created_by_label[instances.by_id[iid].label] += 1
                     ids.append(iid)

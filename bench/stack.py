@@ -254,12 +254,18 @@ class Stack:
                    priorities: dict[int, int] | None = None) -> list[list[int]]:
         """``count`` active pools: instances straight in the simulator, records straight in Redis
         through Store.save_pool with the fencing epoch of Store.acquire (``priorities``: by machine)."""
+        from app.pools import State, new_pool, pool_id
+        from app.runtime import settings
+        from app.settings import account_name
+
         machines = list(range(first_machine, first_machine + count))
+        # the simulator's account of the key the service uses for this tenant (VAST_ACCOUNTS, else VAST_API_KEY)
+        account = account_name(settings().account_key(settings().account_of(tenant)))
         rows = []
         for start in range(0, count, 5000):
-            rows += self.sim("POST", "/_bench/seed_pools",
-                             json={"tenant": tenant, "machines": machines[start:start + 5000]})["rows"]
-        from app.pools import State, new_pool, pool_id
+            rows += self.sim("POST", "/_bench/seed_pools", json={
+                "tenant": tenant, "machines": machines[start:start + 5000], "account": account,
+                "first_host": first_machine - 1 + start})["rows"]
 
         store = self.store()
 

@@ -19,6 +19,7 @@ online to start; a copy whose source or destination machine fails, or whose sour
 before it completes never completes (it stays "copying" for Vast, "lost" in the ledger).
 """
 
+from . import accounts
 from .errors import ApiError, invalid_args, invalid_json, is_int, is_number, no_such_volume
 from .volumes import Copy, Volume
 
@@ -45,7 +46,7 @@ class Copies:
 
     def _volume(self, vid) -> Volume:
         volume = self.volumes.by_id.get(vid)
-        if volume is None:
+        if volume is None or not accounts.visible(volume.account):
             raise no_such_volume()
         return volume
 

@@ -86,12 +86,13 @@ class Faults:
     def reset(self):
         with self.lock:
             self.request_counts = Counter()
+            self.account_counts: dict[str, Counter] = {}  # account -> route -> requests
             self.counts = Counter()  # rate_limited, errors_injected, answers_lost, answers_held
             self.rates = dict.fromkeys(GLOBAL_FAULT_KEYS, 0.0)
             self.routes: dict[str, RouteFault] = {}
             self.rng = random.Random(self.seed)
             self.route_intervals: dict[str, float] = {}
-            self.route_last_call: dict[str, float] = {}
+            self.route_last_call: dict[tuple[str | None, str], float] = {}  # (account, route) -> last call
 
     def set_faults(self, body, known_routes):
         """Replace every fault; ``known_routes`` are the "METHOD /template/" names of the Vast routes."""
@@ -125,24 +126,27 @@ class Faults:
             self.route_last_call = {}
         return body
 
-    def admit(self, route, now) -> Verdict:
-        """Count a request to ``route`` ("METHOD /template/") and decide its fate.
+    def admit(self, route, now, account=None) -> Verdict:
+        """Count a request to ``route`` ("METHOD /template/") by ``account`` and decide its fate.
 
-        In order: the route's minimum interval (429 with its threshold), the global rates, then
-        the route's own fault; a request turned away earlier does not use up the route's ``times``.
+        In order: the route's minimum interval for that account (429 with its threshold: Vast limits each
+        API key apart), the global rates, then the route's own fault; a request turned away earlier does
+        not use up the route's ``times``.
         """
         with self.lock:
             self.request_counts[route] += 1
+            if account is not None:
+                self.account_counts.setdefault(account, Counter())[route] += 1
             verdict = Verdict(latency=self.rates["latency_ms"] / 1000.0)
             key = route_key(route)
             interval = self.route_intervals.get(key)
             if interval is not None:
-                last = self.route_last_call.get(key)
+                last = self.route_last_call.get((account, key))
                 if last is not None and now - last < interval:
                     self.counts["rate_limited"] += 1
                     verdict.reject = ("threshold", interval)
                     return verdict
-                self.route_last_call[key] = now
+                self.route_last_call[(account, key)] = now
             roll = self.rng.random()
             if roll < self.rates["rate_limit_rate"]:
                 self.counts["rate_limited"] += 1
@@ -172,4 +176,5 @@ class Faults:
     def stats(self):
         with self.lock:
             return {"requests": dict(self.request_counts),
+                    "requests_by_account": {who: dict(counts) for who, counts in self.account_counts.items()},
                     **{k: self.counts[k] for k in ("rate_limited", "errors_injected", "answers_lost", "answers_held")}}

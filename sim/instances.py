@@ -4,6 +4,7 @@ import hashlib
 import re
 from collections import Counter, defaultdict
 
+from . import accounts
 from . import query as q
 from .errors import ApiError, invalid_args, invalid_json, is_int, is_number, no_such_instance
 from .gpus import GpuScheduler
@@ -43,7 +44,7 @@ class Instances:
 
     def _get(self, inst_id) -> Instance:
         inst = self.by_id.get(inst_id)
-        if inst is None:
+        if inst is None or not accounts.visible(inst.account):
             raise no_such_instance()
         return inst
 
@@ -72,6 +73,7 @@ class Instances:
                 start_date=now, api_key=hashlib.sha256(f"{self.seed}:{inst_id}".encode()).hexdigest(),
                 volume_id=volume_id, mount_path=spec["volume_info"] and spec["volume_info"].get("mount_path"),
                 intended=spec["target_state"], phase_at=now, end_date=self.offers.end_date(),
+                account=accounts.current.get(),
             )
             self.by_id[inst_id] = inst
             self.track_end_date(inst)
@@ -95,13 +97,12 @@ class Instances:
     def set_states(self, ids, state):
         """Bulk start/stop: every id must exist (and be startable, for a start), then all change together."""
         with self.lock:
-            if any(i not in self.by_id for i in ids):
-                raise no_such_instance()
+            instances = [self._get(i) for i in ids]
             now = self.clock.now()
-            for inst_id in ids:
-                self._refuse_start_after_end(self.by_id[inst_id], state, now)
-            for inst_id in ids:
-                self._set_state(self.by_id[inst_id], state, now)
+            for inst in instances:
+                self._refuse_start_after_end(inst, state, now)
+            for inst in instances:
+                self._set_state(inst, state, now)
             return {"success": True}
 
     def _refuse_start_after_end(self, inst: Instance, state, now):
@@ -214,7 +215,7 @@ class Instances:
     def get(self, inst_id):
         with self.lock:
             inst = self.by_id.get(inst_id)
-            return None if inst is None else self._row(inst, self.clock.now())
+            return None if inst is None or not accounts.visible(inst.account) else self._row(inst, self.clock.now())
 
     def _column(self, inst: Instance, name, now):
         """The value of a filterable/sortable instance column."""
@@ -280,7 +281,7 @@ class Instances:
         columns = [c for c, _ in order]
         with self.lock:
             now = self.clock.now()
-            everything = list(self.by_id.values())
+            everything = [i for i in self.by_id.values() if accounts.visible(i.account)]
             label_counts = Counter(i.label or "" for i in everything)
             try:
                 matched = [i for i in everything

@@ -35,6 +35,7 @@ class Instance:
     status_before_stop: str | None = None
     failed: bool = False
     expiry_warned_for: float | None = None  # the end date a "rental_expiring" event was sent for
+    account: str | None = None  # the account that made it (sim/accounts.py)
 
     def ended(self, now):
         return now >= self.end_date

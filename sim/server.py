@@ -11,6 +11,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import WSGIRequestHandler, make_server
 
+from . import accounts
 from .errors import ApiError, invalid_args, invalid_json
 from .housekeeper import Housekeeper
 from .persistence import StateFile
@@ -72,7 +73,8 @@ def _state(body):
 
 
 def create_app(time_scale=1.0, seed=0, api_key=None, state_file=None) -> Flask:
-    """The simulator as a Flask app; ``api_key`` None accepts any non-empty key.
+    """The simulator as a Flask app; ``api_key`` None accepts any non-empty key, each key its own account
+    (sim/accounts.py).
 
     With ``state_file`` (a path) the world is loaded from it if it exists, and saved to it after
     every request that may change the world.
@@ -114,10 +116,13 @@ def create_app(time_scale=1.0, seed=0, api_key=None, state_file=None) -> Flask:
     @app.before_request
     def gate():
         g.changed = world.tick()
+        accounts.current.set(None)  # a thread may serve several requests: none inherits an account
         auth = vast_routes.get(request.endpoint)
         if auth is None:
-            return None  # control routes and unknown paths: no faults, no counting
-        verdict = world.faults.admit(request.endpoint, world.clock.now())
+            return None  # control routes and unknown paths: no faults, no counting, every account seen
+        key = _key()
+        account = accounts.account_of(key) if key else None
+        verdict = world.faults.admit(request.endpoint, world.clock.now(), account)
         if verdict.latency:
             time.sleep(verdict.latency)
         if verdict.reject is not None:
@@ -131,8 +136,9 @@ def create_app(time_scale=1.0, seed=0, api_key=None, state_file=None) -> Flask:
             return jsonify(success=False, error="service_unavailable",
                            msg="Service temporarily unavailable (injected fault)"), 503
         g.verdict = verdict
-        if auth and not _authorized():
+        if auth and not _authorized(key):
             return jsonify(success=False, error="auth_error", msg="Invalid user key"), 401
+        accounts.current.set(account or "")  # an unauthenticated route sees no account's resources
         return None
 
     @app.after_request
@@ -150,9 +156,11 @@ def create_app(time_scale=1.0, seed=0, api_key=None, state_file=None) -> Flask:
             return Response(GATEWAY_TIMEOUT_PAGE, 504, mimetype="text/html")
         return response
 
-    def _authorized():
+    def _key():
         header = request.headers.get("Authorization", "")
-        key = header[len("Bearer "):].strip() if header.startswith("Bearer ") else request.args.get("api_key", "")
+        return header[len("Bearer "):].strip() if header.startswith("Bearer ") else request.args.get("api_key", "")
+
+    def _authorized(key):
         if not key:
             return False
         return api_key is None or hmac.compare_digest(key.encode(), api_key.encode())

@@ -4,6 +4,7 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from . import accounts
 from .errors import ApiError, invalid_args, invalid_json, is_int, is_number, no_such_volume
 from .inventory import Host
 from .offers import monthly_to_hourly
@@ -39,6 +40,7 @@ class Volume:
     instances: set = field(default_factory=set)
     data_version: int = 0  # the contents, as a number: each write adds one
     copy: Copy | None = None  # the last copy into this volume
+    account: str | None = None  # the account that made it (sim/accounts.py)
 
 
 class Volumes:
@@ -51,7 +53,8 @@ class Volumes:
     def add(self, host: Host, size, name, now):
         vid = self.next_id
         self.next_id += 1
-        self.by_id[vid] = Volume(id=vid, name=name, machine_id=host.machine_id, size=size, start_date=now)
+        self.by_id[vid] = Volume(id=vid, name=name, machine_id=host.machine_id, size=size, start_date=now,
+                                 account=accounts.current.get())
         host.volume_used += size
         self.created_by_name[name or ""] += 1
         return vid
@@ -92,7 +95,7 @@ class Volumes:
                 raise invalid_args(f"Volume size {size} exceeds the {host.volume_free} GB available.")
             return None, {"size": size, "name": info["name"]}
         volume = self.by_id.get(vid)
-        if volume is None:
+        if volume is None or not accounts.visible(volume.account):
             raise invalid_args(f"Volume {vid} does not exist.")
         if volume.machine_id != host.machine_id:
             raise invalid_args(f"Volume {vid} is on machine {volume.machine_id}, but the instance is on "
@@ -104,6 +107,8 @@ class Volumes:
         with self.lock:
             rows = []
             for v in self.by_id.values():
+                if not accounts.visible(v.account):
+                    continue
                 host = self.hosts[v.machine_id]
                 rows.append({
                     "id": v.id, "label": v.name, "status": self._status(v, host),
@@ -142,7 +147,7 @@ class Volumes:
             raise invalid_args("Please provide a valid volume ID.")
         with self.lock:
             volume = self.by_id.get(vid)
-            if volume is None:
+            if volume is None or not accounts.visible(volume.account):
                 raise no_such_volume()
             if volume.instances:
                 raise invalid_args(f"Volume {vid} is in use by instances {sorted(volume.instances)}; "

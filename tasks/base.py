@@ -11,17 +11,21 @@ epoch (rule 12 in docs/architecture.md).
 import contextlib
 import logging
 import random
+import threading
 import time
 from typing import Literal
 
+import redis
 from celery import Task
 from celery.exceptions import Ignore, Retry
+from celery.signals import task_prerun, task_received, task_revoked
 
 from app import vast as provider
 from app.operations import Context
 from app.pools import now_iso, split_pool_id, to_degraded
-from app.runtime import Throttled, fence, settings, store
+from app.runtime import Throttled, fence, on_account, on_tenant_account, settings, store
 from app.store import STORE_AWAY, FencedOut, Held
+from tasks import celery_app
 
 log = logging.getLogger(__name__)
 
@@ -247,19 +251,22 @@ def step_heartbeat(op: Operation):
 
 @contextlib.contextmanager
 def fenced_by(pid: str, held: Held):
-    """Mutating provider calls made inside go out only while ``held`` is still the machine's lock (rule 12)."""
+    """Mutating provider calls made inside go out only while ``held`` is still the machine's lock (rule 12), to the
+    Vast account of the pool's tenant (rule 17)."""
     token = fence.set(lambda: store().check_fence(pid, held))
     try:
-        yield
+        with on_tenant_account(split_pool_id(pid)[0]):
+            yield
     finally:
         fence.reset(token)
 
 
 @contextlib.contextmanager
 def fenced(op: Operation):
-    """While a step works: a heartbeat keeps its lock alive, and its mutating provider calls are fenced
-    (``app.runtime.fence`` is checked right before each request leaves)."""
-    with step_heartbeat(op) as op.heartbeat:
+    """While a step works: a heartbeat keeps its lock alive, its provider calls go to its tenant's Vast account
+    (rule 17), and its mutating ones are fenced (``app.runtime.fence`` is checked right before each request
+    leaves)."""
+    with step_heartbeat(op) as op.heartbeat, on_account(op.settings.account_of(op.tenant)):
         token = fence.set(op.fence)
         try:
             yield
@@ -270,3 +277,72 @@ def fenced(op: Operation):
 
 # filled by the operation modules: operation name -> function(op) that undoes a failed attempt
 COMPENSATIONS: dict = {}
+
+
+class WaitingSteps:
+    """The locks of the steps this worker has received but not yet started, kept alive as a running step's
+    heartbeat keeps its own (rule 12).
+
+    A step waits in the worker after its retry's countdown is over, or when every thread is busy (40 failovers
+    polling once a second on 16 threads): without this, its lock expired meanwhile and the healer started the
+    operation again beside it. The worker holds them, so a killed worker's locks still expire within
+    ``LOCK_TTL``. One thread renews them all every third of ``LOCK_TTL``; a lock no longer held under the step's
+    epoch (released, taken over) is dropped, never taken back. Hand-written: Celery keeps no lock alive for a
+    task it has not started.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[str, Held]] = {}  # request id -> (pool id, lock)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def received(self, request_id: str, ctx: dict) -> None:
+        with self._lock:
+            self._held[request_id] = (ctx["pid"], Held(ctx["token"], ctx["epoch"]))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._renew, daemon=True, name="waiting steps' locks")
+                self._thread.start()
+
+    def started(self, request_id: str) -> None:
+        with self._lock:
+            self._held.pop(request_id, None)
+
+    def renew(self) -> None:
+        """Renew every waiting step's lock once (the thread does it every third of LOCK_TTL)."""
+        with self._lock:
+            waiting = list(self._held.items())
+        ttl = settings().lock_ttl
+        for request_id, (pid, held) in waiting:
+            try:
+                kept = store().renew_if_held(pid, held, ttl)
+            except redis.RedisError:
+                continue  # Redis restarting: the next beat tries again
+            if not kept:
+                self.started(request_id)
+
+    def _renew(self) -> None:
+        while True:
+            time.sleep(settings().lock_ttl / 3)
+            self.renew()
+
+
+waiting_steps = WaitingSteps()
+
+
+@task_received.connect
+def _step_waits(request=None, **_):
+    args = getattr(request, "args", None) or ()
+    ctx = args[0] if args else None
+    if (isinstance(celery_app.tasks.get(request.name), Step) and isinstance(ctx, dict)
+            and {"pid", "token", "epoch"} <= ctx.keys()):
+        waiting_steps.received(request.id, ctx)
+
+
+@task_prerun.connect
+def _step_runs(task_id=None, **_):
+    waiting_steps.started(task_id)  # its own heartbeat keeps the lock from here (fenced)
+
+
+@task_revoked.connect
+def _step_revoked(request=None, **_):
+    waiting_steps.started(request.id)

@@ -23,7 +23,7 @@ from celery import shared_task
 from app import operations
 from app import vast as provider
 from app.pools import State, iso_at, pool_id, split_pool_id
-from app.runtime import settings, store
+from app.runtime import on_account, pools_by_account, settings, store
 from tasks.renewal import end_dates
 
 
@@ -33,11 +33,16 @@ def check_expiry() -> dict[str, str]:
     s, cfg = store(), settings()
     pools = [p for p in s.get_pools(s.watched_pool_ids())
              if p["state"] == State.ACTIVE and p.get("renew_after", 0) <= time.time()]
-    ids = sorted({p[k] for p in pools for k in ("primary_gpu_id", "standby_gpu_id")} - {None})
-    try:
-        ends = end_dates(ids)
-    except provider.VastError:
-        return {}  # unknown: decide nothing, the next check asks again
+    ends = {}
+    for name, pids in pools_by_account([pool_id(p["tenant"], p["machine_id"]) for p in pools]).items():
+        on_it = set(pids)
+        ids = sorted({p[k] for p in pools if pool_id(p["tenant"], p["machine_id"]) in on_it
+                      for k in ("primary_gpu_id", "standby_gpu_id")} - {None})
+        try:
+            with on_account(name):  # each account lists its own instances (rule 17)
+                ends.update(end_dates(ids))
+        except provider.VastError:
+            return {}  # unknown: decide nothing, the next check asks again
     horizon = time.time() + cfg.expiry_margin
     started = {}
     for pool in pools:

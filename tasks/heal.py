@@ -64,12 +64,12 @@ def repair(pid: str) -> str:
             operations.failover(pid, lease.hand_off(), trigger, op_id=op_id)
             return "resume failover"
         try:
-            primary = pool["primary_gpu_id"] and vast().show_instance(pool["primary_gpu_id"])
+            primary = pool["primary_gpu_id"] and vast(pool["tenant"]).show_instance(pool["primary_gpu_id"])
             if pool["primary_ssh_host"] and not is_running(primary):
                 operations.failover(pid, lease.hand_off(), "heal", op_id=op_id)
                 return "failover"
             if pool["host_machine_id"] and pool["standby_gpu_id"] and is_running(primary):
-                if not vast().search_offers(offers_query(verified=False, machine_id=pool["host_machine_id"])):
+                if not vast(pool["tenant"]).search_offers(offers_query(verified=False, machine_id=pool["host_machine_id"])):
                     return _retry_later(pid, lease, f"host {pool['host_machine_id']} still has no free GPU")
                 to_active(pool)
                 s.save_pool(pool, lease.held)

@@ -14,7 +14,7 @@ from celery import shared_task
 from app import vast as provider
 from app.hosts import LASTING_MARGINS, group_hosts, offers_query
 from app.pools import State, label, primary_fields, to_active, volume_name
-from app.runtime import Throttled, settings, store, unfenced, vast, without_queueing
+from app.runtime import Throttled, account, settings, store, unfenced, vast, without_queueing
 from app.store import UNSEEN, FencedOut
 from tasks.base import COMPENSATIONS, NotYet, Operation, OperationFailed, Step
 
@@ -117,7 +117,7 @@ def observe(instance_id: int, interval: float | None = None, since: float = 0.0)
         with without_queueing():  # no slot free soon: a later waiter asks again
             return {row["id"]: row for row in vast().list_instances({"id": {"in": ids}}).instances}
 
-    return store().observe(instance_id, interval or settings().poll_interval, fetch, since)
+    return store().observe(instance_id, interval or settings().poll_interval, fetch, since, account.get())
 
 
 @shared_task(bind=True, base=Step, name="warmpool.provision.find_host")

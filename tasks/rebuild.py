@@ -38,7 +38,7 @@ from celery.signals import worker_ready
 
 from app.pools import (iso_at, label, new_pool, parse_label, primary_fields, schedule_switchover, split_pool_id,
                        to_active, to_degraded, volume_name)
-from app.runtime import settings, store, vast
+from app.runtime import on_account, pools_by_account, settings, store, vast
 from app.store import FencedOut
 from tasks.base import fenced_by
 from tasks.provision import is_running
@@ -176,26 +176,34 @@ def rebuild(pids: list[str] | None = None, apply: bool = True) -> list[Rebuilt] 
 
 
 def _rebuild(pids: list[str] | None, apply: bool) -> list[Rebuilt]:
+    """Each Vast account's pools are rebuilt from that account's listing (rule 17)."""
     s = store()
-    if pids is not None:
-        pids = s.missing_pools(pids)  # before any provider call: a repeated request costs none
-        if not pids:
+    if pids is None:
+        return [done for name in settings().accounts() for done in _rebuild_account(name, None, apply)]
+    pids = s.missing_pools(pids)  # before any provider call: a repeated request costs none
+    return [done for name, on_it in pools_by_account(pids).items() if on_it
+            for done in _rebuild_account(name, on_it, apply)]
+
+
+def _rebuild_account(name: str, pids: list[str] | None, apply: bool) -> list[Rebuilt]:
+    """The pools of one account, from its own listing: labels of a tenant on another account are not its pools."""
+    s, cfg = store(), settings()
+    with on_account(name):
+        found = instances_by_pool(pids)
+        missing = [pid for pid in s.missing_pools(sorted(found)) if cfg.account_of(split_pool_id(pid)[0]) == name]
+        if not missing:
             return []
-    found = instances_by_pool(pids)
-    missing = s.missing_pools(sorted(found))
-    if not missing:
-        return []
-    volumes = vast().show_volumes()
-    report = []
-    for pid in missing:
-        pool = form_pool(pid, found[pid], volumes)
-        if pool is None:
-            report.append(Rebuilt(pid, f"{NOT_A_POOL}: its labelled instances {sorted(r['id'] for r in found[pid])} "
-                                       f"use no volume"))
-        elif not apply:
-            report.append(Rebuilt(pid, WOULD_REBUILD, pool))
-        else:
-            report.append(Rebuilt(pid, _write(pid, pool, found[pid]), pool))
+        volumes = vast().show_volumes()
+        report = []
+        for pid in missing:
+            pool = form_pool(pid, found[pid], volumes)
+            if pool is None:
+                report.append(Rebuilt(pid, f"{NOT_A_POOL}: its labelled instances "
+                                           f"{sorted(r['id'] for r in found[pid])} use no volume"))
+            elif not apply:
+                report.append(Rebuilt(pid, WOULD_REBUILD, pool))
+            else:
+                report.append(Rebuilt(pid, _write(pid, pool, found[pid]), pool))
     return report
 
 

@@ -16,7 +16,7 @@ from celery import shared_task
 
 from app import vast as provider
 from app.pools import parse_label, pool_id, split_pool_id, volume_name
-from app.runtime import settings, store, vast
+from app.runtime import on_account, settings, store, vast
 from app.store import FencedOut
 from tasks import rebuild
 from tasks.base import fenced_by
@@ -55,7 +55,7 @@ def reconcile() -> list:
         if held is None:
             return []  # a rebuild runs: judge nothing until it has adopted what it finds
         suspects = _instance_suspects(counts, held)
-        volumes = [v for v in vast().show_volumes() if VOLUME_NAME.fullmatch(v.get("label") or "")]
+        volumes = [v for name in cfg.accounts() for v in _account_volumes(name)]
     except provider.VastError:
         return []  # try again next time
     suspects += _volume_suspects(volumes, counts)
@@ -94,9 +94,15 @@ def _instance_suspects(counts: dict[str, int], held: set[str]) -> list[tuple]:
         # more instances carry the label than the pool can reference: look closer
         if counts[name] > (1 if pool and pool[f"{role}_gpu_id"] else 0):
             suspects += [("instance", row["id"], pid, _created(row))
-                         for row in vast().list_instances({"label": {"eq": name}}).instances
+                         for row in vast(split_pool_id(pid)[0]).list_instances({"label": {"eq": name}}).instances
                          if row["id"] not in referenced(pool)]
     return suspects
+
+
+def _account_volumes(name: str) -> list[dict]:
+    """The volumes of one Vast account that carry our names."""
+    with on_account(name):
+        return [v for v in vast().show_volumes() if VOLUME_NAME.fullmatch(v.get("label") or "")]
 
 
 def _volume_suspects(volumes: list[dict], counts: dict[str, int]) -> list[tuple]:

@@ -34,7 +34,7 @@ from celery import shared_task
 from app import vast as provider
 from app.hosts import LASTING_MARGINS, group_hosts, offers_query
 from app.pools import State, epoch_seconds, iso_at, pool_id, split_pool_id, volume_name
-from app.runtime import settings, store, vast
+from app.runtime import on_account, pools_by_account, settings, store, vast
 from app.settings import Settings
 from app.store import FencedOut
 from tasks.base import fenced_by
@@ -66,16 +66,26 @@ def _view(row: dict | None) -> dict | None:
 
 @shared_task(name="warmpool.replica.upkeep")
 def upkeep() -> int:
-    """One volume list for every pool with a replica (or wanting one); a ``tend`` for each that needs one."""
+    """One volume list per Vast account for every pool with a replica (or wanting one) on it; a ``tend`` for each
+    that needs one."""
     s, cfg = store(), settings()
-    pools = [p for p in s.get_pools(s.watched_pool_ids())
-             if p["state"] in KEPT and (wants_replica(p, cfg) or p.get("replica_volume_id") or p.get("retire_host"))]
-    if not pools:
-        return 0
-    try:
-        volumes = vast().show_volumes()
-    except provider.VastError:
-        return 0  # unknown: decide nothing, the next run asks again
+    pools = {pool_id(p["tenant"], p["machine_id"]): p for p in s.get_pools(s.watched_pool_ids())
+             if p["state"] in KEPT and (wants_replica(p, cfg) or p.get("replica_volume_id") or p.get("retire_host"))}
+    tended = 0
+    for name, pids in pools_by_account(list(pools)).items():
+        if not pids:
+            continue
+        try:
+            with on_account(name):
+                volumes = vast().show_volumes()
+        except provider.VastError:
+            continue  # unknown: decide nothing, the next run asks again
+        tended += _tend_seen([pools[pid] for pid in pids], volumes, cfg)
+    return tended
+
+
+def _tend_seen(pools: list[dict], volumes: list[dict], cfg: Settings) -> int:
+    """A ``tend`` for each of ``pools`` whose replica needs one, by one account's ``volumes``."""
     by_id = {v["id"]: v for v in volumes}
     tended = 0
     for pool in pools:

@@ -23,7 +23,7 @@ from app import operations
 from app import vast as provider
 from app.hosts import offers_query
 from app.pools import State, label, parse_label, pool_id, split_pool_id, to_degraded, to_replacing_standby
-from app.runtime import settings, store, vast
+from app.runtime import account, on_account, pools_by_account, settings, store, vast
 from app.store import FencedOut
 from tasks import rebuild
 from tasks.base import fenced_by
@@ -58,15 +58,42 @@ def _sweep(s, cfg) -> str:
     # the pools first, then the provider: a pool is never judged on an answer older than its record
     watched = s.watched_pool_ids()
     last_ok = s.last_sweep_time()
+    audited = s.audit_primaries(AUDIT_PAGE) if s.due("audit", AUDIT_INTERVAL) else {}
+    counts, failures, unknown = {}, 0, 0
+    # each Vast account is asked apart, on its own budget (rule 17): one that cannot be asked judges none of its
+    # pools, and the others go on
+    by_account = pools_by_account(watched)
+    for name, pids in by_account.items():
+        on_it = set(pids)
+        with on_account(name):
+            seen = _sweep_account(s, cfg, pids, {i: pid for i, pid in audited.items() if pid in on_it}, last_ok)
+        if seen is None:
+            unknown += 1
+            continue
+        failures += seen[0]
+        counts.update(seen[1])
+    if unknown == len(by_account):
+        return "unknown"
+    if not unknown:
+        s.record_sweep(time.time() - started, counts)
+    rebuild.adopt_soon(counts)  # labels of a pool with no record: Redis lost it (rule 13)
+    if s.due("capacity", cfg.capacity_check_interval):
+        check_capacity.delay()
+    return f"{failures} failed of {len(watched)}" + (f" ({unknown} account(s) unknown)" if unknown else "")
+
+
+def _sweep_account(s, cfg, watched: list[str], audited: dict[int, str], last_ok: float | None) -> tuple[int, dict[str, int]] | None:
+    """One account's sweep: its list of what should run but does not, and what that says about its pools;
+    (pools failed, label counts), or None when the provider could not be asked."""
     try:
         listing = vast().list_instances(UNHEALTHY, attempts=1)  # the next sweep is the retry
     except provider.VastError as exc:
         s.record_unknown_sweep(type(exc).__name__)  # unknown, not failed: nothing counts (rule 6)
-        return "unknown"
+        return None
     rows = {row["id"]: row for row in listing.instances}
     failed = {pid: (iid, rows[iid].get("actual_status")) for iid, pid in s.primaries(list(rows)).items()
               if rows[iid].get("actual_status") not in TRANSITIONAL}
-    failed.update(_audit(s))
+    failed.update(_audit(audited))
     counts = listing.label_counts
     missing_standby = []
     # labels counted, or an account the provider says is empty: a primary without its label is gone; a
@@ -94,20 +121,13 @@ def _sweep(s, cfg) -> str:
         parsed = parse_label(name)
         if parsed and count > 1 and parsed[0] in watched and not s.is_locked(parsed[0]):
             guard_split_brain.delay(parsed[0], f"{count} instances carry the label {name}")
-    s.record_sweep(time.time() - started, counts)
-    rebuild.adopt_soon(counts)  # labels of a pool with no record: Redis lost it (rule 13)
-    if s.due("capacity", cfg.capacity_check_interval):
-        check_capacity.delay()
-    return f"{len(failed)} failed of {len(watched)}"
+    return len(failed), counts
 
 
-def _audit(s) -> dict[str, tuple[int, str]]:
+def _audit(audited: dict[int, str]) -> dict[str, tuple[int, str]]:
     """Primaries stopped by someone else: the list of failures above shows only instances meant to run, so a
-    page of primaries, in rotation, is looked at directly every AUDIT_INTERVAL seconds (one call, whatever the
-    number of pools: a fleet of N pools is looked through in N / 25 x 10 s)."""
-    if not s.due("audit", AUDIT_INTERVAL):
-        return {}
-    audited = s.audit_primaries(AUDIT_PAGE)
+    page of primaries, in rotation, is looked at directly every AUDIT_INTERVAL seconds (one call per account,
+    whatever the number of pools: a fleet of N pools is looked through in N / 25 x 10 s)."""
     if not audited:
         return {}
     try:
@@ -122,7 +142,7 @@ def _lost_standbys(s, cfg) -> list[str]:
     """Pools whose standby should be stopped but shows otherwise (offline, unknown...): it could not start when a
     failover needs it. One list call every CAPACITY_CHECK_INTERVAL asks for every such instance of the account,
     whatever the number of pools (rule 8); a status on its way somewhere is not a loss (rule 14)."""
-    if not s.due("lost_standbys", cfg.capacity_check_interval):
+    if not s.due(f"lost_standbys@{account.get()}", cfg.capacity_check_interval):
         return []
     try:
         rows = vast().list_instances(LOST_STANDBY, attempts=1).instances
@@ -195,10 +215,10 @@ def recheck_standby(pid: str) -> str:
     pool = s.get_pool(pid)
     if not _standby_kept(pool) or s.is_locked(pid):
         return "moved on"  # an operation runs: it decides
-    status = lost_status(vast().show_instance(pool["standby_gpu_id"]))
+    status = lost_status(vast(pool["tenant"]).show_instance(pool["standby_gpu_id"]))
     if status is None:
         return "there"
-    primary = vast().show_instance(pool["primary_gpu_id"])
+    primary = vast(pool["tenant"]).show_instance(pool["primary_gpu_id"])
     if not is_running(primary):
         primary_status = (primary or {}).get("actual_status", "gone")
         if primary_status in TRANSITIONAL:

@@ -158,7 +158,7 @@ def cached_offers(query: dict) -> list[dict]:
             with store().wait_slot(g.tenant, HOSTS_MISS_SECONDS, cfg.wait_max_holders,
                                    cfg.wait_max_holders_per_tenant) as holding, \
                     (contextlib.nullcontext() if holding else without_waiting()):
-                offers = vast().search_offers(query)
+                offers = vast(g.tenant).search_offers(query)
         except Throttled as exc:
             abort(503, message="The provider's rate budget is busy; try again shortly",
                   headers={"Retry-After": str(max(1, math.ceil(exc.retry_in)))})

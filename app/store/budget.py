@@ -4,6 +4,7 @@ import uuid
 
 import redis
 
+from app.settings import DEFAULT_ACCOUNT
 from app.store import keys
 
 
@@ -17,22 +18,25 @@ class BudgetRecords:
         self._failover_slot = self.r.register_script(_FAILOVER_SLOT)
         self._ranked_slot = self.r.register_script(_RANKED_SLOT)
 
-    def reserve_slot(self, endpoint: str, interval: float, horizon: float = -1) -> float:
-        """Reserve the next call slot of an endpoint; return how long to wait for it.
+    def reserve_slot(self, endpoint: str, interval: float, horizon: float = -1,
+                     account: str = DEFAULT_ACCOUNT) -> float:
+        """Reserve the next call slot of an account's endpoint; return how long to wait for it.
 
         With a ``horizon``, a slot further ahead than that is not reserved: the answer is
         then negative, minus the time until the next free slot.
         """
-        return float(self._reserve(keys=[keys.rate(endpoint)], args=[interval, horizon]))
+        return float(self._reserve(keys=[keys.rate(endpoint, account)], args=[interval, horizon]))
 
-    def take_ranked_slot(self, endpoint: str, interval: float, rank: float, claim: str, hold: float) -> float:
-        """Reserve the next call slot of an endpoint, if it is at most an interval away, for the best-ranked claim
+    def take_ranked_slot(self, endpoint: str, interval: float, rank: float, claim: str, hold: float,
+                         account: str = DEFAULT_ACCOUNT) -> float:
+        """Reserve the next call slot of an account's endpoint, if it is at most an interval away, for the best-ranked claim
         waiting (lowest ``rank``, then lowest ``claim``); return how long to wait for it. A claim that is not first is kept for ``hold`` s past
         its estimated turn (its caller may give its thread back and come again) and the answer is negative:
         minus that estimated wait. Hand-written because a rate limiter with priorities is not in redis-py or
         Celery: Celery's queues order tasks, not the provider calls inside them."""
-        return float(self._ranked_slot(keys=[keys.rate(endpoint), keys.ranked_claims(endpoint),
-                                             keys.ranked_expiry(endpoint)], args=[interval, rank, claim, hold]))
+        return float(self._ranked_slot(keys=[keys.rate(endpoint, account), keys.ranked_claims(endpoint, account),
+                                             keys.ranked_expiry(endpoint, account)],
+                                       args=[interval, rank, claim, hold]))
 
     def take_failover_slot(self, per_minute: int) -> bool:
         """Count a confirmed failure against the cap across all pools, over the last 60 s (rule 9)."""

@@ -1,5 +1,7 @@
 """Every Redis key warmpool uses, in one place. Nothing outside ``app.store`` spells a key."""
 
+from app.settings import DEFAULT_ACCOUNT
+
 
 def pool(pid: str) -> str:
     return f"wp:pool:{pid}"
@@ -29,16 +31,35 @@ def op_done(op_id: str) -> str:
     return f"wp:op-done:{op_id}"
 
 
-def rate(endpoint: str) -> str:
-    return f"wp:rate:{endpoint}"
+def _on_account(key: str, account: str) -> str:
+    """A key of one Vast account's (rule 17); the default account's keep the names they had before accounts."""
+    return key if account == DEFAULT_ACCOUNT else f"{key}@{account}"
 
 
-def ranked_claims(endpoint: str) -> str:
-    return f"wp:rate:{endpoint}:claims"  # sorted set: calls waiting their turn, by rank (Store.take_ranked_slot)
+def rate(endpoint: str, account: str = DEFAULT_ACCOUNT) -> str:
+    return _on_account(f"wp:rate:{endpoint}", account)  # the next free slot of the account's endpoint
 
 
-def ranked_expiry(endpoint: str) -> str:
-    return f"wp:rate:{endpoint}:claims:expiry"  # sorted set: the same calls, by when their claim lapses
+def ranked_claims(endpoint: str, account: str = DEFAULT_ACCOUNT) -> str:
+    # sorted set: calls waiting their turn, by rank (Store.take_ranked_slot)
+    return _on_account(f"wp:rate:{endpoint}:claims", account)
+
+
+def ranked_expiry(endpoint: str, account: str = DEFAULT_ACCOUNT) -> str:
+    # sorted set: the same calls, by when their claim lapses
+    return _on_account(f"wp:rate:{endpoint}:claims:expiry", account)
+
+
+def awaited(account: str = DEFAULT_ACCOUNT) -> str:
+    return _on_account("wp:awaited", account)  # sorted set: instances that steps wait on, by last interest
+
+
+def awaited_round(account: str = DEFAULT_ACCOUNT) -> str:
+    return _on_account("wp:awaited:round", account)
+
+
+def awaited_poller(account: str = DEFAULT_ACCOUNT) -> str:
+    return _on_account("wp:awaited:poller", account)
 
 
 def seen(instance_id: int) -> str:
@@ -114,9 +135,6 @@ API_KEYS = "wp:apikeys"                 # hash: sha256 of a key -> tenant
 REVOKED_KEYS = "wp:apikeys:revoked"     # set: sha256 of keys revoked (WARMPOOL_API_KEYS ones too)
 WAIT_HOLDERS = "wp:waits"               # sorted set: every ?wait request holding a slot, by deadline
 WORKER_SEEN = "wp:worker:seen"
-AWAITED = "wp:awaited"                  # sorted set: instances that steps wait on, by last interest
-AWAITED_ROUND = "wp:awaited:round"
-AWAITED_POLLER = "wp:awaited:poller"
 SWEEP_RUNNING = "wp:sweep:running"
 SWEEP_LAST = "wp:sweep:last"
 SWEEP_LAST_TS = "wp:sweep:last:ts"

@@ -163,6 +163,15 @@ class LockRecords:
         if self.epoch(pid) != held.epoch:
             raise FencedOut(pid)
 
+    def renew_if_held(self, pid: str, held: Held, ttl: float) -> bool:
+        """Renew a lock that ``held`` still holds, under its epoch; False (nothing renewed) when it expired, was
+        released or was taken since: unlike ``extend``, a lock no longer held is never taken back."""
+        try:
+            self._lock(pid, ttl, held.token).reacquire()
+        except redis.exceptions.LockError:
+            return False
+        return self.epoch(pid) == held.epoch
+
     def check_fence(self, pid: str, held: Held) -> None:
         """Raise FencedOut unless ``held`` is still the lock's holder and its epoch the current one."""
         token, epoch = self.r.mget(keys.lock(pid), keys.epoch(pid))

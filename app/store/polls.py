@@ -9,6 +9,7 @@ from typing import cast
 import redis
 from redis.exceptions import LockError
 
+from app.settings import DEFAULT_ACCOUNT
 from app.store import keys
 
 UNSEEN = object()
@@ -20,27 +21,28 @@ class PollRecords:
     r: redis.Redis
 
     def observe(self, instance_id: int, interval: float, fetch: Callable[[list[int]], dict[int, dict]],
-                since: float = 0.0):
+                since: float = 0.0, account: str = DEFAULT_ACCOUNT):
         """An instance as the provider showed it in the last poll round (None: gone; UNSEEN: not yet, or only
         in rounds that started before ``since``).
 
         Every instance that a step waits on is read in one paged list call per round (``fetch``), by
         whichever step finds the round due, not in a call per instance: under Vast's rate limits,
-        hundreds of waiting provisions would otherwise starve every other call.
+        hundreds of waiting provisions would otherwise starve every other call. Each Vast ``account`` has rounds
+        of its own (an account lists only its own instances).
         """
         now = time.time()
-        self.r.zadd(keys.AWAITED, {str(instance_id): now})
+        self.r.zadd(keys.awaited(account), {str(instance_id): now})
         # a round takes a few list calls; a poller that died mid-round holds it for 10 s at most
-        poller = self.r.lock(keys.AWAITED_POLLER, timeout=10)
-        if float(self.r.get(keys.AWAITED_ROUND) or 0) <= now - interval and poller.acquire(blocking=False):
+        poller = self.r.lock(keys.awaited_poller(account), timeout=10)
+        if float(self.r.get(keys.awaited_round(account)) or 0) <= now - interval and poller.acquire(blocking=False):
             try:
-                self.r.zremrangebyscore(keys.AWAITED, "-inf", now - 60)  # no longer waited on
-                ids = [int(i) for i in cast(list[str], self.r.zrange(keys.AWAITED, 0, -1))]
+                self.r.zremrangebyscore(keys.awaited(account), "-inf", now - 60)  # no longer waited on
+                ids = [int(i) for i in cast(list[str], self.r.zrange(keys.awaited(account), 0, -1))]
                 rows = fetch(ids)
                 with self.r.pipeline(transaction=False) as pipe:
                     for i in ids:
                         pipe.set(keys.seen(i), json.dumps({"round": now, "row": rows.get(i)}), ex=60)
-                    pipe.set(keys.AWAITED_ROUND, now)
+                    pipe.set(keys.awaited_round(account), now)
                     pipe.execute()
             finally:
                 with contextlib.suppress(LockError):

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sim import clock, create_app
+from sim import accounts, clock, create_app
 from sim.instances import port_map
 from tests.conftest import wait_until
 from tests.provider.simkit import KEY, TIME_SCALE, big_4090_host, holds_for, total_gpus
@@ -538,9 +538,11 @@ def test_twenty_thousand_instances_stay_fast():
     app = create_app(time_scale=TIME_SCALE)
     world = app.extensions["sim_world"]
     offers = world.offers.search({"num_gpus": {"eq": 1}})
+    as_test_key = accounts.current.set(accounts.account_of(KEY["Authorization"].removeprefix("Bearer ")))
     for n in range(20_000):
         world.instances.create(offers[n % len(offers)]["id"],
                               {"image": "x", "label": f"pool-{n % 40}", "target_state": "stopped"})
+    accounts.current.reset(as_test_key)
     client = app.test_client()
     slowest = 0.0
     token = None

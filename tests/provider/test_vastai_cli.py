@@ -87,7 +87,7 @@ def test_instance_lifecycle(vastai, http):
     assert row["id"] == inst_id and row["label"] == "cli-primary" and row["machine_id"] == offer["machine_id"]
     assert row["volume_id"] == volume["id"] and volume["name"] == "cli_vol"
 
-    wait_until(lambda: http("GET", f"/api/v0/instances/{inst_id}/", headers={"Authorization": "Bearer k"})
+    wait_until(lambda: http("GET", f"/api/v0/instances/{inst_id}/", headers={"Authorization": "Bearer cli-key"})
              .json()["instances"]["actual_status"] == "running")
     shown = vastai("show", "instance", str(inst_id))
     assert shown["actual_status"] == "running" and shown["extra_env"] == {"FOO": "bar", "-p 8080:8080": "1"}
@@ -128,7 +128,7 @@ def test_volumes(vastai, http):
 
 
 def test_copy_and_clone_volumes(vastai, http):
-    key = {"Authorization": "Bearer k"}
+    key = {"Authorization": "Bearer cli-key"}  # the CLI's account: the simulator shows each key its own
     offers = http("POST", "/api/v0/volumes/search/", json={"order": [["machine_id", "asc"]]}, headers=key).json()
     src_offer, dst_offer, replica_offer = (o["id"] for o in offers["offers"][:3])
     src, dst = (int(http("PUT", "/api/v0/volumes/", json={"id": offer, "size": 10},

@@ -21,13 +21,13 @@ from celery.app.task import Task
 
 from app import queue, runtime
 from app.pools import State, new_pool, pool_id
-from app.settings import Settings
+from app.settings import DEFAULT_ACCOUNT, Settings
 from app.store import Store
 from app.vast import InstanceListing, NotFound, OfferUnavailable
 
 KEYS = {"acme": "acme-key", "globex": "globex-key"}
 VAST_URL = "http://vast.test"
-REAL_VAST = runtime.vast  # the cached factory, before any test replaces it
+REAL_VAST = runtime.vast  # the client by tenant, before any test replaces it
 
 # every module that imports settings, store or vast from app.runtime (test_fakes.py checks none is missed)
 SEAMS = ("app.runtime", "app.api.auth", "app.api.probes", "app.api.provider", "app.api.tasks", "app.api.warmpool", "app.api.webhooks",
@@ -286,7 +286,7 @@ def _recording_starter(env: FakeEnv, name: str, real):
 
 def install(monkeypatch, env: FakeEnv) -> None:
     """Point every module at the fakes and record every enqueue instead of sending it."""
-    fakes = {"settings": lambda: env.settings, "store": lambda: env.store, "vast": lambda: env.vast}
+    fakes = {"settings": lambda: env.settings, "store": lambda: env.store, "vast": lambda tenant=None: env.vast}
     # every module imported before any is patched: one imported after app.runtime was patched would bind the
     # fakes at import, and the undo would then "restore" them for the rest of the session
     modules = [importlib.import_module(name) for name in SEAMS]
@@ -325,7 +325,7 @@ def install(monkeypatch, env: FakeEnv) -> None:
 def real_client():
     """The provider client exactly as ``app.runtime.vast`` builds it (rate budget, fencing guard), on the
     fakes' settings and store: for tests that check what reaches the wire, with ``responses``."""
-    return REAL_VAST.__wrapped__()
+    return runtime.account_client.__wrapped__(DEFAULT_ACCOUNT)
 
 
 def make_env(monkeypatch) -> FakeEnv:

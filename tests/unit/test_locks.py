@@ -2,6 +2,7 @@
 race of two real writers on a real redis-server."""
 
 import threading
+import types
 
 import pytest
 import redis
@@ -10,6 +11,7 @@ from app.pools import State, new_pool
 from app.processes import free_port, wait_until
 from app.store import Busy, FencedOut, Held, Store
 from tests.conftest import RedisServer
+from tests.provider.simkit import holds_for
 from tests.unit.fakes import snapshot
 
 PID = "acme:123"
@@ -311,3 +313,25 @@ def test_behind_sentinel_a_new_epoch_waits_for_a_replica_and_a_lone_master_goes_
     taken = store.take_over(PID, held, 30)
     assert taken.epoch > held.epoch and store.epoch(PID) == taken.epoch and waits() == 2
     store.check_fence(PID, taken)
+
+
+def test_a_step_waiting_in_its_worker_keeps_its_lock_and_a_released_one_is_never_taken_back(env):
+    """A step received but not started (its countdown over, every thread busy) keeps its lock past LOCK_TTL; once it
+    starts, its own heartbeat takes over, so the waiting one renews no more; a lock released meanwhile stays free."""
+    from celery.signals import task_prerun, task_received
+
+    env.configure(lock_ttl=0.3)
+    pid = "acme:1"
+    held = env.store.acquire(pid, 0.3)
+    step = types.SimpleNamespace(name="warmpool.failover.stop_primary", id="waiting-step",
+                                 args=[{"pid": pid, "token": held.token, "epoch": held.epoch}])
+    task_received.send(sender=None, request=step)
+    holds_for(lambda: env.store.is_locked(pid), 1.2)  # four TTLs
+    task_prerun.send(sender=None, task_id=step.id, task=types.SimpleNamespace(request=types.SimpleNamespace(
+        delivery_info={})), args=())
+    wait_until(lambda: not env.store.is_locked(pid), timeout=3, message="the started step's lock left to its own heartbeat")
+    held = env.store.acquire(pid, 0.3)
+    task_received.send(sender=None, request=types.SimpleNamespace(
+        name=step.name, id="released-meanwhile", args=[{"pid": pid, "token": held.token, "epoch": held.epoch}]))
+    env.store.release(pid, held, 0.3)
+    holds_for(lambda: not env.store.is_locked(pid), 0.5)

@@ -53,7 +53,7 @@ def run_chain_polled(env, kind: str) -> dict:
         try:
             ctx = deliver(celery_app.tasks[name], ctx) or ctx
         except Retry:
-            env.store.r.set(keys.AWAITED_ROUND, 0)
+            env.store.r.set(keys.awaited_round(), 0)
             ctx = deliver(celery_app.tasks[name], ctx) or ctx
     return ctx
 
@@ -136,7 +136,7 @@ def confirming(env, pid: str, **fields):
     try:
         return deliver(failover.confirm_failure, ctx)
     except Retry:  # asked after the last poll round: delivered again once the next is due
-        env.store.r.set(keys.AWAITED_ROUND, 0)
+        env.store.r.set(keys.awaited_round(), 0)
         return deliver(failover.confirm_failure, ctx)
 
 
@@ -201,7 +201,7 @@ def test_one_list_call_confirms_every_pending_failure(env):
     for ctx in contexts[1:]:
         with pytest.raises(Retry):  # asked after that round: waits for the next
             deliver(confirm, ctx)
-    env.store.r.set(keys.AWAITED_ROUND, 0)  # the round's interval passed
+    env.store.r.set(keys.awaited_round(), 0)  # the round's interval passed
     for ctx in contexts[1:]:
         assert deliver(confirm, ctx)["old_primary"] == ctx["old_primary"]  # confirmed: on to stop_primary
     rounds = env.vast.called("list_instances")

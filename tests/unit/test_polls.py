@@ -19,7 +19,7 @@ class Provider:
 
 def next_round(store) -> None:
     """As if the poll interval had passed since the last round."""
-    store.r.set(keys.AWAITED_ROUND, 0)
+    store.r.set(keys.awaited_round(), 0)
 
 
 def test_many_waiters_share_one_fetch_per_round(store):
@@ -54,7 +54,7 @@ def test_a_waiter_during_a_round_does_not_start_another(store):
 def test_instances_no_step_waits_on_any_more_leave_the_round(store):
     provider = Provider({1: {"id": 1}, 2: {"id": 2}})
     store.observe(1, 60, provider)
-    store.r.zadd(keys.AWAITED, {1: 0})  # last asked about long ago
+    store.r.zadd(keys.awaited(), {1: 0})  # last asked about long ago
     next_round(store)
     store.observe(2, 60, provider)
     assert provider.fetches == [[1], [2]]
@@ -75,17 +75,17 @@ def test_a_dead_poller_holds_the_round_only_for_its_ttl(store):
     ttls = []
 
     def fetch(ids):
-        ttls.append(store.r.pttl(keys.AWAITED_POLLER))
+        ttls.append(store.r.pttl(keys.awaited_poller()))
         return provider(ids)
 
     store.observe(1, 60, fetch)
     assert 0 < ttls[0] <= 10_000  # were this poller killed here, the round would be free within 10 s
     # a poller killed mid-round: its lock stays until it expires, and no round runs meanwhile
-    store.r.set(keys.AWAITED_POLLER, "dead poller", px=200)
+    store.r.set(keys.awaited_poller(), "dead poller", px=200)
     next_round(store)
     assert store.observe(1, 60, provider) == {"id": 1}  # the last round's answer, no new fetch
     assert provider.fetches == [[1]]
-    wait_until(lambda: not store.r.exists(keys.AWAITED_POLLER), timeout=5, message="the dead poller's lock to expire")
+    wait_until(lambda: not store.r.exists(keys.awaited_poller()), timeout=5, message="the dead poller's lock to expire")
     store.observe(1, 60, provider)
     assert provider.fetches == [[1], [1]]
 
@@ -95,7 +95,7 @@ def test_a_waiter_never_reads_a_round_older_than_its_question(store):
     before the failure."""
     provider = Provider({1: {"id": 1, "actual_status": "running"}})
     store.observe(1, 60, provider)
-    asked = float(store.r.get(keys.AWAITED_ROUND)) + 0.001
+    asked = float(store.r.get(keys.awaited_round())) + 0.001
     assert store.observe(1, 60, provider) == {"id": 1, "actual_status": "running"}  # no question since: fine
     assert store.observe(1, 60, provider, since=asked) is UNSEEN
     next_round(store)

@@ -1,0 +1,123 @@
+"""More than one Vast account (rule 17): a tenant's provider calls go with its account's key, on its account's rate
+budget, and the sweep asks each account apart. The provider is the simulator over real HTTP (each key an account
+there), the clients are the service's own (app.runtime), the store is the fakes'."""
+
+import json
+import os
+
+import pytest
+import requests
+
+from app import operations, runtime
+from app.pools import label
+from app.settings import DEFAULT_ACCOUNT, Settings, account_name
+from app.store import keys
+from tasks import sweep
+from tasks.base import Operation, fenced
+from tests.provider.conftest import server  # noqa: F401 - the simulator over real HTTP, one per module
+from tests.unit.fakes import REAL_VAST
+
+GLOBEX_KEY = "globex-vast-key"
+GLOBEX = account_name(GLOBEX_KEY)
+ACME = account_name("vast-key")  # the default account's key (tests/unit/fakes.unit_settings)
+
+
+@pytest.fixture
+def vast_url(server):
+    return server
+
+
+@pytest.fixture
+def accounts(env, vast_url, monkeypatch):
+    """acme on the default account, globex on its own; the sweep calls the provider with the service's clients."""
+    requests.post(f"{vast_url}/_sim/reset", timeout=5).raise_for_status()
+    env.configure(vast_api_url=vast_url, vast_accounts={"globex": GLOBEX_KEY}, failover_threshold=1,
+                  vast_rate_limits={"manage_instance": 0.05, "list_instances": 0.01})
+    runtime.account_client.cache_clear()
+    monkeypatch.setattr(sweep, "vast", REAL_VAST)
+    yield env
+    runtime.account_client.cache_clear()
+
+
+def pool_on_provider(env, tenant: str, machine_id: int, offers: list[dict]) -> dict:
+    """A pool whose primary and standby the tenant's own client made."""
+    client = REAL_VAST(tenant)
+    made = {role: client.create_instance(offers[machine_id]["id"], image="x", disk=10, label=label(tenant, machine_id, role),
+                                         target_state=state)
+            for role, state in (("primary", "running"), ("standby", "stopped"))}
+    return env.add_pool(machine_id, tenant, primary_gpu_id=made["primary"], standby_gpu_id=made["standby"])
+
+
+def requests_by_account(vast_url) -> dict:
+    return requests.get(f"{vast_url}/_sim/stats", timeout=5).json()["requests_by_account"]
+
+
+def test_each_tenant_lives_on_its_account_and_a_correlated_failure_spends_only_its_budget(accounts, vast_url):
+    env = accounts
+    assert env.settings.accounts() == [DEFAULT_ACCOUNT, GLOBEX] and env.settings.account_of("acme") == DEFAULT_ACCOUNT
+    offers = REAL_VAST("acme").search_offers({"num_gpus": {"eq": 1}, "rentable": {"eq": True}})
+    acme = pool_on_provider(env, "acme", 1, offers)
+    globex = [pool_on_provider(env, "globex", n, offers) for n in (2, 3, 4)]
+    # each account sees only its own: acme's list, and a direct look at another account's instance
+    assert {row["id"] for row in REAL_VAST("acme").list_instances().instances} == {
+        acme["primary_gpu_id"], acme["standby_gpu_id"]}
+    assert len(REAL_VAST("globex").list_instances().instances) == 6
+    assert REAL_VAST("acme").show_instance(globex[0]["primary_gpu_id"]) is None
+    # every globex primary fails at once: the sweep asks each account apart and triggers globex's pools only
+    for pool in globex:
+        requests.post(f"{vast_url}/_sim/instances/{pool['primary_gpu_id']}/fail", timeout=5).raise_for_status()
+    before = requests_by_account(vast_url)
+    assert sweep.sweep() == "3 failed of 4"
+    assert sorted(t["pid"] for t in env.of("trigger")) == ["globex:2", "globex:3", "globex:4"]
+    after = requests_by_account(vast_url)
+    asked = {who: after[who].get("GET /api/v1/instances/", 0) - before[who].get("GET /api/v1/instances/", 0)
+             for who in (ACME, GLOBEX)}
+    assert asked[ACME] >= 1 and asked[GLOBEX] >= 1  # each account listed on its own key
+    # the failovers' stops go with globex's key, on globex's budget: acme's budget and account see none of them
+    for pool in globex:
+        REAL_VAST("globex").stop_instance(pool["primary_gpu_id"])
+    assert env.r.exists(keys.rate("manage_instance", GLOBEX)) and not env.r.exists(keys.rate("manage_instance"))
+    final = requests_by_account(vast_url)
+    assert final[GLOBEX]["PUT /api/v0/instances/{id}/"] == 3
+    assert "PUT /api/v0/instances/{id}/" not in final[ACME]
+
+
+def test_a_pool_step_calls_with_its_tenants_key(accounts):
+    """The account a step works on is its tenant's (tasks/base.fenced), so ``vast()`` inside a step is that
+    tenant's client; outside, the default account's."""
+    env = accounts
+    pool = env.add_pool(5, "globex")
+    op = operations.begin(f"globex:{pool['machine_id']}", "failover", env.store.acquire("globex:5", 10))
+    with fenced(Operation(op)):
+        assert runtime.account.get() == GLOBEX
+        assert REAL_VAST() is runtime.account_client(GLOBEX)
+    assert REAL_VAST() is runtime.account_client(DEFAULT_ACCOUNT)
+    assert repr(REAL_VAST("globex")) == f"VastClient(base_url={env.settings.vast_api_url!r}, api_key=<hidden>)"
+    assert GLOBEX_KEY not in repr(env.settings)
+
+
+def accounts_file(tmp_path, content: str, mode: int) -> str:
+    path = tmp_path / "vast-accounts.json"
+    path.write_text(content)
+    path.chmod(mode)
+    return str(path)
+
+
+def test_vast_accounts_is_read_from_a_file_only_the_service_can_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAST_API_KEY", "the-default-key")
+    monkeypatch.setenv("VAST_ACCOUNTS", accounts_file(tmp_path, json.dumps({"globex": GLOBEX_KEY}), 0o600))
+    cfg = Settings.from_env()
+    assert cfg.account_of("globex") == GLOBEX and cfg.account_of("acme") == DEFAULT_ACCOUNT
+    assert cfg.account_key(GLOBEX) == GLOBEX_KEY and GLOBEX_KEY not in repr(cfg)
+    for content, mode, said in ((json.dumps({"globex": GLOBEX_KEY}), 0o640, "chmod 600"),
+                                (json.dumps({"globex": GLOBEX_KEY}), 0o604, "chmod 600"),
+                                (json.dumps([GLOBEX_KEY]), 0o600, "JSON object of tenant to Vast API key"),
+                                (json.dumps({"globex": ""}), 0o600, "JSON object of tenant to Vast API key"),
+                                (json.dumps({"globex": "change-me"}), 0o600, "placeholder")):
+        monkeypatch.setenv("VAST_ACCOUNTS", accounts_file(tmp_path, content, mode))
+        with pytest.raises(ValueError, match="VAST_ACCOUNTS") as error:
+            Settings.from_env()
+        assert said in str(error.value) and GLOBEX_KEY not in str(error.value)
+    monkeypatch.setenv("VAST_ACCOUNTS", os.fspath(tmp_path / "nowhere.json"))
+    with pytest.raises(ValueError, match="VAST_ACCOUNTS: cannot read"):
+        Settings.from_env()
