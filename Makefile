@@ -36,7 +36,7 @@ sim: setup        ## the Vast.ai simulator alone
 	$(BIN)/warmpool sim
 
 test: typecheck mutants  ## the whole test suite (after the type and mutation checks)
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile  # two processes, a test module to each at a time (its fixtures stay together)
 
 typecheck: setup  ## mypy over app/ and tasks/ ([tool.mypy] in pyproject.toml)
 	$(BIN)/mypy

@@ -54,6 +54,7 @@ ENV = {
     "HOSTS_CACHE_SECONDS": "0",
     "CELERY_VISIBILITY_TIMEOUT": "30",  # production order: the healer resumes before a redelivery
     "VAST_WEBHOOK_SECRET": "vast-notification-secret",  # Vast's notifications reach the API (tests/faults/test_ingress.py)
+    "COLUMNS": "200",  # the client's tables as on a wide terminal (pytest-xdist's workers set 80, which cuts cells)
 }
 os.environ.update(ENV)
 
