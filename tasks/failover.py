@@ -6,6 +6,7 @@ standby starts, so a pool never has two running instances on its volume
 up for a fresh instance on the same host and volume (rule 10).
 """
 
+import contextlib
 import time
 
 from celery import shared_task
@@ -13,7 +14,7 @@ from celery.exceptions import Ignore
 
 from app import vast as provider
 from app.pools import State, address_of, label, primary_fields
-from app.runtime import ranked_calls, vast
+from app.runtime import Throttled, ranked_calls, vast, without_waiting
 from app.store import UNSEEN
 from tasks.base import COMPENSATIONS, Operation, OperationFailed, Step
 from tasks.provision import NOT_RUNNING, create_instance, is_running, observe
@@ -43,25 +44,34 @@ def failed_status(instance: dict | None) -> str | None:
 def unconfirmed(step: Step, op: Operation) -> str | None:
     """Why the primary's failure is not confirmed (the failover is cancelled), or None when it is.
 
-    The answer comes from a shared poll round that started after the question: one list call confirms every
-    pending failure (rule 16). A provider that does not answer confirms nothing (rule 6): one offline reading
-    and a blip must not stop a healthy primary."""
+    A provider that does not answer confirms nothing (rule 6): one offline reading and a blip must not stop a
+    healthy primary."""
     resumed = op.ctx.get("state_before") == State.FAILOVER
-    since = op.ctx.setdefault("confirm_since", time.time())
     try:
-        instance = observe(op.ctx["old_primary"], _fast_poll(op), since)
-        if instance is UNSEEN and not step.wait(op, "confirm_deadline", CONFIRM_TIMEOUT, _retry(op)):
-            raise provider.ProviderUnavailable(f"no poll round answered in {CONFIRM_TIMEOUT:.0f} s")
+        instance = confirming_reading(step, op)
         if failed_status(instance) and not within_failover_cap(op):
             instance = vast().show_instance(op.ctx["old_primary"])  # past the cap: its own direct call once more
     except provider.VastError as exc:
         if resumed:
             raise  # resumed: the stop may be sent already, so ask again (retried) rather than go back to active
         return f"provider unavailable ({exc})"
-    if not failed_status(instance):
+    if instance is not None and not failed_status(instance):
         return f"the primary is {instance.get('actual_status')}"
     op.ctx["primary_labelled"] = instance is not None and instance.get("label") == primary_label(op)
     return None
+
+
+def confirming_reading(step: Step, op: Operation) -> dict | None:
+    """The primary as the provider shows it after the question: its own direct call when the show budget has a
+    slot free at once (a lone failure: no wait for the list budget, which the sweep and the fence share), else
+    the shared poll round that starts after the question, so one list call confirms every pending failure of a
+    correlated one (rule 16)."""
+    with contextlib.suppress(Throttled), without_waiting():
+        return vast().show_instance(op.ctx["old_primary"])
+    instance = observe(op.ctx["old_primary"], _fast_poll(op), op.ctx.setdefault("confirm_since", time.time()))
+    if instance is UNSEEN and not step.wait(op, "confirm_deadline", CONFIRM_TIMEOUT, _retry(op)):
+        raise provider.ProviderUnavailable(f"no poll round answered in {CONFIRM_TIMEOUT:.0f} s")
+    return instance
 
 
 def put_turn(op: Operation, stage: int):

@@ -149,7 +149,7 @@ def test_the_cap_counts_only_failures_the_provider_confirms(env):
     assert env.store.r.zcard("wp:failovers") == 0
     env.vast.instances[env.store.get_pool(PID)["primary_gpu_id"]]["actual_status"] = "offline"
     assert confirming(env, PID)["old_primary"]  # the real failure goes on, and takes the slot
-    assert env.store.r.zcard("wp:failovers") == 1 and env.vast.called("show_instance") == []  # rounds confirmed
+    assert env.store.r.zcard("wp:failovers") == 1 and len(env.vast.called("show_instance")) == 4
 
 
 def test_a_confirmed_failure_past_the_cap_is_confirmed_once_more_and_never_deferred(env):
@@ -157,19 +157,26 @@ def test_a_confirmed_failure_past_the_cap_is_confirmed_once_more_and_never_defer
     pool = protected(env)
     env.vast.instances[pool["primary_gpu_id"]]["actual_status"] = "offline"
     assert confirming(env, PID)["old_primary"] == pool["primary_gpu_id"]
-    assert len(env.vast.called("show_instance")) == 1  # past the cap: its own direct call
+    assert len(env.vast.called("show_instance")) == 2  # past the cap: its own second direct call
     assert env.store.events(PID)[0]["event"] == "failover_cap_exceeded"
 
 
 def test_a_provider_answering_garbage_for_the_whole_fleet_fails_nothing_over(env):
-    """Every primary listed failed, and past the cap each direct answer says loading."""
+    """Every primary listed failed, and each direct answer says failed once, then loading."""
     env.configure(failovers_per_minute=1)
     env.vast.offers = [{"id": 1, "machine_id": 88888}]
     for machine in range(1, 6):
         primary = env.vast.add_instance(label("acme", machine, "primary"), "offline")
         env.add_pool(machine, primary_gpu_id=primary,
                      standby_gpu_id=env.vast.add_instance(label("acme", machine, "standby"), "stopped"))
-    env.vast.show_instance = lambda instance_id: {**env.vast.instances[instance_id], "actual_status": "loading"}
+    answers: dict[int, int] = {}
+
+    def flapping(instance_id):
+        answers[instance_id] = answers.get(instance_id, 0) + 1
+        return {**env.vast.instances[instance_id], "actual_status": "offline" if answers[instance_id] == 1 else
+                "loading"}
+
+    env.vast.show_instance = flapping
     env.vast.fail["stop_instance"] = AssertionError("nothing may be stopped")
     confirmed = 0
     for machine in range(1, 6):
@@ -186,9 +193,12 @@ def test_a_provider_answering_garbage_for_the_whole_fleet_fails_nothing_over(env
 
 
 def test_one_list_call_confirms_every_pending_failure(env):
-    """A correlated failure: each failover's confirmation is answered by the shared poll round, never a call of
-    its own (Vast allows one show a 2 s, one list a second)."""
+    """A correlated failure: the show budget is busy (Vast allows one show a 2 s), so each failover's
+    confirmation is answered by the shared poll round, not a call of its own."""
+    from app.runtime import Throttled
     from app.store import keys
+
+    env.vast.fail["show_instance"] = Throttled(2.0)
 
     contexts = []
     for machine in (1, 2, 3):
@@ -206,7 +216,6 @@ def test_one_list_call_confirms_every_pending_failure(env):
         assert deliver(confirm, ctx)["old_primary"] == ctx["old_primary"]  # confirmed: on to stop_primary
     rounds = env.vast.called("list_instances")
     assert len(rounds) == 2 and {ctx["old_primary"] for ctx in contexts} <= set(rounds[1][1]["id"]["in"])
-    assert env.vast.called("show_instance") == []
 
 
 def label_filters(env) -> list[dict]:
@@ -340,7 +349,7 @@ def test_a_confirmation_that_cannot_reach_the_provider_cancels(env):
     from app.vast import ProviderUnavailable
 
     pool = protected(env)
-    env.vast.fail["list_instances"] = ProviderUnavailable("502 from Vast", 502)  # the poll round's call
+    env.vast.fail["show_instance"] = ProviderUnavailable("502 from Vast", 502)
     operations.failover(PID, env.store.acquire(PID, 10), "health")
     with pytest.raises(Ignore):
         run_chain(env, "failover")
