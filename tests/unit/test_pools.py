@@ -135,6 +135,7 @@ def test_to_provisioning_protects_again_from_scratch_or_by_search():
     assert (pool["state"], pool["enabled"], pool["fallback"], pool["error_message"]) == (
         State.SEARCHING, True, None, None)
     assert (pool["gpu_name"], pool["op_id"]) == ("A100", "o" * 32)
+    pool = new_pool("acme", 1, state=State.DEGRADED)
     to_provisioning(pool, search=False)
     assert pool["state"] == State.PROVISIONING
 
