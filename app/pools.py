@@ -198,9 +198,9 @@ class IllegalTransition(RuntimeError):
     """A named transition asked of a pool in a state it does not leave: a bug in the caller, never retried."""
 
     def __init__(self, pid: str, transition: str, source: str, allowed: frozenset):
-        super().__init__(f"pool {pid}: {transition} does not leave {source!r} "
+        self.pid, self.transition, self.source = pid, transition, str(source)  # the plain value, not the enum's repr
+        super().__init__(f"pool {pid}: {transition} does not leave {self.source!r} "
                          f"(only {', '.join(sorted(allowed))})")
-        self.pid, self.transition, self.source = pid, transition, source
 
 
 def _leave(pool: dict, transition: str, allowed: frozenset, field: str = "state") -> None:
