@@ -13,7 +13,7 @@ from typing import TypedDict, cast
 
 from celery import chain
 
-from app.pools import State, split_pool_id, to_disabled
+from app.pools import State, split_pool_id, to_disabled, to_failover
 from app.queue import step
 from app.runtime import store
 from app.store import Held
@@ -123,7 +123,7 @@ def failover(pid: str, held: Held, trigger: str, op_id: str | None = None, detec
     s.update_op(op_id, trigger=trigger)
     state_before = pool["state"]
     if state_before != State.FAILOVER:  # from now on the healer resumes it if it is interrupted
-        pool.update(state=State.FAILOVER, op_id=op_id)
+        to_failover(pool, op_id)
         s.save_pool(pool, held)
     ctx = begin(pid, "failover", held, op_id, trigger=trigger, old_primary=pool["primary_gpu_id"],
                 detected_at=detected_at, healthy_at=healthy_at, triggered_at=triggered_at, state_before=state_before)

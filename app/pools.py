@@ -23,6 +23,14 @@ class State(StrEnum):
     DEGRADED = "degraded"
 
 
+class StandbyState(StrEnum):
+    """What the pool's standby instance is doing (none: the pool has no standby)."""
+    NONE = "none"
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+
+
 # a pool in one of these has an operation of its own going, or is protected already
 BUSY = (State.SEARCHING, State.PROVISIONING, State.ACTIVE, State.FAILOVER)
 ROLES = ("primary", "standby", "volume")
@@ -132,7 +140,7 @@ def new_pool(tenant: str, machine_id: int, **fields) -> dict:
     pool = {
         "tenant": tenant, "machine_id": machine_id, "state": State.PROVISIONING, "enabled": True,
         "host_machine_id": None, "volume_id": None, "primary_gpu_id": None, "standby_gpu_id": None,
-        "standby_state": "none", **primary_fields(None),
+        "standby_state": StandbyState.NONE, **primary_fields(None),
         "failover_count": 0, "last_failover_at": None, "last_failover": None,
         "error_message": None, "fallback": None, "gpu_name": None, "max_price": None,
         "image": None, "disk_size": 50, "volume_size": 100,
@@ -179,31 +187,91 @@ def refuses_provision(pool: dict | None, host_machine_id: int) -> bool:
 
 
 # -- named changes of state ------------------------------------------------------------------
+# The only writes of ``state`` and ``standby_state``. Each transition names the states it may leave: the states
+# its callers reach it from (docs/architecture.md has the table); any other raises IllegalTransition.
+
+ANY_STATE = frozenset(State)
+ANY_STANDBY = frozenset(StandbyState)
+
+
+class IllegalTransition(RuntimeError):
+    """A named transition asked of a pool in a state it does not leave: a bug in the caller, never retried."""
+
+    def __init__(self, pid: str, transition: str, source: str, allowed: frozenset):
+        self.pid, self.transition, self.source = pid, transition, str(source)  # the plain value, not the enum's repr
+        super().__init__(f"pool {pid}: {transition} does not leave {self.source!r} "
+                         f"(only {', '.join(sorted(allowed))})")
+
+
+def _leave(pool: dict, transition: str, allowed: frozenset, field: str = "state") -> None:
+    """Refuse the transition unless the pool's ``field`` is one of ``allowed``."""
+    if pool[field] not in allowed:
+        raise IllegalTransition(pool_id(pool["tenant"], pool["machine_id"]), transition, pool[field], allowed)
 
 
 def to_provisioning(pool: dict, search: bool, **spec) -> None:
-    """An operator asked for a pool (provision or enable): protect it again, from scratch where needed."""
+    """An operator asked for a pool (provision or enable): protect it again, from scratch where needed. A new
+    record is provisioning already; a busy one (searching, failover) is refused before this."""
+    _leave(pool, "to_provisioning", frozenset({State.DISABLED, State.DEGRADED, State.ACTIVE, State.PROVISIONING}))
     pool.update(spec, state=State.SEARCHING if search else State.PROVISIONING, enabled=True, fallback=None,
                 error_message=None, heal_given_up=False)
 
 
+def to_searching(pool: dict) -> None:
+    """The healer retries a pool that has no host: it searches one first."""
+    _leave(pool, "to_searching", frozenset({State.DEGRADED, State.PROVISIONING}))
+    pool["state"] = State.SEARCHING
+
+
+def to_host_found(pool: dict, host_machine_id: int, gpu_name: str) -> None:
+    """The search picked a host: provisioning on it (again, when the step is retried)."""
+    _leave(pool, "to_host_found", frozenset({State.SEARCHING, State.PROVISIONING}))
+    pool.update(host_machine_id=host_machine_id, gpu_name=gpu_name, state=State.PROVISIONING)
+
+
 def to_active(pool: dict, **fields) -> None:
+    """Protected: a running primary and a stopped standby (any state but a failover's, which promotes first)."""
+    _leave(pool, "to_active", ANY_STATE - {State.FAILOVER})
     pool.update(fields, state=State.ACTIVE, enabled=True, error_message=None, fallback=None, heal_attempts=0,
                 next_heal_at=0.0, heal_given_up=False)
 
 
 def to_replacing_standby(pool: dict) -> None:
     """The standby is lost (destroyed): the pool keeps its primary and makes a new standby on the same host."""
-    pool.update(state=State.PROVISIONING, standby_gpu_id=None, standby_state="none")
+    _leave(pool, "to_replacing_standby", frozenset({State.ACTIVE}))
+    pool.update(state=State.PROVISIONING, standby_gpu_id=None, standby_state=StandbyState.NONE)
+
+
+def to_failover(pool: dict, op_id: str) -> None:
+    """A failover is decided: from now on the healer resumes it if it is interrupted."""
+    _leave(pool, "to_failover", ANY_STATE - {State.FAILOVER})
+    pool.update(state=State.FAILOVER, op_id=op_id)
+
+
+def to_failover_cancelled(pool: dict, state_before: str | None) -> None:
+    """The failure was not confirmed: back to the state the failover began in (active for a resumed one)."""
+    _leave(pool, "to_failover_cancelled", frozenset({State.FAILOVER}))
+    pool["state"] = State.ACTIVE if state_before in (None, State.FAILOVER) else State(state_before)
+
+
+def to_promoted(pool: dict, primary_gpu_id: int, **fields) -> None:
+    """The failover's new primary runs (the standby, or one on the replica's host): the pool has no standby until
+    a new one is made, so it is provisioning."""
+    _leave(pool, "to_promoted", frozenset({State.FAILOVER}))
+    pool.update(fields, primary_gpu_id=primary_gpu_id, standby_gpu_id=None, standby_state=StandbyState.NONE,
+                state=State.PROVISIONING, error_message=None)
 
 
 def to_disabled(pool: dict, fallback: str | None = "cpu_standby") -> None:
-    """No health checks, resources kept; the seed's CPU standby is the fallback."""
+    """No health checks, resources kept; the seed's CPU standby is the fallback. From any state: an operator's
+    disable or cleanup."""
+    _leave(pool, "to_disabled", ANY_STATE)
     pool.update(state=State.DISABLED, enabled=False, fallback=fallback, error_message=None)
 
 
 def to_given_up(pool: dict, reason: str) -> None:
     """Degraded, and no longer healed (it left the healer's index): an operator's enable or provision starts over."""
+    _leave(pool, "to_given_up", frozenset({State.DEGRADED, State.PROVISIONING, State.SEARCHING}))
     pool.update(state=State.DEGRADED, error_message=reason, heal_given_up=True)
 
 
@@ -218,5 +286,28 @@ def unschedule_switchover(pool: dict) -> None:
 
 
 def to_degraded(pool: dict, reason: str, retry_in: float, **fields) -> None:
-    """Protected no longer, or only partly: the healer retries after ``retry_in`` seconds."""
+    """Protected no longer, or only partly: the healer retries after ``retry_in`` seconds. From any state: any
+    operation may fail, a cleanup's after it disabled the pool."""
+    _leave(pool, "to_degraded", ANY_STATE)
     pool.update(fields, state=State.DEGRADED, error_message=reason, next_heal_at=time.time() + retry_in)
+
+
+# -- the standby's own state --
+
+
+def standby_starting(pool: dict, standby_gpu_id: int) -> None:
+    """The failover started the standby (or a fresh one on the host, in its place)."""
+    _leave(pool, "standby_starting", ANY_STANDBY - {StandbyState.RUNNING}, "standby_state")
+    pool.update(standby_gpu_id=standby_gpu_id, standby_state=StandbyState.STARTING)
+
+
+def standby_stopped(pool: dict, standby_gpu_id: int) -> None:
+    """The pool has a stopped standby: one just made, kept, or left stopped by a failover that failed."""
+    _leave(pool, "standby_stopped", ANY_STANDBY - {StandbyState.RUNNING}, "standby_state")
+    pool.update(standby_gpu_id=standby_gpu_id, standby_state=StandbyState.STOPPED)
+
+
+def standby_gone(pool: dict) -> None:
+    """The pool has no standby (destroyed, lost, or never made). From any standby state."""
+    _leave(pool, "standby_gone", ANY_STANDBY, "standby_state")
+    pool.update(standby_gpu_id=None, standby_state=StandbyState.NONE)

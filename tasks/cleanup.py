@@ -8,7 +8,7 @@ its history.
 from celery import shared_task
 
 from app import vast as provider
-from app.pools import label, primary_fields, to_disabled, volume_name
+from app.pools import label, primary_fields, standby_gone, to_disabled, volume_name
 from app.runtime import vast
 from tasks.base import Operation, OperationFailed, Step
 
@@ -26,8 +26,8 @@ def destroy_instances(self, op: Operation):
                 vast().list_instances({"label": {"eq": label(op.tenant, op.machine_id, role)}}).instances}
     for instance_id in sorted(ids):
         vast().destroy_instance(instance_id)
-    op.save(primary_gpu_id=None, standby_gpu_id=None, standby_state="none",
-            **primary_fields(None))
+    standby_gone(op.pool)
+    op.save(primary_gpu_id=None, **primary_fields(None))
     op.event("instances_destroyed", f"destroyed {sorted(ids)}")
     return op.ctx
 

@@ -13,7 +13,8 @@ from celery import shared_task
 from celery.exceptions import Ignore
 
 from app import vast as provider
-from app.pools import State, address_of, label, primary_fields
+from app.pools import (State, address_of, label, primary_fields, standby_gone, standby_starting, standby_stopped,
+                       to_failover_cancelled, to_promoted)
 from app.runtime import Throttled, ranked_calls, vast, without_waiting
 from app.store import UNSEEN
 from tasks.base import COMPENSATIONS, Operation, OperationFailed, Step
@@ -91,9 +92,8 @@ def confirm_failure(self, op: Operation):
     if verdict is None:
         return op.ctx
     op.event("failover_cancelled", f"no failover: {verdict}", trigger=op.ctx["trigger"])
-    before = op.ctx.get("state_before")
-    op.finish({"success": False, "message": f"Failover cancelled: {verdict}"},
-              state=State.ACTIVE if before in (None, State.FAILOVER) else before)
+    to_failover_cancelled(op.pool, op.ctx.get("state_before"))
+    op.finish({"success": False, "message": f"Failover cancelled: {verdict}"})
     raise Ignore()  # ends the chain
 
 
@@ -187,7 +187,8 @@ def start_standby(self, op: Operation):
             vast().start_instance(standby)
     except provider.NotFound:
         standby = fresh_standby(op)
-    op.save(standby_gpu_id=standby, standby_state="starting", creating=None)
+    standby_starting(op.pool, standby)
+    op.save(creating=None)
     return op.ctx
 
 
@@ -239,10 +240,9 @@ def promote(self, op: Operation):
     new_primary = pool["standby_gpu_id"]
     last = {**times, "trigger": ctx["trigger"], "old_primary_gpu_id": ctx["old_primary"],
             "new_primary_gpu_id": new_primary}
-    op.advance(primary_gpu_id=new_primary, standby_gpu_id=None, standby_state="none", state=State.PROVISIONING,
-               retire_gpu_id=ctx["old_primary"],
-               failover_count=pool["failover_count"] + 1, last_failover_at=last["at"], last_failover=last,
-               error_message=None)
+    to_promoted(pool, new_primary, retire_gpu_id=ctx["old_primary"], failover_count=pool["failover_count"] + 1,
+                last_failover_at=last["at"], last_failover=last)
+    op.advance()
     op.event("failover_completed", f"standby {new_primary} promoted in {recovery:.1f} s", **last,
              **address_of(op.pool))
     ctx["promoted"] = True  # what fails from here on is the standby's replacement, not the failover
@@ -274,7 +274,11 @@ def undo_failover(op: Operation) -> None:
             vast().stop_instance(standby)
         except provider.NotFound:
             op.save(standby_gpu_id=None)
-    op.save(standby_state="stopped" if op.pool["standby_gpu_id"] else "none", fallback="cpu_standby")
+    if op.pool["standby_gpu_id"]:
+        standby_stopped(op.pool, op.pool["standby_gpu_id"])
+    else:
+        standby_gone(op.pool)
+    op.save(fallback="cpu_standby")
 
 
 def _fast_poll(op: Operation) -> float:

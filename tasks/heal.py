@@ -13,7 +13,7 @@ from celery import shared_task
 from app import operations
 from app import vast as provider
 from app.hosts import offers_query
-from app.pools import State, epoch_seconds, never_held, pool_id, to_active, to_given_up
+from app.pools import State, epoch_seconds, never_held, pool_id, to_active, to_given_up, to_searching
 from app.runtime import settings, store, vast
 from app.store import OP_ENDED
 from tasks.base import Operation
@@ -86,7 +86,7 @@ def repair(pid: str) -> str:
             return "given up"
         search = pool["host_machine_id"] is None
         if search and pool["state"] != State.SEARCHING:
-            pool.update(state=State.SEARCHING)
+            to_searching(pool)
             s.save_pool(pool, lease.held)
         operations.provision(pid, lease.hand_off(), op_id, search)
         return "provision"

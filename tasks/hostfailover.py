@@ -31,7 +31,7 @@ from celery.exceptions import Ignore
 
 from app import operations
 from app import vast as provider
-from app.pools import State, address_of, epoch_seconds, label, primary_fields
+from app.pools import address_of, epoch_seconds, label, primary_fields, to_promoted
 from app.runtime import vast
 from tasks.base import COMPENSATIONS, Operation, OperationFailed, Step
 from tasks.provision import NOT_RUNNING, create_once, is_running, rent
@@ -153,13 +153,13 @@ def promote_moved(self, op: Operation):
             "old_primary_gpu_id": pool["primary_gpu_id"], "new_primary_gpu_id": new_primary,
             "from_host_machine_id": pool["host_machine_id"], "to_host_machine_id": moving["host_machine_id"],
             "data_at": moving["data_at"], "data_age_seconds": data_age}
-    op.advance(**NO_REPLICA, host_machine_id=moving["host_machine_id"], volume_id=moving["volume_id"],
-               primary_gpu_id=new_primary, **moving["address"],
-               standby_gpu_id=None, standby_state="none", state=State.PROVISIONING, moving=None,
-               retire_host={"host_machine_id": pool["host_machine_id"], "volume_id": pool["volume_id"],
-                            "instance_ids": moving["old_instance_ids"]},
-               failover_count=pool["failover_count"] + 1, last_failover_at=last["at"], last_failover=last,
-               error_message=None, fallback=None)
+    to_promoted(pool, new_primary, **NO_REPLICA, host_machine_id=moving["host_machine_id"],
+                volume_id=moving["volume_id"], **moving["address"], moving=None,
+                retire_host={"host_machine_id": pool["host_machine_id"], "volume_id": pool["volume_id"],
+                             "instance_ids": moving["old_instance_ids"]},
+                failover_count=pool["failover_count"] + 1, last_failover_at=last["at"], last_failover=last,
+                fallback=None)
+    op.advance()
     ctx["promoted"] = True
     op.event("host_failover_completed", f"primary {new_primary} runs on host {moving['host_machine_id']} from the "
                                         f"replica (data of {moving['data_at']}, {data_age:.1f} s before the failure)",

@@ -13,7 +13,7 @@ from celery import shared_task
 
 from app import vast as provider
 from app.hosts import LASTING_MARGINS, group_hosts, offers_query
-from app.pools import State, label, primary_fields, to_active, volume_name
+from app.pools import label, primary_fields, standby_gone, standby_stopped, to_active, to_host_found, volume_name
 from app.runtime import Throttled, account, settings, store, unfenced, vast, without_queueing
 from app.store import UNSEEN, FencedOut
 from tasks.base import COMPENSATIONS, NotYet, Operation, OperationFailed, Step
@@ -130,7 +130,8 @@ def find_host(self, op: Operation):
     if not hosts:
         raise OperationFailed("no verified host with 2 free GPUs matches")
     best = hosts[0]
-    op.save(host_machine_id=best["machine_id"], gpu_name=best["gpu_name"], state=State.PROVISIONING)
+    to_host_found(op.pool, best["machine_id"], best["gpu_name"])
+    op.save()
     op.event("host_found", f"host {best['machine_id']} picked", host_machine_id=best["machine_id"])
     return op.ctx
 
@@ -195,7 +196,8 @@ def create_standby(self, op: Operation):
     if standby is None:
         standby = create_instance(op, "standby", "stopped")
         op.event("standby_created", f"standby {standby} created stopped", standby_gpu_id=standby)
-    fields = {"standby_gpu_id": standby, "creating": None, "standby_state": "stopped"}
+    standby_stopped(op.pool, standby)
+    fields: dict = {"creating": None}
     if "replace_started" in op.ctx:  # the end of a failover
         last = op.pool["last_failover"]
         fields["last_failover"] = {**last, "phases": {**last["phases"], "replace_standby": round(
@@ -217,7 +219,8 @@ def undo_provision(op: Operation) -> None:
             vast().destroy_instance(row["id"])
     if pool["volume_id"] is not None:
         vast().delete_volume(pool["volume_id"])
-    op.save(primary_gpu_id=None, standby_gpu_id=None, volume_id=None, standby_state="none", creating=None)
+    standby_gone(pool)
+    op.save(primary_gpu_id=None, volume_id=None, creating=None)
 
 
 COMPENSATIONS["provision"] = undo_provision

@@ -37,7 +37,7 @@ from celery import shared_task
 from celery.signals import worker_ready
 
 from app.pools import (iso_at, label, new_pool, parse_label, primary_fields, schedule_switchover, split_pool_id,
-                       to_active, to_degraded, volume_name)
+                       standby_stopped, to_active, to_degraded, volume_name)
 from app.runtime import on_account, pools_by_account, settings, store, vast
 from app.store import FencedOut
 from tasks.base import fenced_by
@@ -139,12 +139,13 @@ def form_pool(pid: str, rows: list[dict], volumes: list[dict]) -> dict | None:
              None)
     pool = new_pool(
         tenant, machine_id, host_machine_id=some["machine_id"], volume_id=volume_id,
-        primary_gpu_id=primary and primary["id"], standby_gpu_id=standby and standby["id"],
-        standby_state="stopped" if standby else "none", retire_gpu_id=retire and retire["id"],
+        primary_gpu_id=primary and primary["id"], retire_gpu_id=retire and retire["id"],
         **primary_fields(primary),
         gpu_name=some.get("gpu_name"), image=some.get("image_uuid"), disk_size=some.get("disk_space") or 50,
         onstart=some.get("onstart"), env=dict(some.get("extra_env") or []) or None,
         volume_size=size or 100)
+    if standby:
+        standby_stopped(pool, standby["id"])
     started = [row["start_date"] for row in rows if row.get("start_date")]
     if started:  # the pool is as old as its oldest instance
         pool["created_at"] = iso_at(min(started))

@@ -9,7 +9,7 @@ import time
 
 from celery import shared_task
 
-from app.pools import iso_at, to_active
+from app.pools import iso_at, standby_stopped, to_active
 from app.runtime import vast
 from tasks.base import COMPENSATIONS, Operation, Step
 from tasks.provision import adopt, create_instance
@@ -65,7 +65,8 @@ def retire_expiring_standby(self, op: Operation):
     vast().destroy_instance(old)
     op.event("standby_replaced", f"standby {new} replaces {old}, whose rental ends at {ends}",
              standby_gpu_id=new, old_standby_gpu_id=old, reason=REASON)
-    to_active(op.pool, standby_state="stopped", renew_after=0)
+    standby_stopped(op.pool, new)
+    to_active(op.pool, renew_after=0)
     op.finish({"success": True, "message": f"standby {old} replaced by {new} before its rental ends",
                "standby_gpu_id": new})
     return None

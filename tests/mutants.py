@@ -336,6 +336,10 @@ MUTANTS = [
            "    return False",
            ("tests/unit/test_operations.py::"
             "test_an_instance_that_also_carries_the_primary_label_is_stopped_before_the_standby_starts",)),
+    Mutant("a pool's state changes only from the states its named transition leaves", "app/pools.py",
+           "    if pool[field] not in allowed:",
+           "    if False:",
+           ("tests/unit/test_pools.py::test_a_transition_leaves_only_the_states_it_names",)),
 ]
 
 

@@ -1,11 +1,16 @@
 """What a pool is (app/pools.py): ids, labels, volume names, the record and its named changes of state."""
 
+import ast
 import re
 import time
+from pathlib import Path
 
 import pytest
 
+from app import pools
 from app.pools import (
+    IllegalTransition,
+    StandbyState,
     State,
     cost_per_hour,
     has_resources,
@@ -17,10 +22,20 @@ from app.pools import (
     pool_id,
     refuses_provision,
     split_pool_id,
+    standby_gone,
+    standby_starting,
+    standby_stopped,
     to_active,
     to_degraded,
     to_disabled,
+    to_failover,
+    to_failover_cancelled,
+    to_given_up,
+    to_host_found,
+    to_promoted,
     to_provisioning,
+    to_replacing_standby,
+    to_searching,
     volume_name,
 )
 
@@ -135,6 +150,7 @@ def test_to_provisioning_protects_again_from_scratch_or_by_search():
     assert (pool["state"], pool["enabled"], pool["fallback"], pool["error_message"]) == (
         State.SEARCHING, True, None, None)
     assert (pool["gpu_name"], pool["op_id"]) == ("A100", "o" * 32)
+    pool = new_pool("acme", 1, state=State.DEGRADED)
     to_provisioning(pool, search=False)
     assert pool["state"] == State.PROVISIONING
 
@@ -177,3 +193,113 @@ def test_the_cost_per_hour_comes_from_the_listed_prices_part_by_part():
     pool.update(replica_storage_cost=0.05)
     assert cost_per_hour(pool)["replica"] == 0.01 and cost_per_hour(pool)["total"] == 0.45
     assert cost_per_hour(new_pool("acme", 2))["total"] == 0.0  # nothing rented, nothing billed
+
+
+# -- the state machine: only named transitions, each from the states it names ----------------------
+
+# each transition, called with its arguments, and the states it may leave (docs/architecture.md's table)
+ANY, ANY_STANDBY = frozenset(State), frozenset(StandbyState)
+TRANSITIONS = {
+    "to_provisioning": (lambda p: to_provisioning(p, search=False),
+                        {State.DISABLED, State.DEGRADED, State.ACTIVE, State.PROVISIONING}),
+    "to_searching": (to_searching, {State.DEGRADED, State.PROVISIONING}),
+    "to_host_found": (lambda p: to_host_found(p, 7, "A100"), {State.SEARCHING, State.PROVISIONING}),
+    "to_active": (to_active, ANY - {State.FAILOVER}),
+    "to_replacing_standby": (to_replacing_standby, {State.ACTIVE}),
+    "to_failover": (lambda p: to_failover(p, "o" * 32), ANY - {State.FAILOVER}),
+    "to_failover_cancelled": (lambda p: to_failover_cancelled(p, State.DEGRADED), {State.FAILOVER}),
+    "to_promoted": (lambda p: to_promoted(p, 9), {State.FAILOVER}),
+    "to_disabled": (to_disabled, ANY),
+    "to_given_up": (lambda p: to_given_up(p, "x"), {State.DEGRADED, State.PROVISIONING, State.SEARCHING}),
+    "to_degraded": (lambda p: to_degraded(p, "x", 1), ANY),
+    "standby_starting": (lambda p: standby_starting(p, 9), ANY_STANDBY - {StandbyState.RUNNING}),
+    "standby_stopped": (lambda p: standby_stopped(p, 9), ANY_STANDBY - {StandbyState.RUNNING}),
+    "standby_gone": (standby_gone, ANY_STANDBY),
+}
+
+
+def test_every_named_transition_is_in_the_table():
+    named = {name for name in dir(pools) if re.fullmatch(r"(to|standby)_[a-z_]+", name)
+             and callable(getattr(pools, name))}
+    assert named == set(TRANSITIONS)
+
+
+@pytest.mark.parametrize("name", sorted(TRANSITIONS))
+def test_a_transition_leaves_only_the_states_it_names(name):
+    """Each allowed source works; every other one (and a corrupt value) raises, leaving the pool as it was."""
+    call, allowed = TRANSITIONS[name]
+    field, values = ("standby_state", list(StandbyState)) if name.startswith("standby_") else ("state", list(State))
+    for source in [*values, "corrupt"]:
+        pool = new_pool("acme", 1, **{field: source})
+        if source in allowed:
+            call(pool)
+        else:
+            before = dict(pool)
+            with pytest.raises(IllegalTransition, match=f"acme:1: {name} does not leave '{source}'"):
+                call(pool)
+            assert pool == before
+
+
+def test_a_cancelled_failover_goes_back_to_the_state_it_began_in():
+    for before, after in ((State.DEGRADED, State.DEGRADED), (None, State.ACTIVE), (State.FAILOVER, State.ACTIVE)):
+        pool = new_pool("acme", 1, state=State.FAILOVER)
+        to_failover_cancelled(pool, before)
+        assert pool["state"] == after
+
+
+def test_a_promotion_leaves_the_pool_provisioning_without_a_standby():
+    pool = new_pool("acme", 1, state=State.FAILOVER, primary_gpu_id=1, standby_gpu_id=9,
+                    standby_state=StandbyState.STARTING, error_message="x")
+    to_promoted(pool, 9, retire_gpu_id=1)
+    assert (pool["state"], pool["primary_gpu_id"], pool["standby_gpu_id"], pool["standby_state"],
+            pool["retire_gpu_id"], pool["error_message"]) == (State.PROVISIONING, 9, None, StandbyState.NONE, 1, None)
+
+
+STATE_FIELDS = ("state", "standby_state")
+WRITERS = ("update", "save", "advance", "finish", "fail", "new_pool")  # what takes a pool's fields as keywords
+
+
+def state_writes(source: str) -> list[int]:
+    """The lines of ``source`` that write a pool's ``state`` or ``standby_state`` themselves: a keyword to a call
+    that takes a pool's fields, a dict key, or a subscript assigned (a pool's; an op record or a webhook delivery
+    has a "state" of its own)."""
+    def names_state(node) -> bool:
+        return any(isinstance(n, ast.Name) and n.id in ("State", "StandbyState") for n in ast.walk(node))
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            lines += [node.lineno for k in node.keywords if k.arg == "standby_state" or (
+                k.arg == "state" and (called in WRITERS or called.startswith("to_") or names_state(k.value)))]
+        elif isinstance(node, ast.Dict):
+            lines += [node.lineno for k, v in zip(node.keys, node.values) if isinstance(k, ast.Constant) and (
+                k.value == "standby_state" or (k.value == "state" and names_state(v)))]
+        elif isinstance(node, (ast.Assign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            lines += [node.lineno for t in targets if isinstance(t, ast.Subscript)
+                      and isinstance(t.slice, ast.Constant) and t.slice.value in STATE_FIELDS
+                      and (t.slice.value == "standby_state" or "pool" in ast.unparse(t.value))]
+    return lines
+
+
+def test_no_module_but_app_pools_writes_a_pools_state():
+    root = Path(__file__).resolve().parents[2]
+    writes = {str(path.relative_to(root)): lines for folder in ("app", "tasks") for path in (root / folder).rglob("*.py")
+              if path != root / "app/pools.py" and (lines := state_writes(path.read_text()))}
+    assert writes == {}, "write state only through app/pools.py's named transitions"
+
+
+@pytest.mark.parametrize("write", [
+    'pool.update(state=State.SEARCHING)', 'op.save(standby_gpu_id=1, standby_state="stopped")',
+    'op.finish(result, state=before)', 'pool["state"] = State.ACTIVE', 'op.pool["standby_state"] = "none"',
+    'new_pool(t, m, standby_state="stopped")', 'fields = {"standby_state": "stopped"}',
+    'op.advance(**{"state": State.PROVISIONING})'])
+def test_the_static_check_sees_each_kind_of_write(write):
+    assert state_writes(write) == [1]
+
+
+def test_the_static_check_leaves_other_records_states_alone():
+    assert state_writes('s.update_op(op_id, state="FAILURE")\ndelivery["state"] = PENDING\n'
+                        'vast._manage(i, {"state": "running"})') == []
