@@ -68,10 +68,11 @@ def reserving_within(intervals: float):
         reserve_within.reset(token)
 
 
-def without_queueing():
+def without_queueing(pages: int = 1):
     """A shared poll round, which can wait for the next one: rounds asked for by every waiting step never hold
-    more of the budget than is free."""
-    return reserving_within(1)
+    more of the budget than is free. A round of ``pages`` list calls reserves as far ahead as its own pages
+    need, so a round once begun is not thrown away for want of a slot for its last page."""
+    return reserving_within(max(1, pages))
 
 
 def without_waiting():

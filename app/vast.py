@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://console.vast.ai"
 POOL_SIZE = 32
 MIN_ATTEMPT_TIMEOUT = 1.0  # an attempt near the deadline still gets a usable timeout
+LIST_PAGE_ROWS = 25  # rows a page of GET /api/v1/instances/ asks for
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 NOT_FOUND_ERRORS = frozenset({"no_such_instance", "no_such_volume", "not_found"})
 TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
@@ -180,14 +181,14 @@ class VastClient:
         return _get(body, "instances", (dict, type(None)))
 
     def list_instances(self, select_filters: dict | None = None, *, attempts: int | None = None) -> InstanceListing:
-        """Every instance matching ``select_filters`` (all pages, 25 rows each).
+        """Every instance matching ``select_filters`` (all pages, ``LIST_PAGE_ROWS`` rows each).
 
         ``attempts`` overrides the client's per call: a periodic check passes 1, its next run is the retry.
         """
         params: dict[str, Any] = {
             "select_filters": select_filters or {},
             "order_by": [{"col": "id", "dir": "asc"}],
-            "limit": 25,
+            "limit": LIST_PAGE_ROWS,
         }
         first = self._call("list_instances", "GET", "/api/v1/instances/", params=params, attempts=attempts)
         instances = list(_get(first, "instances", list))

@@ -27,7 +27,7 @@ import time
 
 from bench.core import Result, median, say
 from bench.provision import spread
-from bench.stack import ROUTES, Stack, wait_until
+from bench.stack import ROUTES, Stack, procfile_threads, wait_until
 
 TENANT = "bench"
 MACHINE = 900_001
@@ -37,6 +37,7 @@ AUTH = {"Authorization": "Bearer bench-key"}
 ENDED = ("SUCCESS", "FAILURE")
 # the Procfile's workers (its provision worker runs 100 threads; 32 is plenty for a dozen provisions)
 FAILOVER_QUEUES, PROVISION_QUEUES = "failover,health", "provision"
+FAILOVER_THREADS = procfile_threads("failover")
 
 
 def status(stack: Stack, instance_id: int) -> str | None:
@@ -135,7 +136,7 @@ class Session:
                                                                                    floor_rounds)), daemon=True)
         floor.start()
 
-        self.failover_worker = stack.start_worker(16, FAILOVER_QUEUES, "failover-worker")
+        self.failover_worker = stack.start_worker(FAILOVER_THREADS, FAILOVER_QUEUES, "failover-worker")
         self.provision_worker = stack.start_worker(32, PROVISION_QUEUES, "provision-worker")
         self.beat = stack.start_beat()
         from app import create_app
@@ -318,7 +319,7 @@ def run_killed_worker(stack: Stack, kills: int = 3) -> list[Result]:
             os.kill(s.failover_worker.pid, signal.SIGKILL)
             s.failover_worker.popen.wait(timeout=10)
             s.stack.procs.remove(s.failover_worker)
-            s.failover_worker = s.stack.start_worker(16, FAILOVER_QUEUES, "failover-worker", wait=False)
+            s.failover_worker = s.stack.start_worker(FAILOVER_THREADS, FAILOVER_QUEUES, "failover-worker", wait=False)
 
         run = s.failover(f"killed at {delay:.1f} s into the standby's start", at_start=kill_and_restart, delay=delay)
         run.update(kill_into_start_s=round(delay, 3), added_s=round(run["fail_to_promoted_s"] - baseline, 3),

@@ -23,7 +23,7 @@ import threading
 import time
 
 from bench.core import Result, median, say
-from bench.failover import FAILOVER_QUEUES, PROVISION_QUEUES, create_stopped, start_times
+from bench.failover import FAILOVER_QUEUES, FAILOVER_THREADS, PROVISION_QUEUES, create_stopped, start_times
 from bench.stack import Stack, wait_until
 
 TENANT = "bench"
@@ -79,7 +79,7 @@ def fresh_stack(stack: Stack, cap: int | None, accounts: int = 1) -> None:
         path.chmod(0o600)
         stack.apply_env(VAST_ACCOUNTS=str(path))
     stack.start_sim(1.0)
-    stack.start_worker(16, FAILOVER_QUEUES, "failover-worker")
+    stack.start_worker(FAILOVER_THREADS, FAILOVER_QUEUES, "failover-worker")
     stack.start_worker(32, PROVISION_QUEUES, "provision-worker")
     stack.start_beat()
 

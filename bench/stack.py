@@ -29,6 +29,17 @@ from app.processes import free_port, listening, wait_until
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
+
+def procfile_threads(role: str) -> int:
+    """The ``--concurrency`` of a Procfile role: the benchmarks start each worker with the threads it is deployed
+    with, read from the Procfile so the two never drift apart."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, _, command = line.partition(":")
+        if name.strip() == role:
+            args = command.split()
+            return int(args[args.index("--concurrency") + 1])
+    raise LookupError(f"no {role!r} process in the Procfile")
+
 API_KEYS = {"bench": "bench-key"}
 # what every process needs to reach the simulator and to take the benchmarks' requests
 BASE_ENV = {

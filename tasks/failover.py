@@ -51,7 +51,7 @@ def unconfirmed(step: Step, op: Operation) -> str | None:
     try:
         instance = confirming_reading(step, op)
         if failed_status(instance) and not within_failover_cap(op):
-            instance = vast().show_instance(op.ctx["old_primary"])  # past the cap: its own direct call once more
+            instance = confirmed_directly(op)
     except provider.VastError as exc:
         if resumed:
             raise  # resumed: the stop may be sent already, so ask again (retried) rather than go back to active
@@ -81,6 +81,16 @@ def put_turn(op: Operation, stage: int):
     rank = stage * PRIORITY_SPAN + (1000 - op.pool.get("priority", 0))
     failed_at = op.ctx.get("detected_at") or op.ctx["started"]
     return ranked_calls(rank, f"{failed_at:017.6f}:{op.pid}:{op.ctx['op_id']}:{stage}")
+
+
+def confirmed_directly(op: Operation) -> dict | None:
+    """Past the cap: the provider's answer about the primary from its own direct call, once more.
+
+    The call takes a ranked turn of the account's show budget (one a 2 s), by the pool's priority and when its
+    failure was seen: a step whose turn is more than a few seconds away gives its thread back and keeps its place,
+    so thirty pools past the cap never hold the failover worker's threads that pools within the cap need."""
+    with put_turn(op, FENCE):
+        return vast().show_instance(op.ctx["old_primary"])
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.confirm_failure")

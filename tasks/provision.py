@@ -114,7 +114,7 @@ def observe(instance_id: int, interval: float | None = None, since: float = 0.0)
     """An instance as the provider showed it in the last shared poll round (None: gone; UNSEEN: not yet, or
     only before ``since``); a round is due ``interval`` s after the last (default: the poll interval)."""
     def fetch(ids: list[int]) -> dict[int, dict]:
-        with without_queueing():  # no slot free soon: a later waiter asks again
+        with without_queueing(pages=-(-len(ids) // provider.LIST_PAGE_ROWS)):  # no slot soon: a later waiter asks
             return {row["id"]: row for row in vast().list_instances({"id": {"in": ids}}).instances}
 
     return store().observe(instance_id, interval or settings().poll_interval, fetch, since, account.get())

@@ -51,7 +51,7 @@ def ranked_expiry(endpoint: str, account: str = DEFAULT_ACCOUNT) -> str:
 
 
 def awaited(account: str = DEFAULT_ACCOUNT) -> str:
-    return _on_account("wp:awaited", account)  # sorted set: instances that steps wait on, by last interest
+    return _on_account("wp:awaited", account)  # sorted set: instances that steps wait on, until when
 
 
 def awaited_round(account: str = DEFAULT_ACCOUNT) -> str:

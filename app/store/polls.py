@@ -13,6 +13,10 @@ from app.settings import DEFAULT_ACCOUNT
 from app.store import keys
 
 UNSEEN = object()
+# an instance no step has asked about for this long (or three of its waiter's intervals) leaves the rounds: waiting
+# steps ask again every interval, and each instance that is no longer waited on costs every round list rows
+# (pages of 25, one list call a second), which in a mass failure slowed every round several times over
+AWAITED_FOR = 10.0
 
 
 class PollRecords:
@@ -31,12 +35,12 @@ class PollRecords:
         of its own (an account lists only its own instances).
         """
         now = time.time()
-        self.r.zadd(keys.awaited(account), {str(instance_id): now})
+        self.r.zadd(keys.awaited(account), {str(instance_id): now + max(AWAITED_FOR, 3 * interval)}, gt=True)
         # a round takes a few list calls; a poller that died mid-round holds it for 10 s at most
         poller = self.r.lock(keys.awaited_poller(account), timeout=10)
         if float(self.r.get(keys.awaited_round(account)) or 0) <= now - interval and poller.acquire(blocking=False):
             try:
-                self.r.zremrangebyscore(keys.awaited(account), "-inf", now - 60)  # no longer waited on
+                self.r.zremrangebyscore(keys.awaited(account), "-inf", now)  # no longer waited on
                 ids = [int(i) for i in cast(list[str], self.r.zrange(keys.awaited(account), 0, -1))]
                 rows = fetch(ids)
                 with self.r.pipeline(transaction=False) as pipe:

@@ -187,3 +187,13 @@ def test_a_call_without_queueing_takes_no_slot_beyond_the_next_and_gives_its_thr
         urgent.reset(token)
     assert len(budget.mock.calls) == 0 and budget.sleeps == [] and raised.value.retry_in > 0
     assert budget.env.store.reserve_slot("show_instance", budget.interval, horizon=0) < 0  # nothing reserved
+
+
+def test_a_poll_round_of_several_pages_reserves_as_far_ahead_as_its_pages_need(budget):
+    """A round of three list pages, begun while two slots are taken, takes its slot rather than being thrown away
+    for its last page (each retry of a half-read round would spend pages for nothing)."""
+    for _ in range(2):
+        budget.env.store.reserve_slot("show_instance", budget.interval)
+    with runtime.without_queueing(pages=3):
+        budget.client.show_instance(7)
+    assert len(budget.mock.calls) == 1 and budget.sleeps

@@ -6,7 +6,7 @@ import time
 import pytest
 from celery.exceptions import Ignore, Retry
 
-from app import operations
+from app import operations, runtime
 from app.pools import State, label
 from app.vast import ProviderUnavailable
 from tasks import celery_app, failover
@@ -156,8 +156,12 @@ def test_a_confirmed_failure_past_the_cap_is_confirmed_once_more_and_never_defer
     env.configure(failovers_per_minute=0)
     pool = protected(env)
     env.vast.instances[pool["primary_gpu_id"]]["actual_status"] = "offline"
+    direct_show, turns = env.vast.show_instance, []
+    env.vast.show_instance = lambda instance_id: turns.append(runtime.ranked.get()) or direct_show(instance_id)
     assert confirming(env, PID)["old_primary"] == pool["primary_gpu_id"]
     assert len(env.vast.called("show_instance")) == 2  # past the cap: its own second direct call
+    # in a ranked turn, which gives the thread back when far off: never holds threads pools within the cap need
+    assert len(turns) == 2 and turns[0] is None and turns[1] is not None  # the first: a slot free now, unranked
     assert env.store.events(PID)[0]["event"] == "failover_cap_exceeded"
 
 

@@ -1,8 +1,10 @@
 """The shared poll round (Store.observe): every instance that steps wait on is read in one list call per round."""
 
+import time
+
 import pytest
 
-from app.store import UNSEEN, keys
+from app.store import UNSEEN, keys, polls
 from tests.conftest import wait_until
 
 
@@ -57,6 +59,17 @@ def test_instances_no_step_waits_on_any_more_leave_the_round(store):
     store.r.zadd(keys.awaited(), {1: 0})  # last asked about long ago
     next_round(store)
     store.observe(2, 60, provider)
+    assert provider.fetches == [[1], [2]]
+
+
+def test_an_instance_not_asked_about_for_a_while_leaves_the_round(store, monkeypatch):
+    """Rounds read only what steps still wait on: each row no longer waited on costs every round list pages."""
+    provider = Provider({1: {"id": 1}, 2: {"id": 2}})
+    store.observe(1, 1, provider)
+    later = time.time() + 11  # nobody asked about 1 for 11 s: a minute's retention would still read it
+    monkeypatch.setattr(polls.time, "time", lambda: later)
+    next_round(store)
+    store.observe(2, 1, provider)
     assert provider.fetches == [[1], [2]]
 
 
