@@ -186,11 +186,25 @@ def test_hosts_are_cached_briefly(env):
     assert len(env.vast.searches) == 2
 
 
-def test_hosts_503_with_retry_after_when_the_rate_budget_has_no_slot_now(env):
-    """Past the tenant's wait slots, a miss of the hosts cache never waits for the budget."""
-    env.configure(wait_max_holders_per_tenant=0)
-    env.vast.error = Throttled(7.2)
+@pytest.mark.parametrize("holders_per_tenant", [0, 4])
+def test_hosts_503_with_retry_after_when_the_rate_budget_has_no_slot_now(env, monkeypatch, holders_per_tenant):
+    """The budget has no slot now: past the tenant's wait slots the miss answers 503 at once; holding one, it
+    may wait for a slot (as the real throttle does outside ``without_waiting``)."""
+    from app import runtime
+
+    env.configure(wait_max_holders_per_tenant=holders_per_tenant)
+    searched = env.vast.search_offers
+
+    def busy_budget(query):
+        if runtime.reserve_within.get() == 0:  # may not wait: what the real throttle raises
+            raise Throttled(7.2)
+        return searched(query)
+
+    monkeypatch.setattr(env.vast, "search_offers", busy_budget)
     rv = env.api("GET", "/api/v1/warmpool/hosts")
+    if holders_per_tenant:
+        assert rv.status_code == 200
+        return
     assert_error(rv, 503)
     assert rv.headers["Retry-After"] == "8" and "rate budget" in rv.json["message"]
 
