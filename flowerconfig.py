@@ -22,6 +22,9 @@ def is_loopback(host: str) -> bool:
 
 _settings = runtime.settings()
 address = _settings.flower_address
+# ms Flower waits for the workers' answers to its inspect calls: a worker busy at start (or on a loaded
+# machine) answers after Flower's default 1 s, and Flower then logs "Inspect method ... failed"
+inspect_timeout = 10000.0
 if not is_loopback(address) and not _settings.flower_basic_auth:
     sys.exit(f"flower: FLOWER_ADDRESS={address} makes Flower reachable from other machines; "
              "set FLOWER_BASIC_AUTH=user:password too")
