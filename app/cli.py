@@ -143,11 +143,11 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
 
 
 def wait_for_worker(env: dict[str, str], since: float, timeout: float = 60.0) -> None:
-    """Until a worker started after ``since`` consumes. Flower asks the workers what they run as soon as it
+    """Until a worker started after ``since`` is ready. Flower asks the workers what they run as soon as it
     starts and warns for each question that none answers, so `warmpool dev` starts it after this."""
     seen = dev_store(env)
     try:
-        wait_until(lambda: seen.worker_seen_at() >= since, timeout, 0.2, "the worker to start")
+        wait_until(lambda: seen.worker_ready_at() >= since, timeout, 0.2, "the worker to start")
     except TimeoutError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -110,11 +110,18 @@ class HealthRecords:
     def record_orphans(self, count: int) -> None:
         self.r.set(keys.ORPHANS, count)
 
-    def mark_worker_seen(self) -> None:
-        self.r.set(keys.WORKER_SEEN, time.time(), ex=60)
+    def mark_worker_seen(self, ready: bool = False) -> None:
+        """A worker sent a heartbeat; ``ready``: it also answers control calls (Flower's inspect) now."""
+        now = time.time()
+        self.r.set(keys.WORKER_SEEN, now, ex=60)
+        if ready:
+            self.r.set(keys.WORKER_READY, now, ex=60)
 
     def worker_seen_at(self) -> float:
         return float(self.r.get(keys.WORKER_SEEN) or 0)
+
+    def worker_ready_at(self) -> float:
+        return float(self.r.get(keys.WORKER_READY) or 0)
 
     def ping(self) -> bool:
         return bool(self.r.ping())

@@ -135,6 +135,7 @@ API_KEYS = "wp:apikeys"                 # hash: sha256 of a key -> tenant
 REVOKED_KEYS = "wp:apikeys:revoked"     # set: sha256 of keys revoked (WARMPOOL_API_KEYS ones too)
 WAIT_HOLDERS = "wp:waits"               # sorted set: every ?wait request holding a slot, by deadline
 WORKER_SEEN = "wp:worker:seen"
+WORKER_READY = "wp:worker:ready"
 SWEEP_RUNNING = "wp:sweep:running"
 SWEEP_LAST = "wp:sweep:last"
 SWEEP_LAST_TS = "wp:sweep:last:ts"
