@@ -1,7 +1,7 @@
 """Webhook subscriptions and their deliveries: the transactional outbox of pool events.
 
 A tenant subscribes a URL to some event types. When ``Store.event`` records an event
-whose kind has a webhook type (``WEBHOOK_TYPES``), ``queue_webhook_deliveries`` (an
+whose kind has a webhook type (``app/events.py``), ``queue_webhook_deliveries`` (an
 event sink) writes one delivery per matching subscription and puts its id in the
 outbox, in the same Redis transaction as the event itself: an event recorded is an
 event delivered (at least once), and a delivery never exists without its event.
@@ -22,30 +22,9 @@ from typing import cast
 
 import redis
 
+from app.events import TEST_TYPE, WEBHOOK_TYPES
 from app.pools import now_iso, split_pool_id
 from app.store import keys
-
-# internal event kind (Store.event) -> the webhook event type a subscriber sees; add a row to publish a kind
-WEBHOOK_TYPES = {
-    "failover_started": "failover.started",
-    "failover_completed": "failover.completed",
-    "failover_failed": "failover.failed",
-    "failover_cancelled": "failover.cancelled",
-    "degraded": "pool.degraded",
-    "healed": "pool.healed",
-    "heal_given_up": "pool.heal_given_up",
-    "pool_rebuilt": "pool.rebuilt",
-    "standby_replaced": "standby.replaced",
-    "standby_lost": "standby.lost",
-    "host_failover_completed": "host_failover.completed",
-    "split_brain_resolved": "split_brain.resolved",
-    "switchover_scheduled": "switchover.scheduled",
-    "switchover_cancelled": "switchover.cancelled",
-    "switchover_dropped": "switchover.dropped",
-    "webhook_disabled": "webhook.disabled",
-}
-TEST_TYPE = "webhook.test"  # sent only by POST /api/v1/webhooks/<id>/test, to that webhook alone
-EVENT_TYPES = sorted(set(WEBHOOK_TYPES.values()))
 
 MAX_WEBHOOKS = 20  # per tenant: bounds the fan-out of one event
 DELIVERIES_KEPT = 50  # per webhook, for GET .../deliveries
