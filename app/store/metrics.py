@@ -29,7 +29,15 @@ NO_RESPONSE = "none"
 
 
 class MetricsRecords:
-    """The metrics' half of the store (mixed into ``Store``)."""
+    """The metrics' repository (mixed into ``Store``): the counters and histograms /metrics shows.
+
+    Keys: the ``METRIC_*`` hashes of ``keys.py`` (failovers started and ended, their durations and phases,
+    provider responses, standbys lost, webhook attempts); ``metrics`` reads the sweep's figures too.
+
+    No method here is a compare-and-set: counters only go up. Unconditional writes: ``count_event`` (an event
+    sink, in the event's own transaction; ``app.events`` says which kind counts where) and
+    ``count_provider_response`` (dropped while Redis is away). Plain read: ``metrics``, one round trip.
+    """
 
     r: redis.Redis
 

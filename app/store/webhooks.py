@@ -65,7 +65,36 @@ def attempts_made(delivery: dict) -> int:
 
 
 class WebhookRecords:
-    """The webhooks' half of the store (mixed into ``Store``)."""
+    """The webhooks' repository (mixed into ``Store``): subscriptions, deliveries and the outbox.
+
+    Keys: ``webhooks(tenant)`` (hash: webhook id -> record, with its secret); ``delivery(id)`` (a delivery and its
+    latest attempts, kept DELIVERY_TTL); ``webhook_deliveries(webhook_id)`` (its recent delivery ids);
+    ``WEBHOOK_DUE`` (the outbox: delivery id -> when its next attempt is due); ``webhooks_pending(tenant)`` and
+    ``webhooks_in_flight(tenant)`` (the tenant's deliveries pending, and attempts in flight, for their caps);
+    ``delivery_claim(id, attempt)``; ``WEBHOOK_RELAYING`` (a lock: one relay at a time).
+
+    Compare-and-set (a Lua script, or a transaction that WATCHes what it compares; redis-py runs the
+    transaction again when a watched key changed in between):
+
+        * ``add_webhook``: adds the webhook only while the tenant has fewer than MAX_WEBHOOKS (Lua).
+        * ``update_webhook`` (and ``rotate_secret``): WATCHes the tenant's webhooks, so a change is applied to
+          the record as it is when written.
+        * ``delete_webhook``: deletes the webhook and its history only if this tenant has it (Lua).
+        * ``queue_test_delivery``: WATCHes the tenant's pending deliveries; TooManyPending at ``pending_limit``.
+        * ``resend_delivery``: WATCHes the delivery and the tenant's pending deliveries: an attempt recorded
+          meanwhile is never overwritten, and the cap is never passed.
+        * ``record_attempt``: WATCHes the delivery, so two attempts' records never overwrite each other.
+        * ``claim_attempt``: compare-and-create of the attempt's claim (SET NX); one claim per attempt.
+        * ``take_delivery_slot``: a slot only while the tenant has fewer than ``limit`` in flight (Lua).
+        * ``relay_outbox``: runs only under the relay's lock; takes a delivery out of the outbox only if its due
+          time is still the one read (Lua), and puts back a tenant's waiting ones only later (ZADD XX GT).
+
+    Unconditional writes: ``queue_webhook_deliveries`` (an event sink, in the event's own transaction),
+    ``drop_pending``, ``release_claim``, ``give_back_delivery_slot``.
+
+    Plain reads: ``webhooks``, ``get_webhook``, ``pending_deliveries``, ``get_delivery``, ``deliveries``,
+    ``deliveries_in_flight``.
+    """
 
     r: redis.Redis
 
