@@ -7,9 +7,10 @@ from marshmallow import Schema, fields, validate
 
 from app.api import Blueprint, abort
 from app.api.auth import authenticate
+from app.events import EVENT_TYPES, TEST_TYPE
 from app.runtime import settings, store
-from app.store.webhooks import (ATTEMPTS_KEPT, EVENT_TYPES, MAX_WEBHOOKS, PREVIOUS_SECRET_SECONDS, TEST_TYPE,
-                                DeliveryGone, TooManyPending, TooManyWebhooks)
+from app.store.webhooks import (ATTEMPTS_KEPT, MAX_WEBHOOKS, PREVIOUS_SECRET_SECONDS, DeliveryGone, TooManyPending,
+                                TooManyWebhooks)
 from app.urls import UnsafeDestination, check_url
 
 blp = Blueprint("webhooks", __name__, url_prefix="/api/v1/webhooks",

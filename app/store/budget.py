@@ -9,7 +9,20 @@ from app.store import keys
 
 
 class BudgetRecords:
-    """The budgets' half of the store (mixed into ``Store``)."""
+    """The budgets' repository (mixed into ``Store``): the provider's rate limits and the failover cap.
+
+    Keys: ``rate(endpoint, account)`` (the endpoint's next free call slot, epoch seconds), ``ranked_claims`` and
+    ``ranked_expiry`` (calls waiting their turn, by rank and by when their claim lapses), ``FAILOVERS`` (the
+    automatic failovers of the last 60 s), ``cap_notice(pid)``.
+
+    Compare-and-set (Lua scripts on Redis's clock, each one atomic):
+
+        * ``reserve_slot``: takes the next slot, unless it is further than ``horizon`` away.
+        * ``take_ranked_slot``: takes the next slot only for the best-ranked claim waiting, and only if it is at
+          most an interval away; the others' claims are kept with their estimated wait.
+        * ``take_failover_slot``: counts a failover only while fewer than ``per_minute`` are in the window.
+        * ``first_cap_notice``: compare-and-create (SET NX, a minute).
+    """
 
     r: redis.Redis
 

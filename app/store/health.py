@@ -13,7 +13,24 @@ from app.store import keys
 
 
 class HealthRecords:
-    """The sweep's half of the store (mixed into ``Store``)."""
+    """The sweep's repository (mixed into ``Store``): what the health sweep keeps between runs.
+
+    Keys: ``sweep_slot(n)`` (one per interval) and ``SWEEP_RUNNING`` (a lock); ``HEALTH_FAILS`` and
+    ``HEALTH_SINCE`` (pool id -> failed sweeps in a row, and when the first was); the last sweep's figures
+    (``SWEEP_LAST``, ``SWEEP_LAST_TS``, ``SWEEP_SECONDS``, ``LABEL_COUNTS``, ``PROVIDER_HEALTH``,
+    ``UNKNOWN_SWEEPS``, ``ORPHANS``); ``due_at(what)``; the workers' ``WORKER_SEEN`` and ``WORKER_READY``.
+
+    Compare-and-create: ``take_sweep_slot`` (the interval's slot, SET NX) and ``sweep_running`` (a redis-py
+    lock, SET NX, released only by its token).
+
+    Unconditional writes: ``count_failures`` (counts each failed pool once more, HINCRBY; keeps the time of its
+    first failure, HSETNX; forgets the others), ``forget_failures``, ``record_sweep``, ``record_unknown_sweep``,
+    ``record_orphans``, ``mark_worker_seen``; ``due`` reads when ``what`` last ran and, if due, writes now
+    (not compared: the sweep that calls it runs alone, ``sweep_running``).
+
+    Plain reads: ``last_sweep``, ``last_sweep_time``, ``unknown_sweeps``, ``label_counts``,
+    ``label_counts_since``, ``worker_seen_at``, ``worker_ready_at``, ``ping``.
+    """
 
     r: redis.Redis
 

@@ -9,7 +9,15 @@ from app.store import keys
 
 
 class IngressRecords:
-    """The ingress half of the store (mixed into ``Store``)."""
+    """The ingress repository (mixed into ``Store``): what the API lets in.
+
+    Keys: ``notification_seen(digest)`` and ``notification_check(pid, role)`` (markers with a TTL);
+    ``WAIT_HOLDERS`` and ``wait_holders(tenant)`` (the ``?wait`` requests holding a slot, by deadline).
+
+    Compare-and-create: ``first_notification`` and ``notification_check_due`` (SET NX with a TTL). Compare-and-
+    set: ``wait_slot`` takes a slot only under both caps (one Lua script), and gives it back unconditionally.
+    Plain read: ``wait_holders``.
+    """
 
     r: redis.Redis
 

@@ -78,7 +78,27 @@ class Heartbeat:
 
 
 class LockRecords:
-    """The lock half of the store (mixed into ``Store``)."""
+    """The locks' repository (mixed into ``Store``): one lock and one fencing epoch per machine.
+
+    Keys: ``keys.lock(pid)``, a redis-py ``Lock`` (its holder's token, with a TTL); ``keys.epoch(pid)``, the
+    fencing epoch of the latest acquisition, which every pool write compares (``PoolRecords.save_pool``).
+
+    Compare-and-set (redis-py's Lock scripts, or our Lua scripts: each compares and writes in one step):
+
+        * ``acquire`` (and ``lease``, ``lease_if_free``): creates the lock only if there is none (SET NX), then
+          moves the epoch past both the last one and Redis's clock (``_NEXT_EPOCH``, never compared: it only
+          goes up). Behind Sentinel, waits (bounded) until a replica has both.
+        * ``extend`` (the heartbeat's): renews the lock if its token is ``held.token``, or takes it back with that
+          token if it is free (SET NX); then compares the epoch with ``held.epoch``. FencedOut on either.
+        * ``renew_if_held``: renews the lock if its token is ``held.token``; True only if the epoch is
+          ``held.epoch`` too. Never takes a lock back.
+        * ``take_over``: if the lock is free or ``held.token``'s and the epoch is ``held.epoch``, a new token
+          and a higher epoch (``_TAKE_OVER``); FencedOut otherwise.
+        * ``release``: deletes the lock only if its token is ``held.token``.
+
+    Plain reads: ``check_fence`` (compares token and epoch, writes nothing: FencedOut when either moved),
+    ``is_locked``, ``epoch``.
+    """
 
     r: redis.Redis
     # replicas that must have a new lock and epoch before its holder goes on: 1 behind Sentinel (app/store)

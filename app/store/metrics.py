@@ -13,6 +13,7 @@ import math
 
 import redis
 
+from app.events import EVENT_KINDS
 from app.store import keys
 
 # failover and phase durations, in seconds: from milliseconds (taking a lock) to minutes (a slow host)
@@ -23,29 +24,36 @@ BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60
 # rental that ends, the healer resuming or repairing one
 TRIGGERS = ("health", "notification", "manual", "switchover", "expiry", "heal")
 
-# event kind -> the result it ends a failover with
-FAILOVER_RESULTS = {"failover_completed": "success", "host_failover_completed": "success",
-                    "failover_failed": "failure", "failover_cancelled": "cancelled"}
 # the code of a provider call that got no response (connection error, timeout)
 NO_RESPONSE = "none"
 
 
 class MetricsRecords:
-    """The metrics' half of the store (mixed into ``Store``)."""
+    """The metrics' repository (mixed into ``Store``): the counters and histograms /metrics shows.
+
+    Keys: the ``METRIC_*`` hashes of ``keys.py`` (failovers started and ended, their durations and phases,
+    provider responses, standbys lost, webhook attempts); ``metrics`` reads the sweep's figures too.
+
+    No method here is a compare-and-set: counters only go up. Unconditional writes: ``count_event`` (an event
+    sink, in the event's own transaction; ``app.events`` says which kind counts where) and
+    ``count_provider_response`` (dropped while Redis is away). Plain read: ``metrics``, one round trip.
+    """
 
     r: redis.Redis
 
     def count_event(self, pipe: redis.client.Pipeline, pid: str, record: dict) -> None:
         """An event sink: failovers started and ended (by trigger and result), their durations and phases; standbys
-        lost (by the status the provider showed)."""
-        kind, trigger = record["event"], record.get("trigger") or "unknown"
-        if kind == "failover_started":
+        lost (by the status the provider showed). Which kind counts where is its row in ``app.events``."""
+        kind, trigger = EVENT_KINDS.get(record["event"]), record.get("trigger") or "unknown"
+        if kind is None:
+            return
+        if kind.starts_failover:
             pipe.hincrby(keys.METRIC_FAILOVERS_STARTED, trigger, 1)
-        elif kind in FAILOVER_RESULTS:
-            pipe.hincrby(keys.METRIC_FAILOVERS, f"{trigger}|{FAILOVER_RESULTS[kind]}", 1)
-        elif kind == "standby_lost":
+        elif kind.failover_result:
+            pipe.hincrby(keys.METRIC_FAILOVERS, f"{trigger}|{kind.failover_result}", 1)
+        elif kind.counts_standby_lost:
             pipe.hincrby(keys.METRIC_STANDBYS_LOST, record.get("status") or "unknown", 1)
-        if kind == "failover_completed":
+        if kind.timed:
             _observe(pipe, keys.METRIC_FAILOVER_SECONDS, "", record["recovery_time_seconds"])
             for phase, seconds in (record.get("phases") or {}).items():
                 _observe(pipe, keys.METRIC_PHASE_SECONDS, f"{phase}|", seconds)

@@ -20,7 +20,17 @@ AWAITED_FOR = 10.0
 
 
 class PollRecords:
-    """The polls' half of the store (mixed into ``Store``)."""
+    """The polls' repository (mixed into ``Store``): one shared poll round per Vast account, and the hosts cache.
+
+    Keys: ``awaited(account)`` (instances that steps wait on, until when), ``awaited_round(account)`` (when the
+    last round started), ``awaited_poller(account)`` (a lock: one poller per round), ``seen(instance_id)`` (the
+    row the last round saw, with that round's start), ``offers_cache(query)``.
+
+    ``observe`` is the one method that compares: it keeps the later of two waits on an instance (ZADD GT), and
+    runs a round only if the last one is an interval old and it took the poller's lock (SET NX); the round's
+    rows are then written unconditionally. ``cache_offers`` is an unconditional write (with a TTL),
+    ``cached_offers`` a plain read.
+    """
 
     r: redis.Redis
 

@@ -11,7 +11,13 @@ from app.store import keys
 
 
 class RebuildRecords:
-    """The rebuild half of the store (mixed into ``Store``)."""
+    """The rebuild's repository (mixed into ``Store``): which pool records Redis lost, and whether it may lose more.
+
+    Keys: reads ``keys.pool(pid)``; writes ``rebuild_tried(pid)``.
+
+    Compare-and-create: ``first_rebuild_tries`` (SET NX per pool, for ``every`` seconds). Plain reads:
+    ``missing_pools``, ``redis_warnings`` (CONFIG GET).
+    """
 
     r: redis.Redis
 

@@ -1,7 +1,7 @@
 """Webhook subscriptions and their deliveries: the transactional outbox of pool events.
 
 A tenant subscribes a URL to some event types. When ``Store.event`` records an event
-whose kind has a webhook type (``WEBHOOK_TYPES``), ``queue_webhook_deliveries`` (an
+whose kind has a webhook type (``app/events.py``), ``queue_webhook_deliveries`` (an
 event sink) writes one delivery per matching subscription and puts its id in the
 outbox, in the same Redis transaction as the event itself: an event recorded is an
 event delivered (at least once), and a delivery never exists without its event.
@@ -22,30 +22,9 @@ from typing import cast
 
 import redis
 
+from app.events import TEST_TYPE, WEBHOOK_TYPES
 from app.pools import now_iso, split_pool_id
 from app.store import keys
-
-# internal event kind (Store.event) -> the webhook event type a subscriber sees; add a row to publish a kind
-WEBHOOK_TYPES = {
-    "failover_started": "failover.started",
-    "failover_completed": "failover.completed",
-    "failover_failed": "failover.failed",
-    "failover_cancelled": "failover.cancelled",
-    "degraded": "pool.degraded",
-    "healed": "pool.healed",
-    "heal_given_up": "pool.heal_given_up",
-    "pool_rebuilt": "pool.rebuilt",
-    "standby_replaced": "standby.replaced",
-    "standby_lost": "standby.lost",
-    "host_failover_completed": "host_failover.completed",
-    "split_brain_resolved": "split_brain.resolved",
-    "switchover_scheduled": "switchover.scheduled",
-    "switchover_cancelled": "switchover.cancelled",
-    "switchover_dropped": "switchover.dropped",
-    "webhook_disabled": "webhook.disabled",
-}
-TEST_TYPE = "webhook.test"  # sent only by POST /api/v1/webhooks/<id>/test, to that webhook alone
-EVENT_TYPES = sorted(set(WEBHOOK_TYPES.values()))
 
 MAX_WEBHOOKS = 20  # per tenant: bounds the fan-out of one event
 DELIVERIES_KEPT = 50  # per webhook, for GET .../deliveries
@@ -86,7 +65,36 @@ def attempts_made(delivery: dict) -> int:
 
 
 class WebhookRecords:
-    """The webhooks' half of the store (mixed into ``Store``)."""
+    """The webhooks' repository (mixed into ``Store``): subscriptions, deliveries and the outbox.
+
+    Keys: ``webhooks(tenant)`` (hash: webhook id -> record, with its secret); ``delivery(id)`` (a delivery and its
+    latest attempts, kept DELIVERY_TTL); ``webhook_deliveries(webhook_id)`` (its recent delivery ids);
+    ``WEBHOOK_DUE`` (the outbox: delivery id -> when its next attempt is due); ``webhooks_pending(tenant)`` and
+    ``webhooks_in_flight(tenant)`` (the tenant's deliveries pending, and attempts in flight, for their caps);
+    ``delivery_claim(id, attempt)``; ``WEBHOOK_RELAYING`` (a lock: one relay at a time).
+
+    Compare-and-set (a Lua script, or a transaction that WATCHes what it compares; redis-py runs the
+    transaction again when a watched key changed in between):
+
+        * ``add_webhook``: adds the webhook only while the tenant has fewer than MAX_WEBHOOKS (Lua).
+        * ``update_webhook`` (and ``rotate_secret``): WATCHes the tenant's webhooks, so a change is applied to
+          the record as it is when written.
+        * ``delete_webhook``: deletes the webhook and its history only if this tenant has it (Lua).
+        * ``queue_test_delivery``: WATCHes the tenant's pending deliveries; TooManyPending at ``pending_limit``.
+        * ``resend_delivery``: WATCHes the delivery and the tenant's pending deliveries: an attempt recorded
+          meanwhile is never overwritten, and the cap is never passed.
+        * ``record_attempt``: WATCHes the delivery, so two attempts' records never overwrite each other.
+        * ``claim_attempt``: compare-and-create of the attempt's claim (SET NX); one claim per attempt.
+        * ``take_delivery_slot``: a slot only while the tenant has fewer than ``limit`` in flight (Lua).
+        * ``relay_outbox``: runs only under the relay's lock; takes a delivery out of the outbox only if its due
+          time is still the one read (Lua), and puts back a tenant's waiting ones only later (ZADD XX GT).
+
+    Unconditional writes: ``queue_webhook_deliveries`` (an event sink, in the event's own transaction),
+    ``drop_pending``, ``release_claim``, ``give_back_delivery_slot``.
+
+    Plain reads: ``webhooks``, ``get_webhook``, ``pending_deliveries``, ``get_delivery``, ``deliveries``,
+    ``deliveries_in_flight``.
+    """
 
     r: redis.Redis
 

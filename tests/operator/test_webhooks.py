@@ -14,7 +14,8 @@ from standardwebhooks import Webhook
 
 from app.cli import main
 from app.client import NOT_CONFIRMED, NOT_FOUND, OK, USAGE
-from app.store.webhooks import EVENT_TYPES, MAX_WEBHOOKS
+from app.events import EVENT_TYPES
+from app.store.webhooks import MAX_WEBHOOKS
 from app.urls import DeadlineExceeded, check_destination, post_pinned
 from tasks import celery_app
 from tasks.webhooks import post

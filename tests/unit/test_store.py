@@ -1,13 +1,14 @@
-"""The state store on fakeredis: pools and their indexes (fenced writes), operations, events, API keys."""
+"""The state store on fakeredis: its repositories of pools and their indexes (fenced writes), operations, events
+and API keys."""
 
 import threading
 import time
 
 import pytest
 
-from app import store as store_module
 from app.pools import State, new_pool, pool_id
 from app.store import EVENTS_KEPT, FencedOut
+from app.store.operations import OP_TTL
 from tests.conftest import wait_until
 from tests.unit.fakes import snapshot
 
@@ -146,7 +147,7 @@ def test_new_op_is_pending_with_a_ttl(store):
     assert len(op_id) == 32 and op["task_id"] == op_id
     assert (op["tenant"], op["machine_id"], op["operation"], op["state"], op["step"]) == (
         "acme", 123, "provision", "PENDING", "queued")
-    assert 0 < store.r.ttl(f"wp:op:{op_id}") <= store_module.OP_TTL
+    assert 0 < store.r.ttl(f"wp:op:{op_id}") <= OP_TTL
     assert store.new_op("acme", 123, "provision") != op_id
     assert store.get_op("0" * 32) is None
 
