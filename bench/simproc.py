@@ -20,6 +20,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 
 from sim import create_app
 from sim.lifecycle import Instance
+from sim.routes.base import route_name
 
 
 class _Quiet(WSGIRequestHandler):
@@ -67,7 +68,7 @@ def build(time_scale: float, seed: int):
     def count_response(response):
         if request.endpoint and not request.path.startswith(("/_sim", "/_bench")):
             with responses_lock:
-                responses[f"{request.endpoint} {response.status_code}"] += 1
+                responses[f"{route_name(request.endpoint)} {response.status_code}"] += 1
         return response
 
     @app.get("/_bench/responses")

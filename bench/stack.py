@@ -128,7 +128,7 @@ class Stack:
         self.outer_env = dict(os.environ)  # as the benchmarks were started, before any setting of ours
         self.env = {**self.outer_env, **BASE_ENV, **TUNED_ENV}
         redis_port = free_port()
-        from app.cli import redis_server_command
+        from app.devstack import redis_server_command
 
         data = self.logs / "redis"
         data.mkdir(exist_ok=True)

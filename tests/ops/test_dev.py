@@ -11,7 +11,7 @@ import psutil
 import pytest
 import requests
 
-from app.cli import dev_store
+from app.devstack import dev_store
 from app.processes import free_port, wait_until
 from tests.conftest import ROOT
 

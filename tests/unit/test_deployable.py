@@ -186,7 +186,7 @@ def test_routine_tasks_log_at_debug_and_others_at_info(caplog):
 
 
 def test_the_dev_key_is_kept_across_restarts(tmp_path):
-    from app.cli import dev_api_key
+    from app.devstack import dev_api_key
 
     path = tmp_path / "dev-api-key"
     first = dev_api_key(path)
@@ -195,7 +195,7 @@ def test_the_dev_key_is_kept_across_restarts(tmp_path):
 
 
 def test_the_dev_key_is_stored_for_list_keys_and_a_revoked_one_is_replaced(tmp_path):
-    from app.cli import stored_dev_key
+    from app.devstack import stored_dev_key
     from tests.unit.fakes import fake_store
 
     store, path = fake_store(), tmp_path / "dev-api-key"
@@ -210,7 +210,7 @@ def test_the_dev_key_is_stored_for_list_keys_and_a_revoked_one_is_replaced(tmp_p
 
 
 def test_the_banner_exports_the_dev_redis_without_its_password():
-    from app.cli import banner
+    from app.devstack import banner
 
     env = {"REDIS_URL": "redis://:s3cret@127.0.0.1:41237/0", "VAST_API_URL": "http://127.0.0.1:8090"}
     export = next(line for line in banner(8000, 5555, "k", None, env).splitlines() if "export " in line)

@@ -3,7 +3,7 @@
 
 import subprocess
 
-from app.cli import redis_answers, redis_server_command
+from app.devstack import redis_answers, redis_server_command
 from app.processes import free_port, wait_until
 from tests.conftest import RedisServer
 
