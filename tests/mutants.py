@@ -73,7 +73,7 @@ MUTANTS = [
            "                pass",
            (f"{LOCKS}::test_the_heartbeat_keeps_a_lock_alive_past_its_ttl",)),
     Mutant("a step waiting in its worker keeps its lock (rule 12)", "tasks/base.py",
-           "        waiting_steps.received(request.id, ctx)",
+           "        waiting_steps.received(request.id, cast(Message, message))",
            "        pass",
            (f"{LOCKS}::test_a_step_waiting_in_its_worker_keeps_its_lock_and_a_released_one_is_never_taken_back",)),
     Mutant("a lost create is waited for, never made twice (rule 12)", "tasks/provision.py",
