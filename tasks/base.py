@@ -259,20 +259,32 @@ class Step(Task):
         declared = op.declared
         assert declared is not None  # a current operation is a declared one
         if isinstance(outcome, Wait):
+            if op.advanced:  # run again, it would run past its advance
+                raise LookupError(f"{self.name} said WAIT after its advance")
             raise self.later(op.message, outcome.after or op.settings.poll_interval, op)
         if isinstance(outcome, Branch):
             if outcome.to not in declared.spec(self.name).branches:
                 raise LookupError(f"{declared.name}: {self.name} may not branch to {outcome.to}")
             op.ctx["operation"] = outcome.to
             op.advance()
-            enqueue(DECLARED[outcome.to].first(op.ctx), op.message)
+            self.send_next(op, DECLARED[outcome.to].first(op.ctx))
         elif outcome is NEXT:
             if not op.advanced:
                 op.advance()
-            enqueue(declared.after(self.name, op.ctx), op.message)
+            self.send_next(op, declared.after(self.name, op.ctx))
         elif not op.advanced:  # DONE: the step ended the operation (finish, cancel) with its last write
             raise LookupError(f"{self.name} said DONE without ending {declared.name}")
         return outcome
+
+    def send_next(self, op: Operation, name: str) -> None:
+        """Send the step that follows, once this one advanced. If the broker cannot take it, this step must not
+        run again (it is done): the operation stops here, and the healer resumes it once its lock lapses, as
+        after a killed worker."""
+        try:
+            enqueue(name, op.message)
+        except Exception:
+            log.exception("%s of %s: the next step (%s) could not be sent", self.name, op.pid, name)
+            raise Ignore() from None
 
     def later(self, message: Message, countdown: float, op: Operation | None = None):
         """This step again in ``countdown`` seconds, what it wrote in the context saved and its lock held

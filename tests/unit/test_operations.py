@@ -1,16 +1,19 @@
 """Operations (app/operations.py): what each starter writes and sends, a whole chain run step by step on the
 in-memory provider, and the disable or cleanup queued behind a running operation (``when_unlocked``)."""
 
+import dataclasses
 import time
 
 import pytest
+from celery import shared_task
 from celery.exceptions import Retry
 
 from app import operations, runtime
-from app.operations import DONE, NEXT
+from app.operations import DONE, NEXT, StepOutcome
 from app.pools import State, label
 from app.vast import ProviderUnavailable
 from tasks import celery_app, failover
+from tasks.base import Operation, Step
 from tasks.operations import when_unlocked
 from tests.unit.fakes import deliver, run_steps
 
@@ -58,7 +61,7 @@ def test_a_new_standby_is_asked_for_with_its_reason(env):
     assert env.store.get_op(started["op_id"])["operation"] == "replace_standby"  # every operation has a record
 
 
-# -- whole chains ------------------------------------------------------------------------------------------------
+# -- whole operations, step after step as the declarations say ------------------------------------------------------
 
 
 def test_a_manual_failover_runs_to_the_end(env):
@@ -234,6 +237,33 @@ def test_a_cleanup_runs_to_the_end(env):
     assert (pool["state"], pool["enabled"], pool["cleanup_pending"], pool["volume_id"]) == (
         State.DISABLED, False, False, None)
     assert env.store.get_op(rv.json["task_id"])["state"] == "SUCCESS" and not env.store.is_locked(PID)
+
+
+# -- adding a step: one line in the declaration, and the step -------------------------------------------------------
+
+
+@shared_task(bind=True, base=Step, name="warmpool.tests.between_stop_and_start")
+def between_stop_and_start(self, op: Operation) -> StepOutcome:
+    """A no-op step that the test below declares between the fence and the standby's start."""
+    op.step("between_stop_and_start")
+    return NEXT
+
+
+def test_a_step_added_to_the_failover_declaration_runs_in_its_place_and_the_failover_completes(env, monkeypatch):
+    steps = list(operations.FAILOVER.steps)
+    at = [spec.task for spec in steps].index("warmpool.failover.start_standby")
+    steps.insert(at, operations.step(between_stop_and_start.name))  # the line a newcomer adds to FAILOVER
+    monkeypatch.setitem(operations.DECLARED, "failover", dataclasses.replace(operations.FAILOVER, steps=tuple(steps)))
+    pool = protected(env)
+    rv = env.api("POST", "/api/v1/warmpool/failover/test/1")
+    ran = run_steps(env)
+    new = ran.index(between_stop_and_start.name)
+    assert ran[new - 1:new + 2] == ["warmpool.failover.await_stopped", between_stop_and_start.name,
+                                    "warmpool.failover.start_standby"]
+    after = env.store.get_pool(PID)
+    assert after["state"] == State.ACTIVE and after["primary_gpu_id"] == pool["standby_gpu_id"]
+    assert after["seq"] == pool["seq"] + len(ran) and not env.store.is_locked(PID)
+    assert env.store.get_op(rv.json["task_id"])["state"] == "SUCCESS"
 
 
 # -- when_unlocked ---------------------------------------------------------------------------------------------------

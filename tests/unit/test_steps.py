@@ -146,6 +146,19 @@ def test_a_context_written_by_a_step_fenced_out_at_its_advance_is_not_saved(env)
     assert env.steps == []
 
 
+def test_a_next_step_the_broker_cannot_take_stops_the_operation_and_the_done_step_is_not_run_again(env, monkeypatch):
+    ctx = start(env)
+    seq = ctx["seq"]
+
+    def broker_away(name, message):
+        raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(base, "enqueue", broker_away)
+    with pytest.raises(Ignore):  # not retried: it advanced; the healer resumes the operation once its lock lapses
+        deliver(probe, ctx)
+    assert env.store.get_pool(PID)["seq"] == seq + 1 and env.of("apply_async") == [] and env.compensated == []
+
+
 def test_a_duplicate_delivery_of_a_done_step_is_ignored(env):
     ctx = start(env)
     first = copy.deepcopy(ctx)
