@@ -8,9 +8,9 @@ its history.
 from celery import shared_task
 
 from app import vast as provider
+from app.operations import DONE, NEXT, WAIT, StepOutcome
 from app.pools import label, primary_fields, standby_gone, to_disabled, volume_name
 from app.runtime import vast
-from app.operations import DONE, NEXT, WAIT, StepOutcome
 from tasks.base import Operation, OperationFailed, Step
 
 

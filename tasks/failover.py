@@ -12,11 +12,11 @@ import time
 from celery import shared_task
 
 from app import vast as provider
+from app.operations import DONE, NEXT, WAIT, StepOutcome, Wait
 from app.pools import (State, address_of, label, primary_fields, standby_gone, standby_starting, standby_stopped,
                        to_failover_cancelled, to_promoted)
 from app.runtime import Throttled, ranked_calls, vast, without_waiting
 from app.store import UNSEEN
-from app.operations import DONE, NEXT, WAIT, StepOutcome, Wait
 from tasks.base import Operation, OperationFailed, Step
 from tasks.provision import NOT_RUNNING, create_instance, is_running, observe
 

@@ -13,10 +13,10 @@ from celery import shared_task
 
 from app import vast as provider
 from app.hosts import LASTING_MARGINS, group_hosts, offers_query
+from app.operations import DONE, NEXT, WAIT, StepOutcome
 from app.pools import label, primary_fields, standby_gone, standby_stopped, to_active, to_host_found, volume_name
 from app.runtime import Throttled, account, settings, store, unfenced, vast, without_queueing
 from app.store import UNSEEN, FencedOut
-from app.operations import DONE, NEXT, WAIT, StepOutcome
 from tasks.base import NotYet, Operation, OperationFailed, Step
 
 MOUNT_PATH = "/workspace"

@@ -9,9 +9,9 @@ import time
 
 from celery import shared_task
 
+from app.operations import DONE, NEXT, StepOutcome
 from app.pools import iso_at, standby_stopped, to_active
 from app.runtime import vast
-from app.operations import DONE, NEXT, StepOutcome
 from tasks.base import Operation, Step
 from tasks.provision import adopt, create_instance
 
