@@ -114,11 +114,6 @@ class StepSpec:
     branches: tuple[str, ...] = ()              # the operations it may branch to
 
 
-def step(task: str, when: Callable[[Context], bool] | None = None, queue: Queue | None = None,
-         branches: tuple[str, ...] = ()) -> StepSpec:
-    return StepSpec(task, when, queue, branches)
-
-
 @dataclass(frozen=True)
 class Declaration:
     name: str
@@ -170,52 +165,52 @@ def searching(ctx: Context) -> bool:
 
 CREATE_STANDBY = "warmpool.provision.create_standby"
 # after the promotion a new standby waits behind other pools' failovers (rule 7)
-NEW_STANDBY = step(CREATE_STANDBY, queue=Queue.PROVISION)
+NEW_STANDBY = StepSpec(CREATE_STANDBY, queue=Queue.PROVISION)
 
 PROVISION = Declaration("provision", Queue.PROVISION, compensation="tasks.provision:undo_provision", steps=(
-    step("warmpool.provision.find_host", when=searching),
-    step("warmpool.provision.create_volume"),
-    step("warmpool.provision.create_primary"),
-    step("warmpool.provision.await_primary"),
-    step(CREATE_STANDBY),
+    StepSpec("warmpool.provision.find_host", when=searching),
+    StepSpec("warmpool.provision.create_volume"),
+    StepSpec("warmpool.provision.create_primary"),
+    StepSpec("warmpool.provision.await_primary"),
+    StepSpec(CREATE_STANDBY),
 ))
 FAILOVER = Declaration("failover", Queue.FAILOVER, compensation="tasks.failover:undo_failover", steps=(
-    step("warmpool.failover.confirm_failure", when=unplanned),
-    step("warmpool.failover.check_host", when=may_move, branches=("host_failover",)),
-    step("warmpool.failover.stop_primary"),
-    step("warmpool.failover.await_stopped"),
-    step("warmpool.failover.start_standby"),
-    step("warmpool.failover.await_standby"),
-    step("warmpool.failover.promote"),
-    step("warmpool.failover.retire_old_primary"),
+    StepSpec("warmpool.failover.confirm_failure", when=unplanned),
+    StepSpec("warmpool.failover.check_host", when=may_move, branches=("host_failover",)),
+    StepSpec("warmpool.failover.stop_primary"),
+    StepSpec("warmpool.failover.await_stopped"),
+    StepSpec("warmpool.failover.start_standby"),
+    StepSpec("warmpool.failover.await_standby"),
+    StepSpec("warmpool.failover.promote"),
+    StepSpec("warmpool.failover.retire_old_primary"),
     NEW_STANDBY,
 ))
 # a failover whose host is lost (check_host), moved to the replica's host (tasks/hostfailover.py)
 HOST_FAILOVER = Declaration("host_failover", Queue.FAILOVER, compensation="tasks.hostfailover:undo_move", steps=(
-    step("warmpool.failover.fence_old_host"),
-    step("warmpool.failover.rent_on_replica_host"),
-    step("warmpool.failover.await_moved_primary"),
-    step("warmpool.failover.promote_moved"),
-    step("warmpool.failover.retire_old_host"),
+    StepSpec("warmpool.failover.fence_old_host"),
+    StepSpec("warmpool.failover.rent_on_replica_host"),
+    StepSpec("warmpool.failover.await_moved_primary"),
+    StepSpec("warmpool.failover.promote_moved"),
+    StepSpec("warmpool.failover.retire_old_host"),
     NEW_STANDBY,
 ))
 # the rest of a failover interrupted after its promotion
 FINISH_FAILOVER = Declaration("finish_failover", Queue.FAILOVER, compensation="tasks.failover:undo_failover",
                               kind="failover", steps=(
-    step("warmpool.failover.retire_old_primary"),
+    StepSpec("warmpool.failover.retire_old_primary"),
     NEW_STANDBY,
 ))
 REPLACE_STANDBY = Declaration("replace_standby", Queue.PROVISION, compensation="tasks.provision:undo_provision",
                               kind="provision", steps=(
-    step(CREATE_STANDBY),
+    StepSpec(CREATE_STANDBY),
 ))
 RENEW_STANDBY = Declaration("renew_standby", Queue.PROVISION, compensation="tasks.renewal:undo_renewal", steps=(
-    step("warmpool.provision.create_renewal"),
-    step("warmpool.provision.retire_expiring_standby"),
+    StepSpec("warmpool.provision.create_renewal"),
+    StepSpec("warmpool.provision.retire_expiring_standby"),
 ))
 CLEANUP = Declaration("cleanup", Queue.PROVISION, steps=(
-    step("warmpool.cleanup.destroy_instances"),
-    step("warmpool.cleanup.delete_volume"),
+    StepSpec("warmpool.cleanup.destroy_instances"),
+    StepSpec("warmpool.cleanup.delete_volume"),
 ))
 DECLARED: dict[str, Declaration] = {d.name: d for d in (
     PROVISION, FAILOVER, HOST_FAILOVER, FINISH_FAILOVER, REPLACE_STANDBY, RENEW_STANDBY, CLEANUP)}

@@ -49,7 +49,7 @@ MUTANTS = [
            (f"{UNIT}::test_save_pool_with_a_stale_epoch_is_fenced_out_and_writes_nothing",
             f"{LOCKS}::test_two_writers_racing_on_a_real_redis_exactly_one_wins_each_round")),
     Mutant("the old primary is stopped before the standby starts (rule 3)", "app/operations.py",
-           '    step("warmpool.failover.await_stopped"),\n',
+           '    StepSpec("warmpool.failover.await_stopped"),\n',
            "",
            (f"{OPS}::test_a_failover_stops_every_primary_labelled_instance_before_the_standby_starts",)),
     Mutant("a mutating provider call leaves only while the step holds the epoch (rule 12)", "app/runtime.py",

@@ -252,7 +252,7 @@ def between_stop_and_start(self, op: Operation) -> StepOutcome:
 def test_a_step_added_to_the_failover_declaration_runs_in_its_place_and_the_failover_completes(env, monkeypatch):
     steps = list(operations.FAILOVER.steps)
     at = [spec.task for spec in steps].index("warmpool.failover.start_standby")
-    steps.insert(at, operations.step(between_stop_and_start.name))  # the line a newcomer adds to FAILOVER
+    steps.insert(at, operations.StepSpec(between_stop_and_start.name))  # the line a newcomer adds to FAILOVER
     monkeypatch.setitem(operations.DECLARED, "failover", dataclasses.replace(operations.FAILOVER, steps=tuple(steps)))
     pool = protected(env)
     rv = env.api("POST", "/api/v1/warmpool/failover/test/1")

@@ -17,7 +17,7 @@ from celery import shared_task
 from celery.exceptions import Ignore, Retry
 
 from app import operations
-from app.operations import NEXT, Declaration, Queue, step
+from app.operations import NEXT, Declaration, Queue, StepSpec
 from app.pools import State, label, volume_name
 from app.runtime import Throttled, fence
 from app.store import FencedOut, Held
@@ -51,7 +51,7 @@ def compensate(op: Operation) -> None:
 
 
 PROBE = Declaration("probe", Queue.PROVISION, compensation=f"{__name__}:compensate",
-                    steps=(step("warmpool.tests.probe"), step("warmpool.provision.create_volume")))
+                    steps=(StepSpec("warmpool.tests.probe"), StepSpec("warmpool.provision.create_volume")))
 
 
 @pytest.fixture
