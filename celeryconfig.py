@@ -5,7 +5,7 @@ killed worker's message comes back after ``visibility_timeout`` and the step run
 again (steps are idempotent).
 """
 
-from app import runtime
+from app import operations, runtime
 from app.settings import SENTINEL_SCHEME
 
 _settings = runtime.settings()
@@ -50,15 +50,16 @@ task_send_sent_event = True
 
 # failover is never starved by a provisioning backlog (rule 7 in docs/architecture.md)
 task_default_queue = "provision"
-task_routes = {
-    "warmpool.failover.*": {"queue": "failover"},
+# an operation's steps go to the queue its declaration names (app/operations.py); the other tasks by name
+task_routes = (operations.step_routes(), {
+    "warmpool.failover.trigger": {"queue": "failover"},
     "warmpool.health.*": {"queue": "health"},
     "warmpool.heal.*": {"queue": "health"},
     "warmpool.reconcile.*": {"queue": "health"},
     "warmpool.rebuild.*": {"queue": "health"},
     # deliveries wait on other people's servers: never in the failover or health queues
     "warmpool.webhooks.*": {"queue": "webhooks"},
-}
+})
 
 beat_schedule = {
     "health-sweep": {"task": "warmpool.health.sweep", "schedule": _sweep, "options": {"expires": _sweep}},

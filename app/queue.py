@@ -1,20 +1,15 @@
 """The Celery app, as the web process sees it: a producer that sends tasks by name.
 
 The web process never imports ``tasks/`` (the steps, the beat tasks, the worker's kombu patch): it sends a task
-by its name, and ``celeryconfig.task_routes`` picks the queue from the name's prefix as it does for a worker.
-The workers register their tasks on this same app (``tasks/__init__.py``).
+by its name, and ``celeryconfig.task_routes`` picks the queue: a step's from its operation's declaration
+(``app/operations.py``), any other task's by name. The workers register their tasks on this same app
+(``tasks/__init__.py``).
 """
 
 from celery import Celery
-from celery.canvas import Signature
 
 celery_app = Celery("warmpool")
 celery_app.config_from_object("celeryconfig")
-
-
-def step(name: str) -> Signature:
-    """The signature of the task called ``name``, for a chain (its arguments come from the step before)."""
-    return celery_app.signature(name)
 
 
 def enqueue(name: str, *args, **kwargs) -> None:

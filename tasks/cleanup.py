@@ -8,13 +8,14 @@ its history.
 from celery import shared_task
 
 from app import vast as provider
+from app.operations import DONE, NEXT, WAIT, StepOutcome
 from app.pools import label, primary_fields, standby_gone, to_disabled, volume_name
 from app.runtime import vast
 from tasks.base import Operation, OperationFailed, Step
 
 
 @shared_task(bind=True, base=Step, name="warmpool.cleanup.destroy_instances")
-def destroy_instances(self, op: Operation):
+def destroy_instances(self, op: Operation) -> StepOutcome:
     op.step("destroy_instances")
     # disabled first, so no health sweep fails over what is being destroyed
     # and marked, so that a cleanup that fails is tried again by the healer until the volume is gone
@@ -29,11 +30,11 @@ def destroy_instances(self, op: Operation):
     standby_gone(op.pool)
     op.save(primary_gpu_id=None, **primary_fields(None))
     op.event("instances_destroyed", f"destroyed {sorted(ids)}")
-    return op.ctx
+    return NEXT
 
 
 @shared_task(bind=True, base=Step, name="warmpool.cleanup.delete_volume")
-def delete_volume(self, op: Operation):
+def delete_volume(self, op: Operation) -> StepOutcome:
     op.step("delete_volume")
     # the pool's volume and its replica on another host (after a host failover the volume is a former replica)
     names = {volume_name(op.tenant, op.machine_id), volume_name(op.tenant, op.machine_id, "replica")}
@@ -44,9 +45,11 @@ def delete_volume(self, op: Operation):
             vast().delete_volume(volume_id)
     except provider.RequestRejected as exc:
         # destroyed instances can hold the volume for a moment
-        if not self.wait(op, "volume_deadline", 120.0):
-            raise OperationFailed(f"volume still in use: {exc}") from exc
+        if op.within("volume_deadline", 120.0):
+            return WAIT
+        raise OperationFailed(f"volume still in use: {exc}") from exc
     op.event("cleaned_up", f"volume(s) {sorted(ids)} deleted; nothing left on the provider")
     op.finish({"success": True, "message": f"Warm pool for machine {op.machine_id} cleaned up"},
               volume_id=None, host_machine_id=None, error_message=None, cleanup_pending=False,
               replica_host_machine_id=None, replica_volume_id=None, replica_data_at=None, replica_copy_started=None)
+    return DONE

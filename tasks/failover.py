@@ -10,14 +10,14 @@ import contextlib
 import time
 
 from celery import shared_task
-from celery.exceptions import Ignore
 
 from app import vast as provider
+from app.operations import DONE, NEXT, WAIT, StepOutcome, Wait
 from app.pools import (State, address_of, label, primary_fields, standby_gone, standby_starting, standby_stopped,
                        to_failover_cancelled, to_promoted)
 from app.runtime import Throttled, ranked_calls, vast, without_waiting
 from app.store import UNSEEN
-from tasks.base import COMPENSATIONS, Operation, OperationFailed, Step
+from tasks.base import Operation, OperationFailed, Step
 from tasks.provision import NOT_RUNNING, create_instance, is_running, observe
 
 # statuses on the way to running (or back to it): never a failure by themselves (rule 14)
@@ -80,7 +80,7 @@ def put_turn(op: Operation, stage: int):
     (higher first), then by when its failure was seen (rule 7)."""
     rank = stage * PRIORITY_SPAN + (1000 - op.pool.get("priority", 0))
     failed_at = op.ctx.get("detected_at") or op.ctx["started"]
-    return ranked_calls(rank, f"{failed_at:017.6f}:{op.pid}:{op.ctx['op_id']}:{stage}")
+    return ranked_calls(rank, f"{failed_at:017.6f}:{op.pid}:{op.op_id}:{stage}")
 
 
 def confirmed_directly(op: Operation) -> dict | None:
@@ -94,17 +94,17 @@ def confirmed_directly(op: Operation) -> dict | None:
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.confirm_failure")
-def confirm_failure(self, op: Operation):
+def confirm_failure(self, op: Operation) -> StepOutcome:
     """Ask the provider about the primary once more; only a clear failure goes on. The answer comes from a
     shared poll round that started after the question: one list call confirms every pending failure."""
     op.step("confirm_failure")
     verdict = unconfirmed(self, op)
     if verdict is None:
-        return op.ctx
+        return NEXT
     op.event("failover_cancelled", f"no failover: {verdict}", trigger=op.ctx["trigger"])
     to_failover_cancelled(op.pool, op.ctx.get("state_before"))
     op.finish({"success": False, "message": f"Failover cancelled: {verdict}"})
-    raise Ignore()  # ends the chain
+    return DONE
 
 
 def within_failover_cap(op: Operation) -> bool:
@@ -125,7 +125,7 @@ def within_failover_cap(op: Operation) -> bool:
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.stop_primary")
-def stop_primary(self, op: Operation):
+def stop_primary(self, op: Operation) -> StepOutcome:
     op.step("stop_primary")
     if not op.ctx.get("announced"):  # once, though the step may be retried
         op.event("failover_started", f"failover of primary {op.ctx['old_primary']} ({op.ctx['trigger']})",
@@ -136,11 +136,11 @@ def stop_primary(self, op: Operation):
             vast().stop_instance(op.ctx["old_primary"])
     except provider.NotFound:
         pass  # gone already: nothing can run there
-    return op.ctx
+    return NEXT
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.await_stopped")
-def await_stopped(self, op: Operation):
+def await_stopped(self, op: Operation) -> StepOutcome:
     op.step("await_stopped")
     if "fence_ids" not in op.ctx and not others_labelled_primary(op):
         op.ctx["fence_ids"], op.ctx["fence_since"] = [op.ctx["old_primary"]], time.time()
@@ -160,9 +160,10 @@ def await_stopped(self, op: Operation):
                                if not _stopped(observe(i, _fast_poll(op), op.ctx["fence_since"]))]
     if not op.ctx["fence_ids"]:
         op.ctx["fenced_at"] = time.time()
-        return op.ctx
-    if not self.wait(op, "stop_deadline", op.settings.standby_start_timeout, interval=_retry(op)):
-        raise OperationFailed(f"old primary {op.ctx['old_primary']} did not stop; standby not started")
+        return NEXT
+    if op.within("stop_deadline", op.settings.standby_start_timeout):
+        return Wait(_retry(op))
+    raise OperationFailed(f"old primary {op.ctx['old_primary']} did not stop; standby not started")
 
 
 def primary_labelled(op: Operation) -> list[dict]:
@@ -187,7 +188,7 @@ def others_labelled_primary(op: Operation) -> bool:
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.start_standby")
-def start_standby(self, op: Operation):
+def start_standby(self, op: Operation) -> StepOutcome:
     op.step("start_standby")
     standby = op.pool["standby_gpu_id"]
     try:
@@ -199,7 +200,7 @@ def start_standby(self, op: Operation):
         standby = fresh_standby(op)
     standby_starting(op.pool, standby)
     op.save(creating=None)
-    return op.ctx
+    return NEXT
 
 
 def fresh_standby(op: Operation) -> int:
@@ -214,7 +215,7 @@ def fresh_standby(op: Operation) -> int:
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.await_standby")
-def await_standby(self, op: Operation):
+def await_standby(self, op: Operation) -> StepOutcome:
     op.step("await_standby")
     standby = op.pool["standby_gpu_id"]
     instance = observe(standby, _fast_poll(op), op.ctx.setdefault("standby_since", time.time()))
@@ -223,12 +224,13 @@ def await_standby(self, op: Operation):
     if is_running(instance):
         op.ctx["ready_at"] = time.time()
         op.save(**primary_fields(instance))
-        return op.ctx
+        return NEXT
     if instance is not None:
-        self.wait(op, "standby_deadline", op.settings.standby_start_timeout, interval=_retry(op))
+        if op.within("standby_deadline", op.settings.standby_start_timeout):
+            return Wait(_retry(op))
         give_up_standby(op, standby, instance.get("actual_status"))
     op.save(standby_gpu_id=fresh_standby(op), creating=None)
-    raise self.later(op.ctx, op.settings.poll_interval)
+    return WAIT
 
 
 def give_up_standby(op: Operation, standby: int, status: str | None) -> None:
@@ -240,7 +242,7 @@ def give_up_standby(op: Operation, standby: int, status: str | None) -> None:
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.promote")
-def promote(self, op: Operation):
+def promote(self, op: Operation) -> StepOutcome:
     op.step("promote")
     ctx, pool = op.ctx, op.pool
     times = op.failover_times("fence_old_primary", "start_standby")
@@ -252,19 +254,19 @@ def promote(self, op: Operation):
             "new_primary_gpu_id": new_primary}
     to_promoted(pool, new_primary, retire_gpu_id=ctx["old_primary"], failover_count=pool["failover_count"] + 1,
                 last_failover_at=last["at"], last_failover=last)
+    ctx["promoted"] = True  # what fails from here on is the standby's replacement, not the failover
     op.advance()
     op.event("failover_completed", f"standby {new_primary} promoted in {recovery:.1f} s", **last,
              **address_of(op.pool))
-    ctx["promoted"] = True  # what fails from here on is the standby's replacement, not the failover
     message = "Failover test completed" if ctx["trigger"] == "manual" else "Failover completed"
     op.complete({"success": True, "message": message, "recovery_time_seconds": round(recovery, 1),
                  "recovery_from_last_healthy_seconds": round(from_healthy, 1),
                  "new_primary_gpu_id": new_primary, "phases": phases})
-    return ctx
+    return NEXT
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.retire_old_primary")
-def retire_old_primary(self, op: Operation):
+def retire_old_primary(self, op: Operation) -> StepOutcome:
     """Destroy the old primary, then give the new one the primary label."""
     op.step("retire_old_primary")
     op.ctx.setdefault("replace_started", time.time())
@@ -273,7 +275,7 @@ def retire_old_primary(self, op: Operation):
         with put_turn(op, AFTER):
             vast().label_instance(op.pool["primary_gpu_id"], label(op.tenant, op.machine_id, "primary"))
         op.save(retire_gpu_id=None)
-    return op.ctx
+    return NEXT
 
 
 def undo_failover(op: Operation) -> None:
@@ -305,6 +307,3 @@ def _retry(op: Operation) -> float:
 def _stopped(instance) -> bool:
     """Seen stopped (or gone) in a poll round; not yet seen counts as still up."""
     return instance is None or (instance is not UNSEEN and instance.get("actual_status") in NOT_RUNNING)
-
-
-COMPENSATIONS["failover"] = undo_failover

@@ -93,5 +93,5 @@ def repair(pid: str) -> str:
 
 
 def _retry_later(pid: str, lease, reason: str) -> str:
-    Operation(operations.begin(pid, "heal", lease.hand_off())).fail(f"heal postponed: {reason}")
+    Operation(*operations.begin(pid, "heal", lease.hand_off())).fail(f"heal postponed: {reason}")
     return "retry later"

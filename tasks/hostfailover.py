@@ -3,7 +3,7 @@
 A host failure loses the primary, the standby and the volume at once: a failover on the same host
 cannot help. In the failover of a pool with a replica, ``check_host`` asks for the primary and the
 standby (one list call); when both are offline or gone, at least one offline, and the replica
-holds data, the failover becomes a move (``app/operations.py: move_to_replica``):
+holds data, the failover branches to the move (``app/operations.py: HOST_FAILOVER``):
 
 1. ``fence_old_host``: stop every instance of the pool on the old host (the host may come back,
    and its instances must not run beside the new primary), and cancel a copy into the replica
@@ -27,18 +27,14 @@ tried again from the start.
 import time
 
 from celery import shared_task
-from celery.exceptions import Ignore
 
-from app import operations
 from app import vast as provider
+from app.operations import HOST_FAILOVER, NEXT, Branch, StepOutcome, Wait
 from app.pools import address_of, epoch_seconds, label, primary_fields, to_promoted
 from app.runtime import vast
-from tasks.base import COMPENSATIONS, Operation, OperationFailed, Step
+from tasks.base import Operation, OperationFailed, Step
 from tasks.provision import NOT_RUNNING, create_once, is_running, rent
 from tasks.replica import NO_REPLICA, retire_host
-
-OPERATION = "host_failover"
-
 
 def host_lost(rows: dict[int, dict], ids: list[int]) -> bool:
     """Whether the primary and the standby were lost with their host: each offline or gone, one offline."""
@@ -53,26 +49,24 @@ def has_replica_data(pool: dict) -> bool:
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.check_host")
-def check_host(self, op: Operation):
+def check_host(self, op: Operation) -> StepOutcome:
     """In the failover of a pool with a replica: when the host is lost, move to the replica's host instead."""
     op.step("check_host")
     pool = op.pool
     if pool.get("moving") is None:  # a move decided before (and interrupted) goes on
         if not has_replica_data(pool):
-            return op.ctx  # no replica holding data yet: the failover on the same host is all there is
+            return NEXT  # no replica holding data yet: the failover on the same host is all there is
         ids = [i for i in (pool["primary_gpu_id"], pool["standby_gpu_id"]) if i is not None]
         rows = {row["id"]: row for row in vast().list_instances({"id": {"in": ids}}).instances}
         if not host_lost(rows, ids):
-            return op.ctx
+            return NEXT
         op.save(moving={"host_machine_id": pool["replica_host_machine_id"], "volume_id": pool["replica_volume_id"],
                         "data_at": pool["replica_data_at"], "primary_gpu_id": None})
-    op.ctx["operation"] = OPERATION
-    operations.move_to_replica(op.ctx)
-    raise Ignore()  # this failover's chain ends here; the move's chain goes on with its lock
+    return Branch(HOST_FAILOVER.name)  # the move goes on with this failover's op record and lock
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.fence_old_host")
-def fence_old_host(self, op: Operation):
+def fence_old_host(self, op: Operation) -> StepOutcome:
     op.step("fence_old_host")
     pool, moving = op.pool, op.pool["moving"]
     if not op.ctx.get("announced"):
@@ -99,11 +93,11 @@ def fence_old_host(self, op: Operation):
     op.ctx.pop("gpu_offer", None)  # an offer found on the old host
     op.ctx["fenced_at"] = time.time()
     op.save(moving={**moving, "old_instance_ids": old})
-    return op.ctx
+    return NEXT
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.rent_on_replica_host")
-def rent_on_replica_host(self, op: Operation):
+def rent_on_replica_host(self, op: Operation) -> StepOutcome:
     op.step("rent_on_replica_host")
     moving = op.pool["moving"]
     if moving["primary_gpu_id"] is None:
@@ -113,7 +107,7 @@ def rent_on_replica_host(self, op: Operation):
         op.save(moving={**moving, "primary_gpu_id": made}, creating=None)
         op.event("primary_created", f"primary {made} created on host {moving['host_machine_id']} with the replica "
                                     f"volume {moving['volume_id']}", primary_gpu_id=made)
-    return op.ctx
+    return NEXT
 
 
 def _adopt_on(op: Operation, machine_id: int) -> int | None:
@@ -123,7 +117,7 @@ def _adopt_on(op: Operation, machine_id: int) -> int | None:
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.await_moved_primary")
-def await_moved_primary(self, op: Operation):
+def await_moved_primary(self, op: Operation) -> StepOutcome:
     op.step("await_moved_primary")
     moving = op.pool["moving"]
     rows = vast().list_instances({"id": {"eq": moving["primary_gpu_id"]}}).instances
@@ -131,18 +125,18 @@ def await_moved_primary(self, op: Operation):
     if is_running(instance):
         op.ctx["ready_at"] = time.time()
         op.save(moving={**moving, "address": primary_fields(instance)})
-        return op.ctx
+        return NEXT
     if instance is None or instance.get("actual_status") in NOT_RUNNING:
         raise OperationFailed(f"the primary rented on the replica's host is "
                               f"{instance and instance.get('actual_status') or 'gone'} instead of running")
-    if not self.wait(op, "primary_deadline", op.settings.instance_ready_timeout,
-                     interval=min(op.settings.poll_interval, 1.0)):
-        raise OperationFailed(f"the primary rented on the replica's host is not running after "
-                              f"{op.settings.instance_ready_timeout:.0f} s")
+    if op.within("primary_deadline", op.settings.instance_ready_timeout):
+        return Wait(min(op.settings.poll_interval, 1.0))
+    raise OperationFailed(f"the primary rented on the replica's host is not running after "
+                          f"{op.settings.instance_ready_timeout:.0f} s")
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.promote_moved")
-def promote_moved(self, op: Operation):
+def promote_moved(self, op: Operation) -> StepOutcome:
     op.step("promote_moved")
     ctx, pool, moving = op.ctx, op.pool, op.pool["moving"]
     times = op.failover_times("fence_old_host", "start_primary")
@@ -159,8 +153,8 @@ def promote_moved(self, op: Operation):
                              "instance_ids": moving["old_instance_ids"]},
                 failover_count=pool["failover_count"] + 1, last_failover_at=last["at"], last_failover=last,
                 fallback=None)
-    op.advance()
     ctx["promoted"] = True
+    op.advance()
     op.event("host_failover_completed", f"primary {new_primary} runs on host {moving['host_machine_id']} from the "
                                         f"replica (data of {moving['data_at']}, {data_age:.1f} s before the failure)",
              **last, **address_of(op.pool))
@@ -168,16 +162,16 @@ def promote_moved(self, op: Operation):
                  "recovery_time_seconds": round(last["recovery_time_seconds"], 1),
                  "new_primary_gpu_id": new_primary, "host_machine_id": moving["host_machine_id"],
                  "data_age_seconds": data_age, "phases": phases})
-    return ctx
+    return NEXT
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.retire_old_host")
-def retire_old_host(self, op: Operation):
+def retire_old_host(self, op: Operation) -> StepOutcome:
     op.step("retire_old_host")
     op.ctx.setdefault("replace_started", time.time())
     if op.pool.get("retire_host"):
         op.save(**retire_host(op.pid, op.pool))
-    return op.ctx
+    return NEXT
 
 
 def undo_move(op: Operation) -> None:
@@ -193,6 +187,3 @@ def undo_move(op: Operation) -> None:
     op.event("failover_failed", f"the move to the replica's host {moving['host_machine_id']} failed; the pool "
                                 f"stays on host {op.pool['host_machine_id']}", trigger=op.ctx.get("trigger"),
              host_failover=True)
-
-
-COMPENSATIONS[OPERATION] = undo_move

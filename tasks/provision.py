@@ -13,10 +13,11 @@ from celery import shared_task
 
 from app import vast as provider
 from app.hosts import LASTING_MARGINS, group_hosts, offers_query
+from app.operations import DONE, NEXT, WAIT, StepOutcome
 from app.pools import label, primary_fields, standby_gone, standby_stopped, to_active, to_host_found, volume_name
 from app.runtime import Throttled, account, settings, store, unfenced, vast, without_queueing
 from app.store import UNSEEN, FencedOut
-from tasks.base import COMPENSATIONS, NotYet, Operation, OperationFailed, Step
+from tasks.base import NotYet, Operation, OperationFailed, Step
 
 MOUNT_PATH = "/workspace"
 # instance states that do not turn into running by themselves (Vast's docs)
@@ -121,7 +122,7 @@ def observe(instance_id: int, interval: float | None = None, since: float = 0.0)
 
 
 @shared_task(bind=True, base=Step, name="warmpool.provision.find_host")
-def find_host(self, op: Operation):
+def find_host(self, op: Operation) -> StepOutcome:
     """Pick the best host: verified, 2+ free GPUs, rentable for long (rentals end), cheapest, most reliable."""
     op.step("searching")
     pool = op.pool
@@ -133,11 +134,11 @@ def find_host(self, op: Operation):
     to_host_found(op.pool, best["machine_id"], best["gpu_name"])
     op.save()
     op.event("host_found", f"host {best['machine_id']} picked", host_machine_id=best["machine_id"])
-    return op.ctx
+    return NEXT
 
 
 @shared_task(bind=True, base=Step, name="warmpool.provision.create_volume")
-def create_volume(self, op: Operation):
+def create_volume(self, op: Operation) -> StepOutcome:
     op.step("create_volume")
     pool = op.pool
     if pool["volume_id"] is None:
@@ -158,21 +159,21 @@ def create_volume(self, op: Operation):
             (v["id"] for v in vast().show_volumes() if v.get("label") == name), None), vast().delete_volume)
         op.save(volume_id=volume_id, creating=None)
         op.event("volume_created", f"volume {volume_id} on host {pool['host_machine_id']}", volume_id=volume_id)
-    return op.ctx
+    return NEXT
 
 
 @shared_task(bind=True, base=Step, name="warmpool.provision.create_primary")
-def create_primary(self, op: Operation):
+def create_primary(self, op: Operation) -> StepOutcome:
     op.step("create_primary")
     if op.pool["primary_gpu_id"] is None:
         instance_id = create_instance(op, "primary", "running")
         op.save(primary_gpu_id=instance_id, creating=None)
         op.event("primary_created", f"primary {instance_id} created", primary_gpu_id=instance_id)
-    return op.ctx
+    return NEXT
 
 
 @shared_task(bind=True, base=Step, name="warmpool.provision.await_primary")
-def await_primary(self, op: Operation):
+def await_primary(self, op: Operation) -> StepOutcome:
     op.step("await_primary")
     primary = op.pool["primary_gpu_id"]
     instance = observe(primary)
@@ -180,16 +181,17 @@ def await_primary(self, op: Operation):
         instance = {}  # not in a poll round yet
     if is_running(instance):
         op.save(**primary_fields(instance))
-        return op.ctx
+        return NEXT
     if instance is None or instance.get("actual_status") in NOT_RUNNING:
         status = instance and instance.get("actual_status")
         raise OperationFailed(f"primary {primary} is {status or 'gone'} instead of running")
-    if not self.wait(op, "primary_deadline", op.settings.instance_ready_timeout):
-        raise OperationFailed(f"primary {primary} not running after {op.settings.instance_ready_timeout:.0f} s")
+    if op.within("primary_deadline", op.settings.instance_ready_timeout):
+        return WAIT
+    raise OperationFailed(f"primary {primary} not running after {op.settings.instance_ready_timeout:.0f} s")
 
 
 @shared_task(bind=True, base=Step, name="warmpool.provision.create_standby")
-def create_standby(self, op: Operation):
+def create_standby(self, op: Operation) -> StepOutcome:
     """Create the stopped standby; the last step of provisioning and of a failover."""
     op.step("create_standby")
     standby = op.pool["standby_gpu_id"]
@@ -207,6 +209,7 @@ def create_standby(self, op: Operation):
     status = {k: op.pool[k] for k in (
         "machine_id", "state", "host_machine_id", "volume_id", "primary_gpu_id", "standby_gpu_id")}
     op.finish({"success": True, "message": "Warm pool provisioned successfully", "status": status})
+    return DONE
 
 
 def undo_provision(op: Operation) -> None:
@@ -221,6 +224,3 @@ def undo_provision(op: Operation) -> None:
         vast().delete_volume(pool["volume_id"])
     standby_gone(pool)
     op.save(primary_gpu_id=None, volume_id=None, creating=None)
-
-
-COMPENSATIONS["provision"] = undo_provision

@@ -9,9 +9,10 @@ import time
 
 from celery import shared_task
 
+from app.operations import DONE, NEXT, StepOutcome
 from app.pools import iso_at, standby_stopped, to_active
 from app.runtime import vast
-from tasks.base import COMPENSATIONS, Operation, Step
+from tasks.base import Operation, Step
 from tasks.provision import adopt, create_instance
 
 # ids asked about in one list call (the filter travels in the URL): two full pages of 25 rows
@@ -35,7 +36,7 @@ def ends_within_margin(end: float | None, margin: float) -> bool:
 
 
 @shared_task(bind=True, base=Step, name="warmpool.provision.create_renewal")
-def create_renewal(self, op: Operation):
+def create_renewal(self, op: Operation) -> StepOutcome:
     """A fresh stopped standby beside the one whose rental ends, which stays the pool's until this exists."""
     op.step("create_renewal")
     if op.pool["standby_gpu_id"] == op.ctx["expiring"]:
@@ -43,11 +44,11 @@ def create_renewal(self, op: Operation):
         op.save(standby_gpu_id=standby, creating=None)
         op.event("standby_created", f"standby {standby} created stopped, to replace {op.ctx['expiring']}",
                  standby_gpu_id=standby)
-    return op.ctx
+    return NEXT
 
 
 @shared_task(bind=True, base=Step, name="warmpool.provision.retire_expiring_standby")
-def retire_expiring_standby(self, op: Operation):
+def retire_expiring_standby(self, op: Operation) -> StepOutcome:
     """Destroy the standby whose rental ends, unless the fresh one ends within the margin as well."""
     op.step("retire_expiring_standby")
     old, new = op.ctx["expiring"], op.pool["standby_gpu_id"]
@@ -61,7 +62,7 @@ def retire_expiring_standby(self, op: Operation):
                                            f"{iso_at(later)}", instance_id=old)
         op.finish({"success": False, "message": f"no longer rental on host {op.pool['host_machine_id']}"},
                   standby_gpu_id=old, renew_after=later)
-        return None
+        return DONE
     vast().destroy_instance(old)
     op.event("standby_replaced", f"standby {new} replaces {old}, whose rental ends at {ends}",
              standby_gpu_id=new, old_standby_gpu_id=old, reason=REASON)
@@ -69,7 +70,7 @@ def retire_expiring_standby(self, op: Operation):
     to_active(op.pool, renew_after=0)
     op.finish({"success": True, "message": f"standby {old} replaced by {new} before its rental ends",
                "standby_gpu_id": new})
-    return None
+    return DONE
 
 
 def undo_renewal(op: Operation) -> None:
@@ -79,6 +80,3 @@ def undo_renewal(op: Operation) -> None:
     if made is not None:
         vast().destroy_instance(made)
     op.save(standby_gpu_id=old, creating=None)
-
-
-COMPENSATIONS["renew_standby"] = undo_renewal

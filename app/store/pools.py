@@ -9,6 +9,7 @@ import redis
 from app.pools import State, epoch_seconds, is_unsettled, is_watched, now_iso, pool_id
 from app.store import keys
 from app.store.locks import FencedOut, Held
+from app.store.operations import OP_TTL
 
 
 class PoolExists(Exception):
@@ -28,7 +29,8 @@ class PoolRecords:
 
         * ``save_pool``: compares the machine's fencing epoch (``keys.epoch(pid)``) with the writer's
           ``held.epoch``, and, if given, the record's ``seq`` with ``expect_seq`` (a step delivered twice writes
-          once); FencedOut when either differs. The record and every index change together or not at all.
+          once); FencedOut when either differs. The record and every index change together or not at all,
+          with, if given, the operation's context in its op record (``keys.op(op_id)``, WATCHed too).
         * ``create_pool``: as ``save_pool``, and compares the record with none (False when one is there).
         * ``claim_machine``: a Lua script that adds the machine to its tenant's set only under the tenant's
           ``limit`` (parallel requests never pass it).
@@ -117,13 +119,16 @@ class PoolRecords:
             return False
         return True
 
-    def save_pool(self, pool: dict, held: Held, expect_seq: int | None = None, only_new: bool = False) -> None:
+    def save_pool(self, pool: dict, held: Held, expect_seq: int | None = None, only_new: bool = False,
+                  context: tuple[str, dict] | None = None) -> None:
         """Write a pool record if ``held`` is still the newest lock holder (fencing), given ``expect_seq``, if
         the record is still at that step (a duplicate delivery of a step is not), and given ``only_new``, if
-        there is no record yet (else PoolExists)."""
+        there is no record yet (else PoolExists); given ``context`` (op id, context), its op record's context
+        in the same transaction."""
         pid = pool_id(pool["tenant"], pool["machine_id"])
         pool["updated_at"] = now_iso()
         key, epoch_key = keys.pool(pid), keys.epoch(pid)
+        op_key = keys.op(context[0]) if context else ""
 
         def write(pipe: redis.client.Pipeline) -> None:
             if int(pipe.get(epoch_key) or 0) != held.epoch:
@@ -135,7 +140,10 @@ class PoolRecords:
                 raise FencedOut(pid)
             old_primary = old["primary_gpu_id"] if old else None
             old_standby = old["standby_gpu_id"] if old else None
+            op = json.loads(pipe.get(op_key) or "null") if context else None
             pipe.multi()
+            if context and op:
+                pipe.set(op_key, json.dumps({**op, "context": context[1]}), ex=OP_TTL)
             if (old or {}).get("state") != pool["state"]:  # pools by state, kept at write time
                 if old:
                     pipe.hincrby(keys.BY_STATE, old["state"], -1)
@@ -165,7 +173,8 @@ class PoolRecords:
             else:
                 pipe.srem(keys.UNSETTLED, pid)
 
-        self.r.transaction(write, epoch_key, key)  # the record too: its step counter is checked
+        # the record too: its step counter is checked (and the op record, whose context is written)
+        self.r.transaction(write, epoch_key, key, *([op_key] if context else []))
 
     def due_switchovers(self, now: float) -> list[str]:
         """The pools whose scheduled switchover is due at ``now``."""

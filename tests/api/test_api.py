@@ -10,7 +10,7 @@ from app.pools import State, pool_id
 from app.runtime import Throttled
 from app.settings import Settings
 from app.vast import ProviderUnavailable
-from tests.unit.fakes import RecordedChain, snapshot
+from tests.unit.fakes import snapshot
 
 ACTIVE, DEGRADED, DISABLED, PROVISIONING, SEARCHING, FAILOVER = (
     State.ACTIVE, State.DEGRADED, State.DISABLED, State.PROVISIONING, State.SEARCHING, State.FAILOVER)
@@ -290,13 +290,14 @@ def test_provision_again_after_degraded_or_cleaned_up(env, fields):
 
 
 def finish_at_once(env, monkeypatch, result: dict):
-    """Chains that end their operation as soon as they are sent, with ``result``."""
-    class Finishing(RecordedChain):
-        def delay(self, ctx):
-            super().delay(ctx)
-            env.store.update_op(ctx["op_id"], state="SUCCESS", step="done", result=result)
+    """Operations that end as soon as their first step is sent, with ``result``."""
+    send = operations.enqueue
 
-    monkeypatch.setattr(operations, "chain", lambda *signatures: Finishing(env, signatures))
+    def finishing(name, message):
+        send(name, message)
+        env.store.update_op(message["op_id"], state="SUCCESS", step="done", result=result)
+
+    monkeypatch.setattr(operations, "enqueue", finishing)
 
 
 def test_provision_wait_answers_200_with_the_result_when_it_ends(env, monkeypatch):

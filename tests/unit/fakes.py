@@ -4,8 +4,9 @@ The service reads its settings, store and provider through ``functools.cache``
 functions imported into each module (``from app.runtime import store``), so the
 fakes are put in place by replacing those module attributes in every module
 that has them (``SEAMS``). Operations are started for real up to the broker:
-the starters of ``app.operations`` run (they write the
-pool, build the context) and the chain they would send is recorded instead.
+the starters of ``app.operations`` run (they write the pool and the op record's
+context) and the step they send is recorded instead (``FakeEnv.steps``), as is
+every step a step sends next; ``run_steps`` delivers them as a worker would.
 Every other way of enqueueing work is recorded too, including any
 ``Task.apply_async`` nobody expected.
 """
@@ -18,8 +19,9 @@ from dataclasses import dataclass, field
 import fakeredis
 import pytest
 from celery.app.task import Task
+from celery.exceptions import Retry
 
-from app import queue, runtime
+from app import operations, queue, runtime
 from app.pools import State, new_pool, pool_id
 from app.settings import DEFAULT_ACCOUNT, Settings
 from app.store import Store
@@ -208,7 +210,7 @@ class FakeEnv:
     settings: Settings
     client: object = None
     enqueued: list = field(default_factory=list)
-    chains: list = field(default_factory=list)  # (task names, context) of every chain the starters sent
+    steps: list = field(default_factory=list)  # (task name, message) of every operation step sent
 
     @property
     def r(self):
@@ -230,7 +232,7 @@ class FakeEnv:
     def reset(self):
         self.r.flushall()
         self.enqueued.clear()
-        self.chains.clear()
+        self.steps.clear()
         self.vast.searches.clear()
         self.vast.calls.clear()
         self.vast.error = None
@@ -260,28 +262,58 @@ class FakeEnv:
         return [e[1] for e in self.enqueued if e[0] == kind]
 
 
-class RecordedChain:
-    """What ``celery.chain`` would send: its steps' names and the context, recorded instead."""
-
-    def __init__(self, env: FakeEnv, signatures):
-        self.env, self.steps = env, [s.task for s in signatures]
-
-    def delay(self, ctx):
-        self.env.chains.append((self.steps, ctx))
+def started_record(env: FakeEnv, step: str, message: dict) -> dict:
+    """A started operation as tests read it: its first step's message, its context (from its op record), the
+    ``step`` sent and the ``steps`` its declaration runs in that context."""
+    ctx = env.store.get_op(message["op_id"])["context"]
+    return {**message, **ctx, "step": step, "steps": operations.DECLARED[ctx["operation"]].path(ctx)}
 
 
 def _recording_starter(env: FakeEnv, name: str, real):
-    """The real starter, with the chain it sends recorded as ``(name, {**context, "steps": [...]})``."""
+    """The real starter, with the step it sends recorded as ``(name, started_record(...))``."""
     def start(*args, **kwargs):
-        before = len(env.chains)
+        before = len(env.steps)
         result = real(*args, **kwargs)
-        for steps, ctx in env.chains[before:]:
-            record = {**ctx, "steps": steps}
-            if name == "provision":
-                record["search"] = steps[0] == "warmpool.provision.find_host"
-            env.enqueued.append((name, record))
+        for step, message in env.steps[before:]:
+            env.enqueued.append((name, started_record(env, step, message)))
         return result
     return start
+
+
+def deliver(task, *args, redelivered: bool = False, queue: str = "provision"):
+    """Run ``task`` as a worker delivers it."""
+    task.push_request(id="delivery", called_directly=False, retries=0, args=list(args), kwargs={},
+                      delivery_info={"redelivered": redelivered, "routing_key": queue})
+    try:
+        return task(*args)
+    finally:
+        task.pop_request()
+
+
+def run_steps(env: FakeEnv, polls: int = 0, next_round: bool = False) -> list[str]:
+    """Deliver the operation steps sent so far, and the ones they send, in order, as a worker would; a step that
+    waits (a retry) is delivered again with the message it sent, up to ``polls`` times in all, or, with
+    ``next_round``, once each after the next poll round is made due. The names of the steps that ran."""
+    from app.store import keys
+    from tasks import celery_app
+
+    ran = []
+    while env.steps:
+        name, message = env.steps.pop(0)
+        waited = 0
+        while True:
+            try:
+                deliver(celery_app.tasks[name], message)
+                break
+            except Retry:
+                waited += 1
+                if next_round and waited == 1:
+                    env.store.r.set(keys.awaited_round(), 0)
+                elif (polls := polls - 1) < 0:
+                    raise
+                message = env.of("apply_async")[-1]["args"][0]
+        ran.append(name)
+    return ran
 
 
 def install(monkeypatch, env: FakeEnv) -> None:
@@ -295,14 +327,14 @@ def install(monkeypatch, env: FakeEnv) -> None:
             if hasattr(module, attr):
                 monkeypatch.setattr(module, attr, fake)
 
-    operations = importlib.import_module("app.operations")
-    monkeypatch.setattr(operations, "chain", lambda *signatures: RecordedChain(env, signatures))
     for name in STARTERS:
         monkeypatch.setattr(operations, name, _recording_starter(env, name, getattr(operations, name)))
 
     def record(task: str, args, kwargs) -> None:
         short = task.rsplit(".", 1)[-1]
-        if short in SENT_BY_NAME:
+        if task in operations.step_routes():
+            env.steps.append((task, args[0]))
+        elif short in SENT_BY_NAME:
             env.enqueued.append((short, {**dict(zip(SENT_BY_NAME[short], args)), **kwargs}))
         else:
             env.enqueued.append(("send_task", {"task": task, "args": args, "kwargs": kwargs}))

@@ -87,8 +87,8 @@ def test_a_pool_step_calls_with_its_tenants_key(accounts):
     tenant's client; outside, the default account's."""
     env = accounts
     pool = env.add_pool(5, "globex")
-    op = operations.begin(f"globex:{pool['machine_id']}", "failover", env.store.acquire("globex:5", 10))
-    with fenced(Operation(op)):
+    op = Operation(*operations.begin(f"globex:{pool['machine_id']}", "failover", env.store.acquire("globex:5", 10)))
+    with fenced(op):
         assert runtime.account.get() == GLOBEX
         assert REAL_VAST() is runtime.account_client(GLOBEX)
     assert REAL_VAST() is runtime.account_client(DEFAULT_ACCOUNT)

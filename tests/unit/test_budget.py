@@ -172,7 +172,7 @@ def test_a_failovers_puts_rank_a_fenced_start_first_then_priority_then_failure_t
 
     def turn(stage, priority, failed_at):
         op = types.SimpleNamespace(pool={"priority": priority}, pid=f"acme:{priority}",
-                                   ctx={"detected_at": failed_at, "started": failed_at + 1, "op_id": "o"})
+                                   op_id="o", ctx={"detected_at": failed_at, "started": failed_at + 1})
         with put_turn(op, stage):
             return runtime.ranked.get()
 

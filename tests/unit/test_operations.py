@@ -1,61 +1,29 @@
 """Operations (app/operations.py): what each starter writes and sends, a whole chain run step by step on the
 in-memory provider, and the disable or cleanup queued behind a running operation (``when_unlocked``)."""
 
+import dataclasses
 import time
 
 import pytest
-from celery.exceptions import Ignore, Retry
+from celery import shared_task
+from celery.exceptions import Retry
 
 from app import operations, runtime
+from app.operations import DONE, NEXT, StepOutcome
 from app.pools import State, label
 from app.vast import ProviderUnavailable
 from tasks import celery_app, failover
+from tasks.base import Operation, Step
 from tasks.operations import when_unlocked
+from tests.unit.fakes import deliver, run_steps
 
 PID = "acme:1"
+CONFIRM = "warmpool.failover.confirm_failure"
 
 
-def deliver(task, *args):
-    """Run ``task`` as a worker delivers it."""
-    task.push_request(id="delivery", called_directly=False, retries=0, args=list(args), kwargs={},
-                      delivery_info={"redelivered": False, "routing_key": "failover"})
-    try:
-        return task(*args)
-    finally:
-        task.pop_request()
-
-
-def run_chain(env, kind: str, polls: int = 0) -> dict:
-    """Deliver every step of the chain the last ``kind`` starter sent, in order, as the broker would; a step that
-    polls again (a retry) is delivered again with the context it sent, up to ``polls`` times in all."""
-    record = env.of(kind)[-1]
-    ctx = {k: v for k, v in record.items() if k not in ("steps", "search")}
-    for name in record["steps"]:
-        while True:
-            try:
-                ctx = deliver(celery_app.tasks[name], ctx) or ctx
-                break
-            except Retry:
-                polls -= 1
-                if polls < 0:
-                    raise
-                ctx = env.of("apply_async")[-1]["args"][0]
-    return ctx
-
-
-def run_chain_polled(env, kind: str) -> dict:
-    """``run_chain``, a step that waits for a poll round delivered again once the next round is due."""
-    from app.store import keys
-
-    record = env.of(kind)[-1]
-    ctx = {k: v for k, v in record.items() if k not in ("steps", "search")}
-    for name in record["steps"]:
-        try:
-            ctx = deliver(celery_app.tasks[name], ctx) or ctx
-        except Retry:
-            env.store.r.set(keys.awaited_round(), 0)
-            ctx = deliver(celery_app.tasks[name], ctx) or ctx
-    return ctx
+def message_of(record: dict) -> dict:
+    """The message of a started operation's first step (tests/unit/fakes.py: started_record)."""
+    return {k: record[k] for k in ("pid", "op_id", "token", "epoch", "seq")}
 
 
 def protected(env, **fields) -> dict:
@@ -76,10 +44,9 @@ def test_a_failover_starter_marks_the_pool_and_the_task(env):
     assert (started["op_id"], started["old_primary"], started["state_before"]) == (
         op_id, pool["primary_gpu_id"], State.ACTIVE)
     assert (started["detected_at"], started["healthy_at"], started["triggered_at"]) == (1.0, 0.5, 2.0)
-    assert started["steps"] == ["warmpool.failover.confirm_failure", "warmpool.failover.stop_primary",
-                                "warmpool.failover.await_stopped", "warmpool.failover.start_standby",
-                                "warmpool.failover.await_standby", "warmpool.failover.promote",
-                                "warmpool.failover.retire_old_primary", "warmpool.provision.create_standby"]
+    # a health failover confirms first; no replica, so no host check
+    assert started["step"] == CONFIRM and "warmpool.failover.check_host" not in started["steps"]
+    assert env.store.get_op(op_id)["context"]["old_primary"] == pool["primary_gpu_id"]  # in the op record
     after = env.store.get_pool(PID)
     assert (after["state"], after["op_id"], started["seq"]) == (State.FAILOVER, op_id, after["seq"])
     assert env.store.get_op(op_id)["trigger"] == "health" and env.store.watched_pool_ids() == []
@@ -89,21 +56,23 @@ def test_a_new_standby_is_asked_for_with_its_reason(env):
     protected(env, standby_gpu_id=None)
     operations.replace_standby(PID, env.store.acquire(PID, 10), None, "the standby was given up")
     started, = env.of("replace_standby")
-    assert started["steps"] == ["warmpool.provision.create_standby"] and started["reason"] == \
+    assert started["step"] == "warmpool.provision.create_standby" and started["reason"] == \
         "the standby was given up"
+    assert env.store.get_op(started["op_id"])["operation"] == "replace_standby"  # every operation has a record
 
 
-# -- whole chains ------------------------------------------------------------------------------------------------
+# -- whole operations, step after step as the declarations say ------------------------------------------------------
 
 
 def test_a_manual_failover_runs_to_the_end(env):
     pool = protected(env)
     rv = env.api("POST", "/api/v1/warmpool/failover/test/1")
     assert rv.status_code == 202
-    run_chain(env, "failover")
+    ran = run_steps(env)
+    assert ran == operations.FAILOVER.path(env.store.get_op(rv.json["task_id"])["context"])
     after = env.store.get_pool(PID)
     assert after["state"] == State.ACTIVE and after["primary_gpu_id"] == pool["standby_gpu_id"]
-    assert after["failover_count"] == 1 and after["retire_gpu_id"] is None and after["seq"] == pool["seq"] + 7
+    assert after["failover_count"] == 1 and after["retire_gpu_id"] is None and after["seq"] == pool["seq"] + len(ran)
     new_standby = env.vast.instances[after["standby_gpu_id"]]
     assert new_standby["label"] == label("acme", 1, "standby") and new_standby["actual_status"] == "stopped"
     assert pool["primary_gpu_id"] not in env.vast.instances  # the old primary is destroyed
@@ -118,8 +87,7 @@ def test_a_manual_failover_runs_to_the_end(env):
 def test_a_health_failover_of_a_primary_that_runs_again_is_cancelled(env):
     pool = protected(env)
     operations.failover(PID, env.store.acquire(PID, 10), "health")
-    with pytest.raises(Ignore):  # confirm_failure ends the chain
-        run_chain(env, "failover")
+    assert run_steps(env) == [CONFIRM]  # confirm_failure ends the operation
     after = env.store.get_pool(PID)
     assert after["state"] == State.ACTIVE and after["primary_gpu_id"] == pool["primary_gpu_id"]
     assert env.vast.called("stop_instance") == [] and not env.store.is_locked(PID)
@@ -131,24 +99,22 @@ def confirming(env, pid: str, **fields):
     from app.store import keys
 
     operations.failover(pid, env.store.acquire(pid, 10), "health")
-    record = env.of("failover")[-1]
-    ctx = {k: v for k, v in record.items() if k not in ("steps", "search")}
+    message = message_of(env.of("failover")[-1])
     try:
-        return deliver(failover.confirm_failure, ctx)
+        return deliver(failover.confirm_failure, message)
     except Retry:  # asked after the last poll round: delivered again once the next is due
         env.store.r.set(keys.awaited_round(), 0)
-        return deliver(failover.confirm_failure, ctx)
+        return deliver(failover.confirm_failure, message)
 
 
 def test_the_cap_counts_only_failures_the_provider_confirms(env):
     env.configure(failovers_per_minute=1)
     protected(env)
     for _ in range(3):  # false triggers (a replayed notification, a wrong list): each cancelled, none counted
-        with pytest.raises(Ignore):
-            confirming(env, PID)
+        assert confirming(env, PID) is DONE
     assert env.store.r.zcard("wp:failovers") == 0
     env.vast.instances[env.store.get_pool(PID)["primary_gpu_id"]]["actual_status"] = "offline"
-    assert confirming(env, PID)["old_primary"]  # the real failure goes on, and takes the slot
+    assert confirming(env, PID) is NEXT  # the real failure goes on, and takes the slot
     assert env.store.r.zcard("wp:failovers") == 1 and len(env.vast.called("show_instance")) == 4
 
 
@@ -158,7 +124,7 @@ def test_a_confirmed_failure_past_the_cap_is_confirmed_once_more_and_never_defer
     env.vast.instances[pool["primary_gpu_id"]]["actual_status"] = "offline"
     direct_show, turns = env.vast.show_instance, []
     env.vast.show_instance = lambda instance_id: turns.append(runtime.ranked.get()) or direct_show(instance_id)
-    assert confirming(env, PID)["old_primary"] == pool["primary_gpu_id"]
+    assert confirming(env, PID) is NEXT
     assert len(env.vast.called("show_instance")) == 2  # past the cap: its own second direct call
     # in a ranked turn, which gives the thread back when far off: never holds threads pools within the cap need
     assert len(turns) == 2 and turns[0] is None and turns[1] is not None  # the first: a slot free now, unranked
@@ -184,16 +150,12 @@ def test_a_provider_answering_garbage_for_the_whole_fleet_fails_nothing_over(env
     env.vast.fail["stop_instance"] = AssertionError("nothing may be stopped")
     confirmed = 0
     for machine in range(1, 6):
-        try:
-            confirming(env, f"acme:{machine}")
-            confirmed += 1
-        except Ignore:
-            pass
+        confirmed += confirming(env, f"acme:{machine}") is NEXT
     assert confirmed == 1  # the one within the cap; the other four were asked again and cancelled
     assert [env.store.get_pool(f"acme:{m}")["state"] for m in range(2, 6)] == [State.ACTIVE] * 4
     env.vast.show_instance = lambda instance_id: (_ for _ in ()).throw(ProviderUnavailable("garbage 2xx"))
-    with pytest.raises(Ignore):  # an answer that cannot be read is unknown: cancelled, never a failure
-        confirming(env, "acme:2")
+    # an answer that cannot be read is unknown: cancelled, never a failure
+    assert confirming(env, "acme:2") is DONE
 
 
 def test_one_list_call_confirms_every_pending_failure(env):
@@ -210,14 +172,14 @@ def test_one_list_call_confirms_every_pending_failure(env):
         env.add_pool(machine, primary_gpu_id=primary)
         operations.failover(f"acme:{machine}", env.store.acquire(f"acme:{machine}", 10), "health")
         contexts.append(env.of("failover")[-1])
-    confirm = celery_app.tasks["warmpool.failover.confirm_failure"]
-    assert deliver(confirm, contexts[0])["old_primary"] == contexts[0]["old_primary"]  # the first round is due
+    confirm = celery_app.tasks[CONFIRM]
+    assert deliver(confirm, message_of(contexts[0])) is NEXT  # the first round is due
     for ctx in contexts[1:]:
         with pytest.raises(Retry):  # asked after that round: waits for the next
-            deliver(confirm, ctx)
+            deliver(confirm, message_of(ctx))
     env.store.r.set(keys.awaited_round(), 0)  # the round's interval passed
     for ctx in contexts[1:]:
-        assert deliver(confirm, ctx)["old_primary"] == ctx["old_primary"]  # confirmed: on to stop_primary
+        assert deliver(confirm, message_of(ctx)) is NEXT  # confirmed: on to stop_primary
     rounds = env.vast.called("list_instances")
     assert len(rounds) == 2 and {ctx["old_primary"] for ctx in contexts} <= set(rounds[1][1]["id"]["in"])
 
@@ -231,7 +193,7 @@ def test_a_fence_needs_no_list_of_its_own_when_a_later_sweep_counted_no_other_pr
     env.vast.instances[pool["primary_gpu_id"]]["actual_status"] = "offline"
     operations.failover(PID, env.store.acquire(PID, 10), "health")
     env.store.record_sweep(0.0, {label("acme", 1, "primary"): 1})  # a sweep after the failover took the lock
-    run_chain_polled(env, "failover")
+    run_steps(env, next_round=True)
     assert label_filters(env) == [] and env.store.get_pool(PID)["primary_gpu_id"] == pool["standby_gpu_id"]
 
 
@@ -245,7 +207,7 @@ def test_an_instance_that_also_carries_the_primary_label_is_stopped_before_the_s
     operations.failover(PID, env.store.acquire(PID, 10), "health")
     if counted:
         env.store.record_sweep(0.0, {label("acme", 1, "primary"): counted})
-    run_chain_polled(env, "failover")
+    run_steps(env, next_round=True)
     assert label_filters(env) and env.vast.called("stop_instance")[:2] == [
         ("stop_instance", pool["primary_gpu_id"]), ("stop_instance", leaked)]
     assert "split_brain_resolved" in [e["event"] for e in env.store.events(PID)]
@@ -255,7 +217,7 @@ def test_a_provision_runs_to_the_end(env):
     env.vast.offers = [{"id": 1, "machine_id": 88888}]
     rv = env.api("POST", "/api/v1/warmpool/provision", json={"machine_id": 1, "host_machine_id": 88888})
     assert rv.status_code == 202
-    run_chain(env, "provision")
+    run_steps(env)
     pool = env.store.get_pool(PID)
     assert pool["state"] == State.ACTIVE and env.store.watched_pool_ids() == [PID]
     primary, standby = env.vast.instances[pool["primary_gpu_id"]], env.vast.instances[pool["standby_gpu_id"]]
@@ -269,12 +231,39 @@ def test_a_cleanup_runs_to_the_end(env):
     protected(env, volume_id=env.vast.add_volume("warmpool_acme_1_volume"))
     leaked = env.vast.add_instance(label("acme", 1, "primary"))  # even what an interrupted attempt made
     rv = env.api("DELETE", "/api/v1/warmpool/cleanup/1")
-    run_chain(env, "cleanup")
+    run_steps(env)
     pool = env.store.get_pool(PID)
     assert env.vast.instances == {} and env.vast.volumes == {} and leaked not in env.vast.instances
     assert (pool["state"], pool["enabled"], pool["cleanup_pending"], pool["volume_id"]) == (
         State.DISABLED, False, False, None)
     assert env.store.get_op(rv.json["task_id"])["state"] == "SUCCESS" and not env.store.is_locked(PID)
+
+
+# -- adding a step: one line in the declaration, and the step -------------------------------------------------------
+
+
+@shared_task(bind=True, base=Step, name="warmpool.tests.between_stop_and_start")
+def between_stop_and_start(self, op: Operation) -> StepOutcome:
+    """A no-op step that the test below declares between the fence and the standby's start."""
+    op.step("between_stop_and_start")
+    return NEXT
+
+
+def test_a_step_added_to_the_failover_declaration_runs_in_its_place_and_the_failover_completes(env, monkeypatch):
+    steps = list(operations.FAILOVER.steps)
+    at = [spec.task for spec in steps].index("warmpool.failover.start_standby")
+    steps.insert(at, operations.StepSpec(between_stop_and_start.name))  # the line a newcomer adds to FAILOVER
+    monkeypatch.setitem(operations.DECLARED, "failover", dataclasses.replace(operations.FAILOVER, steps=tuple(steps)))
+    pool = protected(env)
+    rv = env.api("POST", "/api/v1/warmpool/failover/test/1")
+    ran = run_steps(env)
+    new = ran.index(between_stop_and_start.name)
+    assert ran[new - 1:new + 2] == ["warmpool.failover.await_stopped", between_stop_and_start.name,
+                                    "warmpool.failover.start_standby"]
+    after = env.store.get_pool(PID)
+    assert after["state"] == State.ACTIVE and after["primary_gpu_id"] == pool["standby_gpu_id"]
+    assert after["seq"] == pool["seq"] + len(ran) and not env.store.is_locked(PID)
+    assert env.store.get_op(rv.json["task_id"])["state"] == "SUCCESS"
 
 
 # -- when_unlocked ---------------------------------------------------------------------------------------------------
@@ -342,7 +331,7 @@ def test_a_failover_stops_every_primary_labelled_instance_before_the_standby_sta
 
     monkeypatch.setattr(env.vast, "start_instance", start_recording_what_runs)
     env.api("POST", "/api/v1/warmpool/failover/test/1")
-    run_chain_polled(env, "failover")  # the stops are seen at the next poll round
+    run_steps(env, next_round=True)  # the stops are seen at the next poll round
     assert at_start == [[]]  # neither the old primary nor the leaked one meant to run when the standby started
     assert env.vast.called("stop_instance")[:2] == [("stop_instance", pool["primary_gpu_id"]),
                                                     ("stop_instance", leaked)]
@@ -355,8 +344,7 @@ def test_a_confirmation_that_cannot_reach_the_provider_cancels(env):
     pool = protected(env)
     env.vast.fail["show_instance"] = ProviderUnavailable("502 from Vast", 502)
     operations.failover(PID, env.store.acquire(PID, 10), "health")
-    with pytest.raises(Ignore):
-        run_chain(env, "failover")
+    assert run_steps(env) == [CONFIRM]
     after = env.store.get_pool(PID)
     assert (after["state"], after["primary_gpu_id"]) == (State.ACTIVE, pool["primary_gpu_id"])
     assert env.vast.called("stop_instance", "start_instance") == [] and not env.store.is_locked(PID)
@@ -369,8 +357,7 @@ def test_a_confirmation_that_sees_a_transitional_status_cancels(env, status):
     pool = protected(env)
     env.vast.instances[pool["primary_gpu_id"]]["actual_status"] = status
     operations.failover(PID, env.store.acquire(PID, 10), "health")
-    with pytest.raises(Ignore):
-        run_chain(env, "failover")
+    assert run_steps(env) == [CONFIRM]
     assert env.store.get_pool(PID)["state"] == State.ACTIVE and env.vast.called("stop_instance") == []
     assert env.store.events(PID)[0]["event"] == "failover_cancelled"
 
@@ -380,11 +367,12 @@ def test_a_standby_given_up_is_destroyed_before_a_fresh_one_is_made(env):
 
     pool = protected(env)
     env.vast.instances[pool["standby_gpu_id"]].update(actual_status="loading", intended_status="running")
-    operations.failover(PID, env.store.acquire(PID, 10), "manual")
-    ctx = {k: v for k, v in env.of("failover")[-1].items() if k != "steps"}
-    ctx["standby_deadline"] = time.time() - 1  # it had STANDBY_START_TIMEOUT to run
+    op_id = operations.failover(PID, env.store.acquire(PID, 10), "manual")
+    started = env.of("failover")[-1]
+    # it had STANDBY_START_TIMEOUT to run
+    env.store.update_op(op_id, context={**env.store.get_op(op_id)["context"], "standby_deadline": time.time() - 1})
     with pytest.raises(Retry):  # polls the fresh one next
-        deliver(await_standby, ctx)
+        deliver(await_standby, message_of(started))
     fresh = env.store.get_pool(PID)["standby_gpu_id"]
     assert pool["standby_gpu_id"] not in env.vast.instances  # never left meant to run beside the new primary
     assert fresh in env.vast.instances and fresh != pool["standby_gpu_id"]
@@ -406,8 +394,9 @@ def test_a_renewal_on_a_host_with_only_short_rentals_keeps_the_old_standby(env, 
     op_id = env.store.new_op("acme", 1, "renew_standby")
     held = env.store.acquire(PID, 10)
     env.store.save_pool({**env.store.get_pool(PID), "standby_gpu_id": fresh}, held)
-    ctx = operations.begin(PID, "renew_standby", held, op_id, expiring=old, expiring_end=soon)
-    deliver(retire_expiring_standby, ctx)
+    message, ctx = operations.begin(PID, "renew_standby", held, op_id, expiring=old, expiring_end=soon)
+    env.store.update_op(op_id, context=ctx)
+    deliver(retire_expiring_standby, message)
     after, kinds = env.store.get_pool(PID), [e["event"] for e in env.store.events(PID)]
     if fresh_lasts:
         assert after["standby_gpu_id"] == fresh and old not in env.vast.instances and "standby_replaced" in kinds

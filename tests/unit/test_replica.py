@@ -104,26 +104,27 @@ def test_a_failover_of_a_pool_with_a_replica_first_checks_its_host(env):
 
 @pytest.mark.parametrize("data_at", [None, iso_at(NOW)])
 def test_a_host_lost_with_a_replica_that_never_completed_a_copy_fails_over_on_its_own_host(env, data_at):
-    from celery.exceptions import Ignore
-
     from app import operations
+    from app.operations import NEXT, Branch
     from tasks.hostfailover import check_host
-    from tests.unit.test_operations import deliver
+    from tests.unit.test_operations import deliver, message_of
 
     primary = env.vast.add_instance("warmpool-acme-1-primary", "offline")
     standby = env.vast.add_instance("warmpool-acme-1-standby", "offline", intended="stopped")
     env.add_pool(1, primary_gpu_id=primary, standby_gpu_id=standby, replica=True, replica_host_machine_id=20,
                  replica_volume_id=200, replica_data_at=data_at)
     operations.failover("acme:1", env.store.acquire("acme:1", 10), "health")
-    ctx = {k: v for k, v in env.of("failover")[-1].items() if k != "steps"}
+    env.steps.clear()
+    message = message_of(env.of("failover")[-1])
     if data_at is None:  # nothing to move to: the failover goes on on the same host
-        assert deliver(check_host, ctx)["operation"] == "failover"
-        assert env.store.get_pool("acme:1").get("moving") is None and len(env.chains) == 1
+        assert deliver(check_host, message) is NEXT
+        assert env.store.get_pool("acme:1").get("moving") is None
+        assert [name for name, _ in env.steps] == ["warmpool.failover.stop_primary"]
     else:  # the replica holds data: the move to its host
-        with pytest.raises(Ignore):
-            deliver(check_host, ctx)
+        assert deliver(check_host, message) == Branch("host_failover")
         assert env.store.get_pool("acme:1")["moving"]["host_machine_id"] == 20
-        assert env.chains[-1][0][0] == "warmpool.failover.fence_old_host"
+        assert [name for name, _ in env.steps] == ["warmpool.failover.fence_old_host"]
+        assert env.store.get_op(message["op_id"])["context"]["operation"] == "host_failover"
 
 
 def test_retiring_an_old_host_that_refuses_is_postponed_then_done(env):
@@ -166,10 +167,10 @@ def test_what_a_rental_ending_within_the_margin_starts(env, ending, expected):
                                     end_date=soon if "standby" in ending else later)
     env.add_pool(1, primary_gpu_id=primary, standby_gpu_id=standby)
     assert check_expiry().get("acme:1") == expected
-    started = [(steps, ctx) for steps, ctx in env.chains]
     if expected == "renew standby":
-        (steps, ctx), = started
-        assert steps == ["warmpool.provision.create_renewal", "warmpool.provision.retire_expiring_standby"]
+        (first, message), = env.steps
+        ctx = env.store.get_op(message["op_id"])["context"]
+        assert first == "warmpool.provision.create_renewal" and ctx["operation"] == "renew_standby"
         assert (ctx["expiring"], ctx["expiring_end"]) == (standby, soon)
     if expected == "switchover":
         assert env.of("failover")[0]["trigger"] == "expiry"
@@ -177,4 +178,4 @@ def test_what_a_rental_ending_within_the_margin_starts(env, ending, expected):
         event, = [e for e in env.store.events("acme:1") if e["event"] == "rental_ending"]
         assert event["instance_id"] == (standby if "standby" in ending else primary)
     else:
-        assert env.chains == [] and env.of("failover") == []
+        assert env.steps == [] and env.of("failover") == []

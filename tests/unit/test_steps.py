@@ -7,6 +7,7 @@ client against ``responses`` where what reaches the wire matters.
 """
 
 import copy
+import sys
 import time
 
 import pytest
@@ -16,6 +17,7 @@ from celery import shared_task
 from celery.exceptions import Ignore, Retry
 
 from app import operations
+from app.operations import NEXT, Declaration, Queue, StepSpec
 from app.pools import State, label, volume_name
 from app.runtime import Throttled, fence
 from app.store import FencedOut, Held
@@ -23,7 +25,7 @@ from app.vast import ProviderUnavailable, RateLimited, RequestRejected
 from tasks import base, provision
 from tasks.base import MAX_PROVIDER_ERRORS, NotYet, Operation, OperationFailed, Step
 from tests.conftest import wait_until
-from tests.unit.fakes import VAST_URL, real_client, snapshot
+from tests.unit.fakes import VAST_URL, deliver, real_client, snapshot
 
 PID = "acme:1"
 MANAGE = f"{VAST_URL}/api/v0/instances/1001/"
@@ -39,39 +41,49 @@ def probe(self, op: Operation):
 
 class Probe:
     ran: list = []
-    run = staticmethod(lambda op: op.ctx)
+    run = staticmethod(lambda op: NEXT)
+    compensated: list = []
+
+
+def compensate(op: Operation) -> None:
+    """The probe operation's compensation (declared by its dotted name, as every operation's is)."""
+    Probe.compensated.append(op.held)
+
+
+PROBE = Declaration("probe", Queue.PROVISION, compensation=f"{__name__}:compensate",
+                    steps=(StepSpec("warmpool.tests.probe"), StepSpec("warmpool.provision.create_volume")))
 
 
 @pytest.fixture
 def env(env, monkeypatch):
     monkeypatch.setattr(Probe, "ran", [])
-    monkeypatch.setattr(Probe, "run", staticmethod(lambda op: op.ctx))
-    compensated = []
-    monkeypatch.setitem(base.COMPENSATIONS, "probe", lambda op: compensated.append(op.held))
-    env.compensated = compensated
+    monkeypatch.setattr(Probe, "run", staticmethod(lambda op: NEXT))
+    monkeypatch.setattr(Probe, "compensated", [])
+    monkeypatch.setitem(operations.DECLARED, "probe", PROBE)
+    env.compensated = Probe.compensated
     return env
 
 
 def start(env, operation: str = "probe", **fields) -> dict:
-    """A pool in the middle of an operation that holds its lock; the context of its current step."""
+    """A pool in the middle of an operation that holds its lock; the message of its current step."""
     op_id = env.store.new_op("acme", 1, operation)
     env.add_pool(1, state=State.PROVISIONING, op_id=op_id, **fields)
-    return operations.begin(PID, operation, env.store.acquire(PID, 10), op_id)
+    message, ctx = operations.begin(PID, operation, env.store.acquire(PID, 10), op_id)
+    env.store.update_op(op_id, context=ctx)
+    return message
+
+
+def held(message: dict) -> Held:
+    return Held(message["token"], message["epoch"])
+
+
+def context(env, message: dict) -> dict:
+    return env.store.get_op(message["op_id"])["context"]
 
 
 def write(env, ctx: dict, **fields) -> None:
     """Change the pool as the operation's lock holder would."""
-    env.store.save_pool({**env.store.get_pool(PID), **fields}, Operation(ctx).held)
-
-
-def deliver(task, ctx: dict, redelivered: bool = False):
-    """Run ``task`` as a worker delivers it."""
-    task.push_request(id="delivery", called_directly=False, retries=0, args=[ctx], kwargs={},
-                      delivery_info={"redelivered": redelivered, "routing_key": "provision"})
-    try:
-        return task(ctx)
-    finally:
-        task.pop_request()
+    env.store.save_pool({**env.store.get_pool(PID), **fields}, held(ctx))
 
 
 def retried(env) -> dict:
@@ -92,15 +104,59 @@ def assert_ended_failed(env, ctx: dict, message: str) -> dict:
 # -- Step.__call__ ----------------------------------------------------------------------------------------------
 
 
-def test_a_step_that_returns_advances_the_pool_and_keeps_the_lock(env):
+def test_a_step_that_returns_next_advances_the_pool_keeps_the_lock_and_sends_the_declared_next_step(env):
     ctx = start(env)
     seq = ctx["seq"]
-    result = deliver(probe, ctx)
-    assert result["seq"] == seq + 1 and env.store.get_pool(PID)["seq"] == seq + 1
+    assert deliver(probe, ctx) is NEXT and env.store.get_pool(PID)["seq"] == seq + 1
+    (name, sent), = env.steps
+    assert name == "warmpool.provision.create_volume" and sent == {**ctx, "seq": seq + 1}  # ids only
     op = env.store.get_op(ctx["op_id"])
     assert (op["state"], op["step"]) == ("STARTED", "probe")
-    assert env.store.r.get(f"wp:lock:{PID}") == ctx["token"]  # the next step of the chain holds it
+    assert env.store.r.get(f"wp:lock:{PID}") == ctx["token"]  # the next step holds it
     assert env.compensated == []
+
+
+def test_what_a_step_writes_in_the_context_is_saved_with_its_advance_and_read_by_the_next(env):
+    ctx = start(env)
+
+    def learns(op):
+        op.ctx["gpu_offer"] = 7
+        return NEXT
+
+    Probe.run = staticmethod(learns)
+    seq = ctx["seq"]
+    deliver(probe, ctx)
+    assert context(env, ctx)["gpu_offer"] == 7 and env.store.get_pool(PID)["seq"] == seq + 1
+    _, sent = env.steps[-1]
+    assert "gpu_offer" not in sent and Operation.load(sent).ctx["gpu_offer"] == 7
+
+
+def test_a_context_written_by_a_step_fenced_out_at_its_advance_is_not_saved(env):
+    ctx = start(env)
+
+    def taken_then_learns(op):
+        env.store.take_over(PID, op.held, 10)
+        op.ctx["gpu_offer"] = 7
+        return NEXT
+
+    Probe.run = staticmethod(taken_then_learns)
+    with pytest.raises(Ignore):
+        deliver(probe, ctx)
+    assert "gpu_offer" not in context(env, ctx) and env.store.get_pool(PID)["seq"] == ctx["seq"]
+    assert env.steps == []
+
+
+def test_a_next_step_the_broker_cannot_take_stops_the_operation_and_the_done_step_is_not_run_again(env, monkeypatch):
+    ctx = start(env)
+    seq = ctx["seq"]
+
+    def broker_away(name, message):
+        raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(base, "enqueue", broker_away)
+    with pytest.raises(Ignore):  # not retried: it advanced; the healer resumes the operation once its lock lapses
+        deliver(probe, ctx)
+    assert env.store.get_pool(PID)["seq"] == seq + 1 and env.of("apply_async") == [] and env.compensated == []
 
 
 def test_a_duplicate_delivery_of_a_done_step_is_ignored(env):
@@ -118,18 +174,19 @@ def test_a_duplicate_delivery_of_a_done_step_is_ignored(env):
 def test_a_redelivery_takes_the_machine_over_with_a_new_epoch(env):
     ctx = start(env)
     first = copy.deepcopy(ctx)
-    result = deliver(probe, ctx, redelivered=True)  # the first worker was killed, or is only frozen
+    deliver(probe, ctx, redelivered=True)  # the first worker was killed, or is only frozen
     new, = Probe.ran
     assert new.epoch > first["epoch"] and new.token != first["token"]
-    assert (result["epoch"], result["token"]) == (new.epoch, new.token)  # the chain goes on with it
+    _, sent = env.steps[-1]
+    assert (sent["epoch"], sent["token"]) == (new.epoch, new.token)  # the operation goes on with it
     assert env.store.epoch(PID) == new.epoch and env.r.get(f"wp:lock:{PID}") == new.token
     with pytest.raises(FencedOut):  # the first delivery, if it wakes, can write nothing
-        env.store.check_fence(PID, Operation(first).held)
+        env.store.check_fence(PID, held(first))
 
 
 def test_a_step_that_lost_its_lock_is_ignored_and_writes_nothing(env):
     ctx = start(env)
-    env.store.take_over(PID, Operation(ctx).held, 10)  # a newer holder took the machine
+    env.store.take_over(PID, held(ctx), 10)  # a newer holder took the machine
     before = snapshot(env.r)
     with pytest.raises(Ignore):
         deliver(probe, ctx)
@@ -163,8 +220,7 @@ def test_a_provider_outage_is_retried_with_a_counted_backoff(env, error):
         with pytest.raises(Retry):
             deliver(probe, ctx)
         sent = retried(env)
-        ctx = sent["args"][0]
-        assert ctx["provider_errors"] == errors + 1
+        assert sent["args"][0] == ctx and context(env, ctx)["provider_errors"] == errors + 1  # in the op record
         low = min(30.0, 0.5 * 2 ** errors)
         assert low * 0.5 <= sent["countdown"] <= low  # exponential, with jitter
     pool = env.store.get_pool(PID)
@@ -173,7 +229,7 @@ def test_a_provider_outage_is_retried_with_a_counted_backoff(env, error):
 
 def test_a_provider_outage_past_the_limit_ends_the_operation(env):
     ctx = start(env)
-    ctx["provider_errors"] = MAX_PROVIDER_ERRORS
+    env.store.update_op(ctx["op_id"], context={**context(env, ctx), "provider_errors": MAX_PROVIDER_ERRORS})
 
     def outage(op):
         raise ProviderUnavailable("502 from Vast", 502)
@@ -218,7 +274,7 @@ def test_a_compensation_that_raises_still_ends_the_operation(env, monkeypatch, e
     def failing(op):
         raise OperationFailed("no GPU")
 
-    monkeypatch.setitem(base.COMPENSATIONS, "probe", compensation)
+    monkeypatch.setattr(sys.modules[__name__], "compensate", compensation)  # the declared one raises
     Probe.run = staticmethod(failing)
     with pytest.raises(Ignore):
         deliver(probe, ctx)
@@ -230,10 +286,9 @@ def test_a_duplicate_delivery_that_fails_decides_nothing(env):
     ctx = start(env)
     stale = copy.deepcopy(ctx)
     deliver(probe, ctx)
-    stale_op = Operation(stale)
     before = snapshot(env.r)
     with pytest.raises(Ignore):
-        probe.give_up(stale_op, "no GPU")
+        probe.give_up(stale, "no GPU")
     assert snapshot(env.r) == before and env.compensated == []
 
 
@@ -266,7 +321,7 @@ def test_throttled_comes_back_when_the_budget_may_have_a_slot(env):
 def test_the_fence_is_set_only_while_the_step_runs(env):
     ctx = start(env)
     seen = []
-    Probe.run = staticmethod(lambda op: seen.append(fence.get()) or op.ctx)
+    Probe.run = staticmethod(lambda op: seen.append(fence.get()) or NEXT)
     deliver(probe, ctx)
     assert seen[0] is not None and fence.get() is None
 
@@ -326,11 +381,11 @@ def test_a_step_longer_than_the_lock_ttl_keeps_its_lock(env):
         wait_until(lambda: time.monotonic() > outlived and env.store.is_locked(PID), timeout=5,
                    message="the lock alive past its TTL")
         env.vast.stop_instance(primary)  # a mutating call, fenced: it leaves only while the lock is held
-        return op.ctx
+        return NEXT
 
     Probe.run = staticmethod(long_step)
     seq = ctx["seq"]
-    assert deliver(probe, ctx)["seq"] == seq + 1  # done, not fenced out
+    assert deliver(probe, ctx) is NEXT and env.store.get_pool(PID)["seq"] == seq + 1  # done, not fenced out
     assert env.vast.called("stop_instance") == [("stop_instance", primary)]
     assert env.store.r.get(f"wp:lock:{PID}") == ctx["token"] and env.compensated == []
 
@@ -352,7 +407,7 @@ def test_a_store_restart_during_a_step_runs_the_step_again(env):
 
 def test_a_lost_heartbeat_fences_without_asking_redis(env):
     ctx = start(env)
-    op = Operation(ctx)
+    op = Operation.load(ctx)
     with base.fenced(op):
         op.heartbeat.lost = True
         with pytest.raises(FencedOut):
