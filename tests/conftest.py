@@ -215,7 +215,7 @@ class Stack:
         self.web = None
         self.beat = Worker("beat", "-l", "INFO", "-s", str(self.logs / "celerybeat-schedule"),
                            log=self.logs / "beat.log", **self.env).start()
-        wait_until(lambda: self.redis.get("wp:worker:seen"), timeout=30, message="the worker to start")
+        wait_until(self.store.worker_seen_at, timeout=30, message="the worker to start")
 
     def new_worker(self, name: str, **env: str) -> Workers:
         """Other worker processes, in the Procfile's layout; ``env`` overrides settings for them alone."""
@@ -259,6 +259,13 @@ class Stack:
     def wait_task(self, task_id: str, timeout: float = 30.0) -> dict:
         return wait_until(lambda: (op := self.store.get_op(task_id)) and op["state"] in ("SUCCESS", "FAILURE") and op,
                           timeout=timeout, message=f"task {task_id} to end")
+
+    def wait_sweeps(self, count: int, timeout: float = 20.0) -> None:
+        """Until ``count`` more health sweeps have reached the provider (each one writes a new last sweep)."""
+        seen = self.store.last_sweep()
+        for n in range(count):
+            seen = wait_until(lambda s=seen: (now := self.store.last_sweep()) != s and now, timeout=timeout,
+                              message=f"sweep {n + 1} of {count}")
 
     def running(self, label_prefix: str) -> list[dict]:
         return [i for i in self.ledger()["instances"]
@@ -317,6 +324,6 @@ def clean_stack(stack):
     stack.sim("POST", "/_sim/reset")
     stack.sim("POST", "/_sim/rate_limits", json=SIM_RATE_LIMITS)
     stack.beat.start()
-    wait_until(lambda: stack.redis.get("wp:worker:seen"), message="the worker to be seen")
+    wait_until(stack.store.worker_seen_at, message="the worker to be seen")
     yield stack
     assert stack.violations() == []

@@ -9,6 +9,7 @@ import pytest
 from app.pools import State, pool_id
 from app.runtime import Throttled
 from app.settings import Settings
+from app.store import keys
 from app.vast import ProviderUnavailable
 from tests.unit.fakes import snapshot
 
@@ -62,7 +63,7 @@ def test_a_key_created_by_the_cli_is_found_by_its_hash(env):
 def test_probes_need_no_key(env):
     assert env.client.get("/healthz").json == {"status": "ok"}
     assert env.client.get("/readyz").status_code == 503  # no worker seen in the fake Redis
-    env.r.set("wp:worker:seen", time.time())
+    env.store.mark_worker_seen()
     rv = env.client.get("/readyz")
     assert rv.status_code == 200 and rv.json["checks"] == {"redis": "ok", "worker": "ok"}
 
@@ -104,7 +105,7 @@ def test_the_same_machine_id_is_a_different_pool_per_tenant(env):
 
 def test_status_has_the_seed_fields(env):
     env.add_pool(123, failover_count=2, created_at="2024-12-20T15:00:00.000Z")
-    env.r.set("wp:sweep:last", "2024-12-20T15:30:00.000Z")
+    env.r.set(keys.SWEEP_LAST, "2024-12-20T15:30:00.000Z")
     rv = env.api("GET", "/api/v1/warmpool/status/123")
     assert rv.status_code == 200 and SEED_STATUS <= set(rv.json)
     assert rv.json["state"] == ACTIVE and rv.json["failover_count"] == 2 and rv.json["primary_gpu_id"] == 1123
@@ -113,18 +114,18 @@ def test_status_has_the_seed_fields(env):
 
 
 def test_last_health_check_is_null_before_the_pool_existed(env):
-    env.r.set("wp:sweep:last", "2024-12-20T15:30:00.000Z")  # a sweep ran before the pool was made
+    env.r.set(keys.SWEEP_LAST, "2024-12-20T15:30:00.000Z")  # a sweep ran before the pool was made
     env.add_pool(123)
     assert env.api("GET", "/api/v1/warmpool/status/123").json["last_health_check"] is None
     assert env.api("GET", "/api/v1/warmpool/pools").json["pools"][0]["last_health_check"] is None
-    env.r.set("wp:sweep:last", "2999-01-01T00:00:00.000Z")
+    env.r.set(keys.SWEEP_LAST, "2999-01-01T00:00:00.000Z")
     assert env.api("GET", "/api/v1/warmpool/status/123").json["last_health_check"] == "2999-01-01T00:00:00.000Z"
 
 
 @pytest.mark.parametrize("state", [PROVISIONING, SEARCHING, FAILOVER, DISABLED])
 def test_last_health_check_is_null_while_the_sweep_does_not_watch_the_pool(env, state):
     env.add_pool(123, state=state)
-    env.r.set("wp:sweep:last", "2999-01-01T00:00:00.000Z")
+    env.r.set(keys.SWEEP_LAST, "2999-01-01T00:00:00.000Z")
     assert env.api("GET", "/api/v1/warmpool/status/123").json["last_health_check"] is None
 
 
@@ -213,7 +214,7 @@ def test_hosts_503_when_the_provider_fails(env):
     env.vast.error = ProviderUnavailable("down", 502)
     rv = env.api("GET", "/api/v1/warmpool/hosts")
     assert_error(rv, 503)
-    assert rv.headers["Retry-After"] and env.r.keys("wp:hosts:*") == []
+    assert rv.headers["Retry-After"] and env.r.keys(keys.offers_cache("*")) == []
 
 
 def test_hosts_422_names_the_field(env):
@@ -347,8 +348,8 @@ def test_past_the_wait_caps_the_202_answers_at_once(env, monkeypatch):
 def test_a_wait_slot_of_a_killed_holder_frees_itself(env):
     with env.store.wait_slot("acme", 0.05, 1, 1) as holding:
         assert holding
-        env.r.zadd("wp:waits", {"stale": 0})  # a web worker killed while waiting: its deadline is long gone
-        env.r.zadd("wp:waits:acme", {"stale": 0})
+        env.r.zadd(keys.WAIT_HOLDERS, {"stale": 0})  # a web worker killed while waiting: its deadline is long gone
+        env.r.zadd(keys.wait_holders("acme"), {"stale": 0})
     with env.store.wait_slot("acme", 1, 1, 1) as holding:
         assert holding
 

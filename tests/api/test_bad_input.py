@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from app.api.schemas import MAX_ID
+from app.store import keys
 from tests.unit.fakes import make_env, snapshot
 
 TASK = "f" * 32  # acme's task, seeded below
@@ -58,9 +59,9 @@ def seed(env):
     with mock.patch("app.store.webhooks.uuid.uuid4", return_value=uuid.UUID(WEBHOOK[3:])):
         env.store.add_webhook("acme", "https://example.com/hooks/warmpool", None)
     env.add_pool(777, tenant="globex")
-    env.r.set(f"wp:op:{TASK}", json.dumps({"task_id": TASK, "tenant": "acme", "machine_id": MACHINE,
-                                           "operation": "provision", "state": "SUCCESS", "step": "done",
-                                           "result": {"success": True}, "error": None}))
+    with mock.patch("app.store.operations.uuid.uuid4", return_value=uuid.UUID(TASK)):
+        env.store.new_op("acme", MACHINE, "provision")
+    env.store.update_op(TASK, state="SUCCESS", step="done", result={"success": True})
 
 
 @pytest.fixture
@@ -382,8 +383,8 @@ def test_arbitrary_input_never_5xx(property_env, route, body, query, machine, ta
         assert rv.json["code"] == rv.status_code and rv.json["status"]
         assert env.enqueued == [], env.enqueued
         if rv.status_code == 409:  # the check took the machine's lock (a new epoch) and gave it back
-            after = {k: v for k, v in snapshot(env.r).items() if not k.startswith("wp:epoch:")}
-            assert after == {k: v for k, v in before.items() if not k.startswith("wp:epoch:")}
+            after = {k: v for k, v in snapshot(env.r).items() if not k.startswith(keys.epoch(""))}
+            assert after == {k: v for k, v in before.items() if not k.startswith(keys.epoch(""))}
         else:
             assert snapshot(env.r) == before
     if tenant is None:

@@ -11,6 +11,7 @@ import time
 import pytest
 import requests
 
+from app.store import keys
 from tests.conftest import LedgerWatch, wait_until
 
 pytestmark = pytest.mark.timeout(300)  # above the sum of a test's own waits, which say what they waited for
@@ -174,12 +175,11 @@ def test_provider_outage_is_not_a_machine_failure(clean_stack):
     provisioned(stack, [51, 52])
     for faults in ({"error_rate": 1.0}, {"rate_limit_rate": 1.0}):
         stack.sim("POST", "/_sim/faults", json=faults)
-        start = int(stack.redis.get("wp:metrics:unknown_sweeps") or 0)
-        wait_until(lambda s=start: int(stack.redis.get("wp:metrics:unknown_sweeps") or 0) >= s + 20,
+        start = stack.store.unknown_sweeps()
+        wait_until(lambda s=start: stack.store.unknown_sweeps() >= s + 20,
                    timeout=30, message="20 sweeps during the outage")
     stack.sim("POST", "/_sim/faults", json={"latency_ms": 5000})
-    seen = stack.redis.get("wp:sweep:last")
-    wait_until(lambda: stack.redis.get("wp:sweep:last") != seen, timeout=30, message="a slow sweep")
+    stack.wait_sweeps(1, timeout=30)  # a slow sweep
     stack.sim("POST", "/_sim/faults", json={})
     assert all(stack.pool(m)["failover_count"] == 0 and stack.pool(m)["state"] == "active" for m in (51, 52))
     assert not stack.sim("GET", "/_sim/stats")["instance_actions"]  # nothing was stopped or started
@@ -365,9 +365,7 @@ def test_a_late_instance_list_racing_a_failover_changes_nothing(clean_stack):
     settled = stack.wait_state(43, "active", timeout=60)
     wait_until(lambda: stack.sim("GET", "/_sim/faults")["routes"] == {}, timeout=30,
                message="every held list answer to be taken")
-    for _ in range(2):  # the sweeps that got held answers have judged them, and one more after
-        seen = stack.store.last_sweep()
-        wait_until(lambda s=seen: stack.store.last_sweep() != s, timeout=30, message="a sweep")
+    stack.wait_sweeps(2, timeout=30)  # the sweeps that got held answers have judged them, and one more after
     kinds = [e["event"] for e in stack.store.events("acme:43")]
     assert not {"degraded", "split_brain_resolved", "primary_failed"} & set(kinds), kinds
     assert stack.pool(43)["failover_count"] == 1 and stack.pool(43)["primary_gpu_id"] == settled["primary_gpu_id"]
@@ -442,9 +440,7 @@ def test_two_beats(clean_stack, tmp_path):
         fail_primary(stack, 101)
         wait_until(lambda: stack.pool(101)["failover_count"] == 1 and stack.pool(101)["state"] == "active",
                    timeout=30)
-        seen = stack.redis.get("wp:sweep:last")
-        for _ in range(5):  # more sweeps with both beats running
-            seen = wait_until(lambda s=seen: (now := stack.redis.get("wp:sweep:last")) != s and now)
+        stack.wait_sweeps(5)  # more sweeps with both beats running
     finally:
         second.stop()
     assert stack.pool(101)["failover_count"] == 1 and stack.pool(102)["failover_count"] == 0
@@ -473,8 +469,8 @@ def test_host_failure_past_the_cap_is_confirmed_again_never_deferred(clean_stack
         stack.wait_state(machine, "degraded", timeout=60)
     wait_until(lambda: any(e["event"] == "failover_cap_exceeded" for m in machines
                            for e in stack.store.events(f"acme:{m}")), timeout=30, message="a failure past the cap")
-    failovers = [op for op in map(stack.store.get_op, (k[len("wp:op:"):] for k in stack.redis.scan_iter("wp:op:*")))
-                 if op["operation"] == "failover"]
+    ops = map(stack.store.get_op, (k.removeprefix(keys.op("")) for k in stack.redis.scan_iter(keys.op("*"))))
+    failovers = [op for op in ops if op["operation"] == "failover"]
     assert {op["machine_id"] for op in failovers} == set(machines)  # past the cap: confirmed again, not deferred
     assert not any(e["event"] == "failover_cancelled" for m in machines for e in stack.store.events(f"acme:{m}"))
     other = stack.pool(114)
@@ -499,7 +495,7 @@ def test_reconciler_reports_then_destroys_orphans(clean_stack):
     wait_until(lambda: {e.get("resource_id") for pid in ("acme:999", "acme:998")
                         for e in stack.store.events(pid) if e["event"] == "orphan"} == {orphan, volume},
                timeout=30, message="the orphans to be reported")
-    assert int(stack.redis.get("wp:metrics:orphans")) == 2
+    assert stack.store.metrics()["orphans"] == 2
     assert {orphan} <= {i["id"] for i in stack.ledger()["instances"]}  # reported, not destroyed
     stack.worker.stop()
     stack.worker = stack.new_worker("w-reconcile", RECONCILE_DESTROY_ORPHANS="true", RECONCILE_GRACE="0")

@@ -172,9 +172,7 @@ def test_the_old_host_coming_back_after_a_move(clean_stack):
         stack.sim("POST", f"/_sim/hosts/{host}/restore")
         assert not [i for i in instances(stack).values() if i["id"] in old and i["intended_status"] == "running"]
         pool = moved(stack, machine, replica_host)
-        sweeps = stack.redis.get("wp:sweep:last")
-        for _ in range(5):  # sweeps pass: nothing moves back, nothing of the old host runs
-            sweeps = wait_until(lambda s=sweeps: (now := stack.redis.get("wp:sweep:last")) != s and now)
+        stack.wait_sweeps(5)  # sweeps pass: nothing moves back, nothing of the old host runs
     assert stack.pool(machine)["primary_gpu_id"] == pool["primary_gpu_id"] and pool["failover_count"] == 1
     assert not old & set(instances(stack)) and before["volume_id"] not in volumes(stack)
     assert [i["machine_id"] for i in stack.running(f"warmpool-acme-{machine}-")] == [replica_host]

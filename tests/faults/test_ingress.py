@@ -11,6 +11,7 @@ import urllib.parse
 
 import requests
 
+from app.store import keys
 from tests.conftest import ENV, wait_until
 from tests.faults.test_faults import free_hosts, provisioned
 
@@ -49,7 +50,7 @@ def test_replayed_notifications_beside_a_real_failure_of_another_tenants_pool(cl
                timeout=30, message="globex's failover")
     assert stack.pool(202, "globex")["primary_gpu_id"] != globex
     assert not events(stack, "globex:202", "failover_cap_exceeded")  # the false ones took no slot
-    assert stack.redis.zcard("wp:failovers") == 1  # only the confirmed failure counted against the cap
+    assert stack.redis.zcard(keys.FAILOVERS) == 1  # only the confirmed failure counted against the cap
     assert stack.pool(201)["failover_count"] == 0 and len(events(stack, "acme:201", "provider_notice")) == 1
 
 
@@ -68,8 +69,8 @@ def test_a_wait_flood_never_starves_healthz_or_another_tenant(clean_stack):
             assert requests.get(url + "/readyz", timeout=10).status_code in (200, 503)  # answers; no worker is seen
             other = requests.get(url + "/api/v1/warmpool/pools", headers=KEYS["globex"], timeout=10)
             assert other.status_code == 200 and other.json()["count"] == 0
-            for key in stack.redis.scan_iter("wp:op:*"):  # the operations end: the four waiting answer at once
-                stack.store.update_op(key.removeprefix("wp:op:"), state="FAILURE", error="ended by the test")
+            for key in stack.redis.scan_iter(keys.op("*")):  # the operations end: the four waiting answer at once
+                stack.store.update_op(key.removeprefix(keys.op("")), state="FAILURE", error="ended by the test")
             answers = [f.result() for f in flood]
     finally:
         stack.redis.flushdb()  # what the frozen workers would have provisioned

@@ -11,6 +11,7 @@ import signal
 
 import pytest
 
+from app.store import keys
 from tasks import celery_app
 from tests.conftest import LedgerWatch, wait_until
 from tests.faults.test_faults import assert_nothing_leaked, free_hosts, provision, provisioned, wait_step
@@ -66,8 +67,8 @@ def provision_three(stack) -> list[str]:
 def reconciled(stack, times: int = 1) -> None:
     """Wait until the reconciler has run to its end ``times`` more times (it writes the orphan count last)."""
     for _ in range(times):
-        stack.redis.delete("wp:metrics:orphans")
-        wait_until(lambda: stack.redis.exists("wp:metrics:orphans"), timeout=20, message="a reconcile to end")
+        stack.redis.delete(keys.ORPHANS)
+        wait_until(lambda: stack.redis.exists(keys.ORPHANS), timeout=20, message="a reconcile to end")
 
 
 def assert_recovered(stack, pids: list[str], before: dict, live_before: set[int], created_before: dict) -> None:
@@ -109,7 +110,7 @@ def test_redis_restart_without_persistence(destroying):
     for path in server.dir.iterdir():  # no AOF, no snapshot: it starts empty
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     server.start()
-    assert not stack.redis.exists("wp:apikeys")  # nothing came back from disk (keys are not rebuilt)
+    assert stack.store.tenant_for_key(HASHED_KEY, {}) is None  # nothing came back from disk (keys are not rebuilt)
     assert_recovered(stack, pids, before, live_before, created_before)
     assert_nothing_leaked(stack)
 

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+from app.store import keys
 from tests.conftest import ROOT
 
 
@@ -16,7 +17,7 @@ def test_create_key_stores_only_its_hash(stack):
     assert done.returncode == 0, done.stderr
     key = done.stdout.strip()
     assert len(key) >= 32
-    stored = stack.redis.hgetall("wp:apikeys")
+    stored = stack.redis.hgetall(keys.API_KEYS)
     assert "initech" in stored.values() and not any(key in k or key in v for k, v in stored.items())
     rv = stack.client.get("/api/v1/warmpool/pools", headers={"Authorization": f"Bearer {key}"})
     assert rv.status_code == 200 and rv.json == {"pools": [], "count": 0, "cost_per_hour": 0.0}

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from app.pools import volume_name
+from app.store import keys
 from tasks.rebuild import form_pool
 from tests.conftest import wait_until
 from tests.faults.test_faults import provisioned
@@ -103,7 +104,7 @@ def test_warmpool_rebuild_is_a_dry_run_unless_applied(clean_stack):
     lost, kept = stack.pool(31), stack.pool(32)
     stack.beat.stop()  # no sweep, no reconcile: only the command rebuilds
     try:
-        stack.redis.delete("wp:pool:acme:31")  # one record evicted
+        stack.redis.delete(keys.pool("acme:31"))  # one record evicted
         dry = warmpool("rebuild")
         assert dry.returncode == 0, dry.stderr
         assert (f"acme:31: would rebuild as active: host_machine_id {lost['host_machine_id']}, volume_id "

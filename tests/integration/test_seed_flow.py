@@ -73,9 +73,7 @@ def test_seed_flow(clean_stack):
         assert rv.status_code == 200 and rv.json["fallback"] == "cpu_standby"
         assert stack.pool(MACHINE)["state"] == "disabled"
         stack.sim("POST", f"/_sim/instances/{status['primary_gpu_id']}/fail")
-        sweeps = stack.redis.get("wp:sweep:last")
-        for _ in range(4):  # several sweeps pass without a failover
-            sweeps = wait_until(lambda s=sweeps: (now := stack.redis.get("wp:sweep:last")) != s and now)
+        stack.wait_sweeps(4)  # several sweeps pass without a failover
         assert stack.pool(MACHINE)["failover_count"] == 2 and len(pool_resources(stack)[0]) == 2
 
         # enable: back to active, and the failed primary is failed over

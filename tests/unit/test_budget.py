@@ -26,12 +26,12 @@ def test_reserve_slot_spaces_calls(store):
         # each caller waits one interval more than the previous (less the time the calls took)
         assert wait == pytest.approx(0.5 * i, abs=0.2), waits
     assert store.reserve_slot("list_instances", 0.5) == pytest.approx(0, abs=0.05)  # per endpoint
-    assert 0 < store.r.pttl("wp:rate:show_instance") <= 3000
+    assert 0 < store.r.pttl(keys.rate("show_instance")) <= 3000
 
 
 def test_reserve_slot_is_free_again_after_the_interval(store):
     store.reserve_slot("volumes", 0.1)
-    wait_until(lambda: float(store.r.get("wp:rate:volumes") or 0) < time.time(), timeout=5, interval=0.02,
+    wait_until(lambda: float(store.r.get(keys.rate("volumes")) or 0) < time.time(), timeout=5, interval=0.02,
                message="the reserved slot to pass")
     assert store.reserve_slot("volumes", 0.1) == pytest.approx(0, abs=0.05)
 
@@ -81,7 +81,7 @@ def test_a_ranked_call_far_from_its_turn_gives_its_thread_back_and_keeps_its_pla
         real_client().stop_instance(7)
         assert not mock.calls
     assert raised.value.retry_in > 0
-    assert "stop-1" in env.store.r.zrange("wp:rate:manage_instance:claims", 0, -1)
+    assert "stop-1" in env.store.r.zrange(keys.ranked_claims("manage_instance"), 0, -1)
 
 
 # -- the client's throttle ------------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ def test_a_web_thread_never_waits_for_a_slot(budget):
         budget.client.show_instance(7)
     assert len(budget.mock.calls) == 0 and budget.sleeps == []
     assert 0 < raised.value.retry_in <= budget.interval
-    budget.env.store.r.delete("wp:rate:show_instance")  # the slot is free now: taken and sent at once
+    budget.env.store.r.delete(keys.rate("show_instance"))  # the slot is free now: taken and sent at once
     with without_waiting():
         budget.client.show_instance(7)
     assert len(budget.mock.calls) == 1 and budget.sleeps == []
@@ -146,7 +146,7 @@ def test_an_endpoint_without_a_limit_takes_no_slot(budget):
     client = real_client()
     for _ in range(3):
         client.show_instance(7)
-    assert len(budget.mock.calls) == 3 and budget.sleeps == [] and budget.env.r.keys("wp:rate:*") == []
+    assert len(budget.mock.calls) == 3 and budget.sleeps == [] and budget.env.r.keys(keys.rate("*")) == []
 
 
 # -- the failover cap ---------------------------------------------------------------------------------------------
@@ -154,17 +154,17 @@ def test_an_endpoint_without_a_limit_takes_no_slot(budget):
 
 def test_failover_slots_are_capped_over_the_last_minute(store):
     assert [store.take_failover_slot(3) for _ in range(5)] == [True, True, True, False, False]
-    assert store.r.zcard("wp:failovers") == 3  # refused attempts take no slot
-    assert 0 < store.r.ttl("wp:failovers") <= 120
-    oldest, _ = store.r.zrange("wp:failovers", 0, 0, withscores=True)[0]
-    store.r.zadd("wp:failovers", {oldest: time.time() - 61})  # one of them started over a minute ago
+    assert store.r.zcard(keys.FAILOVERS) == 3  # refused attempts take no slot
+    assert 0 < store.r.ttl(keys.FAILOVERS) <= 120
+    oldest, _ = store.r.zrange(keys.FAILOVERS, 0, 0, withscores=True)[0]
+    store.r.zadd(keys.FAILOVERS, {oldest: time.time() - 61})  # one of them started over a minute ago
     assert store.take_failover_slot(3) and not store.take_failover_slot(3)
 
 
 def test_a_failover_past_the_cap_is_said_once_a_minute(store):
     assert store.first_cap_notice("acme:1") and not store.first_cap_notice("acme:1")
     assert store.first_cap_notice("acme:2")
-    assert 0 < store.r.ttl("wp:cap-notice:acme:1") <= 60
+    assert 0 < store.r.ttl(keys.cap_notice("acme:1")) <= 60
 
 
 def test_a_failovers_puts_rank_a_fenced_start_first_then_priority_then_failure_time():

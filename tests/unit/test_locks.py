@@ -9,7 +9,7 @@ import redis
 
 from app.pools import State, new_pool
 from app.processes import free_port, wait_until
-from app.store import Busy, FencedOut, Held, Store
+from app.store import Busy, FencedOut, Held, Store, keys
 from tests.conftest import RedisServer
 from tests.provider.simkit import holds_for
 from tests.unit.fakes import snapshot
@@ -46,15 +46,15 @@ def test_epochs_stay_above_every_old_one_after_redis_lost_its_data(store):
         store.take_over(PID, taken_over, 10)
     with pytest.raises(FencedOut):
         store.extend(PID, taken_over, 10)
-    assert store.r.get(f"wp:lock:{PID}") == new.token
+    store.check_fence(PID, new)  # the new holder holds the lock
 
 
 def test_the_lock_is_a_redis_py_lock_with_a_ttl(store):
     held = store.acquire(PID, 10)
-    assert store.r.get(f"wp:lock:{PID}") == held.token
-    assert 0 < store.r.pttl(f"wp:lock:{PID}") <= 10_000
+    store.check_fence(PID, held)
+    assert 0 < store.r.pttl(keys.lock(PID)) <= 10_000
     store.extend(PID, held, 30)
-    assert 10_000 < store.r.pttl(f"wp:lock:{PID}") <= 30_000
+    assert 10_000 < store.r.pttl(keys.lock(PID)) <= 30_000
 
 
 def test_acquire_waits_for_a_release(store):
@@ -79,7 +79,7 @@ def test_a_lease_releases_unless_handed_off(store):
     assert not store.is_locked(PID)
     with store.lease(PID, 10) as lease:
         held = lease.hand_off()  # the operation's steps hold it now
-    assert store.r.get(f"wp:lock:{PID}") == held.token
+    store.check_fence(PID, held)
     with pytest.raises(RuntimeError), store.lease_if_free("acme:9", 10):
         raise RuntimeError("a failure inside gives the lock back too")
     assert not store.is_locked("acme:9")
@@ -90,7 +90,7 @@ def test_check_fence_needs_the_token_and_the_epoch(store):
     store.check_fence(PID, held)
     with pytest.raises(FencedOut):
         store.check_fence(PID, Held("someone else", held.epoch))
-    store.r.incr(f"wp:epoch:{PID}")
+    store.r.incr(keys.epoch(PID))
     with pytest.raises(FencedOut):
         store.check_fence(PID, held)
 
@@ -100,7 +100,7 @@ def test_extend_after_expiry_takes_the_lock_back_when_no_one_held_it(store):
     held = store.acquire(PID, 0.1)
     wait_until(lambda: not store.is_locked(PID), timeout=5, message="the lock to expire")
     store.extend(PID, held, 10)
-    assert store.r.get(f"wp:lock:{PID}") == held.token and store.epoch(PID) == held.epoch
+    store.check_fence(PID, held)  # the same token, under the same epoch
     assert store.acquire(PID, 10) is None
 
 
@@ -128,7 +128,7 @@ def test_extend_after_takeover_raises_fenced_out(store):
 
 def test_extend_with_the_right_token_but_an_old_epoch_is_fenced_out(store):
     held = store.acquire(PID, 10)
-    store.r.incr(f"wp:epoch:{PID}")
+    store.r.incr(keys.epoch(PID))
     with pytest.raises(FencedOut):
         store.extend(PID, held, 10)
 
@@ -151,7 +151,8 @@ def test_take_over_of_an_expired_lock_no_one_held_since(store):
     first = store.acquire(PID, 0.1)
     wait_until(lambda: not store.is_locked(PID), timeout=5, message="the lock to expire")
     second = store.take_over(PID, first, 10)
-    assert store.r.get(f"wp:lock:{PID}") == second.token and second.epoch > first.epoch
+    store.check_fence(PID, second)
+    assert second.epoch > first.epoch
 
 
 def test_a_fenced_out_holder_does_not_release_the_lock_of_the_one_that_took_over(store):
@@ -197,7 +198,8 @@ def test_the_heartbeat_keeps_a_lock_alive_past_its_ttl(store, monkeypatch):
     with store.heartbeat(PID, held, 0.3) as heartbeat:
         # six beats, a third of the TTL apart: twice the TTL has passed
         wait_until(lambda: len(beats) >= 6, timeout=10, interval=0.01, message="six beats")
-        assert store.r.get(f"wp:lock:{PID}") == held.token and not heartbeat.lost
+        store.check_fence(PID, held)
+        assert not heartbeat.lost
     done = len(beats)
     store.check_fence(PID, held)
     wait_until(lambda: not store.is_locked(PID), timeout=5, message="the lock to expire once the step is done")
@@ -211,10 +213,10 @@ def test_the_heartbeat_notes_a_lost_lock_and_stops(store, monkeypatch):
         newer = store.take_over(PID, held, 10)  # a redelivery took the machine
         wait_until(lambda: heartbeat.lost, timeout=10, interval=0.01, message="the loss to be noted")
         lost_at = len(beats)
-        wait_until(lambda: store.r.pttl(f"wp:lock:{PID}") < 9_700, timeout=10, interval=0.05,
+        wait_until(lambda: store.r.pttl(keys.lock(PID)) < 9_700, timeout=10, interval=0.05,
                    message="time to pass")
         assert len(beats) == lost_at  # it stopped beating: it never renews the newer holder's lock
-    assert store.r.get(f"wp:lock:{PID}") == newer.token
+    store.check_fence(PID, newer)
 
 
 def test_the_heartbeat_rides_out_a_redis_error(store, monkeypatch):
@@ -230,7 +232,8 @@ def test_the_heartbeat_rides_out_a_redis_error(store, monkeypatch):
     held = store.acquire(PID, 0.6)
     with store.heartbeat(PID, held, 0.6) as heartbeat:
         wait_until(lambda: len(beats) >= 6, timeout=10, interval=0.01, message="six beats")
-        assert not heartbeat.lost and store.r.get(f"wp:lock:{PID}") == held.token
+        store.check_fence(PID, held)
+        assert not heartbeat.lost
 
 
 # -- two real writers ------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from app.pools import State, new_pool, pool_id
-from app.store import EVENTS_KEPT, FencedOut
+from app.store import EVENTS_KEPT, FencedOut, keys
 from app.store.operations import OP_TTL
 from tests.conftest import wait_until
 from tests.unit.fakes import snapshot
@@ -113,7 +113,7 @@ def test_the_healer_index_holds_only_unsettled_enabled_pools(store):
 
 def test_save_pool_fenced_out_for_a_new_pool_writes_no_index(store):
     old = store.acquire(PID, 10)
-    store.r.incr(f"wp:epoch:{PID}")  # a newer holder took the machine
+    store.r.incr(keys.epoch(PID))  # a newer holder took the machine
     with pytest.raises(FencedOut):
         store.save_pool(new_pool("acme", 123, state=ACTIVE, primary_gpu_id=5), old)
     assert store.get_pool(PID) is None
@@ -147,7 +147,7 @@ def test_new_op_is_pending_with_a_ttl(store):
     assert len(op_id) == 32 and op["task_id"] == op_id
     assert (op["tenant"], op["machine_id"], op["operation"], op["state"], op["step"]) == (
         "acme", 123, "provision", "PENDING", "queued")
-    assert 0 < store.r.ttl(f"wp:op:{op_id}") <= OP_TTL
+    assert 0 < store.r.ttl(keys.op(op_id)) <= OP_TTL
     assert store.new_op("acme", 123, "provision") != op_id
     assert store.get_op("0" * 32) is None
 
@@ -172,7 +172,7 @@ def test_update_of_an_unknown_op_creates_nothing(store):
 
 def test_wait_op_returns_when_the_op_ends(store):
     op_id = store.new_op("acme", 123, "cleanup")
-    channel = f"wp:op-done:{op_id}"
+    channel = keys.op_done(op_id)
 
     def finish():
         wait_until(lambda: store.r.pubsub_numsub(channel)[0][1] > 0, timeout=5, interval=0.01,
@@ -211,7 +211,7 @@ def test_wait_op_times_out_with_the_running_record(store):
 def test_events_newest_first_and_capped(store):
     for i in range(EVENTS_KEPT + 30):
         store.event(PID, "tick", f"event {i}", n=i)
-    assert store.r.llen(f"wp:events:{PID}") == EVENTS_KEPT
+    assert store.r.llen(keys.events(PID)) == EVENTS_KEPT
     events = store.events(PID, limit=EVENTS_KEPT + 100)
     assert len(events) == EVENTS_KEPT
     assert events[0]["n"] == EVENTS_KEPT + 29 and events[-1]["n"] == 30
