@@ -303,17 +303,16 @@ def finish_at_once(env, monkeypatch, result: dict):
 
 def test_provision_wait_answers_200_with_the_result_when_it_ends(env, monkeypatch):
     finish_at_once(env, monkeypatch, {"success": True, "message": "Warm pool provisioned successfully"})
-    started = time.monotonic()
-    rv = provision(env, query="?wait=30")
+    rv = provision(env, query="?wait=30")  # a wait that timed out would answer 202
     assert rv.status_code == 200 and rv.json == {"success": True, "message": "Warm pool provisioned successfully"}
-    assert "Location" not in rv.headers and time.monotonic() - started < 10
+    assert "Location" not in rv.headers
 
 
 def test_provision_wait_answers_202_when_it_does_not_end_in_time(env):
     started = time.monotonic()
     rv = provision(env, query="?wait=0.3")
     assert rv.status_code == 202 and rv.headers["Location"].endswith(rv.json["task_id"])
-    assert 0.25 < time.monotonic() - started < 5
+    assert time.monotonic() - started >= 0.3  # it waited its whole ?wait
 
 
 def test_a_tenant_past_its_pool_limit_gets_a_clear_403(env):

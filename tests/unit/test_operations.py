@@ -11,6 +11,7 @@ from celery.exceptions import Retry
 from app import operations, runtime
 from app.operations import DONE, NEXT, StepOutcome
 from app.pools import State, label
+from app.store import keys
 from app.vast import ProviderUnavailable
 from tasks import celery_app, failover
 from tasks.base import Operation, Step
@@ -112,10 +113,10 @@ def test_the_cap_counts_only_failures_the_provider_confirms(env):
     protected(env)
     for _ in range(3):  # false triggers (a replayed notification, a wrong list): each cancelled, none counted
         assert confirming(env, PID) is DONE
-    assert env.store.r.zcard("wp:failovers") == 0
+    assert env.store.r.zcard(keys.FAILOVERS) == 0
     env.vast.instances[env.store.get_pool(PID)["primary_gpu_id"]]["actual_status"] = "offline"
     assert confirming(env, PID) is NEXT  # the real failure goes on, and takes the slot
-    assert env.store.r.zcard("wp:failovers") == 1 and len(env.vast.called("show_instance")) == 4
+    assert env.store.r.zcard(keys.FAILOVERS) == 1 and len(env.vast.called("show_instance")) == 4
 
 
 def test_a_confirmed_failure_past_the_cap_is_confirmed_once_more_and_never_deferred(env):

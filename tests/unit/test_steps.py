@@ -20,7 +20,7 @@ from app import operations
 from app.operations import NEXT, Declaration, Queue, StepSpec
 from app.pools import State, label, volume_name
 from app.runtime import Throttled, fence
-from app.store import FencedOut, Held
+from app.store import FencedOut, Held, keys
 from app.vast import ProviderUnavailable, RateLimited, RequestRejected
 from tasks import base, provision
 from tasks.base import MAX_PROVIDER_ERRORS, NotYet, Operation, OperationFailed, Step
@@ -112,7 +112,7 @@ def test_a_step_that_returns_next_advances_the_pool_keeps_the_lock_and_sends_the
     assert name == "warmpool.provision.create_volume" and sent == {**ctx, "seq": seq + 1}  # ids only
     op = env.store.get_op(ctx["op_id"])
     assert (op["state"], op["step"]) == ("STARTED", "probe")
-    assert env.store.r.get(f"wp:lock:{PID}") == ctx["token"]  # the next step holds it
+    assert env.store.r.get(keys.lock(PID)) == ctx["token"]  # the next step holds it
     assert env.compensated == []
 
 
@@ -179,7 +179,7 @@ def test_a_redelivery_takes_the_machine_over_with_a_new_epoch(env):
     assert new.epoch > first["epoch"] and new.token != first["token"]
     _, sent = env.steps[-1]
     assert (sent["epoch"], sent["token"]) == (new.epoch, new.token)  # the operation goes on with it
-    assert env.store.epoch(PID) == new.epoch and env.r.get(f"wp:lock:{PID}") == new.token
+    assert env.store.epoch(PID) == new.epoch and env.r.get(keys.lock(PID)) == new.token
     with pytest.raises(FencedOut):  # the first delivery, if it wakes, can write nothing
         env.store.check_fence(PID, held(first))
 
@@ -341,7 +341,7 @@ def test_a_mutating_call_after_the_epoch_moved_never_reaches_the_provider(env):
             mock.add(responses.POST, f"{VAST_URL}/api/v0/bundles/", json={"offers": []})
             client.stop_instance(1001)  # still the holder: it goes out
             assert len(mock.calls) == 1
-            env.r.incr(f"wp:epoch:{PID}")  # a newer holder
+            env.r.incr(keys.epoch(PID))  # a newer holder
             for call in (lambda: client.stop_instance(1001), lambda: client.destroy_instance(1001),
                          lambda: client.create_volume(9, 10, "v"), lambda: client.label_instance(1001, "x")):
                 with pytest.raises(FencedOut):
@@ -387,7 +387,7 @@ def test_a_step_longer_than_the_lock_ttl_keeps_its_lock(env):
     seq = ctx["seq"]
     assert deliver(probe, ctx) is NEXT and env.store.get_pool(PID)["seq"] == seq + 1  # done, not fenced out
     assert env.vast.called("stop_instance") == [("stop_instance", primary)]
-    assert env.store.r.get(f"wp:lock:{PID}") == ctx["token"] and env.compensated == []
+    assert env.store.r.get(keys.lock(PID)) == ctx["token"] and env.compensated == []
 
 
 def test_a_store_restart_during_a_step_runs_the_step_again(env):
@@ -491,7 +491,7 @@ def late_answer(env, monkeypatch, method: str, adopted: str | None = None):
 
     def late(*args, **kwargs):
         made = create(*args, **kwargs)
-        holder = Held(env.r.get(f"wp:lock:{PID}"), env.store.epoch(PID))
+        holder = Held(env.r.get(keys.lock(PID)), env.store.epoch(PID))
         newer = env.store.take_over(PID, holder, 10)
         if adopted:
             pool = env.store.get_pool(PID)
