@@ -64,6 +64,11 @@ def label(tenant: str, machine_id: int, role: str) -> str:
     return f"warmpool-{tenant}-{machine_id}-{role}"
 
 
+def instance_labels(tenant: str, machine_id: int) -> tuple[str, str]:
+    """The labels of every instance a pool makes: its primary's and its standby's."""
+    return label(tenant, machine_id, "primary"), label(tenant, machine_id, "standby")
+
+
 def volume_name(tenant: str, machine_id: int, kind: str = "volume") -> str:
     """Name of a pool's volume (``kind`` "replica": its replica on another host). Vast allows only letters,
     digits and '_' (64 at most), so a tenant name that does not fit is replaced by a short, stable hash of itself."""

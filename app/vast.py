@@ -180,6 +180,11 @@ class VastClient:
             return None
         return _get(body, "instances", (dict, type(None)))
 
+    def labelled(self, *labels: str) -> list[dict]:
+        """The instances carrying any of ``labels``, in one list call (labels are how a pool finds what it made,
+        rule 4)."""
+        return self.list_instances({"label": {"eq": labels[0]} if len(labels) == 1 else {"in": list(labels)}}).instances
+
     def list_instances(self, select_filters: dict | None = None, *, attempts: int | None = None) -> InstanceListing:
         """Every instance matching ``select_filters`` (all pages, ``LIST_PAGE_ROWS`` rows each).
 

@@ -9,7 +9,7 @@ from celery import shared_task
 
 from app import vast as provider
 from app.operations import DONE, NEXT, WAIT, StepOutcome
-from app.pools import label, primary_fields, standby_gone, to_disabled, volume_name
+from app.pools import instance_labels, primary_fields, standby_gone, to_disabled, volume_name
 from app.runtime import vast
 from tasks.base import Operation, OperationFailed, Step
 
@@ -22,9 +22,7 @@ def destroy_instances(self, op: Operation) -> StepOutcome:
     to_disabled(op.pool, fallback=None)
     op.save(cleanup_pending=True)
     ids = {op.pool["primary_gpu_id"], op.pool["standby_gpu_id"]} - {None}
-    for role in ("primary", "standby"):
-        ids |= {row["id"] for row in
-                vast().list_instances({"label": {"eq": label(op.tenant, op.machine_id, role)}}).instances}
+    ids |= {row["id"] for row in vast().labelled(*instance_labels(op.tenant, op.machine_id))}
     for instance_id in sorted(ids):
         vast().destroy_instance(instance_id)
     standby_gone(op.pool)

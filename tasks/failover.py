@@ -170,7 +170,7 @@ def primary_labelled(op: Operation) -> list[dict]:
     """Every instance carrying the pool's primary label, not only the old primary we know: a leaked or duplicate
     one must not run beside the standby either, nor come back later (one offline but meant to run would, with
     its host). Rule 3."""
-    return vast().list_instances({"label": {"eq": label(op.tenant, op.machine_id, "primary")}}).instances
+    return vast().labelled(primary_label(op))
 
 
 def primary_label(op: Operation) -> str:

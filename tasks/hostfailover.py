@@ -30,7 +30,7 @@ from celery import shared_task
 
 from app import vast as provider
 from app.operations import HOST_FAILOVER, NEXT, Branch, StepOutcome, Wait
-from app.pools import address_of, epoch_seconds, label, primary_fields, to_promoted
+from app.pools import instance_labels, address_of, epoch_seconds, label, primary_fields, to_promoted
 from app.runtime import vast
 from tasks.base import Operation, OperationFailed, Step
 from tasks.provision import NOT_RUNNING, create_once, is_running, rent
@@ -75,8 +75,7 @@ def fence_old_host(self, op: Operation) -> StepOutcome:
                                      f"replica's host {moving['host_machine_id']}", trigger=op.ctx["trigger"],
                  host_failover=True)
         op.ctx["announced"] = True
-    names = [label(op.tenant, op.machine_id, role) for role in ("primary", "standby")]
-    rows = vast().list_instances({"label": {"in": names}}).instances
+    rows = vast().labelled(*instance_labels(op.tenant, op.machine_id))
     old = sorted({row["id"] for row in rows if row.get("machine_id") == pool["host_machine_id"]}
                  | ({pool["primary_gpu_id"], pool["standby_gpu_id"]} - {None}))
     for instance_id in old:
@@ -112,7 +111,7 @@ def rent_on_replica_host(self, op: Operation) -> StepOutcome:
 
 def _adopt_on(op: Operation, machine_id: int) -> int | None:
     """A primary an interrupted attempt rented on the replica's host."""
-    rows = vast().list_instances({"label": {"eq": label(op.tenant, op.machine_id, "primary")}}).instances
+    rows = vast().labelled(label(op.tenant, op.machine_id, "primary"))
     return next((row["id"] for row in rows if row.get("machine_id") == machine_id), None)
 
 

@@ -14,7 +14,7 @@ from celery import shared_task
 from app import vast as provider
 from app.hosts import LASTING_MARGINS, group_hosts, offers_query
 from app.operations import DONE, NEXT, WAIT, StepOutcome
-from app.pools import label, primary_fields, standby_gone, standby_stopped, to_active, to_host_found, volume_name
+from app.pools import instance_labels, label, primary_fields, standby_gone, standby_stopped, to_active, to_host_found, volume_name
 from app.runtime import Throttled, account, settings, store, unfenced, vast, without_queueing
 from app.store import UNSEEN, FencedOut
 from tasks.base import NotYet, Operation, OperationFailed, Step
@@ -64,7 +64,7 @@ def create_once(op: Operation, role: str, create, find, destroy) -> int:
 def adopt(op: Operation, role: str) -> int | None:
     """An instance for ``role`` that an earlier, interrupted attempt created, if there is one."""
     known = {op.pool["primary_gpu_id"], op.pool["standby_gpu_id"]}
-    rows = vast().list_instances({"label": {"eq": label(op.tenant, op.machine_id, role)}}).instances
+    rows = vast().labelled(label(op.tenant, op.machine_id, role))
     return next((row["id"] for row in rows if row["id"] not in known), None)
 
 
@@ -217,9 +217,8 @@ def undo_provision(op: Operation) -> None:
     pool = op.pool
     if pool["primary_ssh_host"]:
         return
-    for role in ("primary", "standby"):
-        for row in vast().list_instances({"label": {"eq": label(op.tenant, op.machine_id, role)}}).instances:
-            vast().destroy_instance(row["id"])
+    for row in vast().labelled(*instance_labels(op.tenant, op.machine_id)):
+        vast().destroy_instance(row["id"])
     if pool["volume_id"] is not None:
         vast().delete_volume(pool["volume_id"])
     standby_gone(pool)

@@ -75,7 +75,7 @@ def instances_by_pool(pids: list[str] | None) -> dict[str, list[dict]]:
     else:
         names = [label(*split_pool_id(pid), role) for pid in pids for role in ("primary", "standby")]
         rows = [row for i in range(0, len(names), LABELS_PER_CALL)
-                for row in vast().list_instances({"label": {"in": names[i:i + LABELS_PER_CALL]}}).instances]
+                for row in vast().labelled(*names[i:i + LABELS_PER_CALL])]
     found = defaultdict(list)
     for row in rows:
         parsed = parse_label(row.get("label") or "")

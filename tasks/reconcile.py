@@ -94,7 +94,7 @@ def _instance_suspects(counts: dict[str, int], held: set[str]) -> list[tuple]:
         # more instances carry the label than the pool can reference: look closer
         if counts[name] > (1 if pool and pool[f"{role}_gpu_id"] else 0):
             suspects += [("instance", row["id"], pid, _created(row))
-                         for row in vast(split_pool_id(pid)[0]).list_instances({"label": {"eq": name}}).instances
+                         for row in vast(split_pool_id(pid)[0]).labelled(name)
                          if row["id"] not in referenced(pool)]
     return suspects
 

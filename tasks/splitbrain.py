@@ -5,7 +5,7 @@ import contextlib
 
 from celery import shared_task
 
-from app.pools import State, label, split_pool_id
+from app.pools import State, instance_labels, split_pool_id
 from app.runtime import settings, store, vast
 from app.store import FencedOut
 from tasks.base import fenced_by
@@ -24,9 +24,8 @@ def guard_split_brain(pid: str, reason: str) -> list[int]:
         tenant, machine_id = split_pool_id(pid)
         # the lock kept alive, and each stop sent only while it is still ours (rule 12)
         with s.heartbeat(pid, lease.held, cfg.lock_ttl), fenced_by(pid, lease.held):
-            for role in ("primary", "standby"):
-                for row in vast().list_instances({"label": {"eq": label(tenant, machine_id, role)}}).instances:
-                    if row["id"] != pool["primary_gpu_id"] and row.get("intended_status") == "running":
+            for row in vast().labelled(*instance_labels(tenant, machine_id)):
+                if row["id"] != pool["primary_gpu_id"] and row.get("intended_status") == "running":
                         vast().stop_instance(row["id"])
                         stopped.append(row["id"])
         if stopped:

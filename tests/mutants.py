@@ -220,7 +220,7 @@ MUTANTS = [
            (f"{LOCKS}::test_behind_sentinel_a_new_epoch_waits_for_a_replica_and_a_lone_master_goes_on",)),
     # issue 22: guards that no test protected (each mutant breaks a small named function's body)
     Mutant("every primary-labelled instance is stopped before the standby starts (rule 3)", "tasks/failover.py",
-           "    return vast().list_instances({\"label\": {\"eq\": label(op.tenant, op.machine_id, \"primary\")}}).instances\n",
+           "    return vast().labelled(primary_label(op))\n",
            "    return vast().list_instances({\"id\": {\"eq\": op.ctx[\"old_primary\"]}}).instances\n",
            (f"{OPS}::test_a_failover_stops_every_primary_labelled_instance_before_the_standby_starts",)),
     Mutant("a confirmation that cannot reach the provider cancels (rule 6)", "tasks/failover.py",

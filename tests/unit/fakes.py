@@ -25,7 +25,7 @@ from app import operations, queue, runtime
 from app.pools import State, new_pool, pool_id
 from app.settings import DEFAULT_ACCOUNT, Settings
 from app.store import Store
-from app.vast import InstanceListing, NotFound, OfferUnavailable
+from app.vast import InstanceListing, NotFound, OfferUnavailable, VastClient
 
 KEYS = {"acme": "acme-key", "globex": "globex-key"}
 VAST_URL = "http://vast.test"
@@ -148,6 +148,8 @@ class FakeVast:
     def show_instance(self, instance_id: int) -> dict | None:
         self._call("show_instance", instance_id)
         return self.instances.get(instance_id)
+
+    labelled = VastClient.labelled  # the real one: a list call, which this fake answers
 
     def list_instances(self, select_filters: dict | None = None, *, attempts: int | None = None) -> InstanceListing:
         self._call("list_instances", select_filters)
