@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 
 from app import operations
-from app.pools import (State, has_resources, iso_at, new_pool, pool_id, refuses_provision, schedule_switchover,
+from app.pools import (Pool, State, has_resources, iso_at, new_pool, pool_id, refuses_provision, schedule_switchover,
                        to_active, to_provisioning, unschedule_switchover)
 from app.queue import enqueue
 from app.runtime import settings, store
@@ -49,11 +49,11 @@ def _claim(tenant: str, machine_id: int) -> None:
 class Started:
     """What a command did: the operation it started (or queued), if any, and the pool as it left it."""
     op_id: str | None
-    pool: dict
+    pool: Pool
     queued: bool = False
 
 
-def _pool(tenant: str, machine_id: int) -> dict:
+def _pool(tenant: str, machine_id: int) -> Pool:
     pool = store().get_pool(pool_id(tenant, machine_id))
     if pool is None:
         raise NotFound(machine_id)
@@ -135,7 +135,7 @@ def test_failover(tenant: str, machine_id: int) -> Started:
         return Started(op_id, _pool(tenant, machine_id))
 
 
-def plan_switchover(tenant: str, machine_id: int, at: float) -> dict:
+def plan_switchover(tenant: str, machine_id: int, at: float) -> Pool:
     """Plan a switchover to the standby at ``at`` (epoch s; now or earlier: at the next check). The pool keeps the
     plan (``scheduled_switchover``) and ``tasks/switchover.py`` starts it when due."""
     s, pid = store(), pool_id(tenant, machine_id)
@@ -150,7 +150,7 @@ def plan_switchover(tenant: str, machine_id: int, at: float) -> dict:
         return pool
 
 
-def cancel_switchover(tenant: str, machine_id: int) -> dict:
+def cancel_switchover(tenant: str, machine_id: int) -> Pool:
     s, pid = store(), pool_id(tenant, machine_id)
     if not _pool(tenant, machine_id).get("scheduled_switchover"):
         raise NotPlanned(machine_id)  # before the lock: a refusal changes nothing

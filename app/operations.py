@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import TypedDict, cast
 
-from app.pools import State, split_pool_id, to_disabled, to_failover
+from app.pools import Pool, State, split_pool_id, to_disabled, to_failover
 from app.queue import enqueue
 from app.runtime import store
 from app.store import Held
@@ -237,12 +237,12 @@ def message(pid: str, held: Held, op_id: str | None, seq: int) -> Message:
 
 def begin(pid: str, operation: str, held: Held, op_id: str | None = None, **extra) -> tuple[Message, Context]:
     """The first step's message and the context of a new ``operation`` that holds ``held``."""
-    pool = store().get_pool(pid) or {}
+    pool = store().get_pool(pid)
     ctx = cast(Context, {"operation": operation, "started": time.time(), "phases": {}, **extra})
-    return message(pid, held, op_id, pool.get("seq", 0)), ctx
+    return message(pid, held, op_id, pool.get("seq", 0) if pool else 0), ctx
 
 
-def _held_pool(pid: str) -> dict:
+def _held_pool(pid: str) -> Pool:
     """The pool of a machine whose lock the caller holds: such a machine has its record (a cleanup keeps it)."""
     pool = store().get_pool(pid)
     if pool is None:
@@ -306,7 +306,7 @@ def cleanup(pid: str, held: Held, op_id: str | None) -> None:
     pool = _held_pool(pid)
     op_id = op_id or s.new_op(*split_pool_id(pid), CLEANUP.name)
     if not pool.get("cleanup_pending") or pool["op_id"] != op_id:  # from now on the healer finishes it if interrupted
-        pool.update(cleanup_pending=True, op_id=op_id)
+        pool.update({"cleanup_pending": True, "op_id": op_id})
         s.save_pool(pool, held)
     _start(CLEANUP.name, pid, held, op_id)
 

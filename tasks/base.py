@@ -15,7 +15,7 @@ import logging
 import random
 import threading
 import time
-from typing import Literal, cast
+from typing import Literal, Unpack, cast
 
 import redis
 from celery import Task
@@ -25,7 +25,7 @@ from kombu.utils.imports import symbol_by_name
 
 from app import vast as provider
 from app.operations import DECLARED, NEXT, Branch, Context, Declaration, Message, Outcome, StepOutcome, Wait
-from app.pools import now_iso, split_pool_id, to_degraded
+from app.pools import Pool, now_iso, split_pool_id, to_degraded
 from app.queue import enqueue
 from app.runtime import Throttled, fence, on_account, on_tenant_account, settings, store
 from app.store import STORE_AWAY, FencedOut, Held
@@ -50,10 +50,17 @@ class Operation:
         self.held = Held(message["token"], message["epoch"])
         self.store = store()
         self.settings = settings()
-        # None once the pool is gone: a step asks ``current`` first, and runs only on a pool that is there
-        self.pool: dict = self.store.get_pool(self.pid)  # type: ignore[assignment]
+        self._pool = self.store.get_pool(self.pid)  # None once the pool is gone
         self.advanced = False
         self.heartbeat = None
+
+    @property
+    def pool(self) -> Pool:
+        """The pool's record, as this step changes it. A step asks ``current`` first, and runs only on a pool
+        that is there."""
+        if self._pool is None:
+            raise LookupError(f"no pool record for {self.pid}")
+        return self._pool
 
     @classmethod
     def load(cls, message: Message) -> "Operation":
@@ -74,7 +81,7 @@ class Operation:
     @property
     def current(self) -> bool:
         """Whether this step is the one the pool waits for (not a duplicate delivery of a done one)."""
-        return self.pool is not None and self.pool.get("seq", 0) == self.seq and "operation" in self.ctx
+        return self._pool is not None and self._pool.get("seq", 0) == self.seq and "operation" in self.ctx
 
     def take_over(self) -> None:
         self.held = self.store.take_over(self.pid, self.held, self.settings.lock_ttl)
@@ -94,7 +101,7 @@ class Operation:
             if self.pool.get("op_id") != self.op_id:
                 self.save(op_id=self.op_id)  # so an interrupted operation can be resumed under its id
 
-    def save(self, **fields) -> None:
+    def save(self, **fields: Unpack[Pool]) -> None:
         self.pool.update(fields)
         self.store.save_pool(self.pool, self.held)
 
@@ -102,10 +109,10 @@ class Operation:
         """The context to write with the next pool write, if the step changed it."""
         return (self.op_id, dict(self.ctx)) if self.op_id and self.ctx != self.saved_ctx else None
 
-    def advance(self, **fields) -> None:
+    def advance(self, **fields: Unpack[Pool]) -> None:
         """The step's last write: its fields, what it wrote in the context and the pool's step counter, at once
         and only once."""
-        self.pool.update(fields, seq=self.seq + 1)
+        self.pool.update({**fields, "seq": self.seq + 1})
         self.store.save_pool(self.pool, self.held, expect_seq=self.seq, context=self._context_written())
         self.saved_ctx = copy.deepcopy(self.ctx)
         self.seq = self.message["seq"] = self.seq + 1
@@ -159,16 +166,16 @@ class Operation:
         if self.op_id:
             self.store.update_op(self.op_id, state="SUCCESS", step="done", result=result)
 
-    def finish(self, result: dict, **fields) -> None:
+    def finish(self, result: dict, **fields: Unpack[Pool]) -> None:
         """End the operation: the pool gets its last fields, the task record its result, the lock is released."""
         self.advance(**fields)
         self.complete(result)
         self.store.release(self.pid, self.held, self.settings.lock_ttl)
 
-    def fail(self, message: str, **fields) -> None:
+    def fail(self, message: str) -> None:
         """End the operation as failed; the pool is degraded and the healer will retry it, backing off."""
         attempts = self.pool.get("heal_attempts", 0)
-        to_degraded(self.pool, message, _heal_backoff(attempts), heal_attempts=attempts + 1, **fields)
+        to_degraded(self.pool, message, _heal_backoff(attempts), heal_attempts=attempts + 1)
         self.advance()
         if self.kind == "failover" and not self.ctx.get("promoted"):
             self.event("failover_failed", message, trigger=self.ctx.get("trigger"))

@@ -9,7 +9,7 @@ from celery import shared_task
 
 from app import vast as provider
 from app.operations import DONE, NEXT, WAIT, StepOutcome
-from app.pools import instance_labels, primary_fields, standby_gone, to_disabled, volume_name
+from app.pools import instance_labels, known_ids, primary_fields, standby_gone, to_disabled, volume_name
 from app.runtime import vast
 from tasks.base import Operation, OperationFailed, Step
 
@@ -21,7 +21,7 @@ def destroy_instances(self, op: Operation) -> StepOutcome:
     # and marked, so that a cleanup that fails is tried again by the healer until the volume is gone
     to_disabled(op.pool, fallback=None)
     op.save(cleanup_pending=True)
-    ids = {op.pool["primary_gpu_id"], op.pool["standby_gpu_id"]} - {None}
+    ids = known_ids(op.pool["primary_gpu_id"], op.pool["standby_gpu_id"])
     ids |= {row["id"] for row in vast().labelled(*instance_labels(op.tenant, op.machine_id))}
     for instance_id in sorted(ids):
         vast().destroy_instance(instance_id)
@@ -36,7 +36,7 @@ def delete_volume(self, op: Operation) -> StepOutcome:
     op.step("delete_volume")
     # the pool's volume and its replica on another host (after a host failover the volume is a former replica)
     names = {volume_name(op.tenant, op.machine_id), volume_name(op.tenant, op.machine_id, "replica")}
-    ids = ({op.pool["volume_id"], op.pool.get("replica_volume_id")} - {None}) | {
+    ids = known_ids(op.pool["volume_id"], op.pool.get("replica_volume_id")) | {
         v["id"] for v in vast().show_volumes() if v.get("label") in names}
     try:
         for volume_id in sorted(ids):

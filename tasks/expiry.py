@@ -22,7 +22,7 @@ from celery import shared_task
 
 from app import operations
 from app import vast as provider
-from app.pools import State, iso_at, pool_id, split_pool_id
+from app.pools import INSTANCE_FIELDS, State, iso_at, known_ids, pool_id, split_pool_id
 from app.runtime import on_account, pools_by_account, settings, store
 from tasks.renewal import end_dates
 
@@ -36,8 +36,8 @@ def check_expiry() -> dict[str, str]:
     ends = {}
     for name, pids in pools_by_account([pool_id(p["tenant"], p["machine_id"]) for p in pools]).items():
         on_it = set(pids)
-        ids = sorted({p[k] for p in pools if pool_id(p["tenant"], p["machine_id"]) in on_it
-                      for k in ("primary_gpu_id", "standby_gpu_id")} - {None})
+        ids = sorted(known_ids(*(p[k] for p in pools if pool_id(p["tenant"], p["machine_id"]) in on_it
+                                 for k in ("primary_gpu_id", "standby_gpu_id"))))
         try:
             with on_account(name):  # each account lists its own instances (rule 17)
                 ends.update(end_dates(ids))
@@ -47,8 +47,8 @@ def check_expiry() -> dict[str, str]:
     started = {}
     for pool in pools:
         for role in ("standby", "primary"):  # a standby ending too is renewed before any switchover
-            instance_id = pool[f"{role}_gpu_id"]
-            if instance_id in ends and ends[instance_id] < horizon:
+            instance_id = pool[INSTANCE_FIELDS[role]]
+            if instance_id is not None and instance_id in ends and ends[instance_id] < horizon:
                 pid = pool_id(pool["tenant"], pool["machine_id"])
                 started[pid] = _replace(pid, role, instance_id, ends[instance_id])
                 break
@@ -60,7 +60,7 @@ def _replace(pid: str, role: str, instance_id: int, end_date: float) -> str:
     s, cfg = store(), settings()
     with s.lease_if_free(pid, cfg.lock_ttl) as lease:
         pool = lease and s.get_pool(pid)
-        if not pool or pool["state"] != State.ACTIVE or pool[f"{role}_gpu_id"] != instance_id:
+        if not pool or pool["state"] != State.ACTIVE or pool[INSTANCE_FIELDS[role]] != instance_id:
             return "busy or moved on"  # the next check looks again
         what = "a fresh standby replaces it" if role == "standby" else "planned switchover to the standby"
         s.event(pid, "rental_ending", f"the {role} {instance_id}'s rental ends at {iso_at(end_date)}: {what}",

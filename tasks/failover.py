@@ -13,8 +13,8 @@ from celery import shared_task
 
 from app import vast as provider
 from app.operations import DONE, NEXT, WAIT, StepOutcome, Wait
-from app.pools import (State, address_of, label, primary_fields, standby_gone, standby_starting, standby_stopped,
-                       to_failover_cancelled, to_promoted)
+from app.pools import (State, address_of, label, primary_fields, required, standby_gone, standby_starting,
+                       standby_stopped, to_failover_cancelled, to_promoted)
 from app.runtime import Throttled, ranked_calls, vast, without_waiting
 from app.store import UNSEEN
 from tasks.base import Operation, OperationFailed, Step
@@ -217,7 +217,7 @@ def fresh_standby(op: Operation) -> int:
 @shared_task(bind=True, base=Step, name="warmpool.failover.await_standby")
 def await_standby(self, op: Operation) -> StepOutcome:
     op.step("await_standby")
-    standby = op.pool["standby_gpu_id"]
+    standby = required(op.pool, "standby_gpu_id")  # started (or made) by start_standby
     instance = observe(standby, _fast_poll(op), op.ctx.setdefault("standby_since", time.time()))
     if instance is UNSEEN:
         instance = {}  # not in a poll round since it was started
@@ -249,7 +249,7 @@ def promote(self, op: Operation) -> StepOutcome:
     times.pop("lost_at")  # the detection time, kept in the phases
     recovery, from_healthy, phases = (times["recovery_time_seconds"], times["recovery_from_last_healthy_seconds"],
                                       times["phases"])
-    new_primary = pool["standby_gpu_id"]
+    new_primary = required(pool, "standby_gpu_id")
     last = {**times, "trigger": ctx["trigger"], "old_primary_gpu_id": ctx["old_primary"],
             "new_primary_gpu_id": new_primary}
     to_promoted(pool, new_primary, retire_gpu_id=ctx["old_primary"], failover_count=pool["failover_count"] + 1,
@@ -273,7 +273,7 @@ def retire_old_primary(self, op: Operation) -> StepOutcome:
     if op.pool["retire_gpu_id"] is not None:
         vast().destroy_instance(op.pool["retire_gpu_id"])
         with put_turn(op, AFTER):
-            vast().label_instance(op.pool["primary_gpu_id"], label(op.tenant, op.machine_id, "primary"))
+            vast().label_instance(required(op.pool, "primary_gpu_id"), label(op.tenant, op.machine_id, "primary"))
         op.save(retire_gpu_id=None)
     return NEXT
 

@@ -64,7 +64,8 @@ def repair(pid: str) -> str:
             operations.failover(pid, lease.hand_off(), trigger, op_id=op_id)
             return "resume failover"
         try:
-            primary = pool["primary_gpu_id"] and vast(pool["tenant"]).show_instance(pool["primary_gpu_id"])
+            primary_id = pool["primary_gpu_id"]
+            primary = vast(pool["tenant"]).show_instance(primary_id) if primary_id else None
             if pool["primary_ssh_host"] and not is_running(primary):
                 operations.failover(pid, lease.hand_off(), "heal", op_id=op_id)
                 return "failover"

@@ -30,7 +30,8 @@ from celery import shared_task
 
 from app import vast as provider
 from app.operations import HOST_FAILOVER, NEXT, Branch, StepOutcome, Wait
-from app.pools import instance_labels, address_of, epoch_seconds, label, primary_fields, to_promoted
+from app.pools import (FieldMissing, Pool, address_of, epoch_seconds, instance_labels, known_ids, label, primary_fields,
+                       required, to_promoted)
 from app.runtime import vast
 from tasks.base import Operation, OperationFailed, Step
 from tasks.provision import NOT_RUNNING, create_once, is_running, rent
@@ -42,7 +43,7 @@ def host_lost(rows: dict[int, dict], ids: list[int]) -> bool:
     return "offline" in statuses and set(statuses) <= {"offline", "gone"}
 
 
-def has_replica_data(pool: dict) -> bool:
+def has_replica_data(pool: Pool) -> bool:
     """Whether the pool's replica holds data: a replica that never completed a copy has nothing to move to, so
     the failover stays on the pool's own host."""
     return bool(pool.get("replica_volume_id") and pool.get("replica_data_at"))
@@ -60,15 +61,16 @@ def check_host(self, op: Operation) -> StepOutcome:
         rows = {row["id"]: row for row in vast().list_instances({"id": {"in": ids}}).instances}
         if not host_lost(rows, ids):
             return NEXT
-        op.save(moving={"host_machine_id": pool["replica_host_machine_id"], "volume_id": pool["replica_volume_id"],
-                        "data_at": pool["replica_data_at"], "primary_gpu_id": None})
+        op.save(moving={"host_machine_id": required(pool, "replica_host_machine_id"),
+                        "volume_id": required(pool, "replica_volume_id"),
+                        "data_at": required(pool, "replica_data_at"), "primary_gpu_id": None})
     return Branch(HOST_FAILOVER.name)  # the move goes on with this failover's op record and lock
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.fence_old_host")
 def fence_old_host(self, op: Operation) -> StepOutcome:
     op.step("fence_old_host")
-    pool, moving = op.pool, op.pool["moving"]
+    pool, moving = op.pool, required(op.pool, "moving")
     if not op.ctx.get("announced"):
         op.event("failover_started", f"failover of primary {pool['primary_gpu_id']} ({op.ctx['trigger']}): host "
                                      f"{pool['host_machine_id']} is lost with its primary and standby; moving to the "
@@ -77,7 +79,7 @@ def fence_old_host(self, op: Operation) -> StepOutcome:
         op.ctx["announced"] = True
     rows = vast().labelled(*instance_labels(op.tenant, op.machine_id))
     old = sorted({row["id"] for row in rows if row.get("machine_id") == pool["host_machine_id"]}
-                 | ({pool["primary_gpu_id"], pool["standby_gpu_id"]} - {None}))
+                 | known_ids(pool["primary_gpu_id"], pool["standby_gpu_id"]))
     for instance_id in old:
         try:
             vast().stop_instance(instance_id)
@@ -98,7 +100,7 @@ def fence_old_host(self, op: Operation) -> StepOutcome:
 @shared_task(bind=True, base=Step, name="warmpool.failover.rent_on_replica_host")
 def rent_on_replica_host(self, op: Operation) -> StepOutcome:
     op.step("rent_on_replica_host")
-    moving = op.pool["moving"]
+    moving = required(op.pool, "moving")
     if moving["primary_gpu_id"] is None:
         place = {"host_machine_id": moving["host_machine_id"], "volume_id": moving["volume_id"]}
         made = create_once(op, "primary", lambda: rent(op, "primary", "running", place=place),
@@ -118,7 +120,7 @@ def _adopt_on(op: Operation, machine_id: int) -> int | None:
 @shared_task(bind=True, base=Step, name="warmpool.failover.await_moved_primary")
 def await_moved_primary(self, op: Operation) -> StepOutcome:
     op.step("await_moved_primary")
-    moving = op.pool["moving"]
+    moving = required(op.pool, "moving")
     rows = vast().list_instances({"id": {"eq": moving["primary_gpu_id"]}}).instances
     instance = rows[0] if rows else None
     if is_running(instance):
@@ -137,11 +139,13 @@ def await_moved_primary(self, op: Operation) -> StepOutcome:
 @shared_task(bind=True, base=Step, name="warmpool.failover.promote_moved")
 def promote_moved(self, op: Operation) -> StepOutcome:
     op.step("promote_moved")
-    ctx, pool, moving = op.ctx, op.pool, op.pool["moving"]
+    ctx, pool, moving = op.ctx, op.pool, required(op.pool, "moving")
     times = op.failover_times("fence_old_host", "start_primary")
     data_age = round(max(0.0, times.pop("lost_at") - epoch_seconds(moving["data_at"])), 3)
     phases = times["phases"]
     new_primary = moving["primary_gpu_id"]
+    if new_primary is None:  # rent_on_replica_host rented it
+        raise FieldMissing(op.pid, "moving.primary_gpu_id")
     last = {**times, "trigger": ctx["trigger"], "host_failover": True,
             "old_primary_gpu_id": pool["primary_gpu_id"], "new_primary_gpu_id": new_primary,
             "from_host_machine_id": pool["host_machine_id"], "to_host_machine_id": moving["host_machine_id"],

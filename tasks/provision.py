@@ -14,7 +14,8 @@ from celery import shared_task
 from app import vast as provider
 from app.hosts import LASTING_MARGINS, group_hosts, offers_query
 from app.operations import DONE, NEXT, WAIT, StepOutcome
-from app.pools import instance_labels, label, primary_fields, standby_gone, standby_stopped, to_active, to_host_found, volume_name
+from app.pools import (Pool, instance_labels, label, primary_fields, required, standby_gone, standby_stopped, to_active,
+                       to_host_found, volume_name)
 from app.runtime import Throttled, account, settings, store, unfenced, vast, without_queueing
 from app.store import UNSEEN, FencedOut
 from tasks.base import NotYet, Operation, OperationFailed, Step
@@ -175,7 +176,7 @@ def create_primary(self, op: Operation) -> StepOutcome:
 @shared_task(bind=True, base=Step, name="warmpool.provision.await_primary")
 def await_primary(self, op: Operation) -> StepOutcome:
     op.step("await_primary")
-    primary = op.pool["primary_gpu_id"]
+    primary = required(op.pool, "primary_gpu_id")  # created by create_primary
     instance = observe(primary)
     if instance is UNSEEN:
         instance = {}  # not in a poll round yet
@@ -199,9 +200,9 @@ def create_standby(self, op: Operation) -> StepOutcome:
         standby = create_instance(op, "standby", "stopped")
         op.event("standby_created", f"standby {standby} created stopped", standby_gpu_id=standby)
     standby_stopped(op.pool, standby)
-    fields: dict = {"creating": None}
+    fields: Pool = {"creating": None}
     if "replace_started" in op.ctx:  # the end of a failover
-        last = op.pool["last_failover"]
+        last = required(op.pool, "last_failover")  # written by the promotion
         fields["last_failover"] = {**last, "phases": {**last["phases"], "replace_standby": round(
             time.time() - op.ctx["replace_started"], 3)}}
         op.event("standby_replaced", f"standby {standby} replaces the promoted one", standby_gpu_id=standby)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from celery import shared_task
 from celery.signals import worker_ready
 
-from app.pools import (iso_at, label, new_pool, parse_label, primary_fields, schedule_switchover, split_pool_id,
+from app.pools import (Pool, iso_at, label, new_pool, parse_label, primary_fields, schedule_switchover, split_pool_id,
                        standby_stopped, to_active, to_degraded, volume_name)
 from app.runtime import on_account, pools_by_account, settings, store, vast
 from app.store import FencedOut
@@ -60,7 +60,7 @@ class Rebuilt:
     """What a rebuild did (or, in a dry run, would do) for one pool id."""
     pid: str
     outcome: str
-    pool: dict | None = None
+    pool: Pool | None = None
 
 
 def labelled_pools(label_counts: dict[str, int]) -> list[str]:
@@ -112,7 +112,7 @@ def _oldest_standby(stopped: list[dict]) -> dict | None:
     return min((row for row in stopped if _role(row) == "standby"), key=_order, default=None)
 
 
-def form_pool(pid: str, rows: list[dict], volumes: list[dict]) -> dict | None:
+def form_pool(pid: str, rows: list[dict], volumes: list[dict]) -> Pool | None:
     """The pool record that a pool's labelled instances (and the account's volumes) form; None if they form
     none. Pure: it decides, it writes nothing."""
     tenant, machine_id = split_pool_id(pid)
@@ -139,7 +139,7 @@ def form_pool(pid: str, rows: list[dict], volumes: list[dict]) -> dict | None:
              None)
     pool = new_pool(
         tenant, machine_id, host_machine_id=some["machine_id"], volume_id=volume_id,
-        primary_gpu_id=primary and primary["id"], retire_gpu_id=retire and retire["id"],
+        primary_gpu_id=primary["id"] if primary else None, retire_gpu_id=retire["id"] if retire else None,
         **primary_fields(primary),
         gpu_name=some.get("gpu_name"), image=some.get("image_uuid"), disk_size=some.get("disk_space") or 50,
         onstart=some.get("onstart"), env=dict(some.get("extra_env") or []) or None,
@@ -208,7 +208,7 @@ def _rebuild_account(name: str, pids: list[str] | None, apply: bool) -> list[Reb
     return report
 
 
-def _write(pid: str, pool: dict, rows: list[dict]) -> str:
+def _write(pid: str, pool: Pool, rows: list[dict]) -> str:
     """Write one rebuilt record under the machine's lock, if the pool has none still (BUSY when an operation
     holds the machine, or took it meanwhile)."""
     try:
@@ -217,7 +217,7 @@ def _write(pid: str, pool: dict, rows: list[dict]) -> str:
         return BUSY
 
 
-def _write_held(pid: str, pool: dict, rows: list[dict]) -> str:
+def _write_held(pid: str, pool: Pool, rows: list[dict]) -> str:
     """The record is written only if there is none, checked in the write's own transaction (``create_pool``):
     a record written since the rebuild found it missing (a cleanup ending during a long listing) stays."""
     s, cfg = store(), settings()
@@ -245,7 +245,7 @@ def _write_held(pid: str, pool: dict, rows: list[dict]) -> str:
     return REBUILT
 
 
-def _keep_switchover(pid: str, pool: dict) -> None:
+def _keep_switchover(pid: str, pool: Pool) -> None:
     """A switchover planned for the lost record (its index survived) is kept when the rebuilt pool has a standby
     to switch to; else it is dropped, with an event."""
     at = store().switchover_at(pid)

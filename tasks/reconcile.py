@@ -15,7 +15,7 @@ import time
 from celery import shared_task
 
 from app import vast as provider
-from app.pools import parse_label, pool_id, split_pool_id, volume_name
+from app.pools import INSTANCE_FIELDS, Pool, known_ids, parse_label, pool_id, split_pool_id, volume_name
 from app.runtime import on_account, settings, store, vast
 from app.store import FencedOut
 from tasks import rebuild
@@ -26,15 +26,15 @@ VOLUME_NAME = re.compile(r"warmpool_([A-Za-z0-9]+)_(\d+)_(volume|replica)")
 KINDS = ("volume", "replica")
 
 
-def referenced(pool: dict | None) -> set[int]:
+def referenced(pool: Pool | None) -> set[int]:
     """Every provider id a pool record names, in any role: an instance promoted but not yet relabelled
     still carries the standby's label, and a move to the replica's host rents a primary before it is promoted."""
     if not pool:
         return set()
-    ids = {pool[k] for k in ("primary_gpu_id", "standby_gpu_id", "retire_gpu_id", "volume_id")}
-    ids |= {(pool.get("moving") or {}).get("primary_gpu_id"), pool.get("replica_volume_id"),
-            (pool.get("retire_host") or {}).get("volume_id")}
-    return ids - {None}
+    moving, retire = pool.get("moving"), pool.get("retire_host")
+    return known_ids(*(pool[k] for k in ("primary_gpu_id", "standby_gpu_id", "retire_gpu_id", "volume_id")),
+                     moving["primary_gpu_id"] if moving else None, pool.get("replica_volume_id"),
+                     retire["volume_id"] if retire else None)
 
 
 def _created(resource: dict) -> float:
@@ -92,7 +92,7 @@ def _instance_suspects(counts: dict[str, int], held: set[str]) -> list[tuple]:
             continue  # an operation holds the machine, its record not rebuilt yet: it decides
         pool = s.get_pool(pid)
         # more instances carry the label than the pool can reference: look closer
-        if counts[name] > (1 if pool and pool[f"{role}_gpu_id"] else 0):
+        if counts[name] > (1 if pool and pool[INSTANCE_FIELDS[role]] else 0):
             suspects += [("instance", row["id"], pid, _created(row))
                          for row in vast(split_pool_id(pid)[0]).labelled(name)
                          if row["id"] not in referenced(pool)]

@@ -10,7 +10,7 @@ import time
 from celery import shared_task
 
 from app.operations import DONE, NEXT, StepOutcome
-from app.pools import iso_at, standby_stopped, to_active
+from app.pools import iso_at, required, standby_stopped, to_active
 from app.runtime import vast
 from tasks.base import Operation, Step
 from tasks.provision import adopt, create_instance
@@ -51,7 +51,7 @@ def create_renewal(self, op: Operation) -> StepOutcome:
 def retire_expiring_standby(self, op: Operation) -> StepOutcome:
     """Destroy the standby whose rental ends, unless the fresh one ends within the margin as well."""
     op.step("retire_expiring_standby")
-    old, new = op.ctx["expiring"], op.pool["standby_gpu_id"]
+    old, new = op.ctx["expiring"], required(op.pool, "standby_gpu_id")  # the fresh one (create_renewal)
     ends = iso_at(op.ctx["expiring_end"])
     if ends_within_margin(end_dates([new]).get(new), op.settings.expiry_margin):
         # the host rents nothing that lasts longer: keep the old one, and look again later

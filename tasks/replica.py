@@ -33,7 +33,7 @@ from celery import shared_task
 
 from app import vast as provider
 from app.hosts import LASTING_MARGINS, group_hosts, offers_query
-from app.pools import State, epoch_seconds, iso_at, pool_id, split_pool_id, volume_name
+from app.pools import Pool, ReplicaFields, State, epoch_seconds, iso_at, pool_id, required, split_pool_id, volume_name
 from app.runtime import on_account, pools_by_account, settings, store, vast
 from app.settings import Settings
 from app.store import FencedOut
@@ -45,11 +45,11 @@ COPY_DEADLINE_INTERVALS, COPY_DEADLINE_MIN = 3, 600.0
 HOSTS_TRIED = 3
 # a degraded pool (its host full, say) still runs its primary: its data is worth copying
 KEPT = (State.ACTIVE, State.DEGRADED)
-NO_REPLICA = {"replica_host_machine_id": None, "replica_volume_id": None, "replica_data_at": None,
-              "replica_copy_started": None, "replica_storage_cost": None}
+NO_REPLICA: ReplicaFields = {"replica_host_machine_id": None, "replica_volume_id": None, "replica_data_at": None,
+                            "replica_copy_started": None, "replica_storage_cost": None}
 
 
-def wants_replica(pool: dict, cfg: Settings) -> bool:
+def wants_replica(pool: Pool, cfg: Settings) -> bool:
     """The pool's own choice, else WARMPOOL_REPLICA_DEFAULT."""
     return cfg.replica_default if pool.get("replica") is None else bool(pool["replica"])
 
@@ -84,7 +84,7 @@ def upkeep() -> int:
     return tended
 
 
-def _tend_seen(pools: list[dict], volumes: list[dict], cfg: Settings) -> int:
+def _tend_seen(pools: list[Pool], volumes: list[dict], cfg: Settings) -> int:
     """A ``tend`` for each of ``pools`` whose replica needs one, by one account's ``volumes``."""
     by_id = {v["id"]: v for v in volumes}
     tended = 0
@@ -101,7 +101,7 @@ def _tend_seen(pools: list[dict], volumes: list[dict], cfg: Settings) -> int:
     return tended
 
 
-def next_action(pool: dict, seen: dict, cfg: Settings, now: float) -> str | None:
+def next_action(pool: Pool, seen: dict, cfg: Settings, now: float) -> str | None:
     """What the pool's replica needs, from the pool record and the volume rows ``upkeep`` saw."""
     replica, retire = pool.get("replica_volume_id"), pool.get("retire_host")
     if retire and retire.get("next_at", 0) <= now:
@@ -141,7 +141,7 @@ def tend(pid: str, seen: dict) -> str:
             return "nothing to do"
         try:
             with s.heartbeat(pid, lease.held, cfg.lock_ttl), fenced_by(pid, lease.held):
-                fields = ACTIONS[action](pid, pool, seen)
+                fields: Pool = ACTIONS[action](pid, pool, seen)
         except FencedOut:
             return "fenced out"
         except provider.VastError as exc:
@@ -153,7 +153,7 @@ def tend(pid: str, seen: dict) -> str:
         return action
 
 
-def _create(pid: str, pool: dict, seen: dict) -> dict:
+def _create(pid: str, pool: Pool, seen: dict) -> Pool:
     """A replica-named volume an interrupted attempt made, or a new one on the best other host; then a copy."""
     s = store()
     made = next((v for v in seen["unclaimed"] if v["status"] != "offline"
@@ -162,7 +162,7 @@ def _create(pid: str, pool: dict, seen: dict) -> dict:
         made = _new_replica(pid, pool)
     else:
         s.event(pid, "replica_adopted", f"replica volume {made['id']} on host {made['machine_id']} adopted")
-    fields = {**NO_REPLICA, "replica_host_machine_id": made["machine_id"], "replica_volume_id": made["id"],
+    fields: Pool = {**NO_REPLICA, "replica_host_machine_id": made["machine_id"], "replica_volume_id": made["id"],
               "replica_retry_at": 0, "replica_storage_cost": made.get("storage_cost")}
     s.event(pid, "replica_created", f"replica volume {made['id']} on host {made['machine_id']}; the first copy "
                                     f"of volume {pool['volume_id']} starts", replica_volume_id=made["id"],
@@ -170,7 +170,7 @@ def _create(pid: str, pool: dict, seen: dict) -> dict:
     return {**fields, **_copy(pid, {**pool, **fields}, seen)}
 
 
-def _new_replica(pid: str, pool: dict) -> dict:
+def _new_replica(pid: str, pool: Pool) -> dict:
     """A volume on the cheapest other verified host that could take the pool (two free GPUs of its model)."""
     cfg = settings()
     offers = vast().search_offers(offers_query(pool["gpu_name"], pool["max_price"],
@@ -187,30 +187,32 @@ def _new_replica(pid: str, pool: dict) -> dict:
                                    f"volume offer", None, "no_replica_host", None)
 
 
-def _copy(pid: str, pool: dict, seen: dict) -> dict:
+def _copy(pid: str, pool: Pool, seen: dict) -> Pool:
     """Start a copy of the pool's volume onto its replica."""
-    vast().copy_volume(pool["volume_id"], pool["replica_volume_id"])
+    vast().copy_volume(required(pool, "volume_id"), required(pool, "replica_volume_id"))
     return {"replica_copy_started": time.time()}
 
 
-def _landed(pid: str, pool: dict, seen: dict) -> dict:
+def _landed(pid: str, pool: Pool, seen: dict) -> Pool:
+    started = required(pool, "replica_copy_started")  # what ``next_action`` saw under way
     if pool["replica_data_at"] is None:
         store().event(pid, "replica_ready", f"replica volume {pool['replica_volume_id']} holds the data of "
-                                            f"{iso_at(pool['replica_copy_started'])}")
-    return {"replica_data_at": iso_at(pool["replica_copy_started"]), "replica_copy_started": None}
+                                            f"{iso_at(started)}")
+    return {"replica_data_at": iso_at(started), "replica_copy_started": None}
 
 
-def _stuck(pid: str, pool: dict, seen: dict) -> dict:
-    _cancel(pool["replica_volume_id"])
+def _stuck(pid: str, pool: Pool, seen: dict) -> Pool:
+    started = required(pool, "replica_copy_started")  # what ``next_action`` saw under way
+    _cancel(required(pool, "replica_volume_id"))
     store().event(pid, "replica_failed", f"the copy into replica volume {pool['replica_volume_id']} started at "
-                                         f"{iso_at(pool['replica_copy_started'])} never landed: cancelled; the "
+                                         f"{iso_at(started)} never landed: cancelled; the "
                                          f"replica keeps the data of {pool['replica_data_at']}", action="stuck")
     return {"replica_copy_started": None}
 
 
-def _drop(pid: str, pool: dict, seen: dict) -> dict:
+def _drop(pid: str, pool: Pool, seen: dict) -> Pool:
     """Forget the replica (its host is offline, it is gone, or the pool wants none), deleting it if possible."""
-    replica, why = pool["replica_volume_id"], "deleted"
+    replica, why = required(pool, "replica_volume_id"), "deleted"
     try:
         _cancel(replica)
         vast().delete_volume(replica)
@@ -221,7 +223,7 @@ def _drop(pid: str, pool: dict, seen: dict) -> dict:
                                            f"is offline or gone ({why}); a new one follows", replica_volume_id=replica)
     else:
         store().event(pid, "replica_removed", f"replica volume {replica} {why}", replica_volume_id=replica)
-    return dict(NO_REPLICA)
+    return {**NO_REPLICA}
 
 
 def _cancel(volume_id: int) -> None:
@@ -231,10 +233,10 @@ def _cancel(volume_id: int) -> None:
         pass
 
 
-def retire_host(pid: str, pool: dict, seen: dict | None = None) -> dict:
+def retire_host(pid: str, pool: Pool, seen: dict | None = None) -> Pool:
     """Destroy the instances a host failover left on the old host and delete its volume. What the provider
     refuses (its host still offline) stays in ``retire_host``, tried again after REPLICA_COPY_INTERVAL."""
-    old = pool["retire_host"]
+    old = required(pool, "retire_host")
     left, errors = [], []
     for instance_id in old["instance_ids"]:
         try:

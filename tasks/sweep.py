@@ -22,7 +22,8 @@ from celery import shared_task
 from app import operations
 from app import vast as provider
 from app.hosts import offers_query
-from app.pools import State, label, parse_label, pool_id, split_pool_id, to_degraded, to_replacing_standby
+from app.pools import (Pool, State, known_ids, label, parse_label, pool_id, required, split_pool_id, to_degraded,
+                       to_replacing_standby)
 from app.runtime import account, on_account, pools_by_account, settings, store, vast
 from app.store import FencedOut
 from tasks import rebuild
@@ -215,10 +216,10 @@ def recheck_standby(pid: str) -> str:
     pool = s.get_pool(pid)
     if not _standby_kept(pool) or s.is_locked(pid):
         return "moved on"  # an operation runs: it decides
-    status = lost_status(vast(pool["tenant"]).show_instance(pool["standby_gpu_id"]))
+    status = lost_status(vast(pool["tenant"]).show_instance(required(pool, "standby_gpu_id")))
     if status is None:
         return "there"
-    primary = vast(pool["tenant"]).show_instance(pool["primary_gpu_id"])
+    primary = vast(pool["tenant"]).show_instance(required(pool, "primary_gpu_id"))  # active: it has one
     if not is_running(primary):
         primary_status = (primary or {}).get("actual_status", "gone")
         if primary_status in TRANSITIONAL:
@@ -238,15 +239,15 @@ def recheck_standby(pid: str) -> str:
     return "moved on"  # fenced out: a newer holder decides
 
 
-def _standby_kept(pool: dict | None) -> TypeGuard[dict]:
+def _standby_kept(pool: Pool | None) -> TypeGuard[Pool]:
     """An active pool with a standby: one whose standby the recheck may replace."""
     return pool is not None and pool["state"] == State.ACTIVE and pool["standby_gpu_id"] is not None
 
 
-def _replace_lost_standby(s, cfg, lease, pool: dict, status: str) -> None:
+def _replace_lost_standby(s, cfg, lease, pool: Pool, status: str) -> None:
     """Destroy the lost standby (an offline one comes back with its host, beside its replacement), then start
     the replacement under the lock this recheck holds."""
-    pid, lost = pool_id(pool["tenant"], pool["machine_id"]), pool["standby_gpu_id"]
+    pid, lost = pool_id(pool["tenant"], pool["machine_id"]), required(pool, "standby_gpu_id")
     with s.heartbeat(pid, lease.held, cfg.lock_ttl), fenced_by(pid, lease.held):
         vast().destroy_instance(lost)
     to_replacing_standby(pool)
@@ -262,7 +263,7 @@ def check_capacity() -> int:
     """A stopped standby needs a free GPU on its host to start (rule 10): check the hosts in one search."""
     s, cfg = store(), settings()
     pools = [p for p in s.get_pools(s.watched_pool_ids()) if p["state"] == State.ACTIVE]
-    hosts = sorted({p["host_machine_id"] for p in pools})
+    hosts = sorted(known_ids(*(p["host_machine_id"] for p in pools)))
     if not hosts:
         return 0
     try:

@@ -31,7 +31,7 @@ from app.api.schemas import (
     WaitSchema,
 )
 from app.hosts import group_hosts, offers_query
-from app.pools import State, cost_per_hour, pool_id
+from app.pools import Pool, State, cost_per_hour, pool_id, required
 from app.runtime import Throttled, settings, store, vast, without_waiting
 from app.store import Busy
 
@@ -42,13 +42,18 @@ blp.before_request(authenticate)
 MACHINE = f"<int(min=1, max={MAX_ID}):machine_id>"
 
 
-def status_of(pool: dict, last_sweep: str | None) -> dict:
+class PoolStatus(Pool, total=False):
+    """A pool as the API shows it."""
+    last_health_check: str | None
+
+
+def status_of(pool: Pool, last_sweep: str | None) -> PoolStatus:
     """The seed's status: the pool record, and the last sweep that checked it (never before the pool existed)."""
     checked = pool["state"] in (State.ACTIVE, State.DEGRADED) and last_sweep and last_sweep >= pool["created_at"]
     return {**pool, "last_health_check": last_sweep if checked else None}
 
 
-def get_status(machine_id: int) -> tuple[dict, str | None]:
+def get_status(machine_id: int) -> tuple[Pool, str | None]:
     pool, last_sweep = store().get_pool_and_last_sweep(pool_id(g.tenant, machine_id))
     if pool is None:
         abort(404, message=f"No warm pool for machine {machine_id}")
@@ -259,7 +264,7 @@ class Switchover(MethodView):
         with answers(machine_id):
             pool = commands.plan_switchover(g.tenant, machine_id, at)
         return {"success": True, "message": f"Switchover of machine {machine_id} planned for "
-                                            f"{pool['scheduled_switchover']['at']}",
+                                            f"{required(pool, 'scheduled_switchover')['at']}",
                 "status": status_of(pool, store().last_sweep())}
 
     @blp.response(200, OperationSchema)

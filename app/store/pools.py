@@ -6,7 +6,7 @@ from typing import cast
 
 import redis
 
-from app.pools import State, epoch_seconds, is_unsettled, is_watched, now_iso, pool_id
+from app.pools import Pool, State, epoch_seconds, is_unsettled, is_watched, loaded_pool, now_iso, pool_id
 from app.store import keys
 from app.store.locks import FencedOut, Held
 from app.store.operations import OP_TTL
@@ -48,21 +48,21 @@ class PoolRecords:
     def _register_pool_scripts(self) -> None:
         self._claim_machine = self.r.register_script(_CLAIM_MACHINE)
 
-    def get_pool(self, pid: str) -> dict | None:
+    def get_pool(self, pid: str) -> Pool | None:
         raw = self.r.get(keys.pool(pid))
-        return json.loads(raw) if raw else None
+        return loaded_pool(raw) if raw else None
 
-    def get_pool_and_last_sweep(self, pid: str) -> tuple[dict | None, str | None]:
+    def get_pool_and_last_sweep(self, pid: str) -> tuple[Pool | None, str | None]:
         """A pool and when the health sweep last ran, in one round trip (the status read)."""
         raw, last_sweep = cast(list[str | None], self.r.mget(keys.pool(pid), keys.SWEEP_LAST))
-        return (json.loads(raw) if raw else None), last_sweep
+        return (loaded_pool(raw) if raw else None), last_sweep
 
-    def get_pools(self, pids: list[str]) -> list[dict]:
+    def get_pools(self, pids: list[str]) -> list[Pool]:
         if not pids:
             return []
-        return [json.loads(raw) for raw in self.r.mget([keys.pool(p) for p in pids]) if raw]
+        return [loaded_pool(raw) for raw in self.r.mget([keys.pool(p) for p in pids]) if raw]
 
-    def tenant_pools(self, tenant: str) -> list[dict]:
+    def tenant_pools(self, tenant: str) -> list[Pool]:
         machines = sorted(int(m) for m in self.r.smembers(keys.tenant_pools(tenant)))
         return self.get_pools([pool_id(tenant, m) for m in machines])
 
@@ -110,7 +110,7 @@ class PoolRecords:
         """Map standby instance ids of watched pools to their pool ids."""
         return self._pools_of(keys.STANDBYS, instance_ids)
 
-    def create_pool(self, pool: dict, held: Held) -> bool:
+    def create_pool(self, pool: Pool, held: Held) -> bool:
         """Write a pool record only if there is none (fenced as any write); False when there is one. The check
         and the write are one transaction: a record written by anyone in between is never overwritten."""
         try:
@@ -119,7 +119,7 @@ class PoolRecords:
             return False
         return True
 
-    def save_pool(self, pool: dict, held: Held, expect_seq: int | None = None, only_new: bool = False,
+    def save_pool(self, pool: Pool, held: Held, expect_seq: int | None = None, only_new: bool = False,
                   context: tuple[str, dict] | None = None) -> None:
         """Write a pool record if ``held`` is still the newest lock holder (fencing), given ``expect_seq``, if
         the record is still at that step (a duplicate delivery of a step is not), and given ``only_new``, if
@@ -163,8 +163,8 @@ class PoolRecords:
             else:
                 pipe.srem(keys.WATCHED, pid)
             # the switchover check reads only the due ones; the record holds the schedule
-            if pool.get("scheduled_switchover"):
-                pipe.zadd(keys.SWITCHOVERS, {pid: epoch_seconds(pool["scheduled_switchover"]["at"])})
+            if planned := pool.get("scheduled_switchover"):
+                pipe.zadd(keys.SWITCHOVERS, {pid: epoch_seconds(planned["at"])})
             else:
                 pipe.zrem(keys.SWITCHOVERS, pid)
             # the healer visits only pools that are not settled

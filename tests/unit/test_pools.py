@@ -1,6 +1,7 @@
 """What a pool is (app/pools.py): ids, labels, volume names, the record and its named changes of state."""
 
 import ast
+import json
 import re
 import time
 from pathlib import Path
@@ -9,18 +10,23 @@ import pytest
 
 from app import pools
 from app.pools import (
+    FieldMissing,
     IllegalTransition,
+    Pool,
     StandbyState,
     State,
     cost_per_hour,
     has_resources,
     is_unsettled,
     is_watched,
+    known_ids,
     label,
+    loaded_pool,
     new_pool,
     parse_label,
     pool_id,
     refuses_provision,
+    required,
     split_pool_id,
     standby_gone,
     standby_starting,
@@ -102,6 +108,33 @@ def test_new_pool_has_the_seed_fields_and_overrides():
     assert seed <= set(pool)
     assert pool["state"] == State.ACTIVE and pool["gpu_name"] == "RTX_4090" and pool["standby_state"] == "none"
     assert (pool["disk_size"], pool["volume_size"], pool["seq"], pool["creating"]) == (50, 100, 0, None)
+
+
+def test_new_pool_writes_exactly_the_keys_of_the_pool_type():
+    # the type is not total (it types partial writes too): this is what holds a whole record to it
+    assert set(new_pool("acme", 1)) == Pool.__required_keys__ | Pool.__optional_keys__
+
+
+def test_a_stored_record_reads_with_its_states_as_enums_and_the_keys_added_since_it_was_written():
+    written = {k: str(v) if k in ("state", "standby_state") else v
+               for k, v in new_pool("acme", 1, state=State.ACTIVE, volume_id=3).items()
+               if k not in ("moving", "renew_after")}
+    pool = loaded_pool(json.dumps(written))
+    assert pool["state"] is State.ACTIVE and pool["standby_state"] is StandbyState.NONE
+    assert (pool["volume_id"], pool["moving"], pool["renew_after"]) == (3, None, 0.0)
+    assert set(pool) == set(new_pool("acme", 1))
+
+
+def test_a_field_a_step_needs_set_is_read_as_set_or_refused_naming_the_pool_and_the_field():
+    pool = new_pool("acme", 1, primary_gpu_id=7, moving=None)
+    assert required(pool, "primary_gpu_id") == 7
+    for field in ("standby_gpu_id", "moving"):
+        with pytest.raises(FieldMissing, match=f"^pool acme:1: {field} is not set$"):
+            required(pool, field)
+
+
+def test_known_ids_leaves_out_the_ids_not_set():
+    assert known_ids(3, None, 1, 3) == {1, 3} and known_ids(None) == set()
 
 
 @pytest.mark.parametrize("state, enabled, primary, watched", [
