@@ -39,13 +39,13 @@ def accounts(env, vast_url, monkeypatch):
     runtime.account_client.cache_clear()
 
 
-def pool_on_provider(env, tenant: str, machine_id: int, offers: list[dict]) -> dict:
-    """A pool whose primary and standby the tenant's own client made."""
+def pool_on_provider(env, tenant: str, machine_id: int, offers: list[dict], **fields) -> dict:
+    """A pool whose primary and standby the tenant's own client made (``fields``: the record's others)."""
     client = REAL_VAST(tenant)
     made = {role: client.create_instance(offers[machine_id]["id"], image="x", disk=10, label=label(tenant, machine_id, role),
                                          target_state=state)
             for role, state in (("primary", "running"), ("standby", "stopped"))}
-    return env.add_pool(machine_id, tenant, primary_gpu_id=made["primary"], standby_gpu_id=made["standby"])
+    return env.add_pool(machine_id, tenant, primary_gpu_id=made["primary"], standby_gpu_id=made["standby"], **fields)
 
 
 def requests_by_account(vast_url) -> dict:
@@ -121,3 +121,22 @@ def test_vast_accounts_is_read_from_a_file_only_the_service_can_read(tmp_path, m
     monkeypatch.setenv("VAST_ACCOUNTS", os.fspath(tmp_path / "nowhere.json"))
     with pytest.raises(ValueError, match="VAST_ACCOUNTS: cannot read"):
         Settings.from_env()
+
+
+def test_the_capacity_check_searches_each_accounts_hosts_on_its_own_budget(accounts, vast_url):
+    """The standbys' hosts are searched once per account, with that account's key and on its search budget (rule
+    17): a tenant on its own account never spends the default account's."""
+    env = accounts
+    env.configure(vast_api_url=vast_url, vast_accounts={"globex": GLOBEX_KEY}, vast_rate_limits={"search_offers": 0.01})
+    runtime.account_client.cache_clear()
+    offers = REAL_VAST("acme").search_offers({"num_gpus": {"eq": 1}, "rentable": {"eq": True}})
+    for n, tenant in ((1, "acme"), (2, "globex"), (3, "globex")):
+        pool_on_provider(env, tenant, n, offers, host_machine_id=offers[n]["machine_id"])
+    env.r.delete(keys.rate("search_offers"), keys.rate("search_offers", GLOBEX))
+    before = requests_by_account(vast_url)
+    assert sweep.check_capacity() == 0  # every host has a free GPU
+    after = requests_by_account(vast_url)
+    searched = {who: after[who].get("POST /api/v0/bundles/", 0) - before[who].get("POST /api/v0/bundles/", 0)
+                for who in (ACME, GLOBEX)}
+    assert searched == {ACME: 1, GLOBEX: 1}  # one search each, with the account's own key
+    assert env.r.exists(keys.rate("search_offers")) and env.r.exists(keys.rate("search_offers", GLOBEX))
