@@ -5,10 +5,10 @@ body in ``X-Vast-Signature-256``, at least once. Each Vast account has its own U
 the default account's (VAST_API_KEY) at ``/notifications`` with VAST_WEBHOOK_SECRET, an account of
 VAST_ACCOUNTS at ``/notifications/<account>`` (the account's name: the first 12 hex digits of its key's
 sha256) with its entry's ``webhook_secret``; an account's notification is looked up among that account's
-pools only. A verified "instance offline" for a watched primary starts the same path as a failed health sweep: the failover's first step asks the provider
-directly, and only a definitive answer goes on (rule 14 in docs/architecture.md). A replayed body is
-dropped, and notifications check one pool at most once per NOTIFICATION_CHECK_INTERVAL
-(``commands.provider_notice``). A body past MAX_CONTENT_LENGTH is refused (413) before it is read.
+pools only. A verified "instance offline" for a watched primary starts the same path as a failed health
+sweep: the failover's first step asks the provider directly, and only a definitive answer goes on (rule 14
+in docs/architecture.md). A replayed body is dropped, and notifications check one pool at most once per
+NOTIFICATION_CHECK_INTERVAL (``commands.provider_notice``). A body past MAX_CONTENT_LENGTH is refused (413) before it is read.
 """
 
 import hashlib
