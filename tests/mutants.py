@@ -110,7 +110,7 @@ MUTANTS = [
            "",
            (f"{SWEEP}::test_guard_stops_every_instance_the_pool_does_not_name_as_primary",)),
     Mutant("confirmed failures are capped per minute (rule 9)", "app/store/budget.py",
-           "        return bool(self._failover_slot(keys=[keys.FAILOVERS], args=[per_minute, uuid.uuid4().hex]))",
+           "        return bool(self._failover_slot(keys=[keys.failovers(account)], args=[per_minute, uuid.uuid4().hex]))",
            "        return True",
            ("tests/unit/test_budget.py::test_failover_slots_are_capped_over_the_last_minute",
             f"{OPS}::test_a_confirmed_failure_past_the_cap_is_confirmed_once_more_and_never_deferred")),
