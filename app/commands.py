@@ -14,6 +14,7 @@ from app.pools import (Pool, State, has_resources, iso_at, new_pool, pool_id, re
                        to_active, to_provisioning, unschedule_switchover)
 from app.queue import enqueue
 from app.runtime import settings, store
+from app.settings import DEFAULT_ACCOUNT
 from app.store import Busy
 
 # the sweep's checks a provider's notification starts (tasks/sweep.py)
@@ -180,7 +181,7 @@ def cleanup(tenant: str, machine_id: int) -> Started:
         return Started(op_id, pool, queued=True)
 
 
-def provider_notice(event: str, instance_id: int | None, body_digest: str) -> str:
+def provider_notice(event: str, instance_id: int | None, body_digest: str, account: str = DEFAULT_ACCOUNT) -> str:
     """A verified notification from Vast: an offline primary gets the failover path's direct check at once, an
     offline standby the sweep's lost-standby recheck (a direct call under the lock; a lost one is replaced).
 
@@ -194,7 +195,7 @@ def provider_notice(event: str, instance_id: int | None, body_digest: str) -> st
     s, cfg = store(), settings()
     if not s.first_notification(body_digest, cfg.notification_replay_window):
         return "dropped: the same notification came before"
-    watched = _watched_instance(instance_id)
+    watched = _watched_instance(instance_id, account)
     if watched is None:
         return "ignored: not an instance warmpool watches"
     role, pid = watched
@@ -212,12 +213,14 @@ def provider_notice(event: str, instance_id: int | None, body_digest: str) -> st
     return "failover check"
 
 
-def _watched_instance(instance_id: int | None) -> tuple[str, str] | None:
-    """``(role, pool id)`` of the watched pool whose primary or standby this is; None if none."""
+def _watched_instance(instance_id: int | None, account: str) -> tuple[str, str] | None:
+    """``(role, pool id)`` of the watched pool of the Vast ``account`` whose primary or standby this is; None if
+    none (another account's pool too: a notification signed for one account never acts on another's)."""
     if instance_id is None:
         return None
     s = store()
     for role, found in (("primary", s.primaries), ("standby", s.standbys)):
-        if pid := found([instance_id]).get(instance_id):
+        pid = found([instance_id]).get(instance_id)
+        if pid and settings().account_of(pid.rpartition(":")[0]) == account:
             return role, pid
     return None

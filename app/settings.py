@@ -96,12 +96,14 @@ def account_name(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def _vast_accounts(path: str) -> dict[str, str]:
-    """Read VAST_ACCOUNTS: the path of a JSON file ``{"tenant": "vast api key", ...}``. It holds secrets, so it
-    must be readable by its owner only (mode 600 or 400, like an ssh key): a file that its group or others can
-    read is refused. Errors never show a key."""
+def _vast_accounts(path: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Read VAST_ACCOUNTS: the path of a JSON file ``{"tenant": "vast api key", ...}``, where a tenant's entry may
+    also be ``{"key": "vast api key", "webhook_secret": "..."}``: the secret that account's notifications are
+    signed with. Returns (tenant -> key, tenant -> webhook secret). It holds secrets, so it must be readable by its
+    owner only (mode 600 or 400, like an ssh key): a file that its group or others can read is refused. Errors
+    name the entry, never a key or a secret."""
     if not path:
-        return {}
+        return {}, {}
     try:
         with open(path, "rb") as file:
             mode = os.fstat(file.fileno()).st_mode
@@ -115,15 +117,41 @@ def _vast_accounts(path: str) -> dict[str, str]:
         accounts = json.loads(raw)
     except ValueError:
         accounts = None
-    if not isinstance(accounts, dict) or not all(isinstance(key, str) and key.strip() for key in accounts.values()):
+    if not isinstance(accounts, dict):
         raise ValueError(f'VAST_ACCOUNTS: {path!r} must hold a JSON object of tenant to Vast API key, '
                          f'like {{"acme": "<key>"}}')
-    for tenant, key in accounts.items():
+    keys, secrets = {}, {}
+    for tenant, entry in accounts.items():
         if not tenant or ":" in tenant:
             raise ValueError(f"VAST_ACCOUNTS: {tenant!r} is not a tenant name")
-        if key.strip().lower() in PLACEHOLDER_KEYS:
-            raise ValueError(f"VAST_ACCOUNTS: tenant {tenant}'s key is a placeholder")
-    return {tenant: key.strip() for tenant, key in accounts.items()}
+        keys[tenant], secret = _account_entry(tenant, entry)
+        if secret:
+            secrets[tenant] = secret
+    named_by: dict[str, str] = {}  # key -> the first tenant that names its account's secret
+    for tenant, secret in secrets.items():  # one account, one secret: its tenants may not name different ones
+        first = named_by.setdefault(keys[tenant], tenant)
+        if secrets[first] != secret:
+            raise ValueError(f"VAST_ACCOUNTS: tenants {first} and {tenant} share a Vast account but not its "
+                             f"webhook_secret: give both the same one")
+    return keys, secrets
+
+
+def _account_entry(tenant: str, entry: object) -> tuple[str, str]:
+    """One tenant's entry of VAST_ACCOUNTS: (its Vast API key, its account's webhook secret or "")."""
+    if isinstance(entry, str):
+        entry = {"key": entry}
+    if not isinstance(entry, dict) or not set(entry) <= {"key", "webhook_secret"}:
+        raise ValueError(f'VAST_ACCOUNTS: tenant {tenant}\'s entry must be its Vast API key, or an object '
+                         f'{{"key": "<key>", "webhook_secret": "<secret>"}}')
+    key, secret = entry.get("key"), entry.get("webhook_secret", "")
+    if not isinstance(key, str) or not key.strip():
+        raise ValueError(f"VAST_ACCOUNTS: tenant {tenant}'s key must be a non-empty string")
+    if not isinstance(secret, str):
+        raise ValueError(f"VAST_ACCOUNTS: tenant {tenant}'s webhook_secret must be a string")
+    for name, value in (("key", key), ("webhook_secret", secret)):
+        if value.strip().lower() in PLACEHOLDER_KEYS:
+            raise ValueError(f"VAST_ACCOUNTS: tenant {tenant}'s {name} is a placeholder")
+    return key.strip(), secret.strip()
 
 
 # -- Redis Sentinel -----------------------------------------------------------------------------------------
@@ -225,6 +253,8 @@ class Settings:
     vast_rate_limits: dict[str, float] = field(default_factory=lambda: dict(VAST_RATE_LIMITS))
     # VAST_ACCOUNTS: tenant -> the API key of its own Vast account; a tenant not listed uses VAST_API_KEY's
     vast_accounts: dict[str, str] = field(default_factory=dict, repr=False)
+    # VAST_ACCOUNTS too: tenant -> the secret its account's notifications are signed with (webhook_secret)
+    vast_webhook_secrets: dict[str, str] = field(default_factory=dict, repr=False)
     api_keys: dict[str, str] = field(default_factory=dict, repr=False)
     # health sweep: seconds between sweeps; a primary fails over once it failed this many sweeps in a row
     # and for this long (a definitive status - offline, exited, gone - needs only a confirming call)
@@ -292,8 +322,22 @@ class Settings:
     flower_address: str = "127.0.0.1"
     flower_basic_auth: str = field(default="", repr=False)
 
+    def __post_init__(self) -> None:
+        """Each account's notifications are signed with its own secret: one that another account's holders know
+        could forge this account's (errors name tenants, never a secret)."""
+        owner = {self.vast_webhook_secret: DEFAULT_ACCOUNT} if self.vast_webhook_secret else {}
+        for tenant, secret in self.vast_webhook_secrets.items():
+            account = self.account_of(tenant)
+            if account == DEFAULT_ACCOUNT:
+                raise ValueError(f"VAST_ACCOUNTS: tenant {tenant} is on VAST_API_KEY's account, whose notifications "
+                                 f"are signed with VAST_WEBHOOK_SECRET: drop its webhook_secret")
+            if owner.setdefault(secret, account) != account:
+                raise ValueError(f"VAST_ACCOUNTS: tenant {tenant}'s webhook_secret is another Vast account's too "
+                                 f"(VAST_WEBHOOK_SECRET's or another tenant's): give each account its own")
+
     @classmethod
     def from_env(cls) -> "Settings":
+        vast_accounts, vast_webhook_secrets = _vast_accounts(os.environ.get("VAST_ACCOUNTS", "").strip())
         return cls(
             redis_url=os.environ.get("REDIS_URL", cls.redis_url),
             redis_sentinel_master=_sentinel_master(os.environ.get("REDIS_SENTINEL_MASTER", ""),
@@ -305,7 +349,8 @@ class Settings:
             vast_api_key=os.environ.get("VAST_API_KEY", ""),
             vast_webhook_secret=os.environ.get("VAST_WEBHOOK_SECRET", ""),
             vast_rate_limits=_rate_limits(os.environ.get("VAST_RATE_LIMITS")),
-            vast_accounts=_vast_accounts(os.environ.get("VAST_ACCOUNTS", "").strip()),
+            vast_accounts=vast_accounts,
+            vast_webhook_secrets=vast_webhook_secrets,
             api_keys=_api_keys(os.environ.get("WARMPOOL_API_KEYS", "")),
             health_check_interval=_float("HEALTH_CHECK_INTERVAL", cls.health_check_interval),
             failover_threshold=_int("FAILOVER_THRESHOLD", cls.failover_threshold),
@@ -354,6 +399,15 @@ class Settings:
     def accounts(self) -> list[str]:
         """Every account the service works on, the default first."""
         return [DEFAULT_ACCOUNT, *sorted({self.account_of(tenant) for tenant in self.vast_accounts} - {DEFAULT_ACCOUNT})]
+
+    def webhook_secret(self, account: str) -> str:
+        """The secret that the notifications of the Vast account ``account`` are signed with ("": none, the
+        receiver of that account is off): VAST_WEBHOOK_SECRET for the default account, else its VAST_ACCOUNTS
+        entry's ``webhook_secret``."""
+        if account == DEFAULT_ACCOUNT:
+            return self.vast_webhook_secret
+        return next((secret for tenant, secret in self.vast_webhook_secrets.items()
+                     if self.account_of(tenant) == account), "")
 
     def account_key(self, account: str) -> str:
         """The API key of an account named by ``account_of`` (KeyError for an account of no listed tenant)."""

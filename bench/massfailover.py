@@ -141,6 +141,7 @@ def run_one(stack: Stack, pools: int, floor: float, cap: int | None = None, acco
     # past the per-minute cap (FAILOVERS_PER_MINUTE) a confirmed failure is asked about once more, never deferred
     past_cap = sum(1 for pid in pids if any(e["event"] == "failover_cap_exceeded" for e in stack.store().events(pid, 200)))
     result = {"past_cap": past_cap, "accounts": accounts,
+              "timeline": _timelines(stack, pids, t0, running, promoted, priorities),
               "pools": pools, "bound_s": round(bound, 2), "ratio": round(max(running.values()) / bound, 3),
               **_spread(list(running.values())),
               "promoted": _spread(list(promoted.values())), "by_priority": by_priority, "events": events,
@@ -153,6 +154,30 @@ def run_one(stack: Stack, pools: int, floor: float, cap: int | None = None, acco
     say(f"    events: {events}; 429s from the simulator: {result['rate_limited_429']}")
     say(f"    {past_cap} pools past the cap, each confirmed once more by its own call")
     return result
+
+
+def _timelines(stack: Stack, pids: list[str], t0: float, running: dict[str, float], promoted: dict[str, float],
+               priorities: dict[int, int]) -> list[dict]:
+    """Each pool's way back, in seconds after the failure, in the order its standby ran: its events and, from its
+    completed failover, when it was locked, fenced and seen running (what holds the last pools)."""
+    from app.pools import epoch_seconds
+
+    rows = []
+    for pid in sorted(pids, key=running.__getitem__):
+        events = list(reversed(stack.store().events(pid, 200)))
+        row = {"pid": pid, "priority": priorities[int(pid.rpartition(":")[2])], "running_s": round(running[pid], 2),
+               "promoted_s": round(promoted[pid], 2),
+               "events": [[e["event"], round(epoch_seconds(e["at"]) - t0, 2)] for e in events]}
+        completed = [e for e in events if e["event"] == "failover_completed"]
+        if completed:
+            phases, done = completed[-1]["phases"], completed[-1]
+            lost = epoch_seconds(done["at"]) - done["recovery_time_seconds"]  # the failure's detection
+            locked = lost - t0 + phases.get("detect", 0) + phases.get("lock", 0)
+            fenced = locked + phases["fence_old_primary"]
+            row.update(locked_s=round(locked, 2), fenced_s=round(fenced, 2),
+                       seen_running_s=round(fenced + phases["start_standby"], 2))
+        rows.append(row)
+    return rows
 
 
 def _event_counts(stack: Stack, pids: list[str]) -> dict[str, int]:

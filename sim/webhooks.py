@@ -2,7 +2,9 @@
 
 Each event is ``{"event", "instance_id", "machine_id", "at"}`` (plus ``end_date`` for
 "rental_expiring"), sent with ``X-Vast-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>``
-under the receiver's secret. Delivery runs in one background thread, never in a request: a
+under the receiver's secret. As on Vast, where the webhook is set in an account's console, a receiver
+registered with an account's API key hears only of that account's instances (one registered without
+hears of every account's). Delivery runs in one background thread, never in a request: a
 receiver gets 10 s to answer 2xx, then a couple of retries, then the event is dropped.
 """
 
@@ -18,6 +20,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from . import accounts
 from .errors import invalid_args
 
 log = logging.getLogger(__name__)
@@ -36,38 +39,47 @@ def signature(secret: str, body: bytes) -> str:
 class Webhooks:
     def __init__(self):
         self.lock = threading.Lock()
-        self.receivers: dict[str, str] = {}  # url -> secret
+        self.receivers: dict[str, tuple[str, str | None]] = {}  # url -> (secret, account heard of; None: every one)
         self.counts = Counter()  # delivered, failed (an event to one receiver, after its retries)
         self.outbox: queue.Queue = queue.Queue()
         self.sender = None
 
     def register(self, body):
-        """``POST /_sim/webhooks`` {"url", "secret"}: one more receiver (the same url is replaced)."""
-        url, secret = body.get("url"), body.get("secret")
+        """``POST /_sim/webhooks`` {"url", "secret", "api_key"?}: one more receiver (the same url is replaced); with
+        ``api_key``, of that key's account's instances only."""
+        url, secret, key = body.get("url"), body.get("secret"), body.get("api_key")
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
             raise invalid_args("url must be an http(s) URL")
         if not isinstance(secret, str) or not secret:
             raise invalid_args("secret must be a non-empty string")
+        if key is not None and (not isinstance(key, str) or not key):
+            raise invalid_args("api_key must be a non-empty string")
+        return self._add(url, secret, accounts.account_of(key) if key else None)
+
+    def _add(self, url, secret, account):
         with self.lock:
-            self.receivers[url] = secret
+            self.receivers[url] = (secret, account)
             if self.sender is None:
                 self.sender = threading.Thread(target=self._send_forever, name="sim-webhooks", daemon=True)
                 self.sender.start()
         return self.view()
 
     def view(self):
-        with self.lock:  # never the secrets
-            return {"receivers": [{"url": url} for url in self.receivers], **{k: self.counts[k] for k in
-                                                                              ("delivered", "failed")}}
+        with self.lock:  # never the secrets, nor a key: an account is named by its digest
+            return {"receivers": [{"url": url, **({"account": account} if account else {})}
+                                  for url, (_, account) in self.receivers.items()],
+                    **{k: self.counts[k] for k in ("delivered", "failed")}}
 
     def export(self):
         """The receivers with their secrets, for the state file only."""
         with self.lock:
-            return dict(self.receivers)
+            return {url: {"secret": secret, "account": account} for url, (secret, account) in self.receivers.items()}
 
     def restore(self, receivers):
-        for url, secret in receivers.items():
-            self.register({"url": url, "secret": secret})
+        for url, entry in receivers.items():
+            if isinstance(entry, str):  # a state file written before receivers had accounts
+                entry = {"secret": entry, "account": None}
+            self._add(url, entry["secret"], entry["account"])
 
     def clear(self):
         with self.lock:
@@ -77,9 +89,10 @@ class Webhooks:
     def publish(self, event, inst, at, **extra):
         """Queue an event about ``inst``; returns at once."""
         with self.lock:
-            if not self.receivers:
+            targets = {url: secret for url, (secret, account) in self.receivers.items()
+                       if account is None or account == inst.account}
+            if not targets:
                 return
-            targets = dict(self.receivers)
         payload = {"event": event, "instance_id": inst.id, "machine_id": inst.machine_id, "at": at, **extra}
         self.outbox.put((targets, json.dumps(payload).encode()))
 

@@ -108,20 +108,29 @@ def confirm_failure(self, op: Operation) -> StepOutcome:
 
 
 def within_failover_cap(op: Operation) -> bool:
-    """Count a failure the provider confirmed against FAILOVERS_PER_MINUTE (rule 9); False past the cap.
+    """Count a failure the provider confirmed against FAILOVERS_PER_MINUTE of its Vast account (rules 9, 17);
+    False past the cap.
 
     Only confirmed failures count, so a stream of false triggers (replayed notifications, a list answering
     garbage) never uses up the cap for a real failure. Past the cap - most of the fleet failing at once - a
     failure is never deferred: ``confirm_failure`` asks about it once more with its own direct call and goes on,
-    as the sweep's standby brake checks each missing standby directly rather than acting on one answer.
+    as the sweep's standby brake checks each missing standby directly rather than acting on one answer. The cap is
+    each account's: that second look spends the account's own show budget (one call a 2 s), so failures on another
+    account never make this one's wait for it.
     """
     cap = op.settings.failovers_per_minute
-    if op.store.take_failover_slot(cap):
+    if op.store.take_failover_slot(cap, failover_cap_account(op)):
         return True
     if op.store.first_cap_notice(op.pid):
-        op.event("failover_cap_exceeded", f"more than {cap} confirmed failures in the last minute: this one is "
-                                          f"confirmed once more, directly, before the failover goes on")
+        op.event("failover_cap_exceeded", f"more than {cap} confirmed failures on this Vast account in the last "
+                                          f"minute: this one is confirmed once more, directly, before the failover "
+                                          f"goes on")
     return False
+
+
+def failover_cap_account(op: Operation) -> str:
+    """The Vast account whose failover cap a pool's confirmed failure counts against: its tenant's (rule 17)."""
+    return op.settings.account_of(op.pool["tenant"])
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.stop_primary")

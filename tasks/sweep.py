@@ -260,18 +260,13 @@ def _replace_lost_standby(s, cfg, lease, pool: Pool, status: str) -> None:
 
 @shared_task(name="warmpool.health.check_capacity")
 def check_capacity() -> int:
-    """A stopped standby needs a free GPU on its host to start (rule 10): check the hosts in one search."""
+    """A stopped standby needs a free GPU on its host to start (rule 10): check the hosts in one search per Vast
+    account, each on that account's own search budget (rule 17)."""
     s, cfg = store(), settings()
-    pools = [p for p in s.get_pools(s.watched_pool_ids()) if p["state"] == State.ACTIVE]
-    hosts = sorted(known_ids(*(p["host_machine_id"] for p in pools)))
-    if not hosts:
-        return 0
-    try:
-        offers = vast().search_offers({**offers_query(verified=False), "machine_id": {"in": hosts}})
-    except provider.VastError:
-        return 0  # unknown: decide nothing
-    free = {o["machine_id"] for o in offers}
-    full = [p for p in pools if p["host_machine_id"] not in free]
+    full: list[Pool] = []
+    for name, pids in pools_by_account(s.watched_pool_ids()).items():
+        with on_account(name):
+            full += _without_free_gpu([p for p in s.get_pools(pids) if p["state"] == State.ACTIVE])
     for listed in full:
         pid = pool_id(listed["tenant"], listed["machine_id"])
         with s.lease_if_free(pid, cfg.lock_ttl) as lease:
@@ -282,3 +277,17 @@ def check_capacity() -> int:
                 s.save_pool(pool, lease.held)
                 s.event(pid, "degraded", reason)
     return len(full)
+
+
+def _without_free_gpu(pools: list[Pool]) -> list[Pool]:
+    """The pools whose host has no free GPU, in one search of the account this thread works on; none when the
+    provider cannot be asked (unknown: decide nothing)."""
+    hosts = sorted(known_ids(*(p["host_machine_id"] for p in pools)))
+    if not hosts:
+        return []
+    try:
+        offers = vast().search_offers({**offers_query(verified=False), "machine_id": {"in": hosts}})
+    except provider.VastError:
+        return []
+    free = {o["machine_id"] for o in offers}
+    return [p for p in pools if p["host_machine_id"] not in free]

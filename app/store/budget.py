@@ -51,9 +51,9 @@ class BudgetRecords:
                                              keys.ranked_expiry(endpoint, account)],
                                        args=[interval, rank, claim, hold]))
 
-    def take_failover_slot(self, per_minute: int) -> bool:
-        """Count a confirmed failure against the cap across all pools, over the last 60 s (rule 9)."""
-        return bool(self._failover_slot(keys=[keys.FAILOVERS], args=[per_minute, uuid.uuid4().hex]))
+    def take_failover_slot(self, per_minute: int, account: str = DEFAULT_ACCOUNT) -> bool:
+        """Count a confirmed failure against the cap of its Vast account's pools, over the last 60 s (rules 9, 17)."""
+        return bool(self._failover_slot(keys=[keys.failovers(account)], args=[per_minute, uuid.uuid4().hex]))
 
     def first_cap_notice(self, pid: str) -> bool:
         """Whether this pool's failover past the cap is its first in a minute (said once a minute, not every sweep)."""

@@ -50,6 +50,10 @@ def ranked_expiry(endpoint: str, account: str = DEFAULT_ACCOUNT) -> str:
     return _on_account(f"wp:rate:{endpoint}:claims:expiry", account)
 
 
+def failovers(account: str = DEFAULT_ACCOUNT) -> str:
+    return _on_account(FAILOVERS, account)  # sorted set: the account's confirmed failovers of the last minute
+
+
 def awaited(account: str = DEFAULT_ACCOUNT) -> str:
     return _on_account("wp:awaited", account)  # sorted set: instances that steps wait on, until when
 
@@ -130,7 +134,7 @@ AUDIT_CURSOR = "wp:audit:cursor"        # where the sweep's rotating look at pri
 STANDBYS = "wp:standbys"                # hash: standby instance id -> pool id (watched pools)
 BY_STATE = "wp:pools:by_state"          # hash: state -> number of pools
 SWITCHOVERS = "wp:switchovers"          # sorted set: pool id -> when its scheduled switchover is due (epoch s)
-FAILOVERS = "wp:failovers"              # sorted set: automatic failovers of the last minute
+FAILOVERS = "wp:failovers"              # the default account's failovers(); the others' end in @<account>
 API_KEYS = "wp:apikeys"                 # hash: sha256 of a key -> tenant
 REVOKED_KEYS = "wp:apikeys:revoked"     # set: sha256 of keys revoked (WARMPOOL_API_KEYS ones too)
 WAIT_HOLDERS = "wp:waits"               # sorted set: every ?wait request holding a slot, by deadline

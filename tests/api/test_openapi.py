@@ -37,11 +37,12 @@ CODES = {
     ("POST", "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/resend"): {"202", "404", "409"},
     ("POST", "/api/v1/webhooks/{webhook_id}/rotate-secret"): {"200", "404"},
     ("POST", "/api/v1/provider/notifications"): {"200", "401", "404", "422"},
+    ("POST", "/api/v1/provider/notifications/{account}"): {"200", "401", "404", "422"},
 }
 # signed by Vast with a shared secret instead of an API key (404 while no secret is configured)
-SIGNED = {("POST", "/api/v1/provider/notifications")}
+SIGNED = {("POST", "/api/v1/provider/notifications"), ("POST", "/api/v1/provider/notifications/{account}")}
 ACCEPTED = {key for key, codes in CODES.items() if "202" in codes}
-SAMPLE = {"machine_id": "123", "task_id": "a" * 32, "webhook_id": "wh_" + "a" * 32, "delivery_id": "msg_" + "a" * 32}
+SAMPLE = {"account": "0123456789ab", "machine_id": "123", "task_id": "a" * 32, "webhook_id": "wh_" + "a" * 32, "delivery_id": "msg_" + "a" * 32}
 
 
 @pytest.fixture(scope="module")

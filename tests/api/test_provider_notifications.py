@@ -7,8 +7,13 @@ import json
 
 import pytest
 
+from app.settings import account_name
+from tests.unit.fakes import snapshot
+
 SECRET = "vast-notification-secret"
 ROUTE = "/api/v1/provider/notifications"
+GLOBEX_SECRET = "globex-notification-secret"
+GLOBEX_ROUTE = f"{ROUTE}/{account_name('globex-vast-key')}"
 
 
 def signed(body: dict, secret: str = SECRET) -> dict:
@@ -90,3 +95,50 @@ def test_a_replayed_notification_is_dropped_and_checks_are_limited_per_pool(env)
         .json["action"] == "failover check"  # another pool's check is never held back by this one's
     assert [t["pid"] for kind, t in env.enqueued if kind == "trigger"] == ["acme:123", "globex:7"]
     assert [e["event"] for e in env.store.events("acme:123")] == ["provider_notice"]
+
+
+def two_accounts(env) -> tuple[dict, dict]:
+    """acme on the default account (VAST_WEBHOOK_SECRET), globex on its own with its own secret."""
+    env.configure(vast_webhook_secret=SECRET, vast_accounts={"globex": "globex-vast-key"},
+                  vast_webhook_secrets={"globex": GLOBEX_SECRET})
+    return env.add_pool(1), env.add_pool(2, tenant="globex")
+
+
+def test_each_vast_account_notifies_on_its_own_url_signed_with_its_own_secret(env):
+    acme, globex = two_accounts(env)
+    offline = {"event": "instance_offline", "instance_id": globex["primary_gpu_id"]}
+    rv = env.client.post(GLOBEX_ROUTE, **signed(offline, GLOBEX_SECRET))
+    assert rv.status_code == 200 and rv.json["action"] == "failover check"
+    rv = env.client.post(ROUTE, **signed({"event": "instance_offline", "instance_id": acme["primary_gpu_id"]}))
+    assert rv.status_code == 200 and rv.json["action"] == "failover check"  # the default account: today's URL
+    assert [t["pid"] for kind, t in env.enqueued if kind == "trigger"] == ["globex:2", "acme:1"]
+
+
+@pytest.mark.parametrize("route, secret, code", [
+    (GLOBEX_ROUTE, SECRET, 401),                       # the default account's secret on globex's URL
+    (ROUTE, GLOBEX_SECRET, 401),                       # globex's secret on the default account's URL
+    (GLOBEX_ROUTE, "forged", 401),                     # no account's secret
+    (f"{ROUTE}/0123456789ab", GLOBEX_SECRET, 404),     # an account that is not the service's
+])
+def test_a_forged_or_cross_account_notification_is_refused_and_changes_nothing(env, route, secret, code):
+    acme, globex = two_accounts(env)
+    before = snapshot(env.r)
+    for pool in (acme, globex):
+        rv = env.client.post(route, **signed({"event": "instance_offline", "instance_id": pool["primary_gpu_id"]},
+                                             secret))
+        assert rv.status_code == code and rv.json["code"] == code
+    assert env.enqueued == [] and snapshot(env.r) == before
+
+
+def test_an_accounts_notification_never_acts_on_another_accounts_pool(env):
+    """Signed for globex but naming acme's instances: looked up among globex's pools only, so it is ignored like an
+    instance warmpool does not watch (telling it apart would show globex's secret holders acme's instance ids),
+    and the same body from acme's own account still acts: the replay window is each account's."""
+    acme, _ = two_accounts(env)
+    for instance in (acme["primary_gpu_id"], acme["standby_gpu_id"]):
+        rv = env.client.post(GLOBEX_ROUTE, **signed({"event": "instance_offline", "instance_id": instance},
+                                                    GLOBEX_SECRET))
+        assert rv.status_code == 200 and rv.json["action"] == "ignored: not an instance warmpool watches"
+    assert env.enqueued == [] and env.store.events("acme:1") == []
+    rv = env.client.post(ROUTE, **signed({"event": "instance_offline", "instance_id": acme["primary_gpu_id"]}))
+    assert rv.json["action"] == "failover check" and [t["pid"] for _, t in env.enqueued] == ["acme:1"]

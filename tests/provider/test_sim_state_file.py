@@ -9,6 +9,7 @@ import pytest
 
 from app.processes import free_port, listening, wait_until
 from sim import create_app
+from sim.accounts import account_of
 from sim.persistence import snapshot
 from tests.conftest import ROOT
 from tests.provider.simkit import KEY, TIME_SCALE, Sim, big_4090_host
@@ -124,6 +125,7 @@ def test_everything_that_makes_the_world_round_trips(tmp_path):
     ok("PUT", f"/api/v0/asks/{machine_id * 100 + 1}/", json={"image": "x", "volume_info": link})  # a violation
     ok("POST", f"/_sim/hosts/{other}/rent_out")
     ok("POST", "/_sim/webhooks", json={"url": "http://127.0.0.1:9/hook", "secret": "s"})
+    ok("POST", "/_sim/webhooks", json={"url": "http://127.0.0.1:9/other", "secret": "t", "api_key": "other-key"})
     ok("DELETE", f"/api/v0/instances/{first['new_contract']}/")
     saved = json.loads(path.read_text())
     assert not list(tmp_path.glob(".world.json.*"))  # no temporary file left behind
@@ -131,7 +133,8 @@ def test_everything_that_makes_the_world_round_trips(tmp_path):
     restored = create_app(time_scale=TIME_SCALE, state_file=path).extensions["sim_world"]
     assert snapshot(restored) == saved == snapshot(app.extensions["sim_world"])
     assert restored.hosts[other].rented_out and restored.ledger()["violations"]
-    assert restored.webhooks.view()["receivers"] == [{"url": "http://127.0.0.1:9/hook"}]
+    assert restored.webhooks.view()["receivers"] == [{"url": "http://127.0.0.1:9/hook"},
+                                                     {"url": "http://127.0.0.1:9/other", "account": account_of("other-key")}]
 
     def copy_landed():
         restored.tick()  # no server, so no housekeeper: apply what is due by hand

@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from app.processes import free_port
+from sim.accounts import account_of
 from tests.conftest import wait_until
 from tests.provider.simkit import big_4090_host
 
@@ -66,6 +67,31 @@ def test_offline_events_are_signed_and_sent(sim, receiver):
     assert receiver.events()[1]["instance_id"] == b and receiver.events()[1]["event"] == "instance_offline"
     wait_until(lambda: sim.ok("GET", "/_sim/webhooks")["delivered"] == 2, timeout=5, interval=0.01)
     assert len(receiver.calls) == 2
+
+
+def test_a_receiver_registered_with_an_accounts_key_hears_only_of_that_accounts_instances(sim, receiver):
+    """As on Vast, where the webhook is set in one account's console; one registered without a key hears of all."""
+    machine_id, offer_id = big_4090_host(sim)
+    everything = Receiver()
+    try:
+        registered = sim.ok("POST", "/_sim/webhooks", json={"url": receiver.url, "secret": SECRET,
+                                                            "api_key": "other-key"})
+        assert registered["receivers"] == [{"url": receiver.url, "account": account_of("other-key")}]  # no key shown
+        sim.ok("POST", "/_sim/webhooks", json={"url": everything.url, "secret": SECRET})
+        mine = sim.create(offer_id)
+        other = sim.ok("PUT", f"/api/v0/asks/{offer_id}/", headers={"Authorization": "Bearer other-key"}, json={
+            "image": "pytorch/pytorch", "disk": 20.0, "label": "t", "runtype": "ssh"})["new_contract"]
+        for instance in (mine, other):
+            sim.ok("POST", f"/_sim/instances/{instance}/fail")
+        wait_until(lambda: len(everything.calls) == 2, timeout=5, interval=0.01, message="both accounts' events")
+        wait_until(lambda: sim.ok("GET", "/_sim/webhooks")["delivered"] == 3, timeout=5, interval=0.01)
+        assert [e["instance_id"] for e in receiver.events()] == [other]
+        assert sorted(e["instance_id"] for e in everything.events()) == sorted([mine, other])
+    finally:
+        everything.server.shutdown()
+        everything.server.server_close()
+    assert sim.call("POST", "/_sim/webhooks", json={"url": receiver.url, "secret": SECRET, "api_key": ""}
+                    ).status_code == 400
 
 
 def test_rental_expiring_is_sent_once_an_end_date_is_within_a_day(sim, receiver):

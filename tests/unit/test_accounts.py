@@ -39,13 +39,13 @@ def accounts(env, vast_url, monkeypatch):
     runtime.account_client.cache_clear()
 
 
-def pool_on_provider(env, tenant: str, machine_id: int, offers: list[dict]) -> dict:
-    """A pool whose primary and standby the tenant's own client made."""
+def pool_on_provider(env, tenant: str, machine_id: int, offers: list[dict], **fields) -> dict:
+    """A pool whose primary and standby the tenant's own client made (``fields``: the record's others)."""
     client = REAL_VAST(tenant)
     made = {role: client.create_instance(offers[machine_id]["id"], image="x", disk=10, label=label(tenant, machine_id, role),
                                          target_state=state)
             for role, state in (("primary", "running"), ("standby", "stopped"))}
-    return env.add_pool(machine_id, tenant, primary_gpu_id=made["primary"], standby_gpu_id=made["standby"])
+    return env.add_pool(machine_id, tenant, primary_gpu_id=made["primary"], standby_gpu_id=made["standby"], **fields)
 
 
 def requests_by_account(vast_url) -> dict:
@@ -112,7 +112,7 @@ def test_vast_accounts_is_read_from_a_file_only_the_service_can_read(tmp_path, m
     for content, mode, said in ((json.dumps({"globex": GLOBEX_KEY}), 0o640, "chmod 600"),
                                 (json.dumps({"globex": GLOBEX_KEY}), 0o604, "chmod 600"),
                                 (json.dumps([GLOBEX_KEY]), 0o600, "JSON object of tenant to Vast API key"),
-                                (json.dumps({"globex": ""}), 0o600, "JSON object of tenant to Vast API key"),
+                                (json.dumps({"globex": ""}), 0o600, "tenant globex's key must be a non-empty string"),
                                 (json.dumps({"globex": "change-me"}), 0o600, "placeholder")):
         monkeypatch.setenv("VAST_ACCOUNTS", accounts_file(tmp_path, content, mode))
         with pytest.raises(ValueError, match="VAST_ACCOUNTS") as error:
@@ -121,3 +121,54 @@ def test_vast_accounts_is_read_from_a_file_only_the_service_can_read(tmp_path, m
     monkeypatch.setenv("VAST_ACCOUNTS", os.fspath(tmp_path / "nowhere.json"))
     with pytest.raises(ValueError, match="VAST_ACCOUNTS: cannot read"):
         Settings.from_env()
+
+
+GLOBEX_SECRET = "globex-notification-secret"
+
+
+def test_each_accounts_notification_secret_is_read_from_its_entry_and_a_bad_entry_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAST_API_KEY", "the-default-key")
+    monkeypatch.setenv("VAST_WEBHOOK_SECRET", "the-default-secret")
+    entries = {"globex": {"key": GLOBEX_KEY, "webhook_secret": GLOBEX_SECRET}, "initech": GLOBEX_KEY, "hooli": "hooli-key"}
+    monkeypatch.setenv("VAST_ACCOUNTS", accounts_file(tmp_path, json.dumps(entries), 0o600))
+    cfg = Settings.from_env()
+    assert cfg.account_of("initech") == cfg.account_of("globex") == GLOBEX  # one account, one secret
+    assert cfg.webhook_secret(GLOBEX) == GLOBEX_SECRET and cfg.webhook_secret(DEFAULT_ACCOUNT) == "the-default-secret"
+    assert cfg.webhook_secret(account_name("hooli-key")) == "" and cfg.webhook_secret("0123456789ab") == ""
+    assert GLOBEX_SECRET not in repr(cfg) and GLOBEX_KEY not in repr(cfg)
+    for bad, said in (
+            ({"globex": {"key": GLOBEX_KEY, "secret": GLOBEX_SECRET}}, "tenant globex's entry must be"),
+            ({"globex": {"webhook_secret": GLOBEX_SECRET}}, "tenant globex's key must be a non-empty string"),
+            ({"globex": {"key": GLOBEX_KEY, "webhook_secret": 7}}, "tenant globex's webhook_secret must be a string"),
+            ({"globex": {"key": GLOBEX_KEY, "webhook_secret": "change-me"}}, "tenant globex's webhook_secret is a placeholder"),
+            ({"globex": {"key": GLOBEX_KEY, "webhook_secret": GLOBEX_SECRET},
+              "initech": {"key": GLOBEX_KEY, "webhook_secret": "initech-secret"}}, "tenants globex and initech share"),
+            ({"acme": {"key": "the-default-key", "webhook_secret": GLOBEX_SECRET}}, "tenant acme is on VAST_API_KEY's"),
+            ({"globex": {"key": GLOBEX_KEY, "webhook_secret": "the-default-secret"}}, "tenant globex's webhook_secret is "
+                                                                                     "another Vast account's"),
+            ({"globex": {"key": GLOBEX_KEY, "webhook_secret": GLOBEX_SECRET},
+              "hooli": {"key": "hooli-key", "webhook_secret": GLOBEX_SECRET}}, "tenant hooli's webhook_secret is another")):
+        monkeypatch.setenv("VAST_ACCOUNTS", accounts_file(tmp_path, json.dumps(bad), 0o600))
+        with pytest.raises(ValueError, match="VAST_ACCOUNTS") as error:
+            Settings.from_env()
+        assert said in str(error.value)
+        assert not {GLOBEX_KEY, GLOBEX_SECRET, "initech-secret", "the-default-secret"} & set(str(error.value).split())
+
+
+def test_the_capacity_check_searches_each_accounts_hosts_on_its_own_budget(accounts, vast_url):
+    """The standbys' hosts are searched once per account, with that account's key and on its search budget (rule
+    17): a tenant on its own account never spends the default account's."""
+    env = accounts
+    env.configure(vast_api_url=vast_url, vast_accounts={"globex": GLOBEX_KEY}, vast_rate_limits={"search_offers": 0.01})
+    runtime.account_client.cache_clear()
+    offers = REAL_VAST("acme").search_offers({"num_gpus": {"eq": 1}, "rentable": {"eq": True}})
+    for n, tenant in ((1, "acme"), (2, "globex"), (3, "globex")):
+        pool_on_provider(env, tenant, n, offers, host_machine_id=offers[n]["machine_id"])
+    env.r.delete(keys.rate("search_offers"), keys.rate("search_offers", GLOBEX))
+    before = requests_by_account(vast_url)
+    assert sweep.check_capacity() == 0  # every host has a free GPU
+    after = requests_by_account(vast_url)
+    searched = {who: after[who].get("POST /api/v0/bundles/", 0) - before[who].get("POST /api/v0/bundles/", 0)
+                for who in (ACME, GLOBEX)}
+    assert searched == {ACME: 1, GLOBEX: 1}  # one search each, with the account's own key
+    assert env.r.exists(keys.rate("search_offers")) and env.r.exists(keys.rate("search_offers", GLOBEX))

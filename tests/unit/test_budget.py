@@ -161,6 +161,12 @@ def test_failover_slots_are_capped_over_the_last_minute(store):
     assert store.take_failover_slot(3) and not store.take_failover_slot(3)
 
 
+def test_each_vast_account_has_its_own_failover_cap(store):
+    assert [store.take_failover_slot(1, "0123456789ab") for _ in range(2)] == [True, False]
+    assert store.take_failover_slot(1)  # the default account's cap is untouched by another account's failures
+    assert store.r.zcard(keys.failovers()) == 1 and store.r.zcard(keys.failovers("0123456789ab")) == 1
+
+
 def test_a_failover_past_the_cap_is_said_once_a_minute(store):
     assert store.first_cap_notice("acme:1") and not store.first_cap_notice("acme:1")
     assert store.first_cap_notice("acme:2")

@@ -97,8 +97,6 @@ def test_a_health_failover_of_a_primary_that_runs_again_is_cancelled(env):
 
 def confirming(env, pid: str, **fields):
     """Run the failover's first step for a pool whose health failover was just triggered."""
-    from app.store import keys
-
     operations.failover(pid, env.store.acquire(pid, 10), "health")
     message = message_of(env.of("failover")[-1])
     try:
@@ -130,6 +128,24 @@ def test_a_confirmed_failure_past_the_cap_is_confirmed_once_more_and_never_defer
     # in a ranked turn, which gives the thread back when far off: never holds threads pools within the cap need
     assert len(turns) == 2 and turns[0] is None and turns[1] is not None  # the first: a slot free now, unranked
     assert env.store.events(PID)[0]["event"] == "failover_cap_exceeded"
+
+
+def test_the_failover_cap_is_each_vast_accounts_own(env):
+    """A correlated failure on one account uses up that account's cap only (rule 17): a failure on another account
+    is within its own cap and goes on after one look, with no second call on its account's show budget."""
+    env.configure(failovers_per_minute=1, vast_accounts={"globex": "globex-vast-key"})
+    for tenant, machine in (("acme", 1), ("acme", 2), ("globex", 3)):
+        env.add_pool(machine, tenant, primary_gpu_id=env.vast.add_instance(label(tenant, machine, "primary"), "offline"),
+                     standby_gpu_id=env.vast.add_instance(label(tenant, machine, "standby"), "stopped"))
+    looks = {}
+    for pid in ("acme:1", "acme:2", "globex:3"):
+        before = len(env.vast.called("show_instance"))
+        assert confirming(env, pid) is NEXT  # every confirmed failure goes on
+        looks[pid] = len(env.vast.called("show_instance")) - before
+    assert looks == {"acme:1": 1, "acme:2": 2, "globex:3": 1}  # acme:2 past acme's cap; globex within its own
+    assert [e["event"] for e in env.store.events("globex:3")].count("failover_cap_exceeded") == 0
+    assert env.store.r.zcard(keys.failovers()) == 1 and env.store.r.zcard(
+        keys.failovers(env.settings.account_of("globex"))) == 1
 
 
 def test_a_provider_answering_garbage_for_the_whole_fleet_fails_nothing_over(env):

@@ -453,7 +453,7 @@ def test_triggers_past_the_cap_are_never_deferred_and_take_no_slot(env):
     pools = [protected(env, m) for m in (1, 2, 3)]
     results = [sweep.trigger(pool_id("acme", p["machine_id"]), p["primary_gpu_id"], time.time()) for p in pools]
     assert results == ["failover"] * 3  # 2 a minute here: the cap counts confirmed failures (confirm_failure)
-    assert env.store.r.zcard("wp:failovers") == 0
+    assert env.store.r.zcard(keys.failovers()) == 0
     assert all(started["steps"][0] == "warmpool.failover.confirm_failure" for started in env.of("failover"))
 
 
