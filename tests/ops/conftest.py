@@ -29,9 +29,17 @@ CELERY = (sys.executable, "-m", "celery", "-A", "tasks", "--quiet")
 
 
 def answers(url: str, **kwargs) -> bool:
+    """Whether ``url`` answers below 500; not yet when it refuses or is too slow (a loaded machine)."""
     try:
         return requests.get(url, timeout=2, **kwargs).status_code < 500
-    except requests.ConnectionError:
+    except (requests.ConnectionError, requests.Timeout):
+        return False
+
+
+def ready(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).ok
+    except (requests.ConnectionError, requests.Timeout):
         return False
 
 
@@ -55,10 +63,15 @@ class OpsStack:
         }
         for process in self.processes.values():
             process.start()
-        wait_until(lambda: answers(self.sim_url + "/_sim/stats"), 30, message="the simulator to answer")
-        wait_until(lambda: answers(self.url + "/healthz"), 30, message="gunicorn to answer")
-        wait_until(lambda: answers(self.flower_url + "/healthcheck"), 30, message="Flower to answer")
-        wait_until(lambda: requests.get(self.url + "/readyz", timeout=2).ok, 30, message="the worker to be seen")
+        try:
+            wait_until(lambda: answers(self.sim_url + "/_sim/stats"), 30, message="the simulator to answer")
+            wait_until(lambda: answers(self.url + "/healthz"), 30, message="gunicorn to answer")
+            wait_until(lambda: answers(self.flower_url + "/healthcheck"), 30, message="Flower to answer")
+            wait_until(lambda: ready(self.url + "/readyz"), 30, message="the worker to be seen")
+        except BaseException:
+            # a stack that never came up must not stay behind: its worker would take the next one's tasks
+            self.stop()
+            raise
 
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
         return requests.request(method, self.url + "/api/v1" + path, timeout=30,
