@@ -36,13 +36,6 @@ def answers(url: str, **kwargs) -> bool:
         return False
 
 
-def ready(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).ok
-    except (requests.ConnectionError, requests.Timeout):
-        return False
-
-
 class OpsStack:
     def __init__(self, logs: Path):
         self.logs = logs
@@ -67,7 +60,7 @@ class OpsStack:
             wait_until(lambda: answers(self.sim_url + "/_sim/stats"), 30, message="the simulator to answer")
             wait_until(lambda: answers(self.url + "/healthz"), 30, message="gunicorn to answer")
             wait_until(lambda: answers(self.flower_url + "/healthcheck"), 30, message="Flower to answer")
-            wait_until(lambda: ready(self.url + "/readyz"), 30, message="the worker to be seen")
+            wait_until(lambda: answers(self.url + "/readyz"), 30, message="the worker to be seen")  # 503 until then
         except BaseException:
             # a stack that never came up must not stay behind: its worker would take the next one's tasks
             self.stop()
