@@ -50,21 +50,21 @@ def create_key(tenant):
     """Create an API key for TENANT; only its hash is stored (in Redis at REDIS_URL)."""
     import re
 
-    from app.runtime import store
+    from app import runtime
 
     if not re.match(TENANT, tenant):
         raise click.BadParameter("letters, digits, '_' and '.', at most 64", param_hint="TENANT")
     key = secrets.token_urlsafe(32)
-    store().add_api_key(tenant, key)
+    runtime.store().add_api_key(tenant, key)
     click.echo(key)
 
 
 @main.command("list-keys")
 def list_keys():
     """The API keys that work, by id and tenant (the keys themselves are never stored)."""
-    from app.runtime import settings, store
+    from app import runtime
 
-    for key in store().api_keys(settings().api_keys):
+    for key in runtime.store().api_keys(runtime.settings().api_keys):
         click.echo(f"{key['id']}  {key['tenant']}  ({key['source']})")
 
 
@@ -73,9 +73,9 @@ def list_keys():
 def revoke_key(key_id):
     """Revoke the key with KEY_ID (as list-keys shows it, or the key itself): it gets 401 from its next request.
     A key from WARMPOOL_API_KEYS is revoked too; take it out of the setting at the next deploy."""
-    from app.runtime import settings, store
+    from app import runtime
 
-    revoked = store().revoke_api_key(key_id, settings().api_keys)
+    revoked = runtime.store().revoke_api_key(key_id, runtime.settings().api_keys)
     if revoked is None:
         raise click.ClickException(f"no single key has the id {key_id!r}: see warmpool list-keys")
     click.echo(f"revoked {revoked['id']} ({revoked['tenant']})")

@@ -9,11 +9,10 @@ validate, call one of these and shape the answer.
 import time
 from dataclasses import dataclass
 
-from app import operations
+from app import operations, runtime
 from app.pools import (Pool, State, has_resources, iso_at, new_pool, pool_id, refuses_provision, schedule_switchover,
                        to_active, to_provisioning, unschedule_switchover)
 from app.queue import enqueue
-from app.runtime import settings, store
 from app.settings import DEFAULT_ACCOUNT
 from app.store import Busy
 
@@ -40,8 +39,8 @@ class TooManyPools(Exception):
 def _claim(tenant: str, machine_id: int) -> None:
     """A new machine counts against its tenant's pool limit (a bounded share of Redis and of the provider); asked
     before the machine's lock, so a refused request writes nothing."""
-    limit = settings().max_pools_per_tenant
-    if not store().claim_machine(tenant, machine_id, limit):
+    limit = runtime.settings().max_pools_per_tenant
+    if not runtime.store().claim_machine(tenant, machine_id, limit):
         raise TooManyPools(f"Tenant {tenant} has {limit} warm pools, the most WARMPOOL_MAX_POOLS_PER_TENANT allows; "
                            f"provision again on one of its machines instead")
 
@@ -55,7 +54,7 @@ class Started:
 
 
 def _pool(tenant: str, machine_id: int) -> Pool:
-    pool = store().get_pool(pool_id(tenant, machine_id))
+    pool = runtime.store().get_pool(pool_id(tenant, machine_id))
     if pool is None:
         raise NotFound(machine_id)
     return pool
@@ -63,16 +62,16 @@ def _pool(tenant: str, machine_id: int) -> Pool:
 
 def provision(tenant: str, machine_id: int, spec: dict) -> Started:
     """A volume, a running primary and a stopped standby on ``spec["host_machine_id"]``."""
-    s, pid = store(), pool_id(tenant, machine_id)
+    s, pid = runtime.store(), pool_id(tenant, machine_id)
     _claim(tenant, machine_id)
-    with s.lease(pid, settings().lock_ttl) as lease:
+    with s.lease(pid, runtime.settings().lock_ttl) as lease:
         pool = s.get_pool(pid)
         if pool is not None and refuses_provision(pool, spec["host_machine_id"]):
             raise Conflict(f"Machine {machine_id} already has a warm pool ({pool['state']} on host "
                            f"{pool['host_machine_id']}); clean it up first")
         op_id = s.new_op(tenant, machine_id, "provision")
         pool = pool or new_pool(tenant, machine_id)
-        to_provisioning(pool, search=False, **{**spec, "image": spec.get("image") or settings().default_image},
+        to_provisioning(pool, search=False, **{**spec, "image": spec.get("image") or runtime.settings().default_image},
                         op_id=op_id)
         s.save_pool(pool, lease.held)
         operations.provision(pid, lease.hand_off(), op_id)
@@ -82,9 +81,9 @@ def provision(tenant: str, machine_id: int, spec: dict) -> Started:
 def enable(tenant: str, machine_id: int, spec: dict) -> Started:
     """Protect the machine again; one without resources gets a host searched (when it has none rented) and
     provisioned."""
-    s, pid = store(), pool_id(tenant, machine_id)
+    s, pid = runtime.store(), pool_id(tenant, machine_id)
     _claim(tenant, machine_id)
-    with s.lease(pid, settings().lock_ttl) as lease:
+    with s.lease(pid, runtime.settings().lock_ttl) as lease:
         pool = s.get_pool(pid)
         if pool and (has_resources(pool) or pool["state"] in (State.SEARCHING, State.PROVISIONING, State.FAILOVER)):
             if spec.get("replica") is not None and pool.get("replica") != spec["replica"]:
@@ -100,7 +99,7 @@ def enable(tenant: str, machine_id: int, spec: dict) -> Started:
         op_id = s.new_op(tenant, machine_id, "provision")
         pool = pool or new_pool(tenant, machine_id)
         spec = {k: v for k, v in spec.items() if v is not None}
-        spec.setdefault("image", pool.get("image") or settings().default_image)
+        spec.setdefault("image", pool.get("image") or runtime.settings().default_image)
         if search:
             spec["host_machine_id"] = None
         to_provisioning(pool, search, **spec, op_id=op_id)
@@ -112,10 +111,10 @@ def enable(tenant: str, machine_id: int, spec: dict) -> Started:
 
 def disable(tenant: str, machine_id: int) -> Started:
     """Stop protecting the machine; resources stay. Never refused: it waits for a running operation."""
-    s, pid = store(), pool_id(tenant, machine_id)
+    s, pid = runtime.store(), pool_id(tenant, machine_id)
     pool = _pool(tenant, machine_id)
     try:
-        with s.lease(pid, settings().lock_ttl) as lease:
+        with s.lease(pid, runtime.settings().lock_ttl) as lease:
             operations.disable(pid, lease.held)
             return Started(None, _pool(tenant, machine_id))
     except Busy:
@@ -125,9 +124,9 @@ def disable(tenant: str, machine_id: int) -> Started:
 
 
 def test_failover(tenant: str, machine_id: int) -> Started:
-    s, pid = store(), pool_id(tenant, machine_id)
+    s, pid = runtime.store(), pool_id(tenant, machine_id)
     _pool(tenant, machine_id)
-    with s.lease(pid, settings().lock_ttl) as lease:
+    with s.lease(pid, runtime.settings().lock_ttl) as lease:
         pool = _pool(tenant, machine_id)
         if pool["state"] != State.ACTIVE:
             raise Conflict(f"Cannot test failover in state {pool['state']}")
@@ -139,9 +138,9 @@ def test_failover(tenant: str, machine_id: int) -> Started:
 def plan_switchover(tenant: str, machine_id: int, at: float) -> Pool:
     """Plan a switchover to the standby at ``at`` (epoch s; now or earlier: at the next check). The pool keeps the
     plan (``scheduled_switchover``) and ``tasks/switchover.py`` starts it when due."""
-    s, pid = store(), pool_id(tenant, machine_id)
+    s, pid = runtime.store(), pool_id(tenant, machine_id)
     _pool(tenant, machine_id)
-    with s.lease(pid, settings().lock_ttl) as lease:
+    with s.lease(pid, runtime.settings().lock_ttl) as lease:
         pool = _pool(tenant, machine_id)
         if not pool["enabled"] or pool["primary_gpu_id"] is None:
             raise Conflict(f"Cannot schedule a switchover in state {pool['state']}: the pool has no primary to move")
@@ -152,10 +151,10 @@ def plan_switchover(tenant: str, machine_id: int, at: float) -> Pool:
 
 
 def cancel_switchover(tenant: str, machine_id: int) -> Pool:
-    s, pid = store(), pool_id(tenant, machine_id)
+    s, pid = runtime.store(), pool_id(tenant, machine_id)
     if not _pool(tenant, machine_id).get("scheduled_switchover"):
         raise NotPlanned(machine_id)  # before the lock: a refusal changes nothing
-    with s.lease(pid, settings().lock_ttl) as lease:
+    with s.lease(pid, runtime.settings().lock_ttl) as lease:
         pool = _pool(tenant, machine_id)
         planned = pool.get("scheduled_switchover")
         if not planned:  # it started meanwhile
@@ -169,11 +168,11 @@ def cancel_switchover(tenant: str, machine_id: int) -> Pool:
 
 def cleanup(tenant: str, machine_id: int) -> Started:
     """Destroy the primary, the standby and the volume. Never refused: it waits for a running operation."""
-    s, pid = store(), pool_id(tenant, machine_id)
+    s, pid = runtime.store(), pool_id(tenant, machine_id)
     pool = _pool(tenant, machine_id)
     op_id = s.new_op(tenant, machine_id, "cleanup")
     try:
-        with s.lease(pid, settings().lock_ttl) as lease:
+        with s.lease(pid, runtime.settings().lock_ttl) as lease:
             operations.cleanup(pid, lease.hand_off(), op_id)
             return Started(op_id, _pool(tenant, machine_id))
     except Busy:
@@ -192,7 +191,7 @@ def provider_notice(event: str, instance_id: int | None, body_digest: str, accou
     failure: the sweep watches every primary and standby anyway, the failover cap counts only failures the
     provider confirms, and the standby's recheck leaves a pool whose primary is down to its failover.
     """
-    s, cfg = store(), settings()
+    s, cfg = runtime.store(), runtime.settings()
     if not s.first_notification(body_digest, cfg.notification_replay_window):
         return "dropped: the same notification came before"
     watched = _watched_instance(instance_id, account)
@@ -218,9 +217,9 @@ def _watched_instance(instance_id: int | None, account: str) -> tuple[str, str] 
     none (another account's pool too: a notification signed for one account never acts on another's)."""
     if instance_id is None:
         return None
-    s = store()
+    s = runtime.store()
     for role, found in (("primary", s.primaries), ("standby", s.standbys)):
         pid = found([instance_id]).get(instance_id)
-        if pid and settings().account_of(pid.rpartition(":")[0]) == account:
+        if pid and runtime.settings().account_of(pid.rpartition(":")[0]) == account:
             return role, pid
     return None

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import TypedDict, cast
 
+from app import runtime
 from app.pools import Pool, State, split_pool_id, to_disabled, to_failover
 from app.queue import enqueue
-from app.runtime import store
 from app.store import Held
 
 
@@ -237,14 +237,14 @@ def message(pid: str, held: Held, op_id: str | None, seq: int) -> Message:
 
 def begin(pid: str, operation: str, held: Held, op_id: str | None = None, **extra) -> tuple[Message, Context]:
     """The first step's message and the context of a new ``operation`` that holds ``held``."""
-    pool = store().get_pool(pid)
+    pool = runtime.store().get_pool(pid)
     ctx = cast(Context, {"operation": operation, "started": time.time(), "phases": {}, **extra})
     return message(pid, held, op_id, pool.get("seq", 0) if pool else 0), ctx
 
 
 def _held_pool(pid: str) -> Pool:
     """The pool of a machine whose lock the caller holds: such a machine has its record (a cleanup keeps it)."""
-    pool = store().get_pool(pid)
+    pool = runtime.store().get_pool(pid)
     if pool is None:
         raise LookupError(f"no pool record for {pid}, whose lock is held")
     return pool
@@ -252,7 +252,7 @@ def _held_pool(pid: str) -> Pool:
 
 def _start(operation: str, pid: str, held: Held, op_id: str | None, **extra) -> str:
     """Give the operation its op record (a new one when it has none) and context; send its first step."""
-    s, declared = store(), DECLARED[operation]
+    s, declared = runtime.store(), DECLARED[operation]
     op_id = op_id or s.new_op(*split_pool_id(pid), declared.name)
     first, ctx = begin(pid, declared.name, held, op_id, **extra)
     s.update_op(op_id, context=ctx)
@@ -272,7 +272,7 @@ def failover(pid: str, held: Held, trigger: str, op_id: str | None = None, detec
     An automatic failover (not a manual test) first confirms the failure with the provider; the cap per
     minute counts only failures so confirmed (``confirm_failure``), so no trigger is ever deferred here.
     """
-    s = store()
+    s = runtime.store()
     pool = _held_pool(pid)
     op_id = op_id or s.new_op(*split_pool_id(pid), "failover")
     s.update_op(op_id, trigger=trigger)
@@ -302,7 +302,7 @@ def renew_standby(pid: str, held: Held, op_id: str | None, expiring: int, expiri
 
 def cleanup(pid: str, held: Held, op_id: str | None) -> None:
     """Destroy every instance, then the volume; the record stays, disabled."""
-    s = store()
+    s = runtime.store()
     pool = _held_pool(pid)
     op_id = op_id or s.new_op(*split_pool_id(pid), CLEANUP.name)
     if not pool.get("cleanup_pending") or pool["op_id"] != op_id:  # from now on the healer finishes it if interrupted
@@ -313,7 +313,7 @@ def cleanup(pid: str, held: Held, op_id: str | None) -> None:
 
 def disable(pid: str, held: Held) -> None:
     """Stop protecting the pool; its resources stay (the seed's CPU standby takes over)."""
-    s = store()
+    s = runtime.store()
     pool = _held_pool(pid)
     to_disabled(pool)
     s.save_pool(pool, held)

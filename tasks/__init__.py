@@ -75,15 +75,15 @@ if logs.log_format() == "json":
 @heartbeat_sent.connect
 def _seen(**_):
     """Tell /readyz that a worker is consuming."""
-    from app.runtime import store
+    from app import runtime
 
-    store().mark_worker_seen()
+    runtime.store().mark_worker_seen()
 
 
 @worker_ready.connect
 def _ready(**_):
     """Tell `warmpool dev` that Flower may start: the worker's first heartbeat comes before its control
     queue consumes, and Flower's inspect calls sent in between are never answered."""
-    from app.runtime import store
+    from app import runtime
 
-    store().mark_worker_seen(ready=True)
+    runtime.store().mark_worker_seen(ready=True)

@@ -23,11 +23,12 @@ from celery.exceptions import Ignore, Retry
 from celery.signals import task_prerun, task_received, task_revoked
 from kombu.utils.imports import symbol_by_name
 
+from app import runtime
 from app import vast as provider
 from app.operations import DECLARED, NEXT, Branch, Context, Declaration, Message, Outcome, StepOutcome, Wait
 from app.pools import Pool, now_iso, split_pool_id, to_degraded
 from app.queue import enqueue
-from app.runtime import Throttled, fence, on_account, on_tenant_account, settings, store
+from app.runtime import Throttled, fence, on_account, on_tenant_account
 from app.store import STORE_AWAY, FencedOut, Held
 from tasks import celery_app
 
@@ -39,7 +40,8 @@ DeadlineKey = Literal["primary_deadline", "stop_deadline", "standby_deadline", "
 
 
 class Operation:
-    """One operation on one machine, as seen from inside a step: its message, pool and context."""
+    """One operation on one machine, as seen from inside a step: its message, pool and context, and the store,
+    settings and provider client it works with (a step reaches them here, not through ``app.runtime``)."""
 
     def __init__(self, message: Message, ctx: Context):
         self.message = message  # the step's own: a take-over renews its lock in it
@@ -48,8 +50,8 @@ class Operation:
         self.pid, self.op_id, self.seq = message["pid"], message["op_id"], message["seq"]
         self.tenant, self.machine_id = split_pool_id(self.pid)
         self.held = Held(message["token"], message["epoch"])
-        self.store = store()
-        self.settings = settings()
+        self.store = runtime.store()
+        self.settings = runtime.settings()
         self._pool = self.store.get_pool(self.pid)  # None once the pool is gone
         self.advanced = False
         self.heartbeat = None
@@ -62,11 +64,17 @@ class Operation:
             raise LookupError(f"no pool record for {self.pid}")
         return self._pool
 
+    @property
+    def vast(self) -> provider.VastClient:
+        """The provider client of the pool's tenant's Vast account (rule 17): the one ``runtime.vast()`` gives
+        inside ``fenced``."""
+        return runtime.vast(self.tenant)
+
     @classmethod
     def load(cls, message: Message) -> "Operation":
         """The operation of a step's message, its context read from its op record (an empty one when the record
         is gone: the operation is then not ``current``)."""
-        record = message["op_id"] and store().get_op(message["op_id"])
+        record = message["op_id"] and runtime.store().get_op(message["op_id"])
         return cls(message, cast(Context, (record or {}).get("context") or {}))
 
     @property
@@ -239,7 +247,7 @@ class Step(Task):
         except Throttled as exc:
             raise self.later(message, exc.retry_in, op) from None
         except NotYet as exc:
-            raise self.later(message, exc.after or settings().poll_interval, op) from None
+            raise self.later(message, exc.after or runtime.settings().poll_interval, op) from None
         except (provider.ProviderUnavailable, provider.RateLimited) as exc:
             # counted in the context, as polls are retries too
             assert op is not None  # raised by the step's provider calls
@@ -255,7 +263,7 @@ class Step(Task):
             # Redis restarting longer than redis-py's own retries: nothing is known to have failed, and steps
             # are idempotent, so the step runs again (its lock renewed) instead of failing the operation
             log.warning("%s of %s: the store is away (%s); running the step again", self.name, message["pid"], exc)
-            raise self.later(message, settings().poll_interval) from None
+            raise self.later(message, runtime.settings().poll_interval) from None
         except Exception as exc:  # a bug or a surprise: the operation fails and the healer takes over
             log.exception("%s of %s failed unexpectedly", self.name, message["pid"])
             return self.give_up(message, f"unexpected error in {self.name.rsplit('.', 1)[-1]}: "
@@ -299,7 +307,8 @@ class Step(Task):
         try:
             if op is not None:
                 op.save_context()
-            store().extend(message["pid"], Held(message["token"], message["epoch"]), settings().lock_ttl + countdown)
+            runtime.store().extend(message["pid"], Held(message["token"], message["epoch"]),
+                                   runtime.settings().lock_ttl + countdown)
         except FencedOut:
             return Ignore()  # lost meanwhile: the newer holder goes on
         return self.retry(args=(message,), countdown=countdown)
@@ -343,7 +352,7 @@ def step_heartbeat(op: Operation):
 def fenced_by(pid: str, held: Held):
     """Mutating provider calls made inside go out only while ``held`` is still the machine's lock (rule 12), to the
     Vast account of the pool's tenant (rule 17)."""
-    token = fence.set(lambda: store().check_fence(pid, held))
+    token = fence.set(lambda: runtime.store().check_fence(pid, held))
     try:
         with on_tenant_account(split_pool_id(pid)[0]):
             yield
@@ -397,10 +406,10 @@ class WaitingSteps:
         """Renew every waiting step's lock once (the thread does it every third of LOCK_TTL)."""
         with self._lock:
             waiting = list(self._held.items())
-        ttl = settings().lock_ttl
+        ttl = runtime.settings().lock_ttl
         for request_id, (pid, held) in waiting:
             try:
-                kept = store().renew_if_held(pid, held, ttl)
+                kept = runtime.store().renew_if_held(pid, held, ttl)
             except redis.RedisError:
                 continue  # Redis restarting: the next beat tries again
             if not kept:
@@ -408,7 +417,7 @@ class WaitingSteps:
 
     def _renew(self) -> None:
         while True:
-            time.sleep(settings().lock_ttl / 3)
+            time.sleep(runtime.settings().lock_ttl / 3)
             self.renew()
 
 

@@ -10,7 +10,6 @@ from celery import shared_task
 from app import vast as provider
 from app.operations import DONE, NEXT, WAIT, StepOutcome
 from app.pools import instance_labels, known_ids, primary_fields, standby_gone, to_disabled, volume_name
-from app.runtime import vast
 from tasks.base import Operation, OperationFailed, Step
 
 
@@ -22,9 +21,9 @@ def destroy_instances(self, op: Operation) -> StepOutcome:
     to_disabled(op.pool, fallback=None)
     op.save(cleanup_pending=True)
     ids = known_ids(op.pool["primary_gpu_id"], op.pool["standby_gpu_id"])
-    ids |= {row["id"] for row in vast().labelled(*instance_labels(op.tenant, op.machine_id))}
+    ids |= {row["id"] for row in op.vast.labelled(*instance_labels(op.tenant, op.machine_id))}
     for instance_id in sorted(ids):
-        vast().destroy_instance(instance_id)
+        op.vast.destroy_instance(instance_id)
     standby_gone(op.pool)
     op.save(primary_gpu_id=None, **primary_fields(None))
     op.event("instances_destroyed", f"destroyed {sorted(ids)}")
@@ -37,10 +36,10 @@ def delete_volume(self, op: Operation) -> StepOutcome:
     # the pool's volume and its replica on another host (after a host failover the volume is a former replica)
     names = {volume_name(op.tenant, op.machine_id), volume_name(op.tenant, op.machine_id, "replica")}
     ids = known_ids(op.pool["volume_id"], op.pool.get("replica_volume_id")) | {
-        v["id"] for v in vast().show_volumes() if v.get("label") in names}
+        v["id"] for v in op.vast.show_volumes() if v.get("label") in names}
     try:
         for volume_id in sorted(ids):
-            vast().delete_volume(volume_id)
+            op.vast.delete_volume(volume_id)
     except provider.RequestRejected as exc:
         # destroyed instances can hold the volume for a moment
         if op.within("volume_deadline", 120.0):

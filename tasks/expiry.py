@@ -20,17 +20,17 @@ import time
 
 from celery import shared_task
 
-from app import operations
+from app import operations, runtime
 from app import vast as provider
 from app.pools import INSTANCE_FIELDS, State, iso_at, known_ids, pool_id, split_pool_id
-from app.runtime import on_account, pools_by_account, settings, store
+from app.runtime import on_account, pools_by_account
 from tasks.renewal import end_dates
 
 
 @shared_task(name="warmpool.expiry.check")
 def check_expiry() -> dict[str, str]:
     """Renew the standbys and switch over the primaries whose rentals end within EXPIRY_MARGIN."""
-    s, cfg = store(), settings()
+    s, cfg = runtime.store(), runtime.settings()
     pools = [p for p in s.get_pools(s.watched_pool_ids())
              if p["state"] == State.ACTIVE and p.get("renew_after", 0) <= time.time()]
     ends = {}
@@ -57,7 +57,7 @@ def check_expiry() -> dict[str, str]:
 
 def _replace(pid: str, role: str, instance_id: int, end_date: float) -> str:
     """Start what replaces an instance whose rental ends: a renewal of the standby, or a switchover."""
-    s, cfg = store(), settings()
+    s, cfg = runtime.store(), runtime.settings()
     with s.lease_if_free(pid, cfg.lock_ttl) as lease:
         pool = lease and s.get_pool(pid)
         if not pool or pool["state"] != State.ACTIVE or pool[INSTANCE_FIELDS[role]] != instance_id:

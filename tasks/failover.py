@@ -15,7 +15,7 @@ from app import vast as provider
 from app.operations import DONE, NEXT, WAIT, StepOutcome, Wait
 from app.pools import (State, address_of, label, primary_fields, required, standby_gone, standby_starting,
                        standby_stopped, to_failover_cancelled, to_promoted)
-from app.runtime import Throttled, ranked_calls, vast, without_waiting
+from app.runtime import Throttled, ranked_calls, without_waiting
 from app.store import UNSEEN
 from tasks.base import Operation, OperationFailed, Step
 from tasks.provision import NOT_RUNNING, create_instance, is_running, observe
@@ -68,7 +68,7 @@ def confirming_reading(step: Step, op: Operation) -> dict | None:
     the shared poll round that starts after the question, so one list call confirms every pending failure of a
     correlated one (rule 16)."""
     with contextlib.suppress(Throttled), without_waiting():
-        return vast().show_instance(op.ctx["old_primary"])
+        return op.vast.show_instance(op.ctx["old_primary"])
     instance = observe(op.ctx["old_primary"], _fast_poll(op), op.ctx.setdefault("confirm_since", time.time()))
     if instance is UNSEEN and not step.wait(op, "confirm_deadline", CONFIRM_TIMEOUT, _retry(op)):
         raise provider.ProviderUnavailable(f"no poll round answered in {CONFIRM_TIMEOUT:.0f} s")
@@ -90,7 +90,7 @@ def confirmed_directly(op: Operation) -> dict | None:
     failure was seen: a step whose turn is more than a few seconds away gives its thread back and keeps its place,
     so thirty pools past the cap never hold the failover worker's threads that pools within the cap need."""
     with put_turn(op, FENCE):
-        return vast().show_instance(op.ctx["old_primary"])
+        return op.vast.show_instance(op.ctx["old_primary"])
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.confirm_failure")
@@ -142,7 +142,7 @@ def stop_primary(self, op: Operation) -> StepOutcome:
         op.ctx["announced"] = True
     try:
         with put_turn(op, FENCE):
-            vast().stop_instance(op.ctx["old_primary"])
+            op.vast.stop_instance(op.ctx["old_primary"])
     except provider.NotFound:
         pass  # gone already: nothing can run there
     return NEXT
@@ -159,7 +159,7 @@ def await_stopped(self, op: Operation) -> StepOutcome:
         for row in rows:
             if row["id"] != op.ctx["old_primary"] and row.get("intended_status") != "stopped":
                 with put_turn(op, FENCE):
-                    vast().stop_instance(row["id"])
+                    op.vast.stop_instance(row["id"])
                 op.event("split_brain_resolved", f"instance {row['id']} also carried the primary's label: stopped",
                          instance_id=row["id"])
         op.ctx["fence_ids"] = [row["id"] for row in rows if row.get("actual_status") not in NOT_RUNNING]
@@ -179,7 +179,7 @@ def primary_labelled(op: Operation) -> list[dict]:
     """Every instance carrying the pool's primary label, not only the old primary we know: a leaked or duplicate
     one must not run beside the standby either, nor come back later (one offline but meant to run would, with
     its host). Rule 3."""
-    return vast().labelled(primary_label(op))
+    return op.vast.labelled(primary_label(op))
 
 
 def primary_label(op: Operation) -> str:
@@ -204,7 +204,7 @@ def start_standby(self, op: Operation) -> StepOutcome:
         if standby is None:
             raise provider.NotFound("no standby")
         with put_turn(op, FINISH):
-            vast().start_instance(standby)
+            op.vast.start_instance(standby)
     except provider.NotFound:
         standby = fresh_standby(op)
     standby_starting(op.pool, standby)
@@ -245,7 +245,7 @@ def await_standby(self, op: Operation) -> StepOutcome:
 def give_up_standby(op: Operation, standby: int, status: str | None) -> None:
     """A standby that did not start in time is destroyed, not left meant-to-run: it could start beside the new
     primary once a GPU frees (rules 3 and 10)."""
-    vast().destroy_instance(standby)
+    op.vast.destroy_instance(standby)
     op.event("standby_given_up", f"standby {standby} not running after "
                                  f"{op.settings.standby_start_timeout:.0f} s ({status})")
 
@@ -280,9 +280,9 @@ def retire_old_primary(self, op: Operation) -> StepOutcome:
     op.step("retire_old_primary")
     op.ctx.setdefault("replace_started", time.time())
     if op.pool["retire_gpu_id"] is not None:
-        vast().destroy_instance(op.pool["retire_gpu_id"])
+        op.vast.destroy_instance(op.pool["retire_gpu_id"])
         with put_turn(op, AFTER):
-            vast().label_instance(required(op.pool, "primary_gpu_id"), label(op.tenant, op.machine_id, "primary"))
+            op.vast.label_instance(required(op.pool, "primary_gpu_id"), label(op.tenant, op.machine_id, "primary"))
         op.save(retire_gpu_id=None)
     return NEXT
 
@@ -292,7 +292,7 @@ def undo_failover(op: Operation) -> None:
     standby = op.pool["standby_gpu_id"]
     if standby is not None and standby != op.pool["primary_gpu_id"]:
         try:
-            vast().stop_instance(standby)
+            op.vast.stop_instance(standby)
         except provider.NotFound:
             op.save(standby_gpu_id=None)
     if op.pool["standby_gpu_id"]:

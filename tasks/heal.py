@@ -10,11 +10,10 @@ import time
 
 from celery import shared_task
 
-from app import operations
+from app import operations, runtime
 from app import vast as provider
 from app.hosts import offers_query
 from app.pools import State, epoch_seconds, never_held, pool_id, to_active, to_given_up, to_searching
-from app.runtime import settings, store, vast
 from app.store import OP_ENDED
 from tasks.base import Operation
 from tasks.provision import is_running
@@ -27,7 +26,7 @@ NEVER_HELD_ATTEMPTS = 3
 @shared_task(name="warmpool.heal.heal")
 def heal() -> int:
     """Find the unsettled pools that are due and not held by a running operation; repair them."""
-    s, cfg = store(), settings()
+    s, cfg = runtime.store(), runtime.settings()
     now = time.time()
     due = []
     for pool in s.get_pools(s.unsettled_pool_ids()):
@@ -46,7 +45,7 @@ def heal() -> int:
 @shared_task(name="warmpool.heal.repair")
 def repair(pid: str) -> str:
     """Bring one pool back to active with what it lacks; an interrupted operation goes on under its id."""
-    s, cfg = store(), settings()
+    s, cfg = runtime.store(), runtime.settings()
     with s.lease_if_free(pid, cfg.lock_ttl) as lease:
         pool = lease and s.get_pool(pid)
         if not pool or not (pool.get("cleanup_pending") or pool["enabled"] and pool["state"] != State.ACTIVE):
@@ -65,12 +64,13 @@ def repair(pid: str) -> str:
             return "resume failover"
         try:
             primary_id = pool["primary_gpu_id"]
-            primary = vast(pool["tenant"]).show_instance(primary_id) if primary_id else None
+            primary = runtime.vast(pool["tenant"]).show_instance(primary_id) if primary_id else None
             if pool["primary_ssh_host"] and not is_running(primary):
                 operations.failover(pid, lease.hand_off(), "heal", op_id=op_id)
                 return "failover"
             if pool["host_machine_id"] and pool["standby_gpu_id"] and is_running(primary):
-                if not vast(pool["tenant"]).search_offers(offers_query(verified=False, machine_id=pool["host_machine_id"])):
+                if not runtime.vast(pool["tenant"]).search_offers(
+                        offers_query(verified=False, machine_id=pool["host_machine_id"])):
                     return _retry_later(pid, lease, f"host {pool['host_machine_id']} still has no free GPU")
                 to_active(pool)
                 s.save_pool(pool, lease.held)

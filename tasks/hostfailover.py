@@ -32,7 +32,6 @@ from app import vast as provider
 from app.operations import HOST_FAILOVER, NEXT, Branch, StepOutcome, Wait
 from app.pools import (FieldMissing, Pool, address_of, epoch_seconds, instance_labels, known_ids, label, primary_fields,
                        required, to_promoted)
-from app.runtime import vast
 from tasks.base import Operation, OperationFailed, Step
 from tasks.provision import NOT_RUNNING, create_once, is_running, rent
 from tasks.replica import NO_REPLICA, retire_host
@@ -58,7 +57,7 @@ def check_host(self, op: Operation) -> StepOutcome:
         if not has_replica_data(pool):
             return NEXT  # no replica holding data yet: the failover on the same host is all there is
         ids = [i for i in (pool["primary_gpu_id"], pool["standby_gpu_id"]) if i is not None]
-        rows = {row["id"]: row for row in vast().list_instances({"id": {"in": ids}}).instances}
+        rows = {row["id"]: row for row in op.vast.list_instances({"id": {"in": ids}}).instances}
         if not host_lost(rows, ids):
             return NEXT
         op.save(moving={"host_machine_id": required(pool, "replica_host_machine_id"),
@@ -77,18 +76,18 @@ def fence_old_host(self, op: Operation) -> StepOutcome:
                                      f"replica's host {moving['host_machine_id']}", trigger=op.ctx["trigger"],
                  host_failover=True)
         op.ctx["announced"] = True
-    rows = vast().labelled(*instance_labels(op.tenant, op.machine_id))
+    rows = op.vast.labelled(*instance_labels(op.tenant, op.machine_id))
     old = sorted({row["id"] for row in rows if row.get("machine_id") == pool["host_machine_id"]}
                  | known_ids(pool["primary_gpu_id"], pool["standby_gpu_id"]))
     for instance_id in old:
         try:
-            vast().stop_instance(instance_id)
+            op.vast.stop_instance(instance_id)
         except provider.NotFound:
             pass
         except provider.RequestRejected as exc:  # destroyed when the old host is retired
             op.event("stop_refused", f"instance {instance_id} on the lost host: {exc}", instance_id=instance_id)
     try:
-        vast().cancel_copy(moving["volume_id"])
+        op.vast.cancel_copy(moving["volume_id"])
     except provider.NotFound:
         pass
     op.ctx.pop("gpu_offer", None)  # an offer found on the old host
@@ -104,7 +103,7 @@ def rent_on_replica_host(self, op: Operation) -> StepOutcome:
     if moving["primary_gpu_id"] is None:
         place = {"host_machine_id": moving["host_machine_id"], "volume_id": moving["volume_id"]}
         made = create_once(op, "primary", lambda: rent(op, "primary", "running", place=place),
-                           lambda: _adopt_on(op, moving["host_machine_id"]), vast().destroy_instance)
+                           lambda: _adopt_on(op, moving["host_machine_id"]), op.vast.destroy_instance)
         op.save(moving={**moving, "primary_gpu_id": made}, creating=None)
         op.event("primary_created", f"primary {made} created on host {moving['host_machine_id']} with the replica "
                                     f"volume {moving['volume_id']}", primary_gpu_id=made)
@@ -113,7 +112,7 @@ def rent_on_replica_host(self, op: Operation) -> StepOutcome:
 
 def _adopt_on(op: Operation, machine_id: int) -> int | None:
     """A primary an interrupted attempt rented on the replica's host."""
-    rows = vast().labelled(label(op.tenant, op.machine_id, "primary"))
+    rows = op.vast.labelled(label(op.tenant, op.machine_id, "primary"))
     return next((row["id"] for row in rows if row.get("machine_id") == machine_id), None)
 
 
@@ -121,7 +120,7 @@ def _adopt_on(op: Operation, machine_id: int) -> int | None:
 def await_moved_primary(self, op: Operation) -> StepOutcome:
     op.step("await_moved_primary")
     moving = required(op.pool, "moving")
-    rows = vast().list_instances({"id": {"eq": moving["primary_gpu_id"]}}).instances
+    rows = op.vast.list_instances({"id": {"eq": moving["primary_gpu_id"]}}).instances
     instance = rows[0] if rows else None
     if is_running(instance):
         op.ctx["ready_at"] = time.time()
@@ -185,7 +184,7 @@ def undo_move(op: Operation) -> None:
         return
     made = moving["primary_gpu_id"] or _adopt_on(op, moving["host_machine_id"])
     if made is not None:
-        vast().destroy_instance(made)
+        op.vast.destroy_instance(made)
     op.save(moving=None, creating=None, fallback="cpu_standby")
     op.event("failover_failed", f"the move to the replica's host {moving['host_machine_id']} failed; the pool "
                                 f"stays on host {op.pool['host_machine_id']}", trigger=op.ctx.get("trigger"),

@@ -3,15 +3,14 @@
 
 from celery import shared_task
 
-from app import operations
-from app.runtime import settings, store
+from app import operations, runtime
 from app.store import OP_ENDED
 
 
 @shared_task(bind=True, name=operations.WHEN_UNLOCKED, acks_late=True, max_retries=None)
 def when_unlocked(self, pid: str, operation: str, op_id: str, behind: str | None):
     """Disable or clean up once the running operation (``behind``) ends; nothing if the pool moved on since."""
-    s, cfg = store(), settings()
+    s, cfg = runtime.store(), runtime.settings()
     op = s.get_op(op_id)
     if op is None or op["state"] in OP_ENDED:
         return  # a redelivery of one that ran

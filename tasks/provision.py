@@ -11,12 +11,13 @@ from typing import Literal
 
 from celery import shared_task
 
+from app import runtime
 from app import vast as provider
 from app.hosts import LASTING_MARGINS, group_hosts, offers_query
 from app.operations import DONE, NEXT, WAIT, StepOutcome
 from app.pools import (Pool, instance_labels, label, primary_fields, required, standby_gone, standby_stopped, to_active,
                        to_host_found, volume_name)
-from app.runtime import Throttled, account, settings, store, unfenced, vast, without_queueing
+from app.runtime import Throttled, account, unfenced, without_queueing
 from app.store import UNSEEN, FencedOut
 from tasks.base import NotYet, Operation, OperationFailed, Step
 
@@ -54,7 +55,7 @@ def create_once(op: Operation, role: str, create, find, destroy) -> int:
     try:
         op.fence()
     except FencedOut:
-        adopted = store().get_pool(op.pid) or {}
+        adopted = op.store.get_pool(op.pid) or {}
         if made not in (adopted.get("volume_id"), adopted.get("primary_gpu_id"), adopted.get("standby_gpu_id")):
             with unfenced():
                 destroy(made)  # ours alone: nobody else will ever reference it, and it must not bill
@@ -65,14 +66,14 @@ def create_once(op: Operation, role: str, create, find, destroy) -> int:
 def adopt(op: Operation, role: str) -> int | None:
     """An instance for ``role`` that an earlier, interrupted attempt created, if there is one."""
     known = {op.pool["primary_gpu_id"], op.pool["standby_gpu_id"]}
-    rows = vast().labelled(label(op.tenant, op.machine_id, role))
+    rows = op.vast.labelled(label(op.tenant, op.machine_id, role))
     return next((row["id"] for row in rows if row["id"] not in known), None)
 
 
 def create_instance(op: Operation, role: str, target_state: str) -> int:
     """Rent one GPU of the pool's host for ``role``, on the pool's volume (adopting a lost one)."""
     return create_once(op, role, lambda: rent(op, role, target_state), lambda: adopt(op, role),
-                       vast().destroy_instance)
+                       op.vast.destroy_instance)
 
 
 def rent(op: Operation, role: str, target_state: str, tries: int = 2, place: dict | None = None) -> int:
@@ -81,15 +82,15 @@ def rent(op: Operation, role: str, target_state: str, tries: int = 2, place: dic
     pool = {**op.pool, **(place or {})}
 
     def search() -> int:
-        offers = vast().search_offers({**offers_query(pool["gpu_name"], verified=False,
-                                                      machine_id=pool["host_machine_id"], num_gpus=1), "limit": 1})
+        offers = op.vast.search_offers({**offers_query(pool["gpu_name"], verified=False,
+                                                       machine_id=pool["host_machine_id"], num_gpus=1), "limit": 1})
         if not offers:
             raise OperationFailed(f"host {pool['host_machine_id']} has no rentable GPU or volume offer "
                                   f"(for the {role})")
         return offers[0]["id"]
 
     try:
-        return with_offer(op, "gpu_offer", search, lambda offer: vast().create_instance(
+        return with_offer(op, "gpu_offer", search, lambda offer: op.vast.create_instance(
             offer, image=pool["image"], disk=pool["disk_size"], target_state=target_state,
             label=label(op.tenant, op.machine_id, role), onstart=pool.get("onstart"), env=pool.get("env"),
             volume_info={"create_new": False, "volume_id": pool["volume_id"], "mount_path": MOUNT_PATH}))
@@ -117,9 +118,10 @@ def observe(instance_id: int, interval: float | None = None, since: float = 0.0)
     only before ``since``); a round is due ``interval`` s after the last (default: the poll interval)."""
     def fetch(ids: list[int]) -> dict[int, dict]:
         with without_queueing(pages=-(-len(ids) // provider.LIST_PAGE_ROWS)):  # no slot soon: a later waiter asks
-            return {row["id"]: row for row in vast().list_instances({"id": {"in": ids}}).instances}
+            return {row["id"]: row for row in runtime.vast().list_instances({"id": {"in": ids}}).instances}
 
-    return store().observe(instance_id, interval or settings().poll_interval, fetch, since, account.get())
+    return runtime.store().observe(instance_id, interval or runtime.settings().poll_interval, fetch, since,
+                                   account.get())
 
 
 @shared_task(bind=True, base=Step, name="warmpool.provision.find_host")
@@ -127,7 +129,7 @@ def find_host(self, op: Operation) -> StepOutcome:
     """Pick the best host: verified, 2+ free GPUs, rentable for long (rentals end), cheapest, most reliable."""
     op.step("searching")
     pool = op.pool
-    hosts = group_hosts(vast().search_offers(offers_query(
+    hosts = group_hosts(op.vast.search_offers(offers_query(
         pool["gpu_name"], pool["max_price"], min_duration=LASTING_MARGINS * op.settings.expiry_margin)))
     if not hosts:
         raise OperationFailed("no verified host with 2 free GPUs matches")
@@ -146,18 +148,18 @@ def create_volume(self, op: Operation) -> StepOutcome:
         name = volume_name(op.tenant, op.machine_id)
 
         def search() -> int:
-            offers = vast().search_volume_offers(
+            offers = op.vast.search_volume_offers(
                 {"machine_id": {"eq": pool["host_machine_id"]}, "order": [["storage_cost", "asc"]], "limit": 1})
             if not offers:
                 raise OperationFailed(f"host {pool['host_machine_id']} has no rentable GPU or volume offer")
             return offers[0]["id"]
 
         def create() -> int:
-            return with_offer(op, "volume_offer", search, lambda offer: vast().create_volume(
+            return with_offer(op, "volume_offer", search, lambda offer: op.vast.create_volume(
                 offer, pool["volume_size"], name))
 
         volume_id = create_once(op, "volume", create, lambda: next(
-            (v["id"] for v in vast().show_volumes() if v.get("label") == name), None), vast().delete_volume)
+            (v["id"] for v in op.vast.show_volumes() if v.get("label") == name), None), op.vast.delete_volume)
         op.save(volume_id=volume_id, creating=None)
         op.event("volume_created", f"volume {volume_id} on host {pool['host_machine_id']}", volume_id=volume_id)
     return NEXT
@@ -218,9 +220,9 @@ def undo_provision(op: Operation) -> None:
     pool = op.pool
     if pool["primary_ssh_host"]:
         return
-    for row in vast().labelled(*instance_labels(op.tenant, op.machine_id)):
-        vast().destroy_instance(row["id"])
+    for row in op.vast.labelled(*instance_labels(op.tenant, op.machine_id)):
+        op.vast.destroy_instance(row["id"])
     if pool["volume_id"] is not None:
-        vast().delete_volume(pool["volume_id"])
+        op.vast.delete_volume(pool["volume_id"])
     standby_gone(pool)
     op.save(primary_gpu_id=None, volume_id=None, creating=None)

@@ -36,9 +36,10 @@ from dataclasses import dataclass
 from celery import shared_task
 from celery.signals import worker_ready
 
+from app import runtime
 from app.pools import (Pool, iso_at, label, new_pool, parse_label, primary_fields, schedule_switchover, split_pool_id,
                        standby_stopped, to_active, to_degraded, volume_name)
-from app.runtime import on_account, pools_by_account, settings, store, vast
+from app.runtime import on_account, pools_by_account
 from app.store import FencedOut
 from tasks.base import fenced_by
 from tasks.provision import is_running
@@ -71,11 +72,11 @@ def labelled_pools(label_counts: dict[str, int]) -> list[str]:
 def instances_by_pool(pids: list[str] | None) -> dict[str, list[dict]]:
     """The provider's labelled instances by pool id: of ``pids``, or of every pool when None."""
     if pids is None:
-        rows = vast().list_instances().instances
+        rows = runtime.vast().list_instances().instances
     else:
         names = [label(*split_pool_id(pid), role) for pid in pids for role in ("primary", "standby")]
         rows = [row for i in range(0, len(names), LABELS_PER_CALL)
-                for row in vast().labelled(*names[i:i + LABELS_PER_CALL])]
+                for row in runtime.vast().labelled(*names[i:i + LABELS_PER_CALL])]
     found = defaultdict(list)
     for row in rows:
         parsed = parse_label(row.get("label") or "")
@@ -166,7 +167,7 @@ def rebuild(pids: list[str] | None = None, apply: bool = True) -> list[Rebuilt] 
     done per pool id, or None when another rebuild runs now. A provider error propagates: nothing is
     decided on a partial view.
     """
-    s, cfg = store(), settings()
+    s, cfg = runtime.store(), runtime.settings()
     if not apply:
         return _rebuild(pids, apply)
     with s.lease_if_free(REBUILD_LOCK, cfg.lock_ttl) as lease:
@@ -178,9 +179,9 @@ def rebuild(pids: list[str] | None = None, apply: bool = True) -> list[Rebuilt] 
 
 def _rebuild(pids: list[str] | None, apply: bool) -> list[Rebuilt]:
     """Each Vast account's pools are rebuilt from that account's listing (rule 17)."""
-    s = store()
+    s = runtime.store()
     if pids is None:
-        return [done for name in settings().accounts() for done in _rebuild_account(name, None, apply)]
+        return [done for name in runtime.settings().accounts() for done in _rebuild_account(name, None, apply)]
     pids = s.missing_pools(pids)  # before any provider call: a repeated request costs none
     return [done for name, on_it in pools_by_account(pids).items() if on_it
             for done in _rebuild_account(name, on_it, apply)]
@@ -188,13 +189,13 @@ def _rebuild(pids: list[str] | None, apply: bool) -> list[Rebuilt]:
 
 def _rebuild_account(name: str, pids: list[str] | None, apply: bool) -> list[Rebuilt]:
     """The pools of one account, from its own listing: labels of a tenant on another account are not its pools."""
-    s, cfg = store(), settings()
+    s, cfg = runtime.store(), runtime.settings()
     with on_account(name):
         found = instances_by_pool(pids)
         missing = [pid for pid in s.missing_pools(sorted(found)) if cfg.account_of(split_pool_id(pid)[0]) == name]
         if not missing:
             return []
-        volumes = vast().show_volumes()
+        volumes = runtime.vast().show_volumes()
         report = []
         for pid in missing:
             pool = form_pool(pid, found[pid], volumes)
@@ -220,7 +221,7 @@ def _write(pid: str, pool: Pool, rows: list[dict]) -> str:
 def _write_held(pid: str, pool: Pool, rows: list[dict]) -> str:
     """The record is written only if there is none, checked in the write's own transaction (``create_pool``):
     a record written since the rebuild found it missing (a cleanup ending during a long listing) stays."""
-    s, cfg = store(), settings()
+    s, cfg = runtime.store(), runtime.settings()
     with s.lease_if_free(pid, cfg.lock_ttl) as lease:
         if lease is None:
             return BUSY
@@ -231,7 +232,7 @@ def _write_held(pid: str, pool: Pool, rows: list[dict]) -> str:
             # a failover retired the old primary, then stopped before relabelling the new one: the sweep
             # would count no primary label and take the pool's primary for gone
             with fenced_by(pid, lease.held):
-                vast().label_instance(primary["id"], label(*split_pool_id(pid), "primary"))
+                runtime.vast().label_instance(primary["id"], label(*split_pool_id(pid), "primary"))
         _keep_switchover(pid, pool)
         if not s.create_pool(pool, lease.held):
             return HAS_RECORD
@@ -248,14 +249,15 @@ def _write_held(pid: str, pool: Pool, rows: list[dict]) -> str:
 def _keep_switchover(pid: str, pool: Pool) -> None:
     """A switchover planned for the lost record (its index survived) is kept when the rebuilt pool has a standby
     to switch to; else it is dropped, with an event."""
-    at = store().switchover_at(pid)
+    at = runtime.store().switchover_at(pid)
     if at is None:
         return
     if pool["standby_gpu_id"] is not None:
         schedule_switchover(pool, at)
         return
-    store().event(pid, "switchover_dropped", f"the switchover planned for {iso_at(at)} is dropped: the rebuilt pool "
-                                             "has no standby", scheduled_for=iso_at(at), reason="no standby")
+    runtime.store().event(pid, "switchover_dropped", f"the switchover planned for {iso_at(at)} is dropped: the "
+                                                     "rebuilt pool has no standby", scheduled_for=iso_at(at),
+                          reason="no standby")
 
 
 def adopt(label_counts: dict[str, int]) -> set[str] | None:
@@ -269,7 +271,7 @@ def adopt(label_counts: dict[str, int]) -> set[str] | None:
 def adopt_soon(label_counts: dict[str, int]) -> None:
     """For the sweep: when the provider counts labels of pools Redis has no record of, rebuild them now
     instead of at the next reconcile (once per reconcile interval for each: what forms no pool stays)."""
-    s, cfg = store(), settings()
+    s, cfg = runtime.store(), runtime.settings()
     due = s.first_rebuild_tries(s.missing_pools(labelled_pools(label_counts)), cfg.reconcile_interval)
     if due:
         rebuild_pools.apply_async((due,), expires=max(5.0, 5 * cfg.health_check_interval))
@@ -284,5 +286,5 @@ def rebuild_pools(pids: list[str]) -> int:
 @worker_ready.connect
 def _warn_about_redis(**_):
     """Say it loudly at start when Redis is set up to lose what it holds."""
-    for warning in store().redis_warnings(expect_persistence=not settings().dev):
+    for warning in runtime.store().redis_warnings(expect_persistence=not runtime.settings().dev):
         log.warning("REDIS MAY LOSE DATA: %s", warning)

@@ -14,9 +14,10 @@ import time
 
 from celery import shared_task
 
+from app import runtime
 from app import vast as provider
 from app.pools import INSTANCE_FIELDS, Pool, known_ids, parse_label, pool_id, split_pool_id, volume_name
-from app.runtime import on_account, settings, store, vast
+from app.runtime import on_account
 from app.store import FencedOut
 from tasks import rebuild
 from tasks.base import fenced_by
@@ -46,7 +47,7 @@ def _created(resource: dict) -> float:
 def reconcile() -> list:
     """Rebuild lost pools, then report (and, with RECONCILE_DESTROY_ORPHANS, destroy) labelled resources no
     pool references."""
-    s, cfg = store(), settings()
+    s, cfg = runtime.store(), runtime.settings()
     if s.last_sweep_time() is None:
         return []  # no sweep since Redis lost its data: what the provider runs is not known yet
     counts = {name: count for name, count in s.label_counts().items() if count and parse_label(name)}
@@ -82,7 +83,7 @@ def reconcile() -> list:
 
 def _instance_suspects(counts: dict[str, int], held: set[str]) -> list[tuple]:
     """Labelled instances that their pool does not reference: (kind, id, pool id, created at)."""
-    s, suspects = store(), []
+    s, suspects = runtime.store(), []
     for name in sorted(counts):
         parsed = parse_label(name)
         if parsed is None:
@@ -94,7 +95,7 @@ def _instance_suspects(counts: dict[str, int], held: set[str]) -> list[tuple]:
         # more instances carry the label than the pool can reference: look closer
         if counts[name] > (1 if pool and pool[INSTANCE_FIELDS[role]] else 0):
             suspects += [("instance", row["id"], pid, _created(row))
-                         for row in vast(split_pool_id(pid)[0]).labelled(name)
+                         for row in runtime.vast(split_pool_id(pid)[0]).labelled(name)
                          if row["id"] not in referenced(pool)]
     return suspects
 
@@ -102,13 +103,13 @@ def _instance_suspects(counts: dict[str, int], held: set[str]) -> list[tuple]:
 def _account_volumes(name: str) -> list[dict]:
     """The volumes of one Vast account that carry our names."""
     with on_account(name):
-        return [v for v in vast().show_volumes() if VOLUME_NAME.fullmatch(v.get("label") or "")]
+        return [v for v in runtime.vast().show_volumes() if VOLUME_NAME.fullmatch(v.get("label") or "")]
 
 
 def _volume_suspects(volumes: list[dict], counts: dict[str, int]) -> list[tuple]:
     """Our volumes that their pool does not reference. A volume an instance uses is in use, and one whose
     pool has labelled instances but no record yet is left to the rebuild."""
-    s = store()
+    s = runtime.store()
     known = {volume_name(*split_pool_id(pid), kind): pid for pid in s.all_pool_ids() for kind in KINDS}
     claimed = {volume_name(*split_pool_id(pid), kind) for pid in rebuild.labelled_pools(counts) for kind in KINDS}
     suspects = []
@@ -130,7 +131,7 @@ def _volume_suspects(volumes: list[dict], counts: dict[str, int]) -> list[tuple]
 def _destroy(pid: str, kind: str, resource_id: int) -> str | None:
     """Destroy an orphan with the machine's lock held, after reading its pool again; None when destroyed,
     else why it was kept."""
-    s, cfg = store(), settings()
+    s, cfg = runtime.store(), runtime.settings()
     with s.lease_if_free(pid, cfg.lock_ttl) as lease:
         if lease is None:
             return "an operation holds the machine"
@@ -142,9 +143,9 @@ def _destroy(pid: str, kind: str, resource_id: int) -> str | None:
         try:
             with fenced_by(pid, lease.held):
                 if kind == "instance":
-                    vast().destroy_instance(resource_id)
+                    runtime.vast().destroy_instance(resource_id)
                 else:
-                    vast().delete_volume(resource_id)
+                    runtime.vast().delete_volume(resource_id)
         except provider.VastError as exc:
             return f"the provider did not destroy it ({type(exc).__name__})"
         except FencedOut:

@@ -9,9 +9,9 @@ import time
 
 from celery import shared_task
 
+from app import runtime
 from app.operations import DONE, NEXT, StepOutcome
 from app.pools import iso_at, required, standby_stopped, to_active
-from app.runtime import vast
 from tasks.base import Operation, Step
 from tasks.provision import adopt, create_instance
 
@@ -24,7 +24,7 @@ def end_dates(instance_ids: list[int]) -> dict[int, float]:
     """The end date of each instance the provider lists (epoch seconds); one paged list call per 50 ids."""
     ends = {}
     for i in range(0, len(instance_ids), IDS_PER_CALL):
-        rows = vast().list_instances({"id": {"in": instance_ids[i:i + IDS_PER_CALL]}}, attempts=1).instances
+        rows = runtime.vast().list_instances({"id": {"in": instance_ids[i:i + IDS_PER_CALL]}}, attempts=1).instances
         ends.update({row["id"]: float(row["end_date"]) for row in rows if row.get("end_date")})
     return ends
 
@@ -55,7 +55,7 @@ def retire_expiring_standby(self, op: Operation) -> StepOutcome:
     ends = iso_at(op.ctx["expiring_end"])
     if ends_within_margin(end_dates([new]).get(new), op.settings.expiry_margin):
         # the host rents nothing that lasts longer: keep the old one, and look again later
-        vast().destroy_instance(new)
+        op.vast.destroy_instance(new)
         later = time.time() + op.settings.expiry_margin / 24
         op.event("rental_end_unavoidable", f"host {op.pool['host_machine_id']} rents no GPU whose rental outlasts "
                                            f"the margin: standby {old} (ending at {ends}) kept; next look at "
@@ -63,7 +63,7 @@ def retire_expiring_standby(self, op: Operation) -> StepOutcome:
         op.finish({"success": False, "message": f"no longer rental on host {op.pool['host_machine_id']}"},
                   standby_gpu_id=old, renew_after=later)
         return DONE
-    vast().destroy_instance(old)
+    op.vast.destroy_instance(old)
     op.event("standby_replaced", f"standby {new} replaces {old}, whose rental ends at {ends}",
              standby_gpu_id=new, old_standby_gpu_id=old, reason=REASON)
     standby_stopped(op.pool, new)
@@ -78,5 +78,5 @@ def undo_renewal(op: Operation) -> None:
     old = op.ctx["expiring"]
     made = op.pool["standby_gpu_id"] if op.pool["standby_gpu_id"] != old else adopt(op, "standby")
     if made is not None:
-        vast().destroy_instance(made)
+        op.vast.destroy_instance(made)
     op.save(standby_gpu_id=old, creating=None)

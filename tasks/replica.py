@@ -31,10 +31,11 @@ import time
 
 from celery import shared_task
 
+from app import runtime
 from app import vast as provider
 from app.hosts import LASTING_MARGINS, group_hosts, offers_query
 from app.pools import Pool, ReplicaFields, State, epoch_seconds, iso_at, pool_id, required, split_pool_id, volume_name
-from app.runtime import on_account, pools_by_account, settings, store, vast
+from app.runtime import on_account, pools_by_account
 from app.settings import Settings
 from app.store import FencedOut
 from tasks.base import fenced_by
@@ -68,7 +69,7 @@ def _view(row: dict | None) -> dict | None:
 def upkeep() -> int:
     """One volume list per Vast account for every pool with a replica (or wanting one) on it; a ``tend`` for each
     that needs one."""
-    s, cfg = store(), settings()
+    s, cfg = runtime.store(), runtime.settings()
     pools = {pool_id(p["tenant"], p["machine_id"]): p for p in s.get_pools(s.watched_pool_ids())
              if p["state"] in KEPT and (wants_replica(p, cfg) or p.get("replica_volume_id") or p.get("retire_host"))}
     tended = 0
@@ -77,7 +78,7 @@ def upkeep() -> int:
             continue
         try:
             with on_account(name):
-                volumes = vast().show_volumes()
+                volumes = runtime.vast().show_volumes()
         except provider.VastError:
             continue  # unknown: decide nothing, the next run asks again
         tended += _tend_seen([pools[pid] for pid in pids], volumes, cfg)
@@ -131,7 +132,7 @@ def next_action(pool: Pool, seen: dict, cfg: Settings, now: float) -> str | None
 @shared_task(name="warmpool.replica.tend")
 def tend(pid: str, seen: dict) -> str:
     """Do what the pool's replica needs, with the machine's lock (a busy pool is left to the next run)."""
-    s, cfg = store(), settings()
+    s, cfg = runtime.store(), runtime.settings()
     with s.lease_if_free(pid, cfg.lock_ttl) as lease:
         pool = lease and s.get_pool(pid)
         if not pool or pool["state"] not in KEPT:
@@ -155,7 +156,7 @@ def tend(pid: str, seen: dict) -> str:
 
 def _create(pid: str, pool: Pool, seen: dict) -> Pool:
     """A replica-named volume an interrupted attempt made, or a new one on the best other host; then a copy."""
-    s = store()
+    s = runtime.store()
     made = next((v for v in seen["unclaimed"] if v["status"] != "offline"
                  and v["machine_id"] != pool["host_machine_id"]), None)
     if made is None:
@@ -172,16 +173,16 @@ def _create(pid: str, pool: Pool, seen: dict) -> Pool:
 
 def _new_replica(pid: str, pool: Pool) -> dict:
     """A volume on the cheapest other verified host that could take the pool (two free GPUs of its model)."""
-    cfg = settings()
-    offers = vast().search_offers(offers_query(pool["gpu_name"], pool["max_price"],
-                                               min_duration=LASTING_MARGINS * cfg.expiry_margin))
+    cfg = runtime.settings()
+    offers = runtime.vast().search_offers(offers_query(pool["gpu_name"], pool["max_price"],
+                                                       min_duration=LASTING_MARGINS * cfg.expiry_margin))
     # not the pool's host, nor one that failed under it
     failed = (pool["last_failover"] or {}).get("from_host_machine_id")
     hosts = [h["machine_id"] for h in group_hosts(offers) if h["machine_id"] not in (pool["host_machine_id"], failed)]
     for machine_id in hosts[:HOSTS_TRIED]:
-        volume_offers = vast().search_volume_offers({"machine_id": {"eq": machine_id}, "limit": 1})
+        volume_offers = runtime.vast().search_volume_offers({"machine_id": {"eq": machine_id}, "limit": 1})
         if volume_offers:
-            volume_id = vast().create_volume(volume_offers[0]["id"], pool["volume_size"], replica_name(pid))
+            volume_id = runtime.vast().create_volume(volume_offers[0]["id"], pool["volume_size"], replica_name(pid))
             return {"id": volume_id, "machine_id": machine_id, "storage_cost": volume_offers[0].get("storage_cost")}
     raise provider.RequestRejected(f"no other verified host with two free {pool['gpu_name'] or 'GPU'}s and a "
                                    f"volume offer", None, "no_replica_host", None)
@@ -189,24 +190,24 @@ def _new_replica(pid: str, pool: Pool) -> dict:
 
 def _copy(pid: str, pool: Pool, seen: dict) -> Pool:
     """Start a copy of the pool's volume onto its replica."""
-    vast().copy_volume(required(pool, "volume_id"), required(pool, "replica_volume_id"))
+    runtime.vast().copy_volume(required(pool, "volume_id"), required(pool, "replica_volume_id"))
     return {"replica_copy_started": time.time()}
 
 
 def _landed(pid: str, pool: Pool, seen: dict) -> Pool:
     started = required(pool, "replica_copy_started")  # what ``next_action`` saw under way
     if pool["replica_data_at"] is None:
-        store().event(pid, "replica_ready", f"replica volume {pool['replica_volume_id']} holds the data of "
-                                            f"{iso_at(started)}")
+        runtime.store().event(pid, "replica_ready", f"replica volume {pool['replica_volume_id']} holds the data of "
+                                                    f"{iso_at(started)}")
     return {"replica_data_at": iso_at(started), "replica_copy_started": None}
 
 
 def _stuck(pid: str, pool: Pool, seen: dict) -> Pool:
     started = required(pool, "replica_copy_started")  # what ``next_action`` saw under way
     _cancel(required(pool, "replica_volume_id"))
-    store().event(pid, "replica_failed", f"the copy into replica volume {pool['replica_volume_id']} started at "
-                                         f"{iso_at(started)} never landed: cancelled; the "
-                                         f"replica keeps the data of {pool['replica_data_at']}", action="stuck")
+    runtime.store().event(pid, "replica_failed", f"the copy into replica volume {pool['replica_volume_id']} started at "
+                                                 f"{iso_at(started)} never landed: cancelled; the "
+                                                 f"replica keeps the data of {pool['replica_data_at']}", action="stuck")
     return {"replica_copy_started": None}
 
 
@@ -215,20 +216,21 @@ def _drop(pid: str, pool: Pool, seen: dict) -> Pool:
     replica, why = required(pool, "replica_volume_id"), "deleted"
     try:
         _cancel(replica)
-        vast().delete_volume(replica)
+        runtime.vast().delete_volume(replica)
     except provider.RequestRejected as exc:
         why = f"not deleted ({exc.msg or exc}): delete it by hand"
     if seen["replica"] is None or seen["replica"]["status"] == "offline":
-        store().event(pid, "replica_lost", f"replica volume {replica} on host {pool['replica_host_machine_id']} "
-                                           f"is offline or gone ({why}); a new one follows", replica_volume_id=replica)
+        runtime.store().event(pid, "replica_lost", f"replica volume {replica} on host "
+                                                   f"{pool['replica_host_machine_id']} is offline or gone ({why}); "
+                                                   "a new one follows", replica_volume_id=replica)
     else:
-        store().event(pid, "replica_removed", f"replica volume {replica} {why}", replica_volume_id=replica)
+        runtime.store().event(pid, "replica_removed", f"replica volume {replica} {why}", replica_volume_id=replica)
     return {**NO_REPLICA}
 
 
 def _cancel(volume_id: int) -> None:
     try:
-        vast().cancel_copy(volume_id)
+        runtime.vast().cancel_copy(volume_id)
     except provider.NotFound:
         pass
 
@@ -240,25 +242,27 @@ def retire_host(pid: str, pool: Pool, seen: dict | None = None) -> Pool:
     left, errors = [], []
     for instance_id in old["instance_ids"]:
         try:
-            vast().destroy_instance(instance_id)
+            runtime.vast().destroy_instance(instance_id)
         except provider.RequestRejected as exc:
             left.append(instance_id)
             errors.append(str(exc))
     volume = old["volume_id"]
     if volume is not None:
         try:
-            vast().delete_volume(volume)
+            runtime.vast().delete_volume(volume)
             volume = None
         except provider.RequestRejected as exc:
             errors.append(str(exc))
     if not left and volume is None:
-        store().event(pid, "old_host_retired", f"old host {old['host_machine_id']}: instances "
-                                               f"{old['instance_ids']} destroyed, volume {old['volume_id']} deleted")
+        runtime.store().event(pid, "old_host_retired", f"old host {old['host_machine_id']}: instances "
+                                                       f"{old['instance_ids']} destroyed, volume {old['volume_id']} "
+                                                       "deleted")
         return {"retire_host": None}
     if "next_at" not in old:  # told once; the old host may stay offline for days
-        store().event(pid, "old_host_retire_postponed", f"old host {old['host_machine_id']}: instances {left} and "
-                                                        f"volume {volume} left for later ({'; '.join(errors)})")
-    later = time.time() + settings().replica_copy_interval
+        runtime.store().event(pid, "old_host_retire_postponed", f"old host {old['host_machine_id']}: instances "
+                                                                f"{left} and volume {volume} left for later "
+                                                                f"({'; '.join(errors)})")
+    later = time.time() + runtime.settings().replica_copy_interval
     return {"retire_host": {**old, "instance_ids": left, "volume_id": volume, "next_at": later}}
 
 

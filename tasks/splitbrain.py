@@ -5,8 +5,8 @@ import contextlib
 
 from celery import shared_task
 
+from app import runtime
 from app.pools import State, instance_labels, split_pool_id
-from app.runtime import settings, store, vast
 from app.store import FencedOut
 from tasks.base import fenced_by
 
@@ -15,7 +15,7 @@ from tasks.base import fenced_by
 def guard_split_brain(pid: str, reason: str) -> list[int]:
     """Two instances up on one pool's volume (rule 14): stop every one that the pool record does not name as
     its primary. A busy pool is left to its operation, which checks the same thing before it starts anything."""
-    s, cfg = store(), settings()
+    s, cfg = runtime.store(), runtime.settings()
     stopped: list[int] = []
     with contextlib.suppress(FencedOut), s.lease_if_free(pid, cfg.lock_ttl) as lease:
         pool = lease and s.get_pool(pid)
@@ -24,9 +24,9 @@ def guard_split_brain(pid: str, reason: str) -> list[int]:
         tenant, machine_id = split_pool_id(pid)
         # the lock kept alive, and each stop sent only while it is still ours (rule 12)
         with s.heartbeat(pid, lease.held, cfg.lock_ttl), fenced_by(pid, lease.held):
-            for row in vast().labelled(*instance_labels(tenant, machine_id)):
+            for row in runtime.vast().labelled(*instance_labels(tenant, machine_id)):
                 if row["id"] != pool["primary_gpu_id"] and row.get("intended_status") == "running":
-                        vast().stop_instance(row["id"])
+                        runtime.vast().stop_instance(row["id"])
                         stopped.append(row["id"])
         if stopped:
             s.event(pid, "split_brain_resolved", f"{reason}: stopped {stopped}, kept primary {pool['primary_gpu_id']}",

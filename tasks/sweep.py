@@ -19,12 +19,12 @@ from typing import TypeGuard
 
 from celery import shared_task
 
-from app import operations
+from app import operations, runtime
 from app import vast as provider
 from app.hosts import offers_query
 from app.pools import (Pool, State, known_ids, label, parse_label, pool_id, required, split_pool_id, to_degraded,
                        to_replacing_standby)
-from app.runtime import account, on_account, pools_by_account, settings, store, vast
+from app.runtime import account, on_account, pools_by_account
 from app.store import FencedOut
 from tasks import rebuild
 from tasks.base import fenced_by
@@ -46,7 +46,7 @@ AUDIT_PAGE, AUDIT_INTERVAL = 25, 10.0
 
 @shared_task(name="warmpool.health.sweep")
 def sweep() -> str:
-    s, cfg = store(), settings()
+    s, cfg = runtime.store(), runtime.settings()
     if not s.take_sweep_slot(cfg.health_check_interval):
         return "skipped"
     # a killed sweeper holds the sweep only briefly: detection stays on
@@ -87,7 +87,7 @@ def _sweep_account(s, cfg, watched: list[str], audited: dict[int, str], last_ok:
     """One account's sweep: its list of what should run but does not, and what that says about its pools;
     (pools failed, label counts), or None when the provider could not be asked."""
     try:
-        listing = vast().list_instances(UNHEALTHY, attempts=1)  # the next sweep is the retry
+        listing = runtime.vast().list_instances(UNHEALTHY, attempts=1)  # the next sweep is the retry
     except provider.VastError as exc:
         s.record_unknown_sweep(type(exc).__name__)  # unknown, not failed: nothing counts (rule 6)
         return None
@@ -132,7 +132,7 @@ def _audit(audited: dict[int, str]) -> dict[str, tuple[int, str]]:
     if not audited:
         return {}
     try:
-        rows = vast().list_instances({"id": {"in": sorted(audited)}}, attempts=1).instances
+        rows = runtime.vast().list_instances({"id": {"in": sorted(audited)}}, attempts=1).instances
     except provider.VastError:
         return {}  # unknown: the next sweeps look again
     return {audited[row["id"]]: (row["id"], "stopped by someone else") for row in rows
@@ -146,7 +146,7 @@ def _lost_standbys(s, cfg) -> list[str]:
     if not s.due(f"lost_standbys@{account.get()}", cfg.capacity_check_interval):
         return []
     try:
-        rows = vast().list_instances(LOST_STANDBY, attempts=1).instances
+        rows = runtime.vast().list_instances(LOST_STANDBY, attempts=1).instances
     except provider.VastError:
         return []  # unknown: the next check looks again
     lost = [row["id"] for row in rows if row.get("actual_status") not in TRANSITIONAL]
@@ -190,7 +190,7 @@ def trigger(pid: str, seen_primary: int, detected_at: float, triggered_at: float
             healthy_at: float | None = None, source: str = "health") -> str:
     """A health sweep (or a notification from Vast) saw ``seen_primary`` fail: fail over, unless the pool moved
     on or is busy. The failover's first step confirms the failure with the provider."""
-    s, cfg = store(), settings()
+    s, cfg = runtime.store(), runtime.settings()
     held = s.acquire(pid, cfg.lock_ttl)
     if held is None:
         return "busy"  # an operation runs on this machine; it is the one that counts
@@ -212,14 +212,14 @@ def recheck_standby(pid: str) -> str:
     has no GPU). The provider is asked without the lock, which is taken only to replace the standby, so a
     failover trigger arriving meanwhile is never turned away as busy. A pool whose primary is down too (a host
     failing: Vast tells of both instances) is the failover's: the recheck triggers it, as the sweep would."""
-    s, cfg = store(), settings()
+    s, cfg = runtime.store(), runtime.settings()
     pool = s.get_pool(pid)
     if not _standby_kept(pool) or s.is_locked(pid):
         return "moved on"  # an operation runs: it decides
-    status = lost_status(vast(pool["tenant"]).show_instance(required(pool, "standby_gpu_id")))
+    status = lost_status(runtime.vast(pool["tenant"]).show_instance(required(pool, "standby_gpu_id")))
     if status is None:
         return "there"
-    primary = vast(pool["tenant"]).show_instance(required(pool, "primary_gpu_id"))  # active: it has one
+    primary = runtime.vast(pool["tenant"]).show_instance(required(pool, "primary_gpu_id"))  # active: it has one
     if not is_running(primary):
         primary_status = (primary or {}).get("actual_status", "gone")
         if primary_status in TRANSITIONAL:
@@ -249,7 +249,7 @@ def _replace_lost_standby(s, cfg, lease, pool: Pool, status: str) -> None:
     the replacement under the lock this recheck holds."""
     pid, lost = pool_id(pool["tenant"], pool["machine_id"]), required(pool, "standby_gpu_id")
     with s.heartbeat(pid, lease.held, cfg.lock_ttl), fenced_by(pid, lease.held):
-        vast().destroy_instance(lost)
+        runtime.vast().destroy_instance(lost)
     to_replacing_standby(pool)
     s.save_pool(pool, lease.held)
     reason = f"standby {lost} is {status}"
@@ -262,7 +262,7 @@ def _replace_lost_standby(s, cfg, lease, pool: Pool, status: str) -> None:
 def check_capacity() -> int:
     """A stopped standby needs a free GPU on its host to start (rule 10): check the hosts in one search per Vast
     account, each on that account's own search budget (rule 17)."""
-    s, cfg = store(), settings()
+    s, cfg = runtime.store(), runtime.settings()
     full: list[Pool] = []
     for name, pids in pools_by_account(s.watched_pool_ids()).items():
         with on_account(name):
@@ -286,7 +286,7 @@ def _without_free_gpu(pools: list[Pool]) -> list[Pool]:
     if not hosts:
         return []
     try:
-        offers = vast().search_offers({**offers_query(verified=False), "machine_id": {"in": hosts}})
+        offers = runtime.vast().search_offers({**offers_query(verified=False), "machine_id": {"in": hosts}})
     except provider.VastError:
         return []
     free = {o["machine_id"] for o in offers}

@@ -15,20 +15,19 @@ import time
 
 from celery import shared_task
 
-from app import operations
+from app import operations, runtime
 from app.pools import State, unschedule_switchover
-from app.runtime import settings, store
 
 
 @shared_task(name="warmpool.health.switchovers")
 def check_switchovers() -> dict[str, str]:
     """Start the switchovers that are due."""
-    return {pid: _start(pid) for pid in store().due_switchovers(time.time())}
+    return {pid: _start(pid) for pid in runtime.store().due_switchovers(time.time())}
 
 
 def _start(pid: str) -> str:
-    s = store()
-    with s.lease_if_free(pid, settings().lock_ttl) as lease:
+    s = runtime.store()
+    with s.lease_if_free(pid, runtime.settings().lock_ttl) as lease:
         pool = lease and s.get_pool(pid)
         if not lease or pool is None:
             return "busy or no record"  # the next check looks again; a rebuild keeps or drops the plan

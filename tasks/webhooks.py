@@ -31,8 +31,8 @@ from datetime import datetime, timezone
 from celery import shared_task
 from standardwebhooks import Webhook
 
+from app import runtime
 from app.pools import now_iso, pool_id
-from app.runtime import settings, store
 from app.store.webhooks import DELIVERED, FAILED, PENDING, attempts_made, signing_secrets
 from app.urls import DeadlineExceeded, UnsafeDestination, check_destination, post_pinned
 
@@ -47,7 +47,7 @@ GONE = 410
 def post(url: str, secrets: list[str], delivery_id: str, payload: str) -> dict:
     """One signed attempt; what happened: at, status_code (None without an answer), error, duration_ms,
     retry_after (seconds the receiver asked us to wait, or None)."""
-    cfg = settings()
+    cfg = runtime.settings()
     at, started = now_iso(), time.monotonic()
     deadline = started + cfg.webhook_timeout  # one for the whole attempt, the DNS lookup included
     status_code = error = retry_after = None
@@ -95,7 +95,7 @@ def next_attempt_at(attempt: int, retry_after: float | None, now: float) -> floa
     The schedule's delay, jittered, or the receiver's Retry-After if that is longer, up to
     RETRY_AFTER_MAX, so a receiver cannot push its deliveries past their lifetime.
     """
-    schedule = settings().webhook_retry_schedule
+    schedule = runtime.settings().webhook_retry_schedule
     if attempt >= len(schedule):
         return None
     delay = schedule[attempt] * (1 + random.uniform(0, JITTER))
@@ -106,21 +106,21 @@ def next_attempt_at(attempt: int, retry_after: float | None, now: float) -> floa
 
 def claim_seconds() -> float:
     """How long an attempt's claim lasts: past the broker's visibility timeout, when it hands the message out again."""
-    cfg = settings()
+    cfg = runtime.settings()
     return cfg.visibility_timeout + cfg.webhook_timeout
 
 
 @shared_task(name="warmpool.webhooks.relay")
 def relay() -> int:
     """Beat, every second: enqueue an attempt of each delivery that is due."""
-    return store().relay_outbox(lambda delivery_id, attempt: deliver.delay(delivery_id, attempt),
-                                settings().webhook_concurrency_per_tenant)
+    return runtime.store().relay_outbox(lambda delivery_id, attempt: deliver.delay(delivery_id, attempt),
+                                        runtime.settings().webhook_concurrency_per_tenant)
 
 
 @shared_task(name="warmpool.webhooks.deliver", acks_late=True)
 def deliver(delivery_id: str, attempt: int) -> str:
     """Make attempt number ``attempt`` of a delivery, and schedule the next if it failed."""
-    s, cfg = store(), settings()
+    s, cfg = runtime.store(), runtime.settings()
     delivery = s.get_delivery(delivery_id)
     # a delivery done or expired, or this attempt already made (a broker's second copy of the message)
     if delivery is None or delivery["state"] != PENDING or attempts_made(delivery) + 1 != attempt:
@@ -159,8 +159,9 @@ def deliver(delivery_id: str, attempt: int) -> str:
 def disable_gone_webhook(tenant: str, webhook_id: str, machine_id: int | None) -> None:
     """A receiver that answered 410 Gone wants no more: the webhook is disabled until PATCHed back on."""
     reason = "the receiver answered 410 Gone"
-    store().update_webhook(tenant, webhook_id, lambda hook: {**hook, "enabled": False, "disabled_reason": reason})
+    runtime.store().update_webhook(tenant, webhook_id,
+                                   lambda hook: {**hook, "enabled": False, "disabled_reason": reason})
     log.warning("webhook %s of tenant %s disabled: %s", webhook_id, tenant, reason)
     if machine_id is not None:
-        store().event(pool_id(tenant, machine_id), "webhook_disabled", f"webhook {webhook_id} disabled: {reason}",
-                      webhook_id=webhook_id)
+        runtime.store().event(pool_id(tenant, machine_id), "webhook_disabled",
+                              f"webhook {webhook_id} disabled: {reason}", webhook_id=webhook_id)

@@ -2,8 +2,8 @@
 
 from flask import g, request
 
+from app import runtime
 from app.api import abort
-from app.runtime import settings, store
 
 
 def authenticate() -> None:
@@ -12,7 +12,7 @@ def authenticate() -> None:
     key = key.strip()
     tenant = None
     if scheme.lower() == "bearer" and key:
-        tenant = store().tenant_for_key(key, settings().api_keys)
+        tenant = runtime.store().tenant_for_key(key, runtime.settings().api_keys)
     if not tenant:
         abort(401, message="Missing or invalid API key: send Authorization: Bearer <key>",
               headers={"WWW-Authenticate": "Bearer"})

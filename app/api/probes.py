@@ -15,8 +15,8 @@ from flask import Blueprint, jsonify, request
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from app import metrics as exposition
+from app import runtime
 from app.api import abort
-from app.runtime import settings, store
 
 bp = Blueprint("probes", __name__)
 
@@ -32,10 +32,10 @@ def readyz():
     Redis is set up to lose data."""
     checks, warnings = {}, []
     try:
-        store().ping()
+        runtime.store().ping()
         checks["redis"] = "ok"
-        checks["worker"] = "ok" if time.time() - store().worker_seen_at() < 30 else "no worker seen in 30 s"
-        warnings = store().redis_warnings(expect_persistence=not settings().dev)
+        checks["worker"] = "ok" if time.time() - runtime.store().worker_seen_at() < 30 else "no worker seen in 30 s"
+        warnings = runtime.store().redis_warnings(expect_persistence=not runtime.settings().dev)
     except redis.RedisError as exc:
         checks["redis"] = type(exc).__name__
         checks.setdefault("worker", "unknown")
@@ -52,10 +52,10 @@ def version():
 
 @bp.get("/metrics")
 def metrics():
-    token = settings().metrics_token
+    token = runtime.settings().metrics_token
     if token:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             abort(401, message="Missing or invalid metrics token: send Authorization: Bearer <WARMPOOL_METRICS_TOKEN>",
                   headers={"WWW-Authenticate": "Bearer"})
-    return exposition.render(store()), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+    return exposition.render(runtime.store()), 200, {"Content-Type": CONTENT_TYPE_LATEST}

@@ -18,9 +18,8 @@ from flask import request
 from flask.views import MethodView
 from marshmallow import INCLUDE, Schema, fields
 
-from app import commands
+from app import commands, runtime
 from app.api import Blueprint, abort
-from app.runtime import settings
 from app.settings import DEFAULT_ACCOUNT
 
 blp = Blueprint("provider", __name__, url_prefix="/api/v1/provider",
@@ -46,7 +45,7 @@ class NoticeAnswerSchema(Schema):
 def verify_signature() -> None:
     """401 unless the body is signed with the secret of the account the URL names (404 when that account has
     none, or is not one of the service's)."""
-    secret = settings().webhook_secret(notified_account())
+    secret = runtime.settings().webhook_secret(notified_account())
     if not secret:
         abort(404, message="Vast notifications are not enabled for this account: set VAST_WEBHOOK_SECRET (the "
                            "default account), or the account's webhook_secret in VAST_ACCOUNTS")

@@ -3,10 +3,10 @@
 from flask import g
 from flask.views import MethodView
 
+from app import runtime
 from app.api import Blueprint, abort
 from app.api.auth import authenticate
 from app.api.schemas import TaskSchema
-from app.runtime import store
 
 blp = Blueprint("tasks", __name__, url_prefix="/api/v1/tasks", description="Operations in flight and done.")
 blp.before_request(authenticate)
@@ -19,7 +19,7 @@ class Task(MethodView):
     @blp.alt_response(404, response="DEFAULT_ERROR")
     def get(self, task_id):
         """State, step and result of an operation"""
-        op = store().get_op(task_id)
+        op = runtime.store().get_op(task_id)
         if op is None or op["tenant"] != g.tenant:
             abort(404, message=f"No task {task_id}")
         return op

@@ -12,7 +12,7 @@ import time
 from flask import g, url_for
 from flask.views import MethodView
 
-from app import commands
+from app import commands, runtime
 from app import vast as provider
 from app.api import Blueprint, abort
 from app.api.auth import authenticate
@@ -32,7 +32,7 @@ from app.api.schemas import (
 )
 from app.hosts import group_hosts, offers_query
 from app.pools import Pool, State, cost_per_hour, pool_id, required
-from app.runtime import Throttled, settings, store, vast, without_waiting
+from app.runtime import Throttled, without_waiting
 from app.store import Busy
 
 blp = Blueprint("warmpool", __name__, url_prefix="/api/v1/warmpool",
@@ -54,7 +54,7 @@ def status_of(pool: Pool, last_sweep: str | None) -> PoolStatus:
 
 
 def get_status(machine_id: int) -> tuple[Pool, str | None]:
-    pool, last_sweep = store().get_pool_and_last_sweep(pool_id(g.tenant, machine_id))
+    pool, last_sweep = runtime.store().get_pool_and_last_sweep(pool_id(g.tenant, machine_id))
     if pool is None:
         abort(404, message=f"No warm pool for machine {machine_id}")
     return pool, last_sweep
@@ -81,9 +81,9 @@ def waited(op_id: str, wait: float) -> dict | None:
     a web thread, so the caps keep threads free for /healthz and for every other tenant."""
     if not wait:
         return None
-    cfg = settings()
-    with store().wait_slot(g.tenant, wait, cfg.wait_max_holders, cfg.wait_max_holders_per_tenant) as holding:
-        return store().wait_op(op_id, wait) if holding else None
+    cfg = runtime.settings()
+    with runtime.store().wait_slot(g.tenant, wait, cfg.wait_max_holders, cfg.wait_max_holders_per_tenant) as holding:
+        return runtime.store().wait_op(op_id, wait) if holding else None
 
 
 def accepted(started: commands.Started, body: dict, wait: float):
@@ -116,8 +116,8 @@ class Pools(MethodView):
     @blp.alt_response(401, response="DEFAULT_ERROR")
     def get(self):
         """This tenant's warm pools"""
-        last_sweep = store().last_sweep()
-        pools = [status_of(p, last_sweep) for p in store().tenant_pools(g.tenant)]
+        last_sweep = runtime.store().last_sweep()
+        pools = [status_of(p, last_sweep) for p in runtime.store().tenant_pools(g.tenant)]
         total = round(sum(cost_per_hour(p)["total"] for p in pools), 4)
         return {"pools": pools, "count": len(pools), "cost_per_hour": total}
 
@@ -130,7 +130,7 @@ class Events(MethodView):
     def get(self, machine_id):
         """What happened to a machine's warm pool, newest first"""
         get_status(machine_id)
-        return {"machine_id": machine_id, "events": store().events(pool_id(g.tenant, machine_id))}
+        return {"machine_id": machine_id, "events": runtime.store().events(pool_id(g.tenant, machine_id))}
 
 
 @blp.route("/hosts")
@@ -156,20 +156,20 @@ def cached_offers(query: dict) -> list[dict]:
     """The provider's offers for ``query``, cached HOSTS_CACHE_SECONDS. A miss waits for a rate-budget slot only
     while it holds one of the tenant's ``?wait`` slots (the same caps, so waits never take every web thread);
     past them it takes a slot only if one is free now, else 503 with Retry-After."""
-    offers = store().cached_offers(query)
+    offers = runtime.store().cached_offers(query)
     if offers is None:
-        cfg = settings()
+        cfg = runtime.settings()
         try:
-            with store().wait_slot(g.tenant, HOSTS_MISS_SECONDS, cfg.wait_max_holders,
-                                   cfg.wait_max_holders_per_tenant) as holding, \
+            with runtime.store().wait_slot(g.tenant, HOSTS_MISS_SECONDS, cfg.wait_max_holders,
+                                           cfg.wait_max_holders_per_tenant) as holding, \
                     (contextlib.nullcontext() if holding else without_waiting()):
-                offers = vast(g.tenant).search_offers(query)
+                offers = runtime.vast(g.tenant).search_offers(query)
         except Throttled as exc:
             abort(503, message="The provider's rate budget is busy; try again shortly",
                   headers={"Retry-After": str(max(1, math.ceil(exc.retry_in)))})
         except provider.VastError as exc:
             abort(503, message=f"Vast.ai is unavailable: {type(exc).__name__}", headers={"Retry-After": "5"})
-        store().cache_offers(query, offers, settings().hosts_cache_seconds)
+        runtime.store().cache_offers(query, offers, runtime.settings().hosts_cache_seconds)
     return offers
 
 
@@ -188,7 +188,7 @@ class Provision(MethodView):
         with answers(machine_id):
             started = commands.provision(g.tenant, machine_id, spec)
         return accepted(started, {"success": True, "message": f"Provisioning warm pool for machine {machine_id}",
-                                  "status": status_of(started.pool, store().last_sweep())}, query["wait"])
+                                  "status": status_of(started.pool, runtime.store().last_sweep())}, query["wait"])
 
 
 @blp.route("/enable/" + MACHINE)
@@ -248,7 +248,7 @@ class FailoverTest(MethodView):
         with answers(machine_id):
             started = commands.test_failover(g.tenant, machine_id)
         return accepted(started, {"success": True, "message": f"Failover test started for machine {machine_id}",
-                                  "status": status_of(started.pool, store().last_sweep())}, query["wait"])
+                                  "status": status_of(started.pool, runtime.store().last_sweep())}, query["wait"])
 
 
 @blp.route("/switchover/" + MACHINE)
@@ -265,7 +265,7 @@ class Switchover(MethodView):
             pool = commands.plan_switchover(g.tenant, machine_id, at)
         return {"success": True, "message": f"Switchover of machine {machine_id} planned for "
                                             f"{required(pool, 'scheduled_switchover')['at']}",
-                "status": status_of(pool, store().last_sweep())}
+                "status": status_of(pool, runtime.store().last_sweep())}
 
     @blp.response(200, OperationSchema)
     @blp.alt_response(401, response="DEFAULT_ERROR")
@@ -279,7 +279,7 @@ class Switchover(MethodView):
         except commands.NotPlanned:
             abort(404, message=f"No switchover planned for machine {machine_id}")
         return {"success": True, "message": f"Switchover of machine {machine_id} cancelled",
-                "status": status_of(pool, store().last_sweep())}
+                "status": status_of(pool, runtime.store().last_sweep())}
 
 
 @blp.route("/cleanup/" + MACHINE)

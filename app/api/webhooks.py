@@ -5,10 +5,10 @@ from flask import g, url_for
 from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
+from app import runtime
 from app.api import Blueprint, abort
 from app.api.auth import authenticate
 from app.events import EVENT_TYPES, TEST_TYPE
-from app.runtime import settings, store
 from app.store.webhooks import (ATTEMPTS_KEPT, MAX_WEBHOOKS, PREVIOUS_SECRET_SECONDS, DeliveryGone, TooManyPending,
                                 TooManyWebhooks)
 from app.urls import UnsafeDestination, check_url
@@ -110,7 +110,7 @@ def errors(*codes: int):
 
 
 def get_webhook(webhook_id: str) -> dict:
-    hook = store().get_webhook(g.tenant, webhook_id)
+    hook = runtime.store().get_webhook(g.tenant, webhook_id)
     if hook is None:
         abort(404, message=f"No webhook {webhook_id}")
     return hook
@@ -120,7 +120,7 @@ def checked_url(url: str) -> str:
     """``url``, or a 422 naming the field if warmpool will not call it. Its name is not resolved here
     (``check_url``): every attempt resolves and checks it."""
     try:
-        check_url(url, settings().webhook_allow_private)
+        check_url(url, runtime.settings().webhook_allow_private)
     except UnsafeDestination as exc:
         abort(422, message="The webhook URL is not allowed", errors={"json": {"url": [str(exc)]}})
     return url
@@ -132,7 +132,7 @@ class Webhooks(MethodView):
     @errors(401)
     def get(self):
         """This tenant's webhooks (their secrets are never shown again)"""
-        hooks = store().webhooks(g.tenant)
+        hooks = runtime.store().webhooks(g.tenant)
         return {"webhooks": hooks, "count": len(hooks)}
 
     @blp.arguments(WebhookCreateSchema)
@@ -143,7 +143,7 @@ class Webhooks(MethodView):
         url = checked_url(spec["url"])
         events = sorted(set(spec["events"])) if spec["events"] else None
         try:
-            return store().add_webhook(g.tenant, url, events)
+            return runtime.store().add_webhook(g.tenant, url, events)
         except TooManyWebhooks:
             abort(409, message=f"At most {MAX_WEBHOOKS} webhooks per tenant; delete one first")
 
@@ -167,7 +167,7 @@ class WebhookById(MethodView):
             if hook.get("disabled_reason") is None:
                 hook.pop("disabled_reason", None)
             return hook
-        hook = store().update_webhook(g.tenant, webhook_id, change)
+        hook = runtime.store().update_webhook(g.tenant, webhook_id, change)
         if hook is None:
             abort(404, message=f"No webhook {webhook_id}")
         return hook
@@ -176,7 +176,7 @@ class WebhookById(MethodView):
     @errors(401, 404)
     def delete(self, webhook_id):
         """Unsubscribe; deliveries not yet made are dropped"""
-        if not store().delete_webhook(g.tenant, webhook_id):
+        if not runtime.store().delete_webhook(g.tenant, webhook_id):
             abort(404, message=f"No webhook {webhook_id}")
 
 
@@ -187,7 +187,7 @@ class Deliveries(MethodView):
     def get(self, webhook_id):
         """A webhook's recent deliveries, newest first, with every attempt"""
         get_webhook(webhook_id)
-        deliveries = store().deliveries(webhook_id)
+        deliveries = runtime.store().deliveries(webhook_id)
         return {"webhook_id": webhook_id, "deliveries": deliveries, "count": len(deliveries)}
 
 
@@ -199,7 +199,8 @@ class WebhookTest(MethodView):
         """Send this webhook a webhook.test event; follow it in its deliveries"""
         hook = enabled_webhook(webhook_id)
         try:
-            return accepted(store().queue_test_delivery(g.tenant, hook, settings().webhook_pending_per_tenant))
+            return accepted(runtime.store().queue_test_delivery(g.tenant, hook,
+                                                                runtime.settings().webhook_pending_per_tenant))
         except TooManyPending:
             too_many_pending()
 
@@ -211,12 +212,13 @@ class Resend(MethodView):
     def post(self, webhook_id, delivery_id):
         """Attempt a delivery again, now (once; a delivery still retrying gets its next attempt now)"""
         enabled_webhook(webhook_id)
-        delivery = store().get_delivery(delivery_id)
+        delivery = runtime.store().get_delivery(delivery_id)
         gone = f"No delivery {delivery_id} of webhook {webhook_id}"
         if delivery is None or delivery["tenant"] != g.tenant or delivery["webhook_id"] != webhook_id:
             abort(404, message=gone)
         try:
-            return accepted(store().resend_delivery(g.tenant, delivery_id, settings().webhook_pending_per_tenant))
+            return accepted(runtime.store().resend_delivery(g.tenant, delivery_id,
+                                                            runtime.settings().webhook_pending_per_tenant))
         except TooManyPending:
             too_many_pending()
         except DeliveryGone:  # it expired since it was read
@@ -229,7 +231,7 @@ class RotateSecret(MethodView):
     @errors(401, 404)
     def post(self, webhook_id):
         """A new signing secret, shown once; the previous one still signs deliveries (beside it) for 24 h"""
-        hook = store().rotate_secret(g.tenant, webhook_id)
+        hook = runtime.store().rotate_secret(g.tenant, webhook_id)
         if hook is None:
             abort(404, message=f"No webhook {webhook_id}")
         return {"id": hook["id"], "secret": hook["secret"]}
@@ -241,7 +243,7 @@ def accepted(delivery: dict) -> tuple[dict, int, dict]:
 
 
 def too_many_pending():
-    abort(429, message=f"At most {settings().webhook_pending_per_tenant} deliveries per tenant may be pending "
+    abort(429, message=f"At most {runtime.settings().webhook_pending_per_tenant} deliveries per tenant may be pending "
                        f"(WEBHOOK_PENDING_PER_TENANT); try again once some are delivered or failed")
 
 

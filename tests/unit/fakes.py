@@ -1,9 +1,10 @@
 """Fakes for unit and API tests: a fakeredis-backed Store, a provider in memory, recorded enqueueing, the app.
 
-The service reads its settings, store and provider through ``functools.cache``
-functions imported into each module (``from app.runtime import store``), so the
-fakes are put in place by replacing those module attributes in every module
-that has them (``SEAMS``). Operations are started for real up to the broker:
+The service reads its settings, store and provider through the ``functools.cache``
+functions of ``app.runtime``, always looked up on that module (``runtime.store()``;
+a step's ``op.store``, ``op.settings`` and ``op.vast`` come from them too), so the
+fakes are put in place by replacing those three there alone (test_fakes.py checks
+that no module imports them by name). Operations are started for real up to the broker:
 the starters of ``app.operations`` run (they write the pool and the op record's
 context) and the step they send is recorded instead (``FakeEnv.steps``), as is
 every step a step sends next; ``run_steps`` delivers them as a worker would.
@@ -30,12 +31,6 @@ from app.vast import InstanceListing, NotFound, OfferUnavailable, VastClient
 KEYS = {"acme": "acme-key", "globex": "globex-key"}
 VAST_URL = "http://vast.test"
 REAL_VAST = runtime.vast  # the client by tenant, before any test replaces it
-
-# every module that imports settings, store or vast from app.runtime (test_fakes.py checks none is missed)
-SEAMS = ("app.runtime", "app.api.auth", "app.api.probes", "app.api.provider", "app.api.tasks", "app.api.warmpool", "app.api.webhooks",
-         "app.commands", "app.operations", "tasks.base", "tasks.operations", "tasks.provision", "tasks.failover", "tasks.cleanup",
-         "tasks.sweep", "tasks.heal", "tasks.reconcile", "tasks.rebuild", "tasks.renewal", "tasks.webhooks",
-         "tasks.expiry", "tasks.replica", "tasks.hostfailover", "tasks.switchover", "tasks.splitbrain")
 # the starters whose chains are recorded; the sweep's tasks whose .delay is, and the tasks whose sending by name
 # (app/queue.py) is, each as (its name's last part, its arguments)
 STARTERS = ("provision", "failover", "finish_failover", "replace_standby", "cleanup")
@@ -319,15 +314,10 @@ def run_steps(env: FakeEnv, polls: int = 0, next_round: bool = False) -> list[st
 
 
 def install(monkeypatch, env: FakeEnv) -> None:
-    """Point every module at the fakes and record every enqueue instead of sending it."""
-    fakes = {"settings": lambda: env.settings, "store": lambda: env.store, "vast": lambda tenant=None: env.vast}
-    # every module imported before any is patched: one imported after app.runtime was patched would bind the
-    # fakes at import, and the undo would then "restore" them for the rest of the session
-    modules = [importlib.import_module(name) for name in SEAMS]
-    for module in modules:
-        for attr, fake in fakes.items():
-            if hasattr(module, attr):
-                monkeypatch.setattr(module, attr, fake)
+    """Point the service at the fakes (through ``app.runtime``) and record every enqueue instead of sending it."""
+    monkeypatch.setattr(runtime, "settings", lambda: env.settings)
+    monkeypatch.setattr(runtime, "store", lambda: env.store)
+    monkeypatch.setattr(runtime, "vast", lambda tenant=None: env.vast)
 
     for name in STARTERS:
         monkeypatch.setattr(operations, name, _recording_starter(env, name, getattr(operations, name)))

@@ -34,7 +34,7 @@ def accounts(env, vast_url, monkeypatch):
     env.configure(vast_api_url=vast_url, vast_accounts={"globex": GLOBEX_KEY}, failover_threshold=1,
                   vast_rate_limits={"manage_instance": 0.05, "list_instances": 0.01})
     runtime.account_client.cache_clear()
-    monkeypatch.setattr(sweep, "vast", REAL_VAST)
+    monkeypatch.setattr(runtime, "vast", REAL_VAST)
     yield env
     runtime.account_client.cache_clear()
 
@@ -84,14 +84,15 @@ def test_each_tenant_lives_on_its_account_and_a_correlated_failure_spends_only_i
 
 def test_a_pool_step_calls_with_its_tenants_key(accounts):
     """The account a step works on is its tenant's (tasks/base.fenced), so ``vast()`` inside a step is that
-    tenant's client; outside, the default account's."""
+    tenant's client, the one the step reaches as ``op.vast``; outside, the default account's."""
     env = accounts
     pool = env.add_pool(5, "globex")
     op = Operation(*operations.begin(f"globex:{pool['machine_id']}", "failover", env.store.acquire("globex:5", 10)))
     with fenced(op):
         assert runtime.account.get() == GLOBEX
-        assert REAL_VAST() is runtime.account_client(GLOBEX)
+        assert REAL_VAST() is runtime.account_client(GLOBEX) is op.vast
     assert REAL_VAST() is runtime.account_client(DEFAULT_ACCOUNT)
+    assert op.vast is runtime.account_client(GLOBEX)
     assert repr(REAL_VAST("globex")) == f"VastClient(base_url={env.settings.vast_api_url!r}, api_key=<hidden>)"
     assert GLOBEX_KEY not in repr(env.settings)
 

@@ -11,6 +11,7 @@ import pytest
 import requests
 import responses
 
+from app import runtime
 from app.pools import State, label, pool_id
 from app.store import keys
 from app.vast import ProviderUnavailable
@@ -166,7 +167,7 @@ def test_pools_not_watched_are_not_checked(env):
 @pytest.fixture
 def wire(env, monkeypatch):
     """The sweep on the real client, against a provider mocked with ``responses``."""
-    monkeypatch.setattr(sweep, "vast", real_client)
+    monkeypatch.setattr(runtime, "vast", lambda tenant=None: real_client())
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         env.mock = mock
         yield env
