@@ -26,8 +26,8 @@ def guard_split_brain(pid: str, reason: str) -> list[int]:
         with s.heartbeat(pid, lease.held, cfg.lock_ttl), fenced_by(pid, lease.held):
             for row in runtime.vast().labelled(*instance_labels(tenant, machine_id)):
                 if row["id"] != pool["primary_gpu_id"] and row.get("intended_status") == "running":
-                        runtime.vast().stop_instance(row["id"])
-                        stopped.append(row["id"])
+                    runtime.vast().stop_instance(row["id"])
+                    stopped.append(row["id"])
         if stopped:
             s.event(pid, "split_brain_resolved", f"{reason}: stopped {stopped}, kept primary {pool['primary_gpu_id']}",
                     stopped=stopped)

@@ -104,7 +104,7 @@ MUTANTS = [
            "        return True",
            (f"{SWEEP}::test_a_second_sweep_in_the_same_interval_is_skipped",)),
     Mutant("a split brain is resolved by stopping what the pool does not name (rule 14)", "tasks/splitbrain.py",
-           "                        runtime.vast().stop_instance(row[\"id\"])\n",
+           "                    runtime.vast().stop_instance(row[\"id\"])\n",
            "",
            (f"{SWEEP}::test_guard_stops_every_instance_the_pool_does_not_name_as_primary",)),
     Mutant("confirmed failures are capped per minute (rule 9)", "app/store/budget.py",
