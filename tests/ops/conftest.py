@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 
 from app.processes import free_port, wait_until
@@ -43,6 +44,8 @@ class OpsStack:
         self.url, self.flower_url = f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{flower_port}"
         self.sim_url = f"http://127.0.0.1:{sim_port}"
         env = {**ENV, "VAST_API_URL": self.sim_url}
+        # a fresh database: pytest may tear this package's stack down between its modules and make it again
+        redis.Redis.from_url(ENV["REDIS_URL"]).flushdb()
         self.processes = {
             "sim": Worker("sim", "--port", str(sim_port), "--time-scale", str(TIME_SCALE), log=logs / "sim.log",
                           program=(sys.executable, "-m", "app.cli")),

@@ -294,6 +294,7 @@ def run_steps(env: FakeEnv, polls: int = 0, next_round: bool = False) -> list[st
     from app.store import keys
     from tasks import celery_app
 
+    celery_app.loader.import_default_modules()  # every step registered, as in a worker (celeryconfig.imports)
     ran = []
     while env.steps:
         name, message = env.steps.pop(0)
