@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from app import operations, runtime
 from app.pools import (Pool, State, has_resources, iso_at, new_pool, pool_id, refuses_provision, schedule_switchover,
-                       to_active, to_provisioning, unschedule_switchover)
+                       split_pool_id, to_active, to_provisioning, unschedule_switchover)
 from app.queue import enqueue
 from app.settings import DEFAULT_ACCOUNT
 from app.store import Busy
@@ -220,6 +220,6 @@ def _watched_instance(instance_id: int | None, account: str) -> tuple[str, str] 
     s = runtime.store()
     for role, found in (("primary", s.primaries), ("standby", s.standbys)):
         pid = found([instance_id]).get(instance_id)
-        if pid and runtime.settings().account_of(pid.rpartition(":")[0]) == account:
+        if pid and runtime.settings().account_of(split_pool_id(pid)[0]) == account:
             return role, pid
     return None

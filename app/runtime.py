@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Callable
 
+from app.pools import split_pool_id
 from app.settings import DEFAULT_ACCOUNT, Settings
 from app.store import Store
 from app.vast import VastClient
@@ -127,7 +128,7 @@ def pools_by_account(pids: list[str]) -> dict[str, list[str]]:
     cfg = settings()
     grouped: dict[str, list[str]] = {name: [] for name in cfg.accounts()}
     for pid in pids:
-        grouped.setdefault(cfg.account_of(pid.rpartition(":")[0]), []).append(pid)
+        grouped.setdefault(cfg.account_of(split_pool_id(pid)[0]), []).append(pid)
     return grouped
 
 

@@ -65,6 +65,11 @@ class Operation:
         return self._pool
 
     @property
+    def account(self) -> str:
+        """The Vast account of the pool's tenant (rule 17): its calls, rate budget and failover cap."""
+        return self.settings.account_of(self.tenant)
+
+    @property
     def vast(self) -> provider.VastClient:
         """The provider client of the pool's tenant's Vast account (rule 17): the one ``runtime.vast()`` gives
         inside ``fenced``."""
@@ -365,7 +370,7 @@ def fenced(op: Operation):
     """While a step works: a heartbeat keeps its lock alive, its provider calls go to its tenant's Vast account
     (rule 17), and its mutating ones are fenced (``app.runtime.fence`` is checked right before each request
     leaves)."""
-    with step_heartbeat(op) as op.heartbeat, on_account(op.settings.account_of(op.tenant)):
+    with step_heartbeat(op) as op.heartbeat, on_account(op.account):
         token = fence.set(op.fence)
         try:
             yield

@@ -119,18 +119,13 @@ def within_failover_cap(op: Operation) -> bool:
     account never make this one's wait for it.
     """
     cap = op.settings.failovers_per_minute
-    if op.store.take_failover_slot(cap, failover_cap_account(op)):
+    if op.store.take_failover_slot(cap, op.account):
         return True
     if op.store.first_cap_notice(op.pid):
         op.event("failover_cap_exceeded", f"more than {cap} confirmed failures on this Vast account in the last "
                                           f"minute: this one is confirmed once more, directly, before the failover "
                                           f"goes on")
     return False
-
-
-def failover_cap_account(op: Operation) -> str:
-    """The Vast account whose failover cap a pool's confirmed failure counts against: its tenant's (rule 17)."""
-    return op.settings.account_of(op.pool["tenant"])
 
 
 @shared_task(bind=True, base=Step, name="warmpool.failover.stop_primary")
