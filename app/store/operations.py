@@ -19,12 +19,13 @@ class OperationRecords:
     Keys: ``keys.op(op_id)`` the record (``task_id``, ``tenant``, ``machine_id``, ``operation``, ``state``,
     ``step``, ``result``, ``error``, times); the channel ``keys.op_done(op_id)`` says when it ended.
 
-    No method here is a compare-and-set: the record is written by whoever runs the operation (its steps, under
-    the machine's lock), and the write itself compares nothing.
+    Compare-and-set: ``update_op`` reads the record and writes it back with ``fields`` in a transaction that
+    WATCHes it (retried when it changed in between), so the operation's context that a step's advance wrote
+    there (``save_pool``, which WATCHes it too) is never overwritten by an older copy; an ended operation
+    (OP_ENDED) keeps its outcome and only its ``step`` still changes; the write that ends it publishes on the
+    channel.
 
-    Unconditional writes: ``new_op`` (a new id, a new record); ``update_op`` reads the record and writes it back
-    with ``fields`` (the last write wins), except that an ended operation (OP_ENDED) keeps its outcome and only
-    its ``step`` still changes; the write that ends it publishes on the channel.
+    Unconditional write: ``new_op`` (a new id, a new record).
 
     Plain reads: ``get_op``; ``wait_op`` reads until the record ends or its timeout passes, woken by the channel.
     """
@@ -44,19 +45,28 @@ class OperationRecords:
         return json.loads(raw) if raw else None
 
     def update_op(self, op_id: str, **fields) -> None:
-        op = self.get_op(op_id)
-        if op is None:
-            return
-        if op["state"] in OP_ENDED:
-            # an ended operation keeps its outcome; only the step of its follow-up work still shows
-            # (a failover's standby replacement)
-            fields = {"step": fields["step"]} if "step" in fields else {}
-            if not fields:
+        key = keys.op(op_id)
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            raw = pipe.get(key)
+            if raw is None:
                 return
-        op.update(fields, updated_at=now_iso())
-        self.r.set(keys.op(op_id), json.dumps(op), ex=OP_TTL)
-        if fields.get("state") in OP_ENDED:
-            self.r.publish(keys.op_done(op_id), op["state"])
+            op = json.loads(raw)
+            changed = fields
+            if op["state"] in OP_ENDED:
+                # an ended operation keeps its outcome; only the step of its follow-up work still shows
+                # (a failover's standby replacement)
+                changed = {"step": fields["step"]} if "step" in fields else {}
+                if not changed:
+                    return
+            op.update(changed, updated_at=now_iso())
+            pipe.multi()
+            pipe.set(key, json.dumps(op), ex=OP_TTL)
+            if changed.get("state") in OP_ENDED:
+                pipe.publish(keys.op_done(op_id), op["state"])
+
+        # WATCHed: a step's context saved meanwhile (``save_pool``) is never written back over with an older one
+        self.r.transaction(write, key)
 
     def wait_op(self, op_id: str, timeout: float) -> dict | None:
         """Block until the operation ends or ``timeout`` passes; return the record."""

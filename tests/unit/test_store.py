@@ -1,6 +1,7 @@
 """The state store on fakeredis: its repositories of pools and their indexes (fenced writes), operations, events
 and API keys."""
 
+import json
 import threading
 import time
 
@@ -168,6 +169,33 @@ def test_final_op_states_are_final(store, final):
 def test_update_of_an_unknown_op_creates_nothing(store):
     store.update_op("f" * 32, state="SUCCESS")
     assert store.get_op("f" * 32) is None and store.r.keys("*") == []
+
+
+def test_update_op_never_writes_back_over_a_context_saved_between_its_read_and_its_write(store, monkeypatch):
+    """A step's advance saves the operation's context in the op record (``save_pool``) while another writer
+    (a fenced-out step's ``op.step``) updates the same record: the update is retried on what is there now."""
+    op_id = store.new_op("acme", 123, "failover")
+    real_transaction, meddled = store.r.transaction, []
+
+    def meddling(write, *watched, **kwargs):
+        def write_after_a_save(pipe):
+            real_get = pipe.get
+
+            def get(key):
+                raw = real_get(key)
+                if not meddled:  # the first read: the newer holder's advance lands right after it
+                    meddled.append(key)
+                    saved = json.loads(raw)
+                    store.r.set(key, json.dumps({**saved, "context": {"phases": {"fence_old_primary": 1.0}}}))
+                return raw
+            pipe.get = get
+            return write(pipe)
+        return real_transaction(write_after_a_save, *watched, **kwargs)
+
+    monkeypatch.setattr(store.r, "transaction", meddling)
+    store.update_op(op_id, state="STARTED", step="await_stopped")
+    op = store.get_op(op_id)
+    assert meddled and op["step"] == "await_stopped" and op["context"] == {"phases": {"fence_old_primary": 1.0}}
 
 
 def test_wait_op_returns_when_the_op_ends(store):
