@@ -1,6 +1,8 @@
 """The ``warmpool`` command: the whole stack on one machine, the simulator alone, API keys."""
 
+import contextlib
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -44,6 +46,22 @@ def sim(port, host, time_scale, seed, api_key, state_file):
         raise click.ClickException(str(exc)) from None
 
 
+@contextlib.contextmanager
+def service_store() -> Iterator:
+    """The service's store for the key commands, which read Redis directly: a Redis that does not answer is
+    one line and the client's "unreachable" exit code, naming the REDIS_URL it tried, never a traceback."""
+    import redis
+
+    from app import runtime
+
+    try:
+        yield runtime.store()
+    except redis.RedisError as exc:
+        raise client.Failure(f"cannot reach Redis at {devstack.shown(runtime.settings().redis_url)}: "
+                             f"{type(exc).__name__}; set REDIS_URL to the service's (warmpool dev's banner "
+                             "exports it)", client.UNREACHABLE) from None
+
+
 @main.command("create-key")
 @click.argument("tenant")
 def create_key(tenant):
@@ -55,7 +73,8 @@ def create_key(tenant):
     if not re.match(TENANT, tenant):
         raise click.BadParameter("letters, digits, '_' and '.', at most 64", param_hint="TENANT")
     key = secrets.token_urlsafe(32)
-    runtime.store().add_api_key(tenant, key)
+    with service_store() as store:
+        store.add_api_key(tenant, key)
     click.echo(key)
 
 
@@ -64,7 +83,11 @@ def list_keys():
     """The API keys that work, by id and tenant (the keys themselves are never stored)."""
     from app import runtime
 
-    for key in runtime.store().api_keys(runtime.settings().api_keys):
+    with service_store() as store:
+        keys = store.api_keys(runtime.settings().api_keys)
+    if not keys:
+        click.echo(f"no keys in the Redis at {devstack.shown(runtime.settings().redis_url)}", err=True)
+    for key in keys:
         click.echo(f"{key['id']}  {key['tenant']}  ({key['source']})")
 
 
@@ -75,7 +98,10 @@ def revoke_key(key_id):
     A key from WARMPOOL_API_KEYS is revoked too; take it out of the setting at the next deploy."""
     from app import runtime
 
-    revoked = runtime.store().revoke_api_key(key_id, runtime.settings().api_keys)
+    with service_store() as store:
+        revoked = store.revoke_api_key(key_id, runtime.settings().api_keys)
+        if revoked is None and store.was_revoked(key_id):
+            raise click.ClickException(f"the key {key_id!r} is already revoked")
     if revoked is None:
         raise click.ClickException(f"no single key has the id {key_id!r}: see warmpool list-keys")
     click.echo(f"revoked {revoked['id']} ({revoked['tenant']})")

@@ -83,12 +83,23 @@ def check_redis(env: dict[str, str]) -> None:
 
 
 def start_redis(children: "Children", data_dir: Path) -> None:
-    """A Redis of its own on a free port, its data in ``data_dir``; the children started next use it."""
-    redis_port = free_port()
+    """A Redis of its own, its data in ``data_dir``; the children started next use it. Its port is kept in
+    ``data_dir`` and taken again at the next start when it is free, so that the REDIS_URL the banner exported
+    still reaches it after a restart."""
+    redis_port = dev_redis_port(data_dir)
     children.start("redis", *redis_server_command(redis_port, data_dir.resolve()))
     wait_for_port(redis_port)
     children.env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     children.env["WARMPOOL_DEV"] = "1"  # its own Redis, in the data dir: no warning about how it persists
+
+
+def dev_redis_port(data_dir: Path) -> int:
+    """The port the last start's Redis had, if it is free now; else a free one, kept for the next start."""
+    port_file = data_dir / "redis-port"
+    kept = port_file.read_text().strip() if port_file.exists() else ""
+    port = int(kept) if kept.isdigit() and not listening(int(kept)) else free_port()
+    port_file.write_text(f"{port}\n")
+    return port
 
 
 def start_simulator(children: "Children", options: Options) -> None:

@@ -60,6 +60,12 @@ class ApiKeyRecords:
             pipe.execute()
         return {"id": key_id(digest), "tenant": digests[digest]}
 
+    def was_revoked(self, id_or_key: str) -> bool:
+        """Whether a revoked key has this id (or is this key): a plain read."""
+        given = _digest(id_or_key)
+        return len(id_or_key) >= MIN_KEY_ID and any(
+            d == given or d.startswith(id_or_key.lower()) for d in cast(set[str], self.r.smembers(keys.REVOKED_KEYS)))
+
 
 KEY_ID_LENGTH, MIN_KEY_ID = 12, 6  # ids as listed; the shortest start of one that revoke-key takes
 

@@ -1,15 +1,20 @@
 """The warmpool command, run as a user runs it."""
 
+import os
 import subprocess
 import sys
 
+import pytest
+
+from app.client import UNREACHABLE
+from app.processes import free_port
 from app.store import keys
 from tests.conftest import ROOT
 
 
-def warmpool(*args: str) -> subprocess.CompletedProcess:
+def warmpool(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, env={**os.environ, **env})
 
 
 def test_create_key_stores_only_its_hash(stack):
@@ -42,3 +47,14 @@ def test_a_revoked_key_gets_401_at_once(stack):
     rv = stack.client.get(pools, headers={"Authorization": f"Bearer {key}"})
     assert rv.status_code == 401 and rv.json["code"] == 401
 
+    again = warmpool("revoke-key", key_id)
+    assert again.returncode == 1 and f"the key {key_id!r} is already revoked" in again.stderr
+
+
+@pytest.mark.parametrize("args", [("create-key", "initech"), ("list-keys",), ("revoke-key", "abcdef123456")])
+def test_a_key_command_whose_redis_does_not_answer_says_so_in_one_line(args):
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    done = warmpool(*args, REDIS_URL=url)
+    assert done.returncode == UNREACHABLE, done.stderr
+    assert done.stderr.startswith(f"Error: cannot reach Redis at {url.replace('hunter2', '***')}: ConnectionError")
+    assert "Traceback" not in done.stderr and "hunter2" not in done.stderr + done.stdout

@@ -1,9 +1,10 @@
 """`warmpool dev` given a REDIS_URL of its own: it asks Redis the way the service's processes do, so a
 ``sentinel://`` URL is reached through its sentinels (a real redis-server and one real sentinel here)."""
 
+import socket
 import subprocess
 
-from app.devstack import redis_answers, redis_server_command
+from app.devstack import dev_redis_port, redis_answers, redis_server_command
 from app.processes import free_port, wait_until
 from tests.conftest import RedisServer
 
@@ -27,3 +28,13 @@ def test_warmpool_dev_finds_the_redis_its_sentinels_name(tmp_path):
         sentinel.kill()
         sentinel.wait(timeout=10)
         server.stop(kill=True)
+
+
+def test_the_dev_redis_takes_its_last_port_again_while_it_is_free(tmp_path):
+    first = dev_redis_port(tmp_path)
+    assert dev_redis_port(tmp_path) == first  # a restart: the banner's REDIS_URL still reaches it
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", first))
+        taken.listen()
+        moved = dev_redis_port(tmp_path)
+    assert moved != first and dev_redis_port(tmp_path) == moved
