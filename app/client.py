@@ -461,12 +461,16 @@ YES = click.option("--yes", "-y", is_flag=True, help="do not ask; needed when st
 
 def confirmed(question: str, undone: str, yes: bool) -> None:
     """A destructive command's question, [y/N] on a terminal unless --yes; without a terminal it refuses
-    (exit 7). ``undone`` says what a no leaves undone."""
+    (exit 7). ``undone`` says what a no leaves undone. Ctrl-D or Ctrl-C at the question is a no too."""
     if yes:
         return
     if not sys.stdin.isatty():
         raise Failure(f"{question} Not confirmed: stdin is not a terminal, so pass --yes", NOT_CONFIRMED)
-    if not click.confirm(question, default=False, err=True):
+    try:
+        answer = click.confirm(question, default=False, err=True)
+    except click.Abort:  # click's answer to end of input or an interrupt at its prompt
+        answer = False
+    if not answer:
         raise Failure(f"not confirmed: {undone}", NOT_CONFIRMED)
 
 
