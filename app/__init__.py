@@ -7,7 +7,7 @@ enqueues work for the Celery workers in ``tasks/``, and answers.
 import redis
 import swagger_ui_bundle
 from flask import Blueprint, Flask, request
-from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge
+from werkzeug.exceptions import MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from app.api import api
 
@@ -60,6 +60,13 @@ def create_app(config: dict | None = None) -> Flask:
         allowed = ", ".join(sorted(exc.valid_methods or ()))
         return {"code": 405, "status": "Method Not Allowed", "message": f"Allowed methods: {allowed}"}, \
             405, {"Allow": allowed}
+
+    @app.errorhandler(NotFound)
+    def not_found(exc):
+        if getattr(exc, "data", None):  # a view's abort(404, message=...): flask-smorest's own answer
+            return api.handle_http_exception(exc)
+        return {"code": 404, "status": "Not Found",
+                "message": "Nothing at this URL; the routes are listed at /api/v1/docs"}, 404
 
     @app.before_request
     def refuse_large_bodies():

@@ -301,6 +301,14 @@ def test_405_names_the_allowed_methods(seeded, route):
     assert ROUTES[route][0] in rv.headers.get("Allow", "")
 
 
+@pytest.mark.parametrize("path", ["/api/v1/nowhere", "/api/v1/webhooks/wh_1/deliveries/msg_short/resend"])
+def test_a_url_no_route_matches_is_a_404_that_says_so(seeded, path):
+    before = snapshot(seeded.r)
+    rv = seeded.api("POST", path, json={})
+    assert_rejected(seeded, before, rv, 404)
+    assert rv.json["message"] == "Nothing at this URL; the routes are listed at /api/v1/docs"
+
+
 # -- keys: none, wrong, another tenant's -----------------------------------------------------------------------------
 
 
