@@ -215,3 +215,39 @@ def test_the_banner_exports_the_dev_redis_without_its_password():
     env = {"REDIS_URL": "redis://:s3cret@127.0.0.1:41237/0", "VAST_API_URL": "http://127.0.0.1:8090"}
     export = next(line for line in banner(8000, 5555, "k", None, env).splitlines() if "export " in line)
     assert "REDIS_URL=redis://:***@127.0.0.1:41237/0" in export and "s3cret" not in export
+
+
+# ---- every text that states a failover time agrees with docs/benchmarks.md
+HEADLINE = re.compile(r"^Headline: failover (\d+\.\d+) x .*? (\d+\.\d+) s from the failure to the promoted standby",
+                      re.MULTILINE)
+# how a text states the ratio and the seconds ("1.27 x Vast's own start", "12.7 s from the failure"); "about" and
+# "(median)" are allowed in between, so that an older phrasing is caught too
+RATIO = re.compile(r"(\d+(?:\.\d+)?) ?x (?:Vast's |the provider's |the )?(?:own )?start")
+SECONDS = re.compile(r"(\d+(?:\.\d+)?) s (?:\(median\) )?from the failure")
+
+
+def openapi_description() -> str:
+    """app/__init__.py's OpenAPI description, its implicitly joined string literals as one."""
+    tree = ast.parse((ROOT / "app" / "__init__.py").read_text())
+    return next(value.value for node in ast.walk(tree) if isinstance(node, ast.Dict)
+                for key, value in zip(node.keys, node.values)
+                if isinstance(key, ast.Constant) and key.value == "description" and isinstance(value, ast.Constant))
+
+
+def failover_texts() -> dict[str, str]:
+    texts = {"README.md": (ROOT / "README.md").read_text(), "app/__init__.py": openapi_description()}
+    texts |= {f"docs/{p.name}": p.read_text() for p in sorted((ROOT / "docs").glob("*.md")) if p.name != "benchmarks.md"}
+    return {name: " ".join(text.split()) for name, text in texts.items()}  # a phrase may wrap a line
+
+
+def test_every_failover_time_agrees_with_the_benchmarks_headline():
+    benchmarks = (ROOT / "docs" / "benchmarks.md").read_text()
+    (ratio, seconds), = HEADLINE.findall(benchmarks)  # stated once
+    allowed_ratio, allowed_seconds = {ratio, f"{float(ratio):.2f}"}, {seconds, f"{float(seconds):.1f}"}
+    texts, wrong = failover_texts(), []
+    for name, text in texts.items():
+        wrong += [f"{name}: {r} x" for r in RATIO.findall(text) if r not in allowed_ratio]
+        wrong += [f"{name}: {s} s" for s in SECONDS.findall(text) if s not in allowed_seconds]
+    assert not wrong, f"docs/benchmarks.md's headline is {ratio} x, {seconds} s; these differ: {wrong}"
+    for name in ("README.md", "app/__init__.py", "docs/api.md", "docs/reliability.md"):
+        assert RATIO.search(texts[name]) and SECONDS.search(texts[name]), f"{name} no longer states the figures"
