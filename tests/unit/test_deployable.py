@@ -7,6 +7,7 @@ import importlib.metadata
 import inspect
 import logging
 import re
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -164,6 +165,70 @@ def test_the_dockerfile_is_pinned_runs_the_api_and_checks_its_readiness():
     assert re.search(r"^COPY sim sim$", DOCKERFILE, re.MULTILINE)  # the sim profile runs the image's simulator
     assert re.search(r"^HEALTHCHECK .*\n?.*/readyz", DOCKERFILE, re.MULTILINE)
     assert re.search(r'^CMD \["gunicorn"', DOCKERFILE, re.MULTILINE)
+
+
+# what a service of the image writes: a directory (a volume's mount point, --data-dir) or a file's (the rest)
+WRITTEN_DIRS, WRITTEN_FILES = ("--data-dir",), ("-s", "--schedule", "--state-file", "--pidfile", "--logfile")
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(instruction, arguments) in order, continuation lines joined and comments left out."""
+    lines = [line for line in DOCKERFILE.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    return [(m[1].upper(), m[2].strip()) for m in re.finditer(r"^(\w+)\s+(.*)$", joined, re.MULTILINE)]
+
+
+def paths_written_by(service: dict, workdir: str) -> set[str]:
+    dirs = set()
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            dirs.add(volume["target"])
+        elif not volume.endswith(":ro"):
+            dirs.add(volume.split(":")[1])
+    command = service.get("command", [])
+    words = shlex.split(command) if isinstance(command, str) else list(command)
+    for flag, value in zip(words, words[1:]):
+        if flag in WRITTEN_DIRS:
+            dirs.add(value)
+        elif flag in WRITTEN_FILES:
+            dirs.add(str(Path(value).parent))
+    for word in words:
+        name, _, value = word.partition("=")
+        if value and name in WRITTEN_DIRS:
+            dirs.add(value)
+        elif value and name in WRITTEN_FILES:
+            dirs.add(str(Path(value).parent))
+    return {str(Path(workdir) / d) for d in dirs}  # a relative path is under WORKDIR
+
+
+def test_what_each_compose_service_writes_exists_in_the_image_as_its_user():
+    """The image runs as a user of its own; a directory a service writes (a named volume's mount point, beat's
+    schedule, the simulator's world) must be made in the image and given to that user before USER, or the
+    service cannot write it (a named volume takes the owner of the image's directory)."""
+    steps = dockerfile_instructions()
+    workdir = next(args for step, args in steps if step == "WORKDIR")
+    user_at, user = next((i, args) for i, (step, args) in enumerate(steps) if step == "USER")
+    made, owned, useradd_at = set(), set(), None
+    for i, (step, args) in enumerate(steps[:user_at]):
+        if step != "RUN":
+            continue
+        for command in (shlex.split(part) for part in args.split("&&")):
+            if command[:1] == ["useradd"]:
+                assert command[-1] == user, f"useradd {command[-1]}, but USER {user}"
+                useradd_at = i
+            elif command[:1] == ["mkdir"]:
+                made |= {w for w in command[1:] if not w.startswith("-")}
+            elif command[:1] == ["chown"]:
+                words = [w for w in command[1:] if not w.startswith("-")]
+                assert words[0].split(":")[0] == user, f"chown {words[0]}, but USER {user}"
+                assert useradd_at is not None and i >= useradd_at, "chown before the user exists"
+                owned |= set(words[1:])
+    image = COMPOSE["x-app"]["image"]
+    written = {name: paths_written_by(service, workdir) for name, service in COMPOSE["services"].items()
+               if service["image"] == image}
+    assert {"/var/lib/sim"} <= written["sim"] and written["beat"], written  # the parsing found them
+    missing = {name: sorted(d for d in dirs if d not in made or d not in owned) for name, dirs in written.items()}
+    assert not any(missing.values()), f"not made and given to {user} in the Dockerfile: {missing}"
 
 
 # ---- a quiet first hour
