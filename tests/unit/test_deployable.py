@@ -316,3 +316,20 @@ def test_every_failover_time_agrees_with_the_benchmarks_headline():
     assert not wrong, f"docs/benchmarks.md's headline is {ratio} x, {seconds} s; these differ: {wrong}"
     for name in ("README.md", "app/__init__.py", "docs/api.md", "docs/reliability.md"):
         assert RATIO.search(texts[name]) and SECONDS.search(texts[name]), f"{name} no longer states the figures"
+
+
+# ---- the README's samples of the client
+def test_the_readmes_pools_sample_has_the_clients_columns(monkeypatch):
+    """README.md shows `warmpool pools`' table; its header row names the columns the client prints, in order."""
+    from click.testing import CliRunner
+
+    from app import client
+
+    monkeypatch.setattr(client.Api, "call", lambda *args, **kwargs: {"count": 0, "pools": []})
+    result = CliRunner().invoke(client.pools, ["-o", "tsv"])  # the header line only, tab-separated
+    assert result.exit_code == 0, result.output
+    columns = result.output.splitlines()[0].split("\t")
+    readme = (ROOT / "README.md").read_text()
+    sample = readme[readme.index("warmpool pools  "):].splitlines()
+    header = next(line for line in sample[:4] if line.startswith("# machine"))
+    assert re.fullmatch(r"#\s*" + r"\s+".join(map(re.escape, columns)) + r"\s*", header), (header, columns)
