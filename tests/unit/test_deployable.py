@@ -127,6 +127,65 @@ def test_pip_check_passes():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def makefile() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """The Makefile's rules: target -> prerequisites, target -> recipe lines, variables expanded."""
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "Makefile").read_text())
+    variables = dict(re.findall(r"^(\w+)\s*[:?]?=\s*(.*?)\s*$", text, re.MULTILINE))
+
+    def expand(words: str) -> str:
+        while (expanded := re.sub(r"\$\((\w+)\)", lambda m: variables.get(m[1], m[0]), words)) != words:
+            words = expanded
+        return words
+
+    prerequisites, recipes, target = {}, {}, None
+    for line in text.splitlines():
+        if line.startswith("\t") and target:
+            recipes[target].append(expand(line.split("#")[0].strip()))
+        elif rule := re.match(r"^([^\s#.][^:=]*?):(?!=)([^#]*)", line):
+            target = expand(rule[1].strip())
+            prerequisites[target], recipes[target] = expand(rule[2]).split(), []
+    return prerequisites, recipes
+
+
+def test_make_setup_dev_and_test_install_only_from_the_lock_files():
+    """`make dev` and `make test` (and so .ci/run) set up first, and that set-up installs the dev lock with its
+    hashes: nothing else but pip itself and the project without its dependencies."""
+    prerequisites, recipes = makefile()
+
+    def reached(target: str) -> set[str]:
+        seen, todo = set(), [target]
+        while todo:
+            if (name := todo.pop()) not in seen:
+                seen.add(name)
+                todo += prerequisites.get(name, [])
+        return seen
+
+    assert "requirements-dev.lock" in prerequisites[".venv/.installed"]  # a new lock installs again
+    installs = []
+    for target in ("dev", "test"):
+        assert {"setup", ".venv/.installed"} <= reached(target), f"make {target} does not set up first"
+        installs += [shlex.split(line) for name in reached(target) for line in recipes.get(name, [])
+                     if "pip install" in line]
+    for words in installs:
+        rest = words[words.index("install") + 1:]
+        lock = rest[rest.index("-r") + 1] if "-r" in rest else None
+        from_lock = "--require-hashes" in rest and lock == "requirements-dev.lock"
+        assert from_lock or "--no-deps" in rest or [w for w in rest if not w.startswith("-")] == ["pip"], words
+    assert any("--require-hashes" in words for words in installs) and any(
+        "pip check" in line for line in recipes[".venv/.installed"])
+    assert re.search(r"^make test$", (ROOT / ".ci" / "run").read_text(), re.MULTILINE)  # CI sets up the same way
+
+
+def test_the_procfiles_beat_keeps_its_schedule_in_the_deployments_directory():
+    """Not in /tmp, which every beat on the machine would share (two deployments, a test beside a stack)."""
+    commands = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines()
+                    if line.strip() and not line.startswith("#"))
+    words = shlex.split(commands["beat"])
+    flag = next(i for i, word in enumerate(words) if word in ("-s", "--schedule"))
+    schedule = Path(words[flag + 1])
+    assert not schedule.is_absolute() and ".." not in schedule.parts, f"beat's schedule is {schedule}"
+
+
 # ---- the compose file and the Dockerfile (no Docker engine here: their text is checked)
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
