@@ -360,7 +360,8 @@ def openapi_description() -> str:
 
 def failover_texts() -> dict[str, str]:
     texts = {"README.md": (ROOT / "README.md").read_text(), "app/__init__.py": openapi_description()}
-    texts |= {f"docs/{p.name}": p.read_text() for p in sorted((ROOT / "docs").glob("*.md")) if p.name != "benchmarks.md"}
+    texts |= {f"docs/{p.name}": p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))
+              if p.name != "benchmarks.md"}
     return {name: " ".join(text.split()) for name, text in texts.items()}  # a phrase may wrap a line
 
 
