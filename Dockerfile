@@ -11,6 +11,9 @@ COPY tasks tasks
 COPY sim sim
 RUN pip install --no-cache-dir --no-deps . && pip check
 RUN useradd --system warmpool
+# what the services write, owned by the user they run as (a named volume mounted here takes this owner):
+# the simulator's world (compose's sim-data volume) and beat's schedule file
+RUN mkdir -p /var/lib/sim /var/lib/warmpool && chown warmpool /var/lib/sim /var/lib/warmpool
 USER warmpool
 EXPOSE 8000
 # the API's readiness (Redis and the broker answer); docker-compose.yml gives each other service its own check

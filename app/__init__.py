@@ -27,9 +27,10 @@ def create_app(config: dict | None = None) -> Flask:
         OPENAPI_SWAGGER_UI_URL=f"{SWAGGER_UI_ASSETS}/",
         API_SPEC_OPTIONS={
             "info": {"description": "GPU warm pool: a running primary and a stopped standby on one "
-                                    "Vast.ai host, sharing a volume. A failover takes about 1.4 x "
-                                    "Vast's own start of the stopped standby: about 14 s from the failure "
-                                    "to the promoted standby at Vast-like delays (docs/benchmarks.md)."},
+                                    "Vast.ai host, sharing a volume. A failover takes 1.27 x "
+                                    "Vast's own start of the stopped standby: 12.7 s from the failure "
+                                    "to the promoted standby at Vast-like delays (median, "
+                                    "docs/benchmarks.md)."},
             "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
             "security": [{"bearerAuth": []}],
         },

@@ -374,8 +374,13 @@ def _leave(pool: Pool, transition: str, allowed: frozenset,
 
 def to_provisioning(pool: Pool, search: bool, **spec: Unpack[Pool]) -> None:
     """An operator asked for a pool (provision or enable): protect it again, from scratch where needed. A new
-    record is provisioning already; a busy one (searching, failover) is refused before this."""
+    record is provisioning already; a busy one (searching, failover) is refused before this. A record that holds
+    nothing rented (cleaned up) starts over on new instances and a new volume: its failover count and last
+    failover, which describe what the cleanup gave back, start over; its ``seq`` and the machine's fencing epoch
+    go on (rule 13), and its events stay."""
     _leave(pool, "to_provisioning", frozenset({State.DISABLED, State.DEGRADED, State.ACTIVE, State.PROVISIONING}))
+    if never_held(pool):
+        pool.update({"failover_count": 0, "last_failover_at": None, "last_failover": None})
     pool.update(spec)
     pool.update({"state": State.SEARCHING if search else State.PROVISIONING, "enabled": True, "fallback": None,
                  "error_message": None, "heal_given_up": False})

@@ -278,15 +278,22 @@ def test_provision_409_on_another_host_while_the_volume_exists(env):
     assert env.enqueued == []
 
 
-@pytest.mark.parametrize("fields", [{"state": DEGRADED}, {"state": DISABLED, "enabled": False, "volume_id": None,
-                                                          "host_machine_id": None, "primary_gpu_id": None,
-                                                          "standby_gpu_id": None}])
-def test_provision_again_after_degraded_or_cleaned_up(env, fields):
-    env.add_pool(123, failover_count=4, **fields)
+@pytest.mark.parametrize("fields, failovers", [
+    ({"state": DEGRADED}, 4),  # the same volume and instances: the count stays
+    ({"state": DISABLED, "enabled": False, "volume_id": None, "host_machine_id": None, "primary_gpu_id": None,
+      "standby_gpu_id": None}, 0),  # cleaned up: provisioned from nothing, counted from 0
+])
+def test_provision_again_after_degraded_or_cleaned_up(env, fields, failovers):
+    last = {"at": "2026-11-29T20:22:18.390Z", "trigger": "manual", "recovery_time_seconds": 11.7, "phases": {}}
+    before = env.add_pool(123, failover_count=4, last_failover_at=last["at"], last_failover=last, **fields)
+    epoch = env.store.epoch("acme:123")
     rv = provision(env)
     assert rv.status_code == 202, rv.json
     pool = env.store.get_pool("acme:123")
-    assert pool["state"] == PROVISIONING and pool["enabled"] and pool["failover_count"] == 4
+    assert pool["state"] == PROVISIONING and pool["enabled"] and pool["failover_count"] == failovers
+    assert (pool["last_failover_at"], pool["last_failover"]) == ((last["at"], last) if failovers else (None, None))
+    # the record goes on (rule 13: the fencing epoch only goes up); only what described the old resources starts over
+    assert pool["created_at"] == before["created_at"] and env.store.epoch("acme:123") > epoch
     assert env.kinds() == ["provision"]
 
 

@@ -256,6 +256,29 @@ def test_a_cleanup_runs_to_the_end(env):
     assert env.store.get_op(rv.json["task_id"])["state"] == "SUCCESS" and not env.store.is_locked(PID)
 
 
+def test_a_pool_cleaned_up_and_provisioned_again_counts_its_failovers_from_0(env):
+    """Issue 21: the count and the last failover describe what the cleanup gave back; the pool provisioned again
+    starts at 0. The record's seq and the machine's fencing epoch never go back (rule 13), and the events stay."""
+    protected(env, volume_id=env.vast.add_volume("warmpool_acme_1_volume"))
+    env.api("POST", "/api/v1/warmpool/failover/test/1")
+    run_steps(env)
+    failed_over = env.store.get_pool(PID)
+    assert failed_over["failover_count"] == 1 and failed_over["last_failover"] is not None
+    env.api("DELETE", "/api/v1/warmpool/cleanup/1")
+    run_steps(env)
+    cleaned, epoch = env.store.get_pool(PID), env.store.epoch(PID)
+    assert cleaned["failover_count"] == 1  # until the pool is provisioned again, the status still shows them
+
+    rv = env.api("POST", "/api/v1/warmpool/provision", json={"machine_id": 1, "host_machine_id": 88888})
+    assert rv.status_code == 202, rv.json
+    run_steps(env, next_round=True)  # the poll round that sees the new primary run
+    pool = env.store.get_pool(PID)
+    assert pool["state"] == State.ACTIVE and pool["primary_gpu_id"] in env.vast.instances
+    assert (pool["failover_count"], pool["last_failover_at"], pool["last_failover"]) == (0, None, None)
+    assert pool["seq"] > cleaned["seq"] > failed_over["seq"] and env.store.epoch(PID) > epoch
+    assert "failover_completed" in [e["event"] for e in env.store.events(PID)]
+
+
 # -- adding a step: one line in the declaration, and the step -------------------------------------------------------
 
 
