@@ -61,4 +61,5 @@ def _record(kind: str, message: str, data: dict) -> dict:
     """An event's record: ``at`` (now), ``event`` (its kind), ``message``, then ``data``, which never replaces
     the record's own fields."""
     own = {"at": now_iso(), "event": kind, "message": message}
-    return {**own, **data, **own}  # in this order, and never replaced by data
+    record = {**own, **data, **own}  # in this order, and never replaced by data
+    return record
