@@ -162,6 +162,14 @@ def test_an_operator_session(clean_stack, web, tmp_path):
     assert "\x1b[1A\x1b[2K" in redrawn or "\x1b[2K\x1b[1A" in redrawn
     reach_the_new_primary(web, tmp_path, before)
     switch_over(clean_stack, web)
+    # disabled, then enabled keeping its instances: the enable's hooks are the pool's from then on
+    rv = warmpool(web, "disable", str(MACHINE), "--wait")
+    assert rv.returncode == OK and clean_stack.wait_state(MACHINE, "disabled"), rv.stderr
+    rv = warmpool(web, "enable", str(MACHINE), "--env", "MODEL=mistral")
+    assert rv.returncode == OK and "enabled" in rv.stdout, rv.stderr
+    shown = json.loads(status_json(web))
+    assert (shown["state"], shown["env"], shown["onstart"]) == ("active", {"MODEL": "mistral"},
+                                                                "python /workspace/warm_cache.py\n")
 
     # not confirmed, nothing is destroyed: on no terminal, cleanup wants --yes
     rv = warmpool(web, "cleanup", str(MACHINE))
