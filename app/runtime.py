@@ -27,7 +27,9 @@ def settings() -> Settings:
 @functools.cache
 def store() -> Store:
     cfg = settings()
-    return Store.from_url(cfg.redis_url, cfg.redis_sentinel_master, cfg.redis_sentinel_password)
+    made = Store.from_url(cfg.redis_url, cfg.redis_sentinel_master, cfg.redis_sentinel_password)
+    made.first_attempt_delay = cfg.webhook_retry_schedule[0]  # the wait before a delivery's first attempt
+    return made
 
 
 # how long a provider call may wait in its thread for a slot of the budget

@@ -221,6 +221,16 @@ def _schedule(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
 
 # Standard Webhooks' example schedule: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (about 27.6 h)
 WEBHOOK_RETRY_SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+WEBHOOK_DELIVERY_LIFETIME = 7 * 24 * 3600  # a delivery's record (and its place in the outbox) lasts this long
+WEBHOOK_RETRY_JITTER = 0.1  # a retry waits up to this share of its delay longer, so retries after an outage spread
+WEBHOOK_RETRY_AFTER_MAX = 10 * 3600  # a receiver's Retry-After is honoured up to this (the default's longest step)
+
+
+def webhook_retry_span(schedule: tuple[float, ...]) -> float:
+    """The longest a delivery can take from its event to its last attempt under ``schedule``: the first
+    step as it is, each retry's step at its full jitter or a receiver's Retry-After at its cap, if longer."""
+    return schedule[0] + sum(max(step * (1 + WEBHOOK_RETRY_JITTER), WEBHOOK_RETRY_AFTER_MAX)
+                             for step in schedule[1:])
 
 
 # Vast's documented minimum intervals between calls, per endpoint and API key
@@ -297,7 +307,8 @@ class Settings:
     log_format: str = "text"
     # the bearer token /metrics asks for; empty: /metrics is open
     metrics_token: str = field(default="", repr=False)
-    # webhook deliveries: the delay before each attempt (one attempt per step), the hard deadline of one
+    # webhook deliveries: the delay before each attempt (one attempt per step; the first counts from the event,
+    # and the worst case must fit in WEBHOOK_DELIVERY_LIFETIME, see webhook_retry_span), the hard deadline of one
     # attempt's whole exchange, the attempts in flight per tenant, and whether loopback, private and
     # link-local destinations are allowed (a test or a lab; never on a shared service)
     webhook_retry_schedule: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE
@@ -323,8 +334,16 @@ class Settings:
     flower_basic_auth: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
-        """Each account's notifications are signed with its own secret: one that another account's holders know
-        could forge this account's (errors name tenants, never a secret)."""
+        """A retry schedule fits in a delivery's lifetime. Each account's notifications are signed with its own
+        secret: one that another account's holders know could forge this account's (errors name tenants, never a
+        secret)."""
+        span = webhook_retry_span(self.webhook_retry_schedule)
+        if span > WEBHOOK_DELIVERY_LIFETIME:
+            raise ValueError(
+                f"WEBHOOK_RETRY_SCHEDULE could keep a delivery retrying for {span / 3600:.1f} h (its steps, each "
+                f"retry {WEBHOOK_RETRY_JITTER:.0%} later at most or stretched by a receiver's Retry-After up to "
+                f"{WEBHOOK_RETRY_AFTER_MAX / 3600:g} h), past a delivery's lifetime of "
+                f"{WEBHOOK_DELIVERY_LIFETIME / 3600:g} h: use fewer or shorter steps")
         owner = {self.vast_webhook_secret: DEFAULT_ACCOUNT} if self.vast_webhook_secret else {}
         for tenant, secret in self.vast_webhook_secrets.items():
             account = self.account_of(tenant)

@@ -2,9 +2,10 @@
 
 Beat runs ``relay`` every second: it hands each delivery that is due (app/store/webhooks.py keeps
 them in Redis, written in the same transaction as their event) to a ``deliver`` task. ``deliver``
-makes one attempt. A 2xx answer delivers it; anything else (another status, a refused connection,
-the deadline) schedules the next attempt by ``WEBHOOK_RETRY_SCHEDULE`` - by default the spec's
-example: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h - or later if the receiver's
+makes one attempt. The first is due ``WEBHOOK_RETRY_SCHEDULE``'s first step after the event (by default
+at once). A 2xx answer delivers it; anything else (another status, a refused connection, the deadline)
+schedules the next attempt by the schedule's next step - by default the spec's example: immediately,
+5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h - or later if the receiver's
 ``Retry-After`` asks; after the last, the delivery has failed. A 410 Gone disables the webhook,
 with a ``webhook_disabled`` event. Every attempt keeps the delivery's ``webhook-id`` and is signed
 afresh (the timestamp is the attempt's), with both secrets for a day after a rotation.
@@ -33,14 +34,15 @@ from standardwebhooks import Webhook
 
 from app import runtime
 from app.pools import now_iso, pool_id
+from app.settings import WEBHOOK_RETRY_AFTER_MAX, WEBHOOK_RETRY_JITTER
 from app.store.webhooks import DELIVERED, FAILED, PENDING, attempts_made, signing_secrets
 from app.urls import DeadlineExceeded, UnsafeDestination, check_destination, post_pinned
 
 log = logging.getLogger(__name__)
 
 DEFERRED_RETRY_SECONDS = 1.0  # an attempt over its tenant's in-flight cap waits this long
-RETRY_AFTER_MAX = 10 * 3600  # a receiver's Retry-After is honoured up to this (the default schedule's longest step)
-JITTER = 0.1  # a retry waits up to this share of its delay longer, so retries after an outage spread out
+RETRY_AFTER_MAX = WEBHOOK_RETRY_AFTER_MAX  # a receiver's Retry-After is honoured up to this (10 h)
+JITTER = WEBHOOK_RETRY_JITTER  # a retry waits up to this share of its delay longer, so retries after an outage spread
 GONE = 410
 
 
@@ -93,7 +95,9 @@ def next_attempt_at(attempt: int, retry_after: float | None, now: float) -> floa
     """When attempt ``attempt + 1`` is due (epoch s), or None when ``attempt`` was the schedule's last.
 
     The schedule's delay, jittered, or the receiver's Retry-After if that is longer, up to
-    RETRY_AFTER_MAX, so a receiver cannot push its deliveries past their lifetime.
+    RETRY_AFTER_MAX, so a receiver cannot push its deliveries past their lifetime (the settings refuse
+    a schedule whose worst case, ``webhook_retry_span``, would). The first step, the wait before the
+    first attempt, is the store's (``first_attempt_delay``): it counts from the event.
     """
     schedule = runtime.settings().webhook_retry_schedule
     if attempt >= len(schedule):
@@ -157,11 +161,16 @@ def deliver(delivery_id: str, attempt: int) -> str:
 
 
 def disable_gone_webhook(tenant: str, webhook_id: str, machine_id: int | None) -> None:
-    """A receiver that answered 410 Gone wants no more: the webhook is disabled until PATCHed back on."""
+    """A receiver that answered 410 Gone wants no more: the webhook is disabled until PATCHed back on, with a
+    ``webhook_disabled`` event: on the pool whose event the delivery carried, or, for a delivery of no pool
+    (``webhook.test``), the tenant's (``Store.tenant_event``). Either way the tenant's other webhooks that
+    want ``webhook.disabled`` are told."""
     reason = "the receiver answered 410 Gone"
-    runtime.store().update_webhook(tenant, webhook_id,
-                                   lambda hook: {**hook, "enabled": False, "disabled_reason": reason})
+    s = runtime.store()
+    s.update_webhook(tenant, webhook_id, lambda hook: {**hook, "enabled": False, "disabled_reason": reason})
     log.warning("webhook %s of tenant %s disabled: %s", webhook_id, tenant, reason)
-    if machine_id is not None:
-        runtime.store().event(pool_id(tenant, machine_id), "webhook_disabled",
-                              f"webhook {webhook_id} disabled: {reason}", webhook_id=webhook_id)
+    message = f"webhook {webhook_id} disabled: {reason}"
+    if machine_id is None:
+        s.tenant_event(tenant, "webhook_disabled", message, webhook_id=webhook_id)
+    else:
+        s.event(pool_id(tenant, machine_id), "webhook_disabled", message, webhook_id=webhook_id)

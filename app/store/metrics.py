@@ -41,7 +41,7 @@ class MetricsRecords:
 
     r: redis.Redis
 
-    def count_event(self, pipe: redis.client.Pipeline, pid: str, record: dict) -> None:
+    def count_event(self, pipe: redis.client.Pipeline, tenant: str, machine_id: int | None, record: dict) -> None:
         """An event sink: failovers started and ended (by trigger and result), their durations and phases; standbys
         lost (by the status the provider showed). Which kind counts where is its row in ``app.events``."""
         kind, trigger = EVENT_KINDS.get(record["event"]), record.get("trigger") or "unknown"

@@ -6,7 +6,8 @@ event sink) writes one delivery per matching subscription and puts its id in the
 outbox, in the same Redis transaction as the event itself: an event recorded is an
 event delivered (at least once), and a delivery never exists without its event.
 The outbox is a sorted set of delivery ids by when their next attempt is due: a new delivery is
-due at once, a retry when its schedule (or the receiver's Retry-After) says. The relay task, every
+due ``first_attempt_delay`` after its event (the retry schedule's first step, set by ``app.runtime``;
+by default 0, at once), a retry when its schedule (or the receiver's Retry-After) says, a resend at once. The relay task, every
 second, hands what is due to Celery; the delivery task signs and sends one attempt. Retries wait in
 Redis, never in the broker: a message held for hours past the broker's visibility timeout would be
 handed out again and again.
@@ -23,13 +24,14 @@ from typing import cast
 import redis
 
 from app.events import TEST_TYPE, WEBHOOK_TYPES
-from app.pools import now_iso, split_pool_id
+from app.pools import now_iso
+from app.settings import WEBHOOK_DELIVERY_LIFETIME
 from app.store import keys
 
 MAX_WEBHOOKS = 20  # per tenant: bounds the fan-out of one event
 DELIVERIES_KEPT = 50  # per webhook, for GET .../deliveries
 ATTEMPTS_KEPT = 20  # per delivery: the latest; resends could otherwise grow one record without end
-DELIVERY_TTL = 7 * 24 * 3600  # longer than the longest retry schedule worth configuring
+DELIVERY_TTL = WEBHOOK_DELIVERY_LIFETIME  # 7 days; app/settings.py refuses a retry schedule that could outlast it
 TENANT_BUSY_RETRY_SECONDS = 1.0  # a due delivery whose tenant has every slot in flight waits this long
 PREVIOUS_SECRET_SECONDS = 24 * 3600  # after a rotation, deliveries are signed with both secrets this long
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
@@ -97,6 +99,7 @@ class WebhookRecords:
     """
 
     r: redis.Redis
+    first_attempt_delay: float = 0.0  # seconds from an event (or a test) to its deliveries' first attempt
 
     def _register_webhook_scripts(self) -> None:
         self._add_capped = self.r.register_script(_ADD_CAPPED)
@@ -150,29 +153,31 @@ class WebhookRecords:
 
     # -- the outbox ------------------------------------------------------------
 
-    def queue_webhook_deliveries(self, pipe: redis.client.Pipeline, pid: str, record: dict) -> None:
-        """The event sink: a delivery per enabled subscription of the pool's tenant that wants this event type."""
+    def queue_webhook_deliveries(self, pipe: redis.client.Pipeline, tenant: str, machine_id: int | None,
+                                 record: dict) -> None:
+        """The event sink: a delivery per enabled subscription of the pool's tenant that wants this event type
+        (``machine_id`` None: an event of the tenant's that no pool had)."""
         event_type = WEBHOOK_TYPES.get(record["event"])
         if event_type is None:
             return
-        tenant, machine_id = split_pool_id(pid)
         hooks = [hook for hook in self.webhooks(tenant)
                  if hook["enabled"] and (hook["events"] is None or event_type in hook["events"])]
         if not hooks:
             return
         data = {k: v for k, v in record.items() if k not in ("at", "event")}
         for hook in hooks:
-            _queue_delivery(pipe, tenant, hook, event_type, machine_id, data, record["at"])
+            _queue_delivery(pipe, tenant, hook, event_type, machine_id, data, record["at"], self.first_attempt_delay)
 
     def queue_test_delivery(self, tenant: str, hook: dict, pending_limit: int) -> dict:
-        """A ``webhook.test`` delivery to this webhook alone, due at once; TooManyPending if the tenant has
+        """A ``webhook.test`` delivery to this webhook alone, due as an event's would be (``first_attempt_delay``,
+        by default at once); TooManyPending if the tenant has
         ``pending_limit`` deliveries pending (checked and added in one transaction)."""
         def transaction(pipe: redis.client.Pipeline):
             if self._pending_count(pipe, tenant) >= pending_limit:
                 raise TooManyPending(tenant)
             pipe.multi()
             return _queue_delivery(pipe, tenant, hook, TEST_TYPE, None,
-                                   {"message": "a test event from warmpool"}, now_iso())
+                                   {"message": "a test event from warmpool"}, now_iso(), self.first_attempt_delay)
         return cast(dict, self.r.transaction(transaction, keys.webhooks_pending(tenant), value_from_callable=True))
 
     def pending_deliveries(self, tenant: str) -> int:
@@ -311,10 +316,11 @@ class WebhookRecords:
             was_pending = pipe.zscore(keys.webhooks_pending(tenant), delivery_id) is not None
             if not was_pending and self._pending_count(pipe, tenant) >= pending_limit:
                 raise TooManyPending(tenant)
-            delivery["state"] = PENDING
+            now = time.time()
+            delivery["state"], delivery["next_attempt_at"] = PENDING, _iso(now)
             pipe.multi()
             pipe.set(keys.delivery(delivery_id), json.dumps(delivery), keepttl=True)
-            pipe.zadd(keys.WEBHOOK_DUE, {delivery_id: time.time()})
+            pipe.zadd(keys.WEBHOOK_DUE, {delivery_id: now})
             _count_pending(pipe, tenant, delivery_id)
             return delivery
         return cast(dict, self.r.transaction(transaction, keys.delivery(delivery_id), keys.webhooks_pending(tenant),
@@ -331,18 +337,20 @@ def _iso(epoch: float) -> str:
 
 
 def _queue_delivery(pipe: redis.client.Pipeline, tenant: str, hook: dict, event_type: str,
-                    machine_id: int | None, data: dict, at: str) -> dict:
-    """Write one delivery of an event to a webhook, due at once (in ``pipe``, the caller's transaction)."""
+                    machine_id: int | None, data: dict, at: str, delay: float) -> dict:
+    """Write one delivery of an event to a webhook, its first attempt due in ``delay`` seconds (in ``pipe``, the
+    caller's transaction)."""
+    due = time.time() + delay
     # the exact bytes signed and sent, the same on every attempt
     payload = json.dumps({"type": event_type, "timestamp": at, "machine_id": machine_id, "data": data},
                          separators=(",", ":"))
     delivery = {"id": "msg_" + uuid.uuid4().hex,  # the webhook-id header, kept across retries
                 "tenant": tenant, "webhook_id": hook["id"], "type": event_type, "machine_id": machine_id,
-                "payload": payload, "state": PENDING, "attempts": [], "next_attempt_at": None, "created_at": at}
+                "payload": payload, "state": PENDING, "attempts": [], "next_attempt_at": _iso(due), "created_at": at}
     pipe.set(keys.delivery(delivery["id"]), json.dumps(delivery), ex=DELIVERY_TTL)
     pipe.lpush(keys.webhook_deliveries(hook["id"]), delivery["id"])
     pipe.ltrim(keys.webhook_deliveries(hook["id"]), 0, DELIVERIES_KEPT - 1)
-    pipe.zadd(keys.WEBHOOK_DUE, {delivery["id"]: time.time()})
+    pipe.zadd(keys.WEBHOOK_DUE, {delivery["id"]: due})
     _count_pending(pipe, tenant, delivery["id"])
     return delivery
 

@@ -152,8 +152,24 @@ def test_an_operator_session(clean_stack, web, tmp_path):
     assert str(pool["primary_gpu_id"]) in rv.stdout  # the new primary
     events = warmpool(web, "events", str(MACHINE))
     assert events.returncode == OK and "failover_completed" in events.stdout
+    scripted_status_and_events(web, pool)
+    # events watched on a terminal: redrawn in place, at least twice after the first frame
+    watch = Terminal(web, "events", str(MACHINE), "--watch", "0.2")
+    wait_until(lambda: watch.text.count("Ctrl-C to stop") >= 3, timeout=30, message="the events watch to redraw")
+    watch.process.send_signal(signal.SIGINT)
+    assert watch.end() == OK and "failover_completed" in watch.text and "Traceback" not in watch.text
+    redrawn = watch.output.decode(errors="replace")
+    assert "\x1b[1A\x1b[2K" in redrawn or "\x1b[2K\x1b[1A" in redrawn
     reach_the_new_primary(web, tmp_path, before)
     switch_over(clean_stack, web)
+    # disabled, then enabled keeping its instances: the enable's hooks are the pool's from then on
+    rv = warmpool(web, "disable", str(MACHINE), "--wait")
+    assert rv.returncode == OK and clean_stack.wait_state(MACHINE, "disabled"), rv.stderr
+    rv = warmpool(web, "enable", str(MACHINE), "--env", "MODEL=mistral")
+    assert rv.returncode == OK and "enabled" in rv.stdout, rv.stderr
+    shown = json.loads(status_json(web))
+    assert (shown["state"], shown["env"], shown["onstart"]) == ("active", {"MODEL": "mistral"},
+                                                                "python /workspace/warm_cache.py\n")
 
     # not confirmed, nothing is destroyed: on no terminal, cleanup wants --yes
     rv = warmpool(web, "cleanup", str(MACHINE))
@@ -179,6 +195,24 @@ def test_an_operator_session(clean_stack, web, tmp_path):
     # refused by the service (409): the operation did not happen
     rv = warmpool(web, "failover", str(MACHINE))
     assert rv.returncode == FAILED and "Cannot test failover in state disabled" in rv.stderr
+
+
+def scripted_status_and_events(web, pool: dict) -> None:
+    """``status`` and ``events`` with ``-o yaml`` (the API's body) and ``-o tsv`` (the table, a line a row)."""
+    status = yaml.safe_load(warmpool(web, "status", str(MACHINE), "-o", "yaml").stdout)
+    assert (status["machine_id"], status["state"], status["primary_gpu_id"]) == (MACHINE, "active",
+                                                                              pool["primary_gpu_id"])
+    assert status["cost_per_hour"]["total"] > 0 and status["env"]["HF_TOKEN"] == "***"
+    header, *rows = warmpool(web, "status", str(MACHINE), "-o", "tsv").stdout.splitlines()
+    fields = dict(row.split("\t", 1) for row in rows)
+    assert header == "field\tvalue" and fields["state"] == "active"
+    assert fields["primary_gpu_id"] == str(pool["primary_gpu_id"]) and fields["cost_per_hour.total"]
+    events = yaml.safe_load(warmpool(web, "events", str(MACHINE), "-o", "yaml").stdout)
+    assert events["machine_id"] == MACHINE and "failover_completed" in [e["event"] for e in events["events"]]
+    header, *rows = warmpool(web, "events", str(MACHINE), "-o", "tsv").stdout.splitlines()
+    assert header == "at\tevent\tmessage" and len(rows) >= len(events["events"])  # newer ones may have come
+    assert all(len(row.split("\t")) == 3 for row in rows)
+    assert "failover_completed" in [row.split("\t")[1] for row in rows]
 
 
 def status_json(web) -> str:

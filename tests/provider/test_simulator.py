@@ -149,6 +149,51 @@ def test_create_goes_created_loading_running(sim):
     assert row["gpu_name"] == "RTX 4090" and row["num_gpus"] == 1 and row["dph_total"] > 0
 
 
+def volume_on(sim, machine_id: int, size: int, name: str) -> dict:
+    """A volume of ``size`` GB on the machine, as the volume list shows it."""
+    created = sim.ok("PUT", "/api/v0/volumes/", json={"size": size, "id": machine_id * 100 + 50, "name": name})
+    vid = int(created["volume_name"][2:])
+    return next(v for v in sim.ok("GET", "/api/v0/volumes")["volumes"] if v["id"] == vid)
+
+
+def test_rows_carry_their_prices_as_vast_lists_them_and_a_pools_cost_parts_add_up_to_its_total(sim):
+    """Vast's prices (docs/simulator.md, Prices): ``dph_base`` the GPUs' $/h, ``storage_cost`` the host's
+    $/GB-month, ``dph_total = dph_base + storage_cost x disk_space / 720``; a volume's ``storage_total_cost`` is
+    ``storage_cost x size / 720``. The pool's status prices its parts from exactly these."""
+    from app.api.schemas import StatusSchema
+    from app.pools import new_pool, primary_fields
+
+    machine_a, offer_a = big_4090_host(sim)
+    machine_b, _ = big_4090_host(sim, skip={machine_a})
+    offer = next(o for o in sim.offers({"machine_id": {"eq": machine_a}}) if o["id"] == offer_a)
+    volume, replica = volume_on(sim, machine_a, 100, "data"), volume_on(sim, machine_b, 100, "replica")
+    link = {"create_new": False, "volume_id": volume["id"], "mount_path": "/data"}
+    primary = sim.wait_status(sim.create(offer_a, disk=50.0, volume_info=link), "running")
+    standby = sim.instance(sim.create(offer_a, disk=50.0, volume_info=link, target_state="stopped"))
+    per_gb_month = offer["storage_cost"]
+    assert 0 < per_gb_month < 1 and offer["dph_base"] > 0  # $/GB-month, not $/h; the GPU's $/h
+    for row in (primary, standby):
+        assert row["dph_base"] == offer["dph_base"] and row["storage_cost"] == per_gb_month
+        assert row["disk_space"] == 50.0
+        assert row["dph_total"] == round(row["dph_base"] + per_gb_month * row["disk_space"] / 720, 4)
+    for row, size in ((volume, 100), (replica, 100)):
+        assert row["disk_space"] == size and 0 < row["storage_cost"] < 1
+        assert row["storage_total_cost"] == round(row["storage_cost"] * size / 720, 6)
+    assert volume["storage_cost"] == per_gb_month
+
+    # the pool as the service keeps it: its primary's row, and the replica volume's price
+    pool = new_pool("acme", 1, state="active", primary_gpu_id=primary["id"], standby_gpu_id=standby["id"],
+                    volume_id=volume["id"], replica_volume_id=replica["id"], disk_size=50, volume_size=100,
+                    replica_storage_cost=replica["storage_cost"], **primary_fields(primary))
+    cost = StatusSchema().dump(pool)["cost_per_hour"]
+    assert cost["primary"] == pytest.approx(primary["dph_total"], abs=1e-4)
+    assert cost["standby_storage"] == pytest.approx(per_gb_month * 50 / 720, abs=1e-4)
+    assert cost["volume"] == pytest.approx(volume["storage_total_cost"], abs=1e-4)
+    assert cost["replica"] == pytest.approx(replica["storage_total_cost"], abs=1e-4)
+    parts = [cost[part] for part in ("primary", "standby_storage", "volume", "replica")]
+    assert cost["complete"] and cost["total"] == round(sum(parts), 4) > 0
+
+
 def test_each_instance_has_its_own_port_map_of_the_ports_it_asked_for():
     env = {"-p 8080:8080": "1", "-p 9000/udp": "1", "FOO": "bar"}
     first, second = port_map(SimpleNamespace(id=10_000_001, env=env)), port_map(SimpleNamespace(id=10_000_002, env={}))

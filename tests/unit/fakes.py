@@ -134,11 +134,14 @@ class FakeVast:
         return self.offers
 
     def create_instance(self, offer_id: int, *, image: str, disk: float, label: str, target_state: str = "running",
-                        volume_info: dict | None = None, **_) -> int:
+                        volume_info: dict | None = None, onstart: str | None = None, env: dict | None = None,
+                        **_) -> int:
         self._call("create_instance", offer_id, label)
         if offer_id not in {o["id"] for o in self.offers}:
             raise OfferUnavailable("no_such_ask", 404, "no_such_ask", "offer gone")
-        return self.add_instance(label, "running" if target_state == "running" else "stopped", target_state)
+        # the hooks as Vast lists them: onstart, and env as extra_env pairs
+        return self.add_instance(label, "running" if target_state == "running" else "stopped", target_state,
+                                 onstart=onstart, extra_env=[[k, v] for k, v in (env or {}).items()])
 
     def show_instance(self, instance_id: int) -> dict | None:
         self._call("show_instance", instance_id)
@@ -175,6 +178,10 @@ class FakeVast:
     def destroy_instance(self, instance_id: int) -> None:
         self._call("destroy_instance", instance_id)
         self.instances.pop(instance_id, None)
+
+    def cancel_copy(self, dst_id: int) -> bool:
+        self._call("cancel_copy", dst_id)
+        return False  # no copy under way
 
     # -- volumes -----------------------------------------------------------------------------------
 

@@ -444,3 +444,79 @@ def test_a_renewal_on_a_host_with_only_short_rentals_keeps_the_old_standby(env, 
         assert after["standby_gpu_id"] == old and old in env.vast.instances and fresh not in env.vast.instances
         assert "rental_end_unavoidable" in kinds and after["renew_after"] > time.time()
     assert not env.store.is_locked(PID)
+
+
+# -- lifecycle hooks: every instance the pool makes runs the pool's onstart and env ----------------------------------
+
+
+HOOKS = {"onstart": "python /workspace/warm_cache.py", "env": {"MODEL": "llama", "HF_TOKEN": "hf_secret"}}
+
+
+def hooks_of(env, instance_id: int) -> tuple:
+    """The onstart and env an instance was made with, as the provider lists them."""
+    row = env.vast.instances[instance_id]
+    return row.get("onstart"), dict(row.get("extra_env") or [])
+
+
+def with_fields(env, pool: dict, /, **fields) -> dict:
+    """The pool with ``fields`` changed, saved as its lock holder would."""
+    held = env.store.acquire(PID, 10)
+    env.store.save_pool({**pool, **fields}, held)
+    env.store.release(PID, held, 10)
+    return env.store.get_pool(PID)
+
+
+def test_an_enable_of_a_pool_that_kept_its_instances_gives_every_later_instance_its_new_hooks(env):
+    pool = with_fields(env, protected(env, state=State.DISABLED, enabled=False, fallback="cpu_standby"),
+                       onstart="old.sh", env={"MODEL": "old"})
+    rv = env.api("POST", "/api/v1/warmpool/enable/1", json=HOOKS)
+    assert rv.status_code == 200
+    after = env.store.get_pool(PID)
+    assert after["state"] == State.ACTIVE and (after["onstart"], after["env"]) == (HOOKS["onstart"], HOOKS["env"])
+    status = env.api("GET", "/api/v1/warmpool/status/1")
+    assert status.json["onstart"] == HOOKS["onstart"] and status.json["env"] == {"MODEL": "llama", "HF_TOKEN": "***"}
+    assert "hf_secret" not in status.get_data(as_text=True)
+    # the standby lost after it: its replacement runs the new hooks; the primary keeps the ones it was made with
+    env.vast.destroy_instance(pool["standby_gpu_id"])
+    env.store.save_pool({**env.store.get_pool(PID), "standby_gpu_id": None}, held := env.store.acquire(PID, 10))
+    operations.replace_standby(PID, held, None, "the standby was lost")
+    run_steps(env)
+    replaced = env.store.get_pool(PID)["standby_gpu_id"]
+    assert replaced not in (None, pool["standby_gpu_id"])
+    assert hooks_of(env, replaced) == (HOOKS["onstart"], HOOKS["env"])
+    assert hooks_of(env, pool["primary_gpu_id"]) == (None, {})  # made before (here, by the test): unchanged
+    # an enable that names no hooks keeps them; "" and {} clear them
+    assert env.api("POST", "/api/v1/warmpool/enable/1", json={}).status_code == 200
+    assert env.store.get_pool(PID)["onstart"] == HOOKS["onstart"]
+    assert env.api("POST", "/api/v1/warmpool/enable/1", json={"onstart": "", "env": {}}).status_code == 200
+    assert (env.store.get_pool(PID)["onstart"], env.store.get_pool(PID)["env"]) == (None, None)
+
+
+def test_a_primary_moved_to_the_replicas_host_and_a_fresh_standby_carry_the_pools_hooks(env):
+    from tasks.failover import await_standby
+
+    # a fresh standby, made when the standby did not start in time
+    pool = with_fields(env, protected(env), **HOOKS)
+    env.vast.instances[pool["standby_gpu_id"]].update(actual_status="loading", intended_status="running")
+    op_id = operations.failover(PID, env.store.acquire(PID, 10), "manual")
+    env.store.update_op(op_id, context={**env.store.get_op(op_id)["context"], "standby_deadline": time.time() - 1})
+    with pytest.raises(Retry):
+        deliver(await_standby, message_of(env.of("failover")[-1]))
+    fresh = env.store.get_pool(PID)["standby_gpu_id"]
+    assert fresh != pool["standby_gpu_id"] and hooks_of(env, fresh) == (HOOKS["onstart"], HOOKS["env"])
+    env.reset()
+    # a move to the replica's host: the primary rented there
+    primary = env.vast.add_instance(label("acme", 1, "primary"), "offline")
+    standby = env.vast.add_instance(label("acme", 1, "standby"), "offline", intended="stopped")
+    env.vast.offers = [{"id": 1, "machine_id": 20}]
+    with_fields(env, env.add_pool(1, primary_gpu_id=primary, standby_gpu_id=standby, replica=True,
+                                  replica_host_machine_id=20, replica_volume_id=200,
+                                  replica_data_at="2026-01-01T00:00:00+00:00"), **HOOKS)
+    op_id = operations.failover(PID, env.store.acquire(PID, 10), "health")
+    run_steps(env, polls=5)
+    moved = env.store.get_pool(PID)
+    assert moved["host_machine_id"] == 20 and moved["primary_gpu_id"] not in (primary, standby)
+    assert hooks_of(env, moved["primary_gpu_id"]) == (HOOKS["onstart"], HOOKS["env"])
+    assert "host_failover_completed" in [e["event"] for e in env.store.events(PID)]
+    # and the standby made beside it there
+    assert hooks_of(env, moved["standby_gpu_id"]) == (HOOKS["onstart"], HOOKS["env"])

@@ -6,12 +6,14 @@ import time
 
 import pytest
 
-from app import urls
+from app import runtime, urls
 from app.processes import wait_until
-from app.settings import WEBHOOK_RETRY_SCHEDULE, Settings
+from app.settings import WEBHOOK_DELIVERY_LIFETIME, WEBHOOK_RETRY_SCHEDULE, Settings, webhook_retry_span
 from app.store import keys
 from app.store.webhooks import ATTEMPTS_KEPT, DELIVERED, FAILED, PENDING, PREVIOUS_SECRET_SECONDS, signing_secrets
 from tasks.webhooks import RETRY_AFTER_MAX, claim_seconds, deliver, next_attempt_at, parse_retry_after
+
+BUILD_STORE = runtime.store.__wrapped__  # the store as a process makes it, before the fakes replace runtime.store
 
 
 def queued(env, tenant: str = "acme", url: str = "https://93.184.216.34/hook") -> tuple[dict, dict]:
@@ -185,6 +187,61 @@ def test_the_schedule_setting_is_read_and_checked(monkeypatch):
     monkeypatch.setenv("WEBHOOK_CONCURRENCY_PER_TENANT", "0")
     with pytest.raises(ValueError, match="WEBHOOK_CONCURRENCY_PER_TENANT"):
         Settings.from_env()
+
+
+def test_the_schedules_first_step_is_the_wait_before_the_first_attempt(env):
+    hook, delivery = queued(env)  # the default's first step, 0: at once
+    assert env.r.zscore(keys.WEBHOOK_DUE, delivery["id"]) <= time.time()
+    env.configure(webhook_retry_schedule=(60, 5))
+    made = BUILD_STORE()  # as a process makes its store from the settings (it connects to nothing yet)
+    assert made.first_attempt_delay == 60
+    env.store.first_attempt_delay = made.first_attempt_delay
+    env.store.event("acme:1", "healed", "the host has a free GPU again")
+    test = env.api("POST", f"/api/v1/webhooks/{hook['id']}/test").json
+    for delivery_id in (env.store.deliveries(hook["id"])[1]["id"], test["id"]):
+        due = env.r.zscore(keys.WEBHOOK_DUE, delivery_id)
+        assert time.time() + 55 < due <= time.time() + 60
+        assert env.store.get_delivery(delivery_id)["next_attempt_at"] is not None
+    sent = []
+    env.store.relay_outbox(lambda delivery_id, attempt: sent.append(delivery_id), 4)
+    assert sent == [delivery["id"]]  # the one queued under the 0 s step; the two others wait their minute
+    assert 5 <= next_attempt_at(1, None, 0) <= 5.5  # and the retries follow the steps after it
+
+
+def test_a_schedule_that_could_outlast_a_delivery_is_refused_at_start(monkeypatch):
+    """The worst case counts: every retry 10 % late, or stretched by Retry-After to 10 h."""
+    assert sum(WEBHOOK_RETRY_SCHEDULE) / 3600 == pytest.approx(27.6, abs=0.05)
+    assert webhook_retry_span(WEBHOOK_RETRY_SCHEDULE) == 7 * RETRY_AFTER_MAX + 2 * 3600 <= WEBHOOK_DELIVERY_LIFETIME
+    longest = (0,) + (1,) * 16  # 16 retries of 1 s, each one a receiver may stretch to 10 h: 160 h
+    assert Settings(webhook_retry_schedule=longest).webhook_retry_schedule == longest
+    for bad in ("0" + ",1" * 17, "0,600000", "604801"):
+        monkeypatch.setenv("WEBHOOK_RETRY_SCHEDULE", bad)
+        with pytest.raises(ValueError, match=r"WEBHOOK_RETRY_SCHEDULE could keep a delivery retrying for .* h"):
+            Settings.from_env()
+
+
+def test_a_410_to_a_test_delivery_disables_the_webhook_with_a_webhook_disabled_event(env, monkeypatch):
+    gone = env.store.add_webhook("acme", "https://93.184.216.34/gone", None)
+    watcher = env.store.add_webhook("acme", "https://93.184.216.34/watch", ["webhook.disabled"])
+    other_tenant = env.store.add_webhook("globex", "https://93.184.216.34/watch", None)
+    monkeypatch.setattr("tasks.webhooks.post_pinned", lambda *args: urls.Answer(410, {}))
+    test = env.api("POST", f"/api/v1/webhooks/{gone['id']}/test").json
+    assert deliver(test["id"], 1) == "gone"
+    listed = {h["id"]: h for h in env.api("GET", "/api/v1/webhooks").json["webhooks"]}
+    assert listed[gone["id"]]["enabled"] is False and "410" in listed[gone["id"]]["disabled_reason"]
+    [told] = env.store.deliveries(watcher["id"])
+    payload = json.loads(told["payload"])
+    assert told["type"] == payload["type"] == "webhook.disabled" and payload["machine_id"] is None
+    assert payload["data"]["webhook_id"] == gone["id"] and "410 Gone" in payload["data"]["message"]
+    assert env.store.deliveries(other_tenant["id"]) == []  # another tenant hears nothing
+    assert env.r.hget(keys.METRIC_WEBHOOK_DELIVERIES, "gone") == "1"
+    # a 410 to a pool's event's delivery still records the event on that pool
+    env.api("PATCH", f"/api/v1/webhooks/{gone['id']}", json={"enabled": True})
+    env.store.event("acme:3", "healed", "the host has a free GPU again")
+    [healed] = [d for d in env.store.deliveries(gone["id"]) if d["type"] == "pool.healed"]
+    assert deliver(healed["id"], 1) == "gone"
+    assert [e["webhook_id"] for e in env.store.events("acme:3") if e["event"] == "webhook_disabled"] == [gone["id"]]
+    assert [d["machine_id"] for d in env.store.deliveries(watcher["id"])] == [3, None]
 
 
 def test_a_rotated_secret_signs_beside_the_new_one_for_a_day(env):

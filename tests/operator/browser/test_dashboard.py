@@ -4,11 +4,12 @@ what it shows for a tenant's key, what it never shows (another tenant's pools), 
 import re
 import shutil
 import subprocess
+from decimal import ROUND_HALF_UP, Decimal
 from html.parser import HTMLParser
 
 import pytest
 
-from tests.conftest import API_KEYS
+from tests.conftest import API_KEYS, wait_until
 from tests.operator.conftest import provisioned
 
 CHROMIUM = shutil.which("chromium")
@@ -59,8 +60,22 @@ def pools(stack, web):
     return web
 
 
+def to_fixed(value: float, digits: int) -> str:
+    """JavaScript's ``value.toFixed(digits)``: the exact binary value rounded, a tie to the larger."""
+    return str(Decimal(value).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+
+
+def settled_costs(web) -> dict:
+    """The tenant's pools once each has its standby again (a failover makes a new one) and every price seen."""
+    def settled():
+        body = web.api("GET", "/api/v1/warmpool/pools").json()
+        return all(p["standby_gpu_id"] and p["cost_per_hour"]["complete"] for p in body["pools"]) and body
+    return wait_until(settled, timeout=60, message="every pool's standby and prices")
+
+
 @pytest.mark.timeout(180)
 def test_the_tenants_pools_and_a_failovers_phases(stack, pools, tmp_path):
+    listed = settled_costs(pools)
     dom = browse(f"{pools.url}/dashboard#key={API_KEYS['acme']}&pool={FAILED_OVER}", tmp_path / "profile")
     body = dom.find("body")[0]
     assert body["data-view"] == "pools", dom.text
@@ -69,6 +84,17 @@ def test_the_tenants_pools_and_a_failovers_phases(stack, pools, tmp_path):
     assert shown[FAILED_OVER] == shown[PLAIN] == "active"
     assert dom.find("span", **{"class": "state state-active"})  # the state, coloured by its class
     assert GLOBEX not in shown and str(GLOBEX) not in dom.text
+
+    # the cost: a $/h column with each pool's total, its parts in the cell's title, and the tenant's total
+    assert "$/h" in dom.text
+    titles = [td["title"] for td in dom.find("td", **{"class": "num"}) if td.get("title")]
+    assert len(titles) == len(shown)
+    for pool in listed["pools"]:
+        cost = pool["cost_per_hour"]
+        assert cost["total"] > 0 and f"${to_fixed(cost['total'], 3)}" in dom.text
+        assert (f"primary ${to_fixed(cost['primary'], 4)}, standby storage ${to_fixed(cost['standby_storage'], 4)}, "
+                f"volume ${to_fixed(cost['volume'], 4)}, replica ${to_fixed(cost['replica'], 4)} per hour") in titles
+    assert f"({len(shown)}, ${to_fixed(listed['cost_per_hour'], 3)}/h in all)" in dom.text
 
     # the selected pool's timeline: its events, and the failover's phases as bars
     kinds = [li["data-event"] for li in dom.find("li", **{"class": "event"})]
