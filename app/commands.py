@@ -78,26 +78,28 @@ def provision(tenant: str, machine_id: int, spec: dict) -> Started:
         return Started(op_id, pool)
 
 
-def new_hooks(pool: Pool, spec: dict) -> dict:
-    """The lifecycle hooks an enable body changes on a pool that keeps its instances: ``onstart`` or ``env``
-    given (not null) replaces the pool's, and ``""`` or ``{}`` clears it; absent or null keeps it."""
+def kept_pool_changes(pool: Pool, spec: dict) -> dict:
+    """What an enable body changes on a pool that keeps its instances: its lifecycle hooks (``onstart`` or
+    ``env`` given, not null, replaces the pool's, and ``""`` or ``{}`` clears it) and its ``priority``;
+    absent keeps each."""
     changed = {name: spec[name] or None for name in ("onstart", "env") if spec.get(name) is not None}
+    if spec.get("priority") is not None:
+        changed["priority"] = spec["priority"]
     return {name: value for name, value in changed.items() if pool.get(name) != value}
 
 
 def enable(tenant: str, machine_id: int, spec: dict) -> Started:
     """Protect the machine again; one without resources gets a host searched (when it has none rented) and
-    provisioned. One that keeps its instances takes the body's ``replica`` and hooks (``new_hooks``): every
-    instance made from then on (a replacement standby, a failover's new standby, a move, a renewal) runs them,
-    while those already made keep the hooks they were made with."""
+    provisioned. One that keeps its instances takes the body's ``replica``, ``priority`` and hooks
+    (``kept_pool_changes``): every instance made from then on (a replacement standby, a failover's new standby,
+    a move, a renewal) runs the hooks, while those already made keep the hooks they were made with."""
     s, pid = runtime.store(), pool_id(tenant, machine_id)
     _claim(tenant, machine_id)
     with s.lease(pid, runtime.settings().lock_ttl) as lease:
         pool = s.get_pool(pid)
         if pool and (has_resources(pool) or pool["state"] in (State.SEARCHING, State.PROVISIONING, State.FAILOVER)):
-            hooks = new_hooks(pool, spec)
-            if hooks:
-                pool.update(hooks)  # type: ignore[typeddict-item]
+            if changes := kept_pool_changes(pool, spec):
+                pool.update(changes)  # type: ignore[typeddict-item]
                 s.save_pool(pool, lease.held)
             if spec.get("replica") is not None and pool.get("replica") != spec["replica"]:
                 pool["replica"] = spec["replica"]  # the replica upkeep makes (or deletes) it

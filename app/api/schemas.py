@@ -71,6 +71,8 @@ class ProvisionSchema(PoolSpecSchema):
 
 class EnableSchema(PoolSpecSchema):
     max_price = Price(load_default=None, allow_none=True, metadata={"description": "$/h per GPU"})
+    priority = Integer(-1000, 1000, load_default=None, allow_none=False, metadata={
+        "description": "as for provision; absent: the pool keeps its own (0 for a new one)"})
 
 
 SWITCHOVER_HORIZON_DAYS = 366

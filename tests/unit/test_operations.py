@@ -492,6 +492,15 @@ def test_an_enable_of_a_pool_that_kept_its_instances_gives_every_later_instance_
     assert (env.store.get_pool(PID)["onstart"], env.store.get_pool(PID)["env"]) == (None, None)
 
 
+def test_an_enable_of_a_pool_that_kept_its_instances_takes_its_priority_and_one_without_keeps_it(env):
+    protected(env, state=State.DISABLED, enabled=False)
+    assert env.api("POST", "/api/v1/warmpool/enable/1", json={"priority": 7}).status_code == 200
+    assert env.store.get_pool(PID)["priority"] == 7
+    assert env.api("POST", "/api/v1/warmpool/enable/1", json={}).status_code == 200
+    assert env.store.get_pool(PID)["priority"] == 7
+    assert env.api("GET", "/api/v1/warmpool/status/1").json["priority"] == 7
+
+
 def test_a_primary_moved_to_the_replicas_host_and_a_fresh_standby_carry_the_pools_hooks(env):
     from tasks.failover import await_standby
 
