@@ -254,6 +254,10 @@ def test_cleanup_on_a_terminal_asks_first(web):
     terminal.type("n\n")
     assert terminal.end() == NOT_CONFIRMED
     assert "destroy machine 654's instances and volume?" in terminal.text and "nothing was destroyed" in terminal.text
+    ended = Terminal(web, "cleanup", "654")
+    wait_until(lambda: "[y/N]" in ended.text, timeout=30, message="the question")
+    ended.type("\x04")  # Ctrl-D: end of input is a no, not click's "Aborted!" (exit 1)
+    assert ended.end() == NOT_CONFIRMED and "nothing was destroyed" in ended.text
 
 
 def test_a_watch_stopped_by_sigterm_ends_as_ctrl_c_does(web):
