@@ -280,7 +280,14 @@ MUTANTS = [
            "            self.save_pool(pool, held, only_new=True)",
            "            self.save_pool(pool, held)",
            ("tests/unit/test_rebuild.py::test_a_record_written_during_the_listing_is_never_overwritten",
-            f"{UNIT}::test_create_pool_writes_only_where_there_is_no_record")),
+            f"{UNIT}::test_create_pool_writes_only_where_there_is_no_record",
+            "tests/unit/test_rebuild.py::test_a_record_written_between_the_rebuilds_check_and_its_write_is_kept")),
+    Mutant("the rebuild's check for no record and its write cannot interleave (rule 13)", "app/store/pools.py",
+           "            self.save_pool(pool, held, only_new=True)",
+           "            if self.get_pool(pool_id(pool[\"tenant\"], pool[\"machine_id\"])) is not None:\n"
+           "                raise PoolExists(pool[\"machine_id\"])\n"
+           "            self.save_pool(pool, held)",
+           ("tests/unit/test_rebuild.py::test_a_record_written_between_the_rebuilds_check_and_its_write_is_kept",)),
     Mutant("the rebuild keeps the oldest stopped standby", "tasks/rebuild.py",
            "    return min((row for row in stopped if _role(row) == \"standby\"), key=_order, default=None)",
            "    return max((row for row in stopped if _role(row) == \"standby\"), key=_order, default=None)",
