@@ -13,6 +13,7 @@ import threading
 import pytest
 
 from app import urls
+from app.processes import wait_until
 from app.store.webhooks import FAILED, MAX_WEBHOOKS
 from tasks.webhooks import deliver
 
@@ -105,18 +106,18 @@ def self_signed(tmp_path, name: str) -> tuple[str, str]:
 
 class TLSReceiver:
     """An https endpoint on 127.0.0.1 that records the SNI name of each handshake (its SNI callback) and
-    the Host of each request, and answers 204."""
+    the Host of each request, and answers 204; a connection each on its own thread."""
 
     def __init__(self, cert: str, key: str):
         self.names: list[str | None] = []
         self.hosts: list[str] = []
+        self.errors: list[str] = []  # what ended a connection early, to tell in a failure
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(cert, key)
         self.context.sni_callback = lambda sslsock, name, context: self.names.append(name)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
+        threading.Thread(target=self.serve, daemon=True).start()
 
     def serve(self):
         while True:
@@ -124,20 +125,32 @@ class TLSReceiver:
                 raw, _ = self.listener.accept()
             except OSError:
                 return  # closed
-            try:
-                with self.context.wrap_socket(raw, server_side=True) as conn:
-                    conn.settimeout(5)
-                    request = b""
-                    while b"\r\n\r\n" not in request:
-                        chunk = conn.recv(4096)
-                        if not chunk:
-                            break
-                        request += chunk
-                    head = request.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
-                    self.hosts += [line.split(":", 1)[1].strip() for line in head if line.lower().startswith("host:")]
-                    conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            except (OSError, ssl.SSLError):
-                pass  # a client that refused our certificate hangs up in the handshake
+            threading.Thread(target=self.answer, args=(raw,), daemon=True).start()
+
+    def answer(self, raw: socket.socket):
+        raw.settimeout(30)  # the handshake's and the request's: far past the client's deadline
+        try:
+            with self.context.wrap_socket(raw, server_side=True) as conn:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    request += chunk
+                head, _, body = request.partition(b"\r\n\r\n")
+                fields = dict(line.split(":", 1) for line in head.decode("latin-1").split("\r\n")[1:])
+                fields = {name.strip().lower(): value.strip() for name, value in fields.items()}
+                while len(body) < int(fields.get("content-length", 0)):  # all of it: closing on unread bytes
+                    chunk = conn.recv(4096)                                # resets the connection, answer unread
+                    if not chunk:
+                        break
+                    body += chunk
+                self.hosts.append(fields["host"])
+                conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        except OSError as exc:  # ssl.SSLError too: a client that refused our certificate hangs up in the handshake
+            self.errors.append(repr(exc))
+        finally:
+            raw.close()
 
     def close(self):
         self.listener.close()
@@ -174,13 +187,14 @@ def test_the_pinned_connection_sends_the_name_as_sni_on_https(tls_receiver, monk
     assert destination.address == "127.0.0.1" and destination.host == SNI_NAME
 
     with pytest.raises(ssl.SSLCertVerificationError):  # the system's CAs do not know this certificate
-        urls.post_pinned(destination, b"{}", {}, deadline=5)
+        urls.post_pinned(destination, b"{}", {}, deadline=10)
+    wait_until(lambda: tls_receiver.names, timeout=10, message="the first handshake's SNI")
     assert tls_receiver.names == [SNI_NAME]
 
     default_context = ssl.create_default_context
     monkeypatch.setattr(ssl, "create_default_context", lambda *a, **kw: default_context(cafile=tls_receiver.cert))
-    answer = urls.post_pinned(destination, b"{}", {"Content-Type": "application/json"}, deadline=5)
-    assert answer.status == 204
+    answer = urls.post_pinned(destination, b"{}", {"Content-Type": "application/json"}, deadline=10)
+    assert answer.status == 204, tls_receiver.errors
     assert tls_receiver.names == [SNI_NAME, SNI_NAME]
     assert tls_receiver.hosts == [f"{SNI_NAME}:{tls_receiver.port}"]
     assert resolver.asked == [SNI_NAME]  # one lookup, by the check; the connection asked no name
