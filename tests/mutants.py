@@ -24,6 +24,7 @@ UNIT, STEPS, SWEEP, LOCKS = ("tests/unit/test_store.py", "tests/unit/test_steps.
 OPS, API, NOTICES = "tests/unit/test_operations.py", "tests/api/test_api.py", "tests/api/test_provider_notifications.py"
 HOOKS = "tests/operator/test_webhooks.py"
 WEBHOOKS_UNIT = "tests/unit/test_webhooks.py"
+SENDER = "tests/unit/test_webhook_sender.py"
 
 
 @dataclass
@@ -279,7 +280,14 @@ MUTANTS = [
            "            self.save_pool(pool, held, only_new=True)",
            "            self.save_pool(pool, held)",
            ("tests/unit/test_rebuild.py::test_a_record_written_during_the_listing_is_never_overwritten",
-            f"{UNIT}::test_create_pool_writes_only_where_there_is_no_record")),
+            f"{UNIT}::test_create_pool_writes_only_where_there_is_no_record",
+            "tests/unit/test_rebuild.py::test_a_record_written_between_the_rebuilds_check_and_its_write_is_kept")),
+    Mutant("the rebuild's check for no record and its write cannot interleave (rule 13)", "app/store/pools.py",
+           "            self.save_pool(pool, held, only_new=True)",
+           "            if self.get_pool(pool_id(pool[\"tenant\"], pool[\"machine_id\"])) is not None:\n"
+           "                raise PoolExists(pool[\"machine_id\"])\n"
+           "            self.save_pool(pool, held)",
+           ("tests/unit/test_rebuild.py::test_a_record_written_between_the_rebuilds_check_and_its_write_is_kept",)),
     Mutant("the rebuild keeps the oldest stopped standby", "tasks/rebuild.py",
            "    return min((row for row in stopped if _role(row) == \"standby\"), key=_order, default=None)",
            "    return max((row for row in stopped if _role(row) == \"standby\"), key=_order, default=None)",
@@ -341,7 +349,9 @@ MUTANTS = [
     Mutant("a webhook is sent to the address that was checked (no DNS rebinding)", "app/urls.py",
            "socket.create_connection((self.destination.address, self.destination.port)",
            "socket.create_connection((self.destination.host, self.destination.port)",
-           (f"{HOOKS}::test_dns_rebinding_cannot_move_a_delivery_past_the_check",)),
+           (f"{HOOKS}::test_dns_rebinding_cannot_move_a_delivery_past_the_check",
+            "tests/operator/test_rebinding.py::"
+            "test_dns_rebinding_through_the_webhooks_worker_never_reaches_the_rebound_address")),
     Mutant("a webhook attempt's claim outlives the broker's visibility timeout", "tasks/webhooks.py",
            "    return cfg.visibility_timeout + cfg.webhook_timeout",
            "    return 120",
@@ -377,6 +387,24 @@ MUTANTS = [
            "    return False",
            ("tests/unit/test_operations.py::"
             "test_an_instance_that_also_carries_the_primary_label_is_stopped_before_the_standby_starts",)),
+    # issue 18's tenant hygiene: each breaks a named Lua script or a named function's line
+    Mutant("a webhook DELETE touches only the caller's own webhook", "app/store/webhooks.py",
+           "if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end\n",
+           "redis.call('HDEL', KEYS[1], ARGV[1])\n",
+           (f"{WEBHOOKS_UNIT}::test_a_delete_of_another_tenants_webhook_touches_nothing",)),
+    Mutant("a tenant's webhooks are capped (MAX_WEBHOOKS), checked and added in one script", "app/store/webhooks.py",
+           "if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end\n",
+           "",
+           (f"{SENDER}::test_a_tenants_webhooks_are_capped",
+            f"{HOOKS}::test_the_webhook_cap_holds_under_parallel_posts")),
+    Mutant("no log line names a webhook's URL", "tasks/webhooks.py",
+           "        error = type(exc).__name__  # its text may name the address",
+           "        error = f\"{type(exc).__name__}: {exc}\"",
+           (f"{SENDER}::test_no_log_line_names_a_webhooks_url",)),
+    Mutant("a pinned https connection names the host in SNI and checks its certificate against it", "app/urls.py",
+           "context.wrap_socket(self.sock, server_hostname=self.destination.host)",
+           "context.wrap_socket(self.sock, server_hostname=self.destination.address)",
+           (f"{SENDER}::test_the_pinned_connection_sends_the_name_as_sni_on_https",)),
     Mutant("a pool's state changes only from the states its named transition leaves", "app/pools.py",
            "    if pool[field] not in allowed:",
            "    if False:",

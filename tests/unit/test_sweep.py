@@ -10,13 +10,14 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 import responses
+from celery.exceptions import Ignore
 
 from app import runtime
 from app.pools import State, label, pool_id
 from app.store import keys
-from app.vast import ProviderUnavailable
+from app.vast import OfferUnavailable, ProviderUnavailable
 from tasks import sweep
-from tests.unit.fakes import VAST_URL, real_client
+from tests.unit.fakes import VAST_URL, real_client, run_steps
 
 LIST = f"{VAST_URL}/api/v1/instances/"
 THRESHOLD = 3
@@ -498,6 +499,36 @@ def test_recheck_replaces_a_lost_standby_on_the_same_host(env, status):
     assert env.store.metrics()["standbys_lost"] == {status: "1"}
     delivery, = env.store.deliveries(hook["id"])
     assert delivery["type"] == "standby.lost" and json.loads(delivery["payload"])["data"]["status"] == status
+
+
+@pytest.mark.parametrize("refusal", ["no GPU free on the host", "the provider refuses the rental"])
+def test_a_lost_standby_that_cannot_be_replaced_leaves_the_pool_degraded_with_the_reason(env, refusal):
+    """The replacement is made on the pool's host or not at all: when the host has no GPU free, or the provider
+    refuses the create, the pool is degraded with the reason (the healer takes it from there), and its tenant
+    hears of both the loss and the degradation."""
+    pool = protected(env, 123)
+    lost = pool["standby_gpu_id"]
+    hook = env.store.add_webhook("acme", "https://hooks.example/", ["standby.lost", "pool.degraded"])
+    env.vast.instances[lost]["actual_status"] = "offline"
+    if refusal == "no GPU free on the host":
+        env.vast.offers, reason = [], "host 88888 has no rentable GPU or volume offer (for the standby)"
+    else:
+        env.vast.offers, reason = [{"id": 1, "machine_id": 88888}], "offer 1 was taken"
+        env.vast.fail["create_instance"] = OfferUnavailable(reason, 404, "no_such_ask", reason)
+    assert sweep.recheck_standby("acme:123") == "replaced"
+    with pytest.raises(Ignore):  # the step gave the operation up: compensated and ended, degraded
+        run_steps(env)
+
+    after = env.store.get_pool("acme:123")
+    assert after["state"] == State.DEGRADED and reason in after["error_message"]
+    assert after["standby_gpu_id"] is None and after["primary_gpu_id"] == pool["primary_gpu_id"]
+    assert lost not in env.vast.instances and list(env.vast.instances) == [pool["primary_gpu_id"]]
+    assert not env.store.is_locked("acme:123") and after["heal_attempts"] == 1  # the healer retries it later
+    degraded, standby_lost = env.store.events("acme:123")[:2]
+    assert standby_lost["event"] == "standby_lost" and standby_lost["status"] == "offline"
+    assert degraded["event"] == "degraded" and degraded["operation"] == "provision"  # replace_standby's kind
+    assert reason in degraded["message"]
+    assert sorted(d["type"] for d in env.store.deliveries(hook["id"])) == ["pool.degraded", "standby.lost"]
 
 
 @pytest.mark.parametrize("status, intended", [("exited", "stopped"), ("created", "stopped"), (None, "stopped"),
