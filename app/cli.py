@@ -68,8 +68,6 @@ def create_key(tenant):
     """Create an API key for TENANT; only its hash is stored (in Redis at REDIS_URL)."""
     import re
 
-    from app import runtime
-
     if not re.match(TENANT, tenant):
         raise click.BadParameter("letters, digits, '_' and '.', at most 64", param_hint="TENANT")
     key = secrets.token_urlsafe(32)
@@ -100,10 +98,10 @@ def revoke_key(key_id):
 
     with service_store() as store:
         revoked = store.revoke_api_key(key_id, runtime.settings().api_keys)
-        if revoked is None and store.was_revoked(key_id):
-            raise click.ClickException(f"the key {key_id!r} is already revoked")
-    if revoked is None:
-        raise click.ClickException(f"no single key has the id {key_id!r}: see warmpool list-keys")
+    if revoked is None:  # the id is not echoed: a pasted key would be shown again
+        raise click.ClickException("no single key has that id (or is that key): see warmpool list-keys")
+    if revoked.get("already_revoked"):
+        raise click.ClickException(f"the key {revoked['id']} is already revoked")
     click.echo(f"revoked {revoked['id']} ({revoked['tenant']})")
 
 

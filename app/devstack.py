@@ -8,12 +8,13 @@ it uses, giving a worker time for its warm shutdown. Its errors are click's, as 
 
 import contextlib
 import os
+import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,12 +95,30 @@ def start_redis(children: "Children", data_dir: Path) -> None:
 
 
 def dev_redis_port(data_dir: Path) -> int:
-    """The port the last start's Redis had, if it is free now; else a free one, kept for the next start."""
+    """The port the last start's Redis had, if it can be bound now; else a free one, said, and kept for the next
+    start."""
     port_file = data_dir / "redis-port"
     kept = port_file.read_text().strip() if port_file.exists() else ""
-    port = int(kept) if kept.isdigit() and not listening(int(kept)) else free_port()
+    last = int(kept) if kept.isascii() and kept.isdigit() and 1024 <= int(kept) <= 65535 else None
+    if last is not None and bindable(last):
+        return last
+    port = free_port()
+    if last is not None:
+        click.echo(f"warmpool dev: Redis's last port {last} is taken; it is on {port} now (export the banner's "
+                   "REDIS_URL again)", err=True)
     port_file.write_text(f"{port}\n")
     return port
+
+
+def bindable(port: int) -> bool:
+    """Whether a listener may bind 127.0.0.1:``port`` now, as Redis binds it (SO_REUSEADDR)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def start_simulator(children: "Children", options: Options) -> None:
@@ -308,8 +327,7 @@ In another terminal:
 
 
 def shown(url: str) -> str:
-    """A URL fit to print: without its password."""
-    parts = urllib.parse.urlsplit(url)
-    if not parts.password:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+    """A Redis URL fit to print: every password in it masked, in each ``sentinel://`` entry's userinfo and in a
+    ``password=`` query."""
+    masked = re.sub(r"(//[^/@;]*?:)[^;/]*@", r"\1***@", url)  # up to the last @: a password may hold one
+    return re.sub(r"(?i)(password=)[^&;]*", r"\1***", masked)

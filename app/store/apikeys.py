@@ -1,6 +1,7 @@
 """API keys created with ``warmpool create-key``, and revocations (of those and of WARMPOOL_API_KEYS)."""
 
 import hashlib
+from collections.abc import Iterable
 from typing import cast
 
 import redis
@@ -43,14 +44,19 @@ class ApiKeyRecords:
         return sorted(found, key=lambda k: (k["tenant"], k["id"]))
 
     def revoke_api_key(self, id_or_key: str, configured: dict[str, str]) -> dict | None:
-        """Revoke the one key whose id (or which) this is: it gets 401 from the next request. None if no key or
-        several match (ask with a longer id)."""
+        """Revoke the one working key whose id (or which) this is: it gets 401 from the next request. A key
+        revoked before answers ``already_revoked``; None if no key, or several, match (ask with a longer id)."""
         if len(id_or_key) < MIN_KEY_ID:
             return None
-        given = _digest(id_or_key)
+        revoked = cast(set[str], self.r.smembers(keys.REVOKED_KEYS))
         stored = cast(dict[str, str], self.r.hgetall(keys.API_KEYS))
-        digests = {**stored, **{_digest(key): tenant for key, tenant in configured.items()}}
-        matches = [d for d in digests if d == given or d.startswith(id_or_key.lower())]
+        working = {digest: tenant for digest, tenant
+                   in {**stored, **{_digest(key): tenant for key, tenant in configured.items()}}.items()
+                   if digest not in revoked}
+        matches = _matching(id_or_key, working)
+        if not matches:
+            before = _matching(id_or_key, revoked)
+            return {"id": key_id(before[0]), "already_revoked": True} if len(before) == 1 else None
         if len(matches) != 1:
             return None
         digest, = matches
@@ -58,13 +64,13 @@ class ApiKeyRecords:
             pipe.sadd(keys.REVOKED_KEYS, digest)
             pipe.hdel(keys.API_KEYS, digest)
             pipe.execute()
-        return {"id": key_id(digest), "tenant": digests[digest]}
+        return {"id": key_id(digest), "tenant": working[digest]}
 
-    def was_revoked(self, id_or_key: str) -> bool:
-        """Whether a revoked key has this id (or is this key): a plain read."""
-        given = _digest(id_or_key)
-        return len(id_or_key) >= MIN_KEY_ID and any(
-            d == given or d.startswith(id_or_key.lower()) for d in cast(set[str], self.r.smembers(keys.REVOKED_KEYS)))
+
+def _matching(id_or_key: str, digests: Iterable[str]) -> list[str]:
+    """The digests that this id starts, or this key hashes to."""
+    given = _digest(id_or_key)
+    return [d for d in digests if d == given or d.startswith(id_or_key.lower())]
 
 
 KEY_ID_LENGTH, MIN_KEY_ID = 12, 6  # ids as listed; the shortest start of one that revoke-key takes

@@ -4,7 +4,7 @@
 import socket
 import subprocess
 
-from app.devstack import dev_redis_port, redis_answers, redis_server_command
+from app.devstack import dev_redis_port, redis_answers, redis_server_command, shown
 from app.processes import free_port, wait_until
 from tests.conftest import RedisServer
 
@@ -38,3 +38,18 @@ def test_the_dev_redis_takes_its_last_port_again_while_it_is_free(tmp_path):
         taken.listen()
         moved = dev_redis_port(tmp_path)
     assert moved != first and dev_redis_port(tmp_path) == moved
+
+
+def test_a_redis_url_is_shown_with_every_password_masked():
+    assert shown("redis://:p@ss@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert shown("sentinel://:pw@h1:26379;sentinel://:pw@h2:26379/0") == \
+        "sentinel://:***@h1:26379;sentinel://:***@h2:26379/0"
+    assert shown("redis://h:6379/0?password=pw&db=1") == "redis://h:6379/0?password=***&db=1"
+    assert shown("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_a_bad_kept_redis_port_is_replaced_by_a_free_one(tmp_path):
+    for bad in ("²", "99999", "0", "80", "port"):
+        (tmp_path / "redis-port").write_text(bad)
+        port = dev_redis_port(tmp_path)
+        assert 1024 <= port <= 65535 and (tmp_path / "redis-port").read_text().strip() == str(port)
