@@ -64,7 +64,7 @@ def create_app(config: dict | None = None) -> Flask:
 
     @app.errorhandler(NotFound)
     def not_found(exc):
-        if getattr(exc, "data", None):  # a view's abort(404, message=...): flask-smorest's own answer
+        if request.url_rule is not None:  # a route's own 404 (abort(404, message=...)): flask-smorest's answer
             return api.handle_http_exception(exc)
         return {"code": 404, "status": "Not Found",
                 "message": "Nothing at this URL; the routes are listed at /api/v1/docs"}, 404

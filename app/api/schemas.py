@@ -70,9 +70,11 @@ class ProvisionSchema(PoolSpecSchema):
 
 
 class EnableSchema(PoolSpecSchema):
+    """As provision's, but a field left out keeps the pool's own (a new pool's: provision's defaults)."""
     max_price = Price(load_default=None, allow_none=True, metadata={"description": "$/h per GPU"})
-    priority = Integer(-1000, 1000, load_default=None, allow_none=False, metadata={
-        "description": "as for provision; absent: the pool keeps its own (0 for a new one)"})
+    disk_size = Integer(8, 4096, metadata={"description": "GB; absent: the pool's own (50 for a new one)"})
+    volume_size = Integer(1, 65536, metadata={"description": "GB; absent: the pool's own (100 for a new one)"})
+    priority = Integer(-1000, 1000, metadata={"description": "as for provision; absent: the pool's own (0 for a new one)"})
 
 
 SWITCHOVER_HORIZON_DAYS = 366

@@ -398,6 +398,16 @@ def test_enable_a_disabled_pool_on_a_host_provisions_what_is_missing(env):
     assert env.store.get_pool("acme:123")["state"] == PROVISIONING
 
 
+def test_enable_keeps_the_pools_own_sizes_and_priority_unless_the_body_names_them(env):
+    env.add_pool(123, state=DISABLED, enabled=False, standby_gpu_id=None, disk_size=200, volume_size=500, priority=9)
+    assert env.api("POST", "/api/v1/warmpool/enable/123").status_code == 202
+    pool = env.store.get_pool("acme:123")
+    assert (pool["disk_size"], pool["volume_size"], pool["priority"]) == (200, 500, 9)
+    new = env.api("POST", "/api/v1/warmpool/enable/124").status_code  # a new pool: provision's defaults
+    fresh = env.store.get_pool("acme:124")
+    assert new == 202 and (fresh["disk_size"], fresh["volume_size"], fresh["priority"]) == (50, 100, 0)
+
+
 def test_enable_409_while_an_operation_runs(env):
     env.add_pool(123, state=DISABLED, enabled=False)
     env.hold_lock(123)
@@ -539,3 +549,20 @@ def test_a_key_from_the_setting_can_be_revoked(env):
     assert [k["tenant"] for k in env.store.api_keys(env.settings.api_keys)] == ["globex"]
     assert env.store.revoke_api_key(acme["id"][:3], env.settings.api_keys) is None  # too short to name one key
     assert env.store.revoke_api_key("no-such-key", env.settings.api_keys) is None
+    # a second revoke of it (still in the setting) says so, by id, and revokes nothing else
+    assert env.store.revoke_api_key(acme["id"], env.settings.api_keys) == {"id": acme["id"], "already_revoked": True}
+    assert env.api("GET", "/api/v1/warmpool/pools", tenant="globex").status_code == 200
+
+
+def test_a_short_id_that_names_two_working_keys_and_a_revoked_one_revokes_nothing(env):
+    # three stored digests sharing their first six hex digits (a real collision is out of reach): two working, one
+    # revoked before
+    shared = "abcdef"
+    for n, tenant in ((1, "initech"), (2, "initech"), (3, "umbrella")):
+        env.store.r.hset(keys.API_KEYS, f"{shared}{n:058x}", tenant)
+    env.store.r.sadd(keys.REVOKED_KEYS, f"{shared}{3:058x}")
+    env.store.r.hdel(keys.API_KEYS, f"{shared}{3:058x}")
+    assert env.store.revoke_api_key(shared, {}) is None  # neither revoked, nor "already revoked"
+    assert [k["tenant"] for k in env.store.api_keys({}) if k["id"].startswith(shared)] == ["initech", "initech"]
+    one = f"{shared}{1:058x}"  # its whole digest names it alone
+    assert env.store.revoke_api_key(one, {}) == {"id": one[:12], "tenant": "initech"}
