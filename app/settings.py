@@ -206,7 +206,7 @@ def _sentinel_master(master: str, **urls: str) -> str:
 
 
 def _schedule(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
-    """Parse ``0,5,300`` (seconds, one a step) into a tuple; an empty or negative step is an error."""
+    """Parse ``0,5,300`` (seconds, one a step) into a tuple; an empty, negative or non-finite step is an error."""
     raw = os.environ.get(name)
     if raw is None:
         return default
@@ -214,7 +214,7 @@ def _schedule(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
         steps = tuple(float(step) for step in raw.split(","))
     except ValueError:
         steps = ()
-    if not steps or any(step < 0 for step in steps):
+    if not steps or any(not math.isfinite(step) or step < 0 for step in steps):
         raise ValueError(f"{name} must be comma-separated seconds, like 0,5,300, got {raw!r}")
     return steps
 

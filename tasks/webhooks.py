@@ -164,10 +164,19 @@ def disable_gone_webhook(tenant: str, webhook_id: str, machine_id: int | None) -
     """A receiver that answered 410 Gone wants no more: the webhook is disabled until PATCHed back on, with a
     ``webhook_disabled`` event: on the pool whose event the delivery carried, or, for a delivery of no pool
     (``webhook.test``), the tenant's (``Store.tenant_event``). Either way the tenant's other webhooks that
-    want ``webhook.disabled`` are told."""
+    want ``webhook.disabled`` are told, once: a webhook disabled already (by another 410 in flight beside this
+    one, or by its tenant) is not told of again."""
     reason = "the receiver answered 410 Gone"
     s = runtime.store()
-    s.update_webhook(tenant, webhook_id, lambda hook: {**hook, "enabled": False, "disabled_reason": reason})
+    enabled_before: list[bool] = []
+
+    def disabled(hook: dict) -> dict:
+        enabled_before[:] = [hook["enabled"]]  # the last run of the transaction's is the one that wrote
+        return {**hook, "enabled": False, "disabled_reason": reason}
+
+    s.update_webhook(tenant, webhook_id, disabled)
+    if enabled_before != [True]:
+        return
     log.warning("webhook %s of tenant %s disabled: %s", webhook_id, tenant, reason)
     message = f"webhook {webhook_id} disabled: {reason}"
     if machine_id is None:

@@ -11,7 +11,8 @@ from app.processes import wait_until
 from app.settings import WEBHOOK_DELIVERY_LIFETIME, WEBHOOK_RETRY_SCHEDULE, Settings, webhook_retry_span
 from app.store import keys
 from app.store.webhooks import ATTEMPTS_KEPT, DELIVERED, FAILED, PENDING, PREVIOUS_SECRET_SECONDS, signing_secrets
-from tasks.webhooks import RETRY_AFTER_MAX, claim_seconds, deliver, next_attempt_at, parse_retry_after
+from tasks.webhooks import (RETRY_AFTER_MAX, claim_seconds, deliver, disable_gone_webhook, next_attempt_at,
+                           parse_retry_after)
 
 BUILD_STORE = runtime.store.__wrapped__  # the store as a process makes it, before the fakes replace runtime.store
 
@@ -179,7 +180,7 @@ def test_the_retry_schedule_is_the_specs_example_and_retry_after_may_lengthen_it
 def test_the_schedule_setting_is_read_and_checked(monkeypatch):
     monkeypatch.setenv("WEBHOOK_RETRY_SCHEDULE", "0, 1,2.5")
     assert Settings.from_env().webhook_retry_schedule == (0, 1, 2.5)
-    for bad in ("", "1,,2", "5,-1", "soon"):
+    for bad in ("", "1,,2", "5,-1", "soon", "nan", "0,inf"):
         monkeypatch.setenv("WEBHOOK_RETRY_SCHEDULE", bad)
         with pytest.raises(ValueError, match="WEBHOOK_RETRY_SCHEDULE"):
             Settings.from_env()
@@ -235,6 +236,8 @@ def test_a_410_to_a_test_delivery_disables_the_webhook_with_a_webhook_disabled_e
     assert payload["data"]["webhook_id"] == gone["id"] and "410 Gone" in payload["data"]["message"]
     assert env.store.deliveries(other_tenant["id"]) == []  # another tenant hears nothing
     assert env.r.hget(keys.METRIC_WEBHOOK_DELIVERIES, "gone") == "1"
+    disable_gone_webhook("acme", gone["id"], None)  # another 410 that was in flight beside it: told once only
+    assert len(env.store.deliveries(watcher["id"])) == 1
     # a 410 to a pool's event's delivery still records the event on that pool
     env.api("PATCH", f"/api/v1/webhooks/{gone['id']}", json={"enabled": True})
     env.store.event("acme:3", "healed", "the host has a free GPU again")
