@@ -14,7 +14,7 @@ from tests.conftest import Worker
 
 RESOLVER_DIR = Path(__file__).resolve().parent / "resolver"
 NAME = "rebind.test"
-PUBLIC = "93.184.216.34"  # global, so the check allows it; nothing of ours answers there
+PUBLIC = "93.184.216.34"  # global, so the check allows it; the test's resolver refuses a connection to it
 REBOUND = "127.0.0.1"  # where the receiver is: loopback, which the check refuses (private addresses not allowed)
 
 
@@ -45,7 +45,8 @@ def seen(resolver: Path) -> list[dict]:
 def test_dns_rebinding_through_the_webhooks_worker_never_reaches_the_rebound_address(clean_stack, rebinding_worker,
                                                                                       receiver):
     port = int(receiver.url.rsplit(":", 1)[1])
-    rebinding_worker.resolver.write_text(json.dumps({"name": NAME, "answers": [PUBLIC, REBOUND], "port": port}))
+    rebinding_worker.resolver.write_text(json.dumps({"name": NAME, "answers": [PUBLIC, REBOUND], "port": port,
+                                                           "refused": [PUBLIC]}))
     rebinding_worker.start()
     hook = clean_stack.store.add_webhook("acme", f"http://{NAME}:{port}/rebound?token=t", None)
     clean_stack.store.event("acme:1", "healed", "the host has a free GPU again")

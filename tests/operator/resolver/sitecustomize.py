@@ -2,10 +2,11 @@
 on that worker's PYTHONPATH; Python imports ``sitecustomize`` at start). Inert unless WARMPOOL_TEST_RESOLVER names
 a file.
 
-That file is JSON: ``{"name": ..., "answers": [address, ...], "port": ...}``. Each lookup of ``name`` gets the
-next of ``answers`` (then the last again), counted in this process; every other name or address goes to the
-system's resolver. Each such lookup, and each connection to ``port`` (wherever), is appended as a JSON line to
-the file's name plus ``.log``, so the test sees what the worker asked and where it connected.
+That file is JSON: ``{"name": ..., "answers": [address, ...], "port": ..., "refused": [address, ...]}``. Each
+lookup of ``name`` gets the next of ``answers`` (then the last again), counted in this process; every other name
+or address goes to the system's resolver. Each such lookup, and each connection to ``port`` (wherever), is
+appended as a JSON line to the file's name plus ``.log``, so the test sees what the worker asked and where it
+connected. A connection to a ``refused`` address is refused here, never sent to the network.
 """
 
 import json
@@ -42,6 +43,8 @@ if _FILE:
     def connect(self, address):
         if isinstance(address, tuple) and len(address) >= 2 and address[1] == _config()["port"]:
             _record(connect=address[0], port=address[1])
+        if isinstance(address, tuple) and address[0] in _config().get("refused", ()):
+            raise ConnectionRefusedError(111, "refused by the test's resolver")
         return _real_connect(self, address)
 
     socket.getaddrinfo = getaddrinfo
