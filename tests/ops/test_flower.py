@@ -28,6 +28,16 @@ def test_flower_finds_an_operations_steps_by_the_api_task_id(ops_stack, failed_o
     assert requests.get(ops_stack.flower_url + "/api/tasks", timeout=10).status_code == 401  # the password
 
 
+def test_flowers_own_metrics_are_as_the_readme_says(ops_stack, failed_over):
+    """README: Flower's /metrics, without the password, counts events by task name (the failover's steps)."""
+    def scraped():
+        rv = requests.get(ops_stack.flower_url + "/metrics", timeout=10)
+        return rv.status_code == 200 and 'task="warmpool.failover.promote"' in rv.text and rv.text
+    text = wait_until(scraped, 20, 0.2, "Flower's metrics to count the failover's steps")
+    for name in ("flower_events_total", "flower_task_runtime_seconds", "flower_worker_online"):
+        assert name in text, name
+
+
 def test_flower_listens_on_loopback_only_by_default(ops_stack):
     flower = psutil.Process(ops_stack.processes["flower"].process.pid)
     listening = {c.laddr.ip for c in flower.net_connections("inet") if c.status == psutil.CONN_LISTEN}
