@@ -12,6 +12,7 @@ Every other way of enqueueing work is recorded too, including any
 ``Task.apply_async`` nobody expected.
 """
 
+import functools
 import importlib
 import itertools
 import time
@@ -21,6 +22,7 @@ import fakeredis
 import pytest
 from celery.app.task import Task
 from celery.exceptions import Retry
+from flask import Flask
 
 from app import operations, queue, runtime
 from app.pools import State, new_pool, pool_id
@@ -360,13 +362,22 @@ def real_client():
     return runtime.account_client.__wrapped__(DEFAULT_ACCOUNT)
 
 
-def make_env(monkeypatch) -> FakeEnv:
+@functools.cache
+def web_app() -> Flask:
+    """One app per test process, not TESTING (a 500 is answered, as in production). Building one takes about
+    0.15 s (flask-smorest writes the OpenAPI document of every route), and the app reaches settings, store and
+    provider through ``app.runtime`` at each request, so every test's own fakes answer; only
+    MAX_CONTENT_LENGTH is read at creation, from the unit settings every test shares."""
     from app import create_app
 
+    return create_app()
+
+
+def make_env(monkeypatch) -> FakeEnv:
     env = FakeEnv(store=fake_store(), vast=FakeVast(), settings=unit_settings())
     install(monkeypatch, env)
     env.vast.guard = real_client().guard
-    env.client = create_app().test_client()  # not TESTING: a 500 is answered, as in production
+    env.client = web_app().test_client()
     return env
 
 
