@@ -41,8 +41,6 @@ from app.urls import DeadlineExceeded, UnsafeDestination, check_destination, pos
 log = logging.getLogger(__name__)
 
 DEFERRED_RETRY_SECONDS = 1.0  # an attempt over its tenant's in-flight cap waits this long
-RETRY_AFTER_MAX = WEBHOOK_RETRY_AFTER_MAX  # a receiver's Retry-After is honoured up to this (10 h)
-JITTER = WEBHOOK_RETRY_JITTER  # a retry waits up to this share of its delay longer, so retries after an outage spread
 GONE = 410
 
 
@@ -95,16 +93,16 @@ def next_attempt_at(attempt: int, retry_after: float | None, now: float) -> floa
     """When attempt ``attempt + 1`` is due (epoch s), or None when ``attempt`` was the schedule's last.
 
     The schedule's delay, jittered, or the receiver's Retry-After if that is longer, up to
-    RETRY_AFTER_MAX, so a receiver cannot push its deliveries past their lifetime (the settings refuse
+    WEBHOOK_RETRY_AFTER_MAX, so a receiver cannot push its deliveries past their lifetime (the settings refuse
     a schedule whose worst case, ``webhook_retry_span``, would). The first step, the wait before the
     first attempt, is the store's (``first_attempt_delay``): it counts from the event.
     """
     schedule = runtime.settings().webhook_retry_schedule
     if attempt >= len(schedule):
         return None
-    delay = schedule[attempt] * (1 + random.uniform(0, JITTER))
+    delay = schedule[attempt] * (1 + random.uniform(0, WEBHOOK_RETRY_JITTER))
     if retry_after is not None:
-        delay = max(delay, min(retry_after, RETRY_AFTER_MAX))
+        delay = max(delay, min(retry_after, WEBHOOK_RETRY_AFTER_MAX))
     return now + delay
 
 

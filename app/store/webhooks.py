@@ -31,7 +31,6 @@ from app.store import keys
 MAX_WEBHOOKS = 20  # per tenant: bounds the fan-out of one event
 DELIVERIES_KEPT = 50  # per webhook, for GET .../deliveries
 ATTEMPTS_KEPT = 20  # per delivery: the latest; resends could otherwise grow one record without end
-DELIVERY_TTL = WEBHOOK_DELIVERY_LIFETIME  # 7 days; app/settings.py refuses a retry schedule that could outlast it
 TENANT_BUSY_RETRY_SECONDS = 1.0  # a due delivery whose tenant has every slot in flight waits this long
 PREVIOUS_SECRET_SECONDS = 24 * 3600  # after a rotation, deliveries are signed with both secrets this long
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
@@ -70,7 +69,7 @@ class WebhookRecords:
     """The webhooks' repository (mixed into ``Store``): subscriptions, deliveries and the outbox.
 
     Keys: ``webhooks(tenant)`` (hash: webhook id -> record, with its secret); ``delivery(id)`` (a delivery and its
-    latest attempts, kept DELIVERY_TTL); ``webhook_deliveries(webhook_id)`` (its recent delivery ids);
+    latest attempts, kept WEBHOOK_DELIVERY_LIFETIME); ``webhook_deliveries(webhook_id)`` (its recent delivery ids);
     ``WEBHOOK_DUE`` (the outbox: delivery id -> when its next attempt is due); ``webhooks_pending(tenant)`` and
     ``webhooks_in_flight(tenant)`` (the tenant's deliveries pending, and attempts in flight, for their caps);
     ``delivery_claim(id, attempt)``; ``WEBHOOK_RELAYING`` (a lock: one relay at a time).
@@ -347,7 +346,7 @@ def _queue_delivery(pipe: redis.client.Pipeline, tenant: str, hook: dict, event_
     delivery = {"id": "msg_" + uuid.uuid4().hex,  # the webhook-id header, kept across retries
                 "tenant": tenant, "webhook_id": hook["id"], "type": event_type, "machine_id": machine_id,
                 "payload": payload, "state": PENDING, "attempts": [], "next_attempt_at": _iso(due), "created_at": at}
-    pipe.set(keys.delivery(delivery["id"]), json.dumps(delivery), ex=DELIVERY_TTL)
+    pipe.set(keys.delivery(delivery["id"]), json.dumps(delivery), ex=WEBHOOK_DELIVERY_LIFETIME)
     pipe.lpush(keys.webhook_deliveries(hook["id"]), delivery["id"])
     pipe.ltrim(keys.webhook_deliveries(hook["id"]), 0, DELIVERIES_KEPT - 1)
     pipe.zadd(keys.WEBHOOK_DUE, {delivery["id"]: due})
@@ -357,9 +356,9 @@ def _queue_delivery(pipe: redis.client.Pipeline, tenant: str, hook: dict, event_
 
 def _count_pending(pipe: redis.client.Pipeline, tenant: str, delivery_id: str) -> None:
     """Count the delivery among its tenant's pending ones until it ends or its record expires."""
-    pipe.zadd(keys.webhooks_pending(tenant), {delivery_id: time.time() + DELIVERY_TTL})
+    pipe.zadd(keys.webhooks_pending(tenant), {delivery_id: time.time() + WEBHOOK_DELIVERY_LIFETIME})
     pipe.zremrangebyscore(keys.webhooks_pending(tenant), "-inf", time.time())
-    pipe.expire(keys.webhooks_pending(tenant), DELIVERY_TTL)
+    pipe.expire(keys.webhooks_pending(tenant), WEBHOOK_DELIVERY_LIFETIME)
 
 
 # KEYS: the tenant's webhooks; ARGV: the cap, the new id, its record

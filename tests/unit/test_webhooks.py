@@ -8,10 +8,11 @@ import pytest
 
 from app import runtime, urls
 from app.processes import wait_until
-from app.settings import WEBHOOK_DELIVERY_LIFETIME, WEBHOOK_RETRY_SCHEDULE, Settings, webhook_retry_span
+from app.settings import (WEBHOOK_DELIVERY_LIFETIME, WEBHOOK_RETRY_AFTER_MAX, WEBHOOK_RETRY_SCHEDULE, Settings,
+                          webhook_retry_span)
 from app.store import keys
 from app.store.webhooks import ATTEMPTS_KEPT, DELIVERED, FAILED, PENDING, PREVIOUS_SECRET_SECONDS, signing_secrets
-from tasks.webhooks import (RETRY_AFTER_MAX, claim_seconds, deliver, disable_gone_webhook, next_attempt_at,
+from tasks.webhooks import (claim_seconds, deliver, disable_gone_webhook, next_attempt_at,
                            parse_retry_after)
 
 BUILD_STORE = runtime.store.__wrapped__  # the store as a process makes it, before the fakes replace runtime.store
@@ -170,7 +171,7 @@ def test_the_retry_schedule_is_the_specs_example_and_retry_after_may_lengthen_it
     assert 36000 <= next_attempt_at(7, None, 0) <= 39600
     assert next_attempt_at(8, None, 0) is None  # the eighth attempt was the last
     assert next_attempt_at(1, 120, 0) == 120
-    assert next_attempt_at(1, 10 ** 9, 0) == RETRY_AFTER_MAX == 36000
+    assert next_attempt_at(1, 10 ** 9, 0) == WEBHOOK_RETRY_AFTER_MAX == 36000
     assert 300 <= next_attempt_at(2, 1, 0) <= 330  # a shorter Retry-After does not hurry it
     assert parse_retry_after("120") == 120 and parse_retry_after(None) is None
     assert parse_retry_after("soon") is None and parse_retry_after("²") is None and parse_retry_after("١٢") is None
@@ -212,7 +213,7 @@ def test_the_schedules_first_step_is_the_wait_before_the_first_attempt(env):
 def test_a_schedule_that_could_outlast_a_delivery_is_refused_at_start(monkeypatch):
     """The worst case counts: every retry 10 % late, or stretched by Retry-After to 10 h."""
     assert sum(WEBHOOK_RETRY_SCHEDULE) / 3600 == pytest.approx(27.6, abs=0.05)
-    assert webhook_retry_span(WEBHOOK_RETRY_SCHEDULE) == 7 * RETRY_AFTER_MAX + 2 * 3600 <= WEBHOOK_DELIVERY_LIFETIME
+    assert webhook_retry_span(WEBHOOK_RETRY_SCHEDULE) == 7 * WEBHOOK_RETRY_AFTER_MAX + 2 * 3600 <= WEBHOOK_DELIVERY_LIFETIME
     longest = (0,) + (1,) * 16  # 16 retries of 1 s, each one a receiver may stretch to 10 h: 160 h
     assert Settings(webhook_retry_schedule=longest).webhook_retry_schedule == longest
     for bad in ("0" + ",1" * 17, "0,600000", "604801"):
